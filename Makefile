@@ -1,0 +1,39 @@
+# criseq — see README.md. All targets work on a fresh Debian machine with Go.
+GO ?= go
+OUT ?= out
+
+.PHONY: all build demo test test-deps e2e bench lab fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -o bin/criseq ./cmd/criseq
+
+# The main job on the bundled real capture: diagrams into ./out (no root, no node).
+demo:
+	$(GO) run ./cmd/criseq demo -o $(OUT)
+
+# Installs what the tests use (Debian packages, as root) and runs them.
+# Tests whose peer is missing skip with the reason.
+test: test-deps
+	$(GO) vet ./...
+	$(GO) test ./...
+
+test-deps:
+	@./lab/test-deps.sh
+
+# Real-peer end-to-end tests (root): containerd + crictl through criseq record.
+e2e: test-deps
+	CRISEQ_E2E=1 $(GO) test -count=1 -v -timeout 20m -run 'E2E' ./lab/
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./capture ./decode ./render ./cmd/criseq
+
+fmt:
+	gofmt -l -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin $(OUT)

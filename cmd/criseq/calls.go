@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
+)
+
+const callsUsage = `Usage: criseq calls [flags] FILE
+
+Lists every gRPC call in a capture (pcap or pcapng, criseq's own or made by
+tcpdump/tshark): when it started relative to the first call, its connection and
+stream, the method, how long it took, its status, and what it was about.
+
+Examples:
+  criseq calls cri.pcapng
+  criseq calls --hide-polling cri.pcapng        # without kubelet's periodic calls
+  criseq calls --json cri.pcapng | jq .response  # decoded messages, one call per line
+`
+
+func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("calls", callsUsage, stderr)
+	asJSON := fs.Bool("json", false, "print JSON lines with the decoded request and response messages")
+	hide := fs.Bool("hide-polling", false, "leave out kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats)")
+	noRedact := fs.Bool("no-redact", false, "show registry credentials, environment values and raw bodies (they are redacted by default)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return fmt.Errorf("%w: calls takes one capture file, got %d arguments", errUsage, len(pos))
+	}
+	l, err := load(pos[0], decode.Options{NoRedact: *noRedact}, flow.Options{}, stderr)
+	if err != nil {
+		return err
+	}
+	calls := l.calls
+	if *hide {
+		kept := calls[:0:0]
+		for _, c := range calls {
+			if !c.Known || !flow.IsPolling(c.Name) {
+				kept = append(kept, c)
+			}
+		}
+		calls = kept
+	}
+	steps := flow.Describe(calls, flow.Options{})
+	bw := bufio.NewWriter(stdout)
+	defer bw.Flush()
+	if *asJSON {
+		return writeCallsJSON(bw, calls, steps, *noRedact)
+	}
+	return writeCallsTable(bw, calls, steps)
+}
+
+func writeCallsTable(w io.Writer, calls []*decode.Call, steps []flow.Step) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL")
+	var t0 time.Time
+	if len(calls) > 0 {
+		t0 = calls[0].Start
+	}
+	for i, c := range calls {
+		s := steps[i]
+		method := s.Method
+		if c.Known {
+			method = s.Service + "/" + s.Method
+		}
+		dur := "-"
+		if s.Done {
+			dur = fmtDuration(s.Duration)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n",
+			fmtOffset(c.Start.Sub(t0)), c.Conn, c.Stream, method, dur, statusText(c), detail(s, c))
+	}
+	return tw.Flush()
+}
+
+func statusText(c *decode.Call) string {
+	switch {
+	case c.End.IsZero():
+		return "incomplete"
+	case c.Status < 0:
+		return "no status"
+	}
+	return codes.Code(c.Status).String()
+}
+
+func detail(s flow.Step, c *decode.Call) string {
+	var parts []string
+	if s.Arg != "" {
+		parts = append(parts, s.Arg)
+	}
+	if s.Err != "" {
+		parts = append(parts, "✗ "+oneLine(c.Message))
+	} else if s.Result != "" {
+		parts = append(parts, "→ "+s.Result)
+	}
+	parts = append(parts, c.Errors...)
+	return strings.Join(parts, " ")
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 120 {
+		s = s[:117] + "..."
+	}
+	return s
+}
+
+// fmtOffset prints a time offset as seconds with milliseconds: "+12.345s".
+func fmtOffset(d time.Duration) string {
+	return fmt.Sprintf("+%.3fs", d.Seconds())
+}
+
+// fmtDuration rounds a call's duration for people: 105ms, 1.94s, 812µs.
+func fmtDuration(d time.Duration) string {
+	switch {
+	case d >= 10*time.Second:
+		return d.Round(100 * time.Millisecond).String()
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond).String()
+	case d >= 10*time.Millisecond:
+		return d.Round(time.Millisecond).String()
+	case d >= time.Millisecond:
+		return d.Round(100 * time.Microsecond).String()
+	}
+	return d.Round(time.Microsecond).String()
+}
+
+type jsonCall struct {
+	Time       time.Time         `json:"time"`
+	Conn       uint64            `json:"conn"`
+	Stream     uint32            `json:"stream"`
+	Method     string            `json:"method"`
+	DurationMS *float64          `json:"duration_ms,omitempty"`
+	Status     *int              `json:"status,omitempty"`
+	Code       string            `json:"code,omitempty"`
+	Message    string            `json:"message,omitempty"`
+	Arg        string            `json:"arg,omitempty"`
+	Result     string            `json:"result,omitempty"`
+	Requests   []json.RawMessage `json:"requests,omitempty"`
+	Responses  []json.RawMessage `json:"responses,omitempty"`
+	Flags      []string          `json:"flags,omitempty"`
+	Errors     []string          `json:"errors,omitempty"`
+}
+
+func writeCallsJSON(w io.Writer, calls []*decode.Call, steps []flow.Step, raw bool) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	for i, c := range calls {
+		j := jsonCall{
+			Time: c.Start.UTC(), Conn: c.Conn, Stream: c.Stream, Method: c.Method,
+			Message: c.Message, Arg: steps[i].Arg, Result: steps[i].Full,
+			Flags: flagNames(c.Flags), Errors: c.Errors,
+		}
+		if !c.End.IsZero() {
+			ms := float64(c.Duration().Microseconds()) / 1000
+			j.DurationMS = &ms
+			if c.Status >= 0 {
+				st := c.Status
+				j.Status = &st
+				j.Code = codes.Code(c.Status).String()
+			}
+		}
+		var err error
+		if j.Requests, err = messagesJSON(c.Requests, raw); err != nil {
+			return err
+		}
+		if j.Responses, err = messagesJSON(c.Responses, raw); err != nil {
+			return err
+		}
+		if err := enc.Encode(j); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func messagesJSON(ms []decode.Message, raw bool) ([]json.RawMessage, error) {
+	var out []json.RawMessage
+	for _, m := range ms {
+		var b []byte
+		var err error
+		switch {
+		case m.Proto != nil:
+			b, err = protojson.MarshalOptions{UseProtoNames: true}.Marshal(m.Proto)
+		case raw && m.Raw != nil:
+			b, err = json.Marshal(map[string]string{"raw_base64": base64.StdEncoding.EncodeToString(m.Raw)})
+		default:
+			b, err = json.Marshal(map[string]any{"bytes": len(m.Raw), "error": m.Err})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("calls: encoding a message as JSON: %w", err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+func flagNames(f decode.Flags) []string {
+	var out []string
+	for _, x := range []struct {
+		f    decode.Flags
+		name string
+	}{{decode.Incomplete, "incomplete"}, {decode.Reset, "reset"}, {decode.Compressed, "compressed"},
+		{decode.Gap, "gap"}, {decode.Malformed, "malformed"}} {
+		if f&x.f != 0 {
+			out = append(out, x.name)
+		}
+	}
+	return out
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/render"
+)
+
+const renderUsage = `Usage: criseq render [flags] FILE
+
+Draws each pod start and stop found in a capture as a sequence diagram, one
+file per flow and format, named after the pod (e.g. default_nginx_start.svg).
+
+Examples:
+  criseq render cri.pcapng                          # SVG, PlantUML and Mermaid into ./out
+  criseq render -o site/img --format svg cri.pcapng
+  criseq render --pod default/nginx --all cri.pcapng  # one pod, with kubelet's polling
+`
+
+// renderOptions are the flags render and demo share.
+type renderOptions struct {
+	out      string
+	formats  string
+	all      bool
+	noRedact bool
+	pod      string
+	client   string
+}
+
+func (o *renderOptions) register(fs interface {
+	StringVar(*string, string, string, string)
+	BoolVar(*bool, string, bool, string)
+}, defaultOut string) {
+	fs.StringVar(&o.out, "o", defaultOut, "directory to write the diagrams to (created if missing)")
+	fs.StringVar(&o.formats, "format", "svg,puml,mmd", "comma-separated formats: "+strings.Join(render.Formats(), ", "))
+	fs.BoolVar(&o.all, "all", false, "keep kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats) in the diagrams")
+	fs.BoolVar(&o.noRedact, "no-redact", false, "show registry credentials and environment values (redacted by default)")
+	fs.StringVar(&o.pod, "pod", "", "only the flows of this pod (NAMESPACE/NAME or NAME)")
+	fs.StringVar(&o.client, "client", "kubelet", "name of the CRI client's lifeline")
+}
+
+func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("render", renderUsage, stderr)
+	var o renderOptions
+	o.register(fs, "out")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return fmt.Errorf("%w: render takes one capture file, got %d arguments", errUsage, len(pos))
+	}
+	return renderFile(pos[0], o, stdout, stderr)
+}
+
+func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
+	formats, err := parseFormats(o.formats)
+	if err != nil {
+		return err
+	}
+	l, err := load(path, decode.Options{NoRedact: o.noRedact}, flow.Options{All: o.all, Client: o.client}, stderr)
+	if err != nil {
+		return err
+	}
+	flows := filterPod(l.flows, o.pod)
+	if len(flows) == 0 {
+		what := "no pod start or stop"
+		if o.pod != "" {
+			what = "no flow of pod " + o.pod
+		}
+		return fmt.Errorf("render: %s found in %s (%d calls); try criseq calls %s", what, path, len(l.calls), path)
+	}
+	return writeFlows(flows, formats, o.out, stdout)
+}
+
+func parseFormats(s string) ([]string, error) {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		ok := false
+		for _, k := range render.Formats() {
+			ok = ok || k == f
+		}
+		if !ok {
+			return nil, fmt.Errorf("%w: unknown format %q (valid: %s)", errUsage, f, strings.Join(render.Formats(), ", "))
+		}
+		out = append(out, f)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: --format is empty (valid: %s)", errUsage, strings.Join(render.Formats(), ", "))
+	}
+	return out, nil
+}
+
+func filterPod(flows []*flow.Flow, pod string) []*flow.Flow {
+	if pod == "" {
+		return flows
+	}
+	var out []*flow.Flow
+	for _, f := range flows {
+		if f.Pod.String() == pod || f.Pod.Name == pod {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// writeFlows writes one file per flow and format; a pod started twice gets
+// -2, -3… so no file overwrites another.
+func writeFlows(flows []*flow.Flow, formats []string, dir string, stdout io.Writer) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	seen := map[string]int{}
+	for _, f := range flows {
+		base := strings.TrimSuffix(render.FileName(f, ""), ".")
+		seen[base]++
+		if n := seen[base]; n > 1 {
+			base = fmt.Sprintf("%s-%d", base, n)
+		}
+		var names []string
+		for _, format := range formats {
+			name := filepath.Join(dir, base+"."+format)
+			if err := writeFile(name, func(w io.Writer) error { return render.Write(w, format, f) }); err != nil {
+				return err
+			}
+			names = append(names, name)
+		}
+		fmt.Fprintf(stdout, "%-40s %s %s  → %s\n", f.Pod.String(), summary(f), "", strings.Join(names, ", "))
+	}
+	return nil
+}
+
+func summary(f *flow.Flow) string {
+	verb := "started in"
+	if f.Kind == flow.Stop {
+		verb = "stopped in"
+	}
+	if !f.Complete {
+		verb = f.Kind.String() + " incomplete after"
+	}
+	return fmt.Sprintf("%s %s (%d calls)", verb, fmtDuration(f.Duration()), len(f.Steps))
+}
+
+func writeFile(name string, fill func(io.Writer) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(name), ".criseq-*")
+	if err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := fill(tmp); err != nil {
+		tmp.Close()
+		return fmt.Errorf("render: %s: %w", name, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("render: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	return os.Rename(tmp.Name(), name)
+}

@@ -1,0 +1,136 @@
+// Package decode turns the byte chunks of CRI connections into Calls.
+//
+// In: capture.Chunks (per connection and direction, in time order).
+// Out: Calls: one per gRPC stream, with the method, times, decoded CRI
+// request(s) and response(s), status and headers, and ConnErrors for
+// connections whose bytes could not be decoded.
+// It knows HTTP/2, HPACK, gRPC and the CRI protobuf types; nothing of
+// sockets or pcap files.
+package decode
+
+import (
+	"fmt"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/proto"
+)
+
+// Flags note what is unusual about a call.
+type Flags uint32
+
+const (
+	// Incomplete: the capture ended before the call's trailers.
+	Incomplete Flags = 1 << iota
+	// Reset: the stream was reset (RST_STREAM) or the connection went away.
+	Reset
+	// Compressed: at least one message was compressed.
+	Compressed
+	// Gap: bytes were lost on the connection while the call was open.
+	Gap
+	// Malformed: a message of the call could not be decoded.
+	Malformed
+	// TrailersOnly: the server answered with a single HEADERS frame
+	// holding the status (no response headers, no messages).
+	TrailersOnly
+)
+
+var flagNames = [...]string{"incomplete", "reset", "compressed", "gap", "malformed", "trailers-only"}
+
+// String lists the set flags as "a|b", in bit order; "" for none.
+func (f Flags) String() string {
+	var b []byte
+	for i, n := range flagNames {
+		if f&(1<<i) != 0 {
+			if len(b) > 0 {
+				b = append(b, '|')
+			}
+			b = append(b, n...)
+		}
+	}
+	if rest := f &^ (1<<len(flagNames) - 1); rest != 0 {
+		if len(b) > 0 {
+			b = append(b, '|')
+		}
+		b = fmt.Appendf(b, "0x%x", uint32(rest))
+	}
+	return string(b)
+}
+
+// Message is one gRPC message of a call.
+type Message struct {
+	Time       time.Time
+	Raw        []byte        // the uncompressed protobuf bytes (nil when redacted output is asked for)
+	Proto      proto.Message // decoded message, nil if the method's type is unknown
+	Size       int           // length of the uncompressed message, also when Raw is nil
+	Compressed bool
+	Err        string // why the message could not be decoded, if so
+}
+
+// Call is one gRPC call (one HTTP/2 stream).
+type Call struct {
+	Conn    uint64
+	Stream  uint32
+	Method  string // the :path, e.g. "/runtime.v1.RuntimeService/RunPodSandbox"
+	Service string // e.g. "runtime.v1.RuntimeService"
+	Name    string // e.g. "RunPodSandbox"
+	Known   bool   // request/response types found in the CRI descriptors
+
+	Start time.Time // request headers seen
+	End   time.Time // trailers (or reset) seen; zero if incomplete
+
+	Requests  []Message
+	Responses []Message
+
+	Status  int    // grpc-status; -1 if none was seen
+	Message string // grpc-message
+
+	RequestHeaders  []hpack.HeaderField
+	ResponseHeaders []hpack.HeaderField
+	Trailers        []hpack.HeaderField
+
+	Flags  Flags
+	Errors []string // stream-level problems, shown in output
+}
+
+// Duration is End-Start, or 0 for an incomplete call.
+func (c *Call) Duration() time.Duration {
+	if c.End.IsZero() {
+		return 0
+	}
+	return c.End.Sub(c.Start)
+}
+
+// OK reports whether the call finished with grpc-status 0.
+func (c *Call) OK() bool { return c.Status == 0 }
+
+// Request returns the first decoded request, or nil.
+func (c *Call) Request() proto.Message {
+	if len(c.Requests) == 0 {
+		return nil
+	}
+	return c.Requests[0].Proto
+}
+
+// Response returns the first decoded response, or nil.
+func (c *Call) Response() proto.Message {
+	if len(c.Responses) == 0 {
+		return nil
+	}
+	return c.Responses[0].Proto
+}
+
+// ConnError is a connection-level decoding failure: decoding of that
+// connection (in that direction) stops, the others go on.
+type ConnError struct {
+	Conn   uint64
+	Dir    string
+	Offset int64 // byte offset in that direction's stream
+	Err    error
+}
+
+func (e *ConnError) Error() string {
+	return fmt.Sprintf("connection %d %s: offset %d: %v", e.Conn, e.Dir, e.Offset, e.Err)
+}
+
+func (e *ConnError) Unwrap() error { return e.Err }

@@ -1,0 +1,82 @@
+// Package flow groups decoded CRI calls into pod flows: one per pod start
+// (RunPodSandbox … StartContainer of every container) and one per pod stop
+// (StopContainer … RemovePodSandbox).
+//
+// In: decode.Calls in start-time order. Out: Flows, each a list of Steps with
+// the labels a diagram shows (key argument, returned ID or digest, duration,
+// error). Pure logic, no I/O.
+package flow
+
+import (
+	"time"
+
+	"github.com/criseq/criseq/decode"
+)
+
+// Kind says whether a flow starts or stops a pod.
+type Kind int
+
+const (
+	Start Kind = iota
+	Stop
+)
+
+func (k Kind) String() string {
+	if k == Stop {
+		return "stop"
+	}
+	return "start"
+}
+
+// Pod names the pod a flow belongs to.
+type Pod struct {
+	Namespace, Name, UID string
+}
+
+// String is "namespace/name".
+func (p Pod) String() string {
+	if p.Namespace == "" {
+		return p.Name
+	}
+	return p.Namespace + "/" + p.Name
+}
+
+// Flow is the calls of one pod start or stop.
+type Flow struct {
+	Kind      Kind
+	Pod       Pod
+	SandboxID string
+	Runtime   string // e.g. "containerd 1.6.20", from the Version response; "" if unknown
+	Client    string // e.g. "kubelet" or "crictl", from the user-agent
+	Steps     []Step
+	Start     time.Time // first call's start
+	End       time.Time // last call's end
+	// Done is when the pod was up (its last StartContainer returned) or gone
+	// (RemovePodSandbox returned); zero if that was not seen.
+	Done     time.Time
+	Complete bool // every container started (start) / sandbox removed (stop)
+}
+
+// Duration is how long the pod took to start or stop: until Done, or until
+// the last call's end when Done was not seen.
+func (f *Flow) Duration() time.Duration {
+	if !f.Done.IsZero() {
+		return f.Done.Sub(f.Start)
+	}
+	return f.End.Sub(f.Start)
+}
+
+// Step is one call of a flow, with what a diagram shows of it.
+type Step struct {
+	Call     *decode.Call
+	Service  string // "RuntimeService", "ImageService", or the service's full name if not CRI
+	Method   string // e.g. "RunPodSandbox"
+	Arg      string // key argument: "default/nginx", "nginx:1.25", "web"
+	Result   string // what came back, shortened: "sandbox 3f2a1b9c…", "sha256:4e1f…"
+	Full     string // Result unshortened (for tooltips)
+	Err      string // "NotFound: image not found" if the call failed
+	Phase    string // "sandbox", "image", "create", "start", "stop", "remove", "status"
+	Start    time.Time
+	Duration time.Duration // 0 if the call never finished
+	Done     bool          // false if the capture ended before the call did
+}

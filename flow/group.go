@@ -1,0 +1,507 @@
+package flow
+
+import (
+	"sort"
+	"time"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/criseq/criseq/decode"
+)
+
+// Options tune the grouping.
+type Options struct {
+	// All keeps kubelet's polling calls (List*, Status, Version, ImageFsInfo,
+	// stats) that happen while a flow is open.
+	All bool
+	// Grace is how long after a flow's last StartContainer returned its
+	// status calls still join it. Default 2s.
+	Grace time.Duration
+	// InitWait is how long after the last StartContainer a new
+	// CreateContainer in the same sandbox still belongs to the start (the next
+	// container after an init container). Default 60s.
+	InitWait time.Duration
+	// Client names the CRI client lifeline. Default "kubelet".
+	Client string
+}
+
+func (o *Options) defaults() {
+	if o.Grace == 0 {
+		o.Grace = 2 * time.Second
+	}
+	if o.InitWait == 0 {
+		o.InitWait = 60 * time.Second
+	}
+	if o.Client == "" {
+		o.Client = "kubelet"
+	}
+}
+
+// polling lists the calls kubelet makes periodically, not for one pod.
+var polling = map[string]bool{
+	"ListPodSandbox": true, "ListContainers": true, "Status": true, "Version": true,
+	"ImageFsInfo": true, "ListContainerStats": true, "ListPodSandboxStats": true,
+	"ContainerStats": true, "PodSandboxStats": true, "ListImages": true,
+	"RuntimeConfig": true, "ListMetricDescriptors": true, "ListPodSandboxMetrics": true,
+	"GetContainerEvents": true, "StreamContainers": true, "StreamPodSandboxes": true,
+	"StreamContainerStats": true, "StreamPodSandboxStats": true, "StreamImages": true,
+	"StreamPodSandboxMetrics": true,
+}
+
+// IsPolling reports whether a CRI method is one of kubelet's periodic calls.
+func IsPolling(method string) bool { return polling[method] }
+
+// Group groups calls (in start order) into flows, ordered by start time.
+func Group(calls []*decode.Call, opts Options) []*Flow {
+	g := NewGrouper(opts)
+	var out []*Flow
+	for _, c := range calls {
+		out = append(out, g.Add(c)...)
+	}
+	out = append(out, g.Flush()...)
+	sortFlows(out)
+	return out
+}
+
+func sortFlows(fs []*Flow) {
+	sort.SliceStable(fs, func(i, j int) bool {
+		if !fs[i].Start.Equal(fs[j].Start) {
+			return fs[i].Start.Before(fs[j].Start)
+		}
+		return fs[i].Pod.String() < fs[j].Pod.String()
+	})
+}
+
+// open is a flow being built.
+type open struct {
+	f          *Flow
+	imageKeys  map[string]bool // image names/IDs its containers use
+	created    map[string]bool // container IDs created
+	started    map[string]bool // container IDs started
+	lastStart  time.Time       // end of the last StartContainer
+	settled    bool            // past Grace: only more containers may join
+	containers map[string]bool // container IDs this flow knows (stop flows)
+}
+
+// Grouper groups calls as they come; flows are returned once they are
+// complete or can no longer grow. Calls must arrive in start order, give or
+// take the calls that were open at the same time.
+type Grouper struct {
+	opts Options
+	now  time.Time
+
+	starts map[string]*open // by sandbox ID
+	stops  map[string]*open // by sandbox ID (or "container:ID" when unknown)
+	order  []*open          // open flows, oldest first
+
+	pending []*decode.Call // image calls not yet linked to a pod
+
+	// What the calls told about IDs, learned from any call, polling too.
+	pods       map[string]Pod    // sandbox ID → pod
+	sandboxOf  map[string]string // container ID → sandbox ID
+	names      map[string]string // container ID → container name
+	runtime    string
+	maxPending int
+}
+
+// NewGrouper returns an empty Grouper.
+func NewGrouper(opts Options) *Grouper {
+	opts.defaults()
+	return &Grouper{
+		opts:       opts,
+		starts:     map[string]*open{},
+		stops:      map[string]*open{},
+		pods:       map[string]Pod{},
+		sandboxOf:  map[string]string{},
+		names:      map[string]string{},
+		maxPending: 512,
+	}
+}
+
+// Add takes the next call and returns the flows it completed.
+func (g *Grouper) Add(c *decode.Call) []*Flow {
+	if c.Start.After(g.now) {
+		g.now = c.Start
+	}
+	g.settle()
+	g.learn(c)
+	if c.Known {
+		g.route(c)
+	} else if g.opts.All {
+		g.attachAll(c)
+	}
+	return g.expire()
+}
+
+// Flush returns every flow still open, complete or not.
+func (g *Grouper) Flush() []*Flow {
+	var out []*Flow
+	for _, o := range g.order {
+		out = append(out, g.finish(o))
+	}
+	g.order = nil
+	g.starts = map[string]*open{}
+	g.stops = map[string]*open{}
+	g.pending = nil
+	return out
+}
+
+// Runtime is the runtime name and version seen in a Version response.
+func (g *Grouper) Runtime() string { return g.runtime }
+
+func (g *Grouper) route(c *decode.Call) {
+	req := c.Request()
+	resp := c.Response()
+	switch c.Name {
+	case "RunPodSandbox":
+		g.runPodSandbox(c)
+		return
+	case "CreateContainer":
+		r, _ := req.(*runtimeapi.CreateContainerRequest)
+		o := g.startFlow(r.GetPodSandboxId(), c)
+		if o == nil {
+			return
+		}
+		if cr, ok := resp.(*runtimeapi.CreateContainerResponse); ok && cr.GetContainerId() != "" {
+			o.created[cr.GetContainerId()] = true
+		}
+		keys := imageKeys(r.GetConfig().GetImage())
+		for k := range keys {
+			o.imageKeys[k] = true
+		}
+		g.add(o, c)
+		g.claimImages(o, keys)
+		return
+	case "PullImage":
+		r, _ := req.(*runtimeapi.PullImageRequest)
+		if o := g.startByPod(r.GetSandboxConfig().GetMetadata()); o != nil {
+			keys := imageKeys(r.GetImage())
+			if pr, ok := resp.(*runtimeapi.PullImageResponse); ok && pr.GetImageRef() != "" {
+				keys[pr.GetImageRef()] = true
+			}
+			for k := range keys {
+				o.imageKeys[k] = true
+			}
+			g.add(o, c)
+			g.claimImages(o, keys)
+			return
+		}
+		g.addPending(c)
+		return
+	case "ImageStatus", "RemoveImage":
+		g.addPending(c)
+		return
+	}
+	if polling[c.Name] {
+		if g.opts.All {
+			g.attachAll(c)
+		}
+		return
+	}
+	cid, sid := ids(req)
+	if cid != "" && sid == "" {
+		sid = g.sandboxOf[cid]
+	}
+	switch c.Name {
+	case "StopContainer", "StopPodSandbox", "RemoveContainer", "RemovePodSandbox":
+		g.stopCall(c, cid, sid)
+		return
+	}
+	// Status and other per-container or per-sandbox calls join an open flow.
+	if o := g.stops[stopKey(cid, sid)]; o != nil {
+		g.add(o, c)
+		return
+	}
+	if o := g.starts[sid]; o != nil && sid != "" {
+		if o.settled && c.Name != "StartContainer" {
+			return
+		}
+		if c.Name == "StartContainer" && cid != "" {
+			o.started[cid] = true
+			if c.End.After(o.lastStart) {
+				o.lastStart = c.End
+			}
+			o.settled = false
+		}
+		g.add(o, c)
+	}
+}
+
+func (g *Grouper) runPodSandbox(c *decode.Call) {
+	r, _ := c.Request().(*runtimeapi.RunPodSandboxRequest)
+	md := r.GetConfig().GetMetadata()
+	sid := ""
+	if resp, ok := c.Response().(*runtimeapi.RunPodSandboxResponse); ok {
+		sid = resp.GetPodSandboxId()
+	}
+	pod := Pod{Namespace: md.GetNamespace(), Name: md.GetName(), UID: md.GetUid()}
+	o := g.newOpen(Start, pod, sid)
+	if sid != "" {
+		g.pods[sid] = pod
+		g.starts[sid] = o
+	} else {
+		// Failed sandbox: a flow of its own, keyed so later retries get new ones.
+		g.starts["failed:"+c.Method+":"+c.Start.String()] = o
+	}
+	g.add(o, c)
+}
+
+// startFlow finds the start flow of a sandbox for a container-creating call.
+func (g *Grouper) startFlow(sid string, c *decode.Call) *open {
+	o := g.starts[sid]
+	if o == nil || sid == "" {
+		return nil
+	}
+	if !o.lastStart.IsZero() && c.Start.Sub(o.lastStart) > g.opts.InitWait {
+		return nil
+	}
+	o.settled = false
+	return o
+}
+
+// startByPod finds the open start flow of a pod named in a sandbox config.
+func (g *Grouper) startByPod(md *runtimeapi.PodSandboxMetadata) *open {
+	if md == nil {
+		return nil
+	}
+	for i := len(g.order) - 1; i >= 0; i-- {
+		o := g.order[i]
+		p := o.f.Pod
+		if o.f.Kind != Start {
+			continue
+		}
+		if (md.GetUid() != "" && p.UID == md.GetUid()) ||
+			(md.GetUid() == "" && p.Name == md.GetName() && p.Namespace == md.GetNamespace()) {
+			return o
+		}
+	}
+	return nil
+}
+
+func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
+	key := stopKey(cid, sid)
+	o := g.stops[key]
+	if o == nil {
+		// The pod is being stopped: its start flow can no longer grow.
+		if s := g.starts[sid]; s != nil && sid != "" {
+			s.settled = true
+			s.lastStart = time.Time{}
+			delete(g.starts, sid)
+		}
+		pod, ok := g.pods[sid]
+		if !ok {
+			pod = Pod{Name: "sandbox " + Short(sid)}
+			if sid == "" {
+				pod = Pod{Name: "container " + Short(cid)}
+			}
+		}
+		o = g.newOpen(Stop, pod, sid)
+		g.stops[key] = o
+	}
+	if cid != "" {
+		o.containers[cid] = true
+	}
+	g.add(o, c)
+	if c.Name == "RemovePodSandbox" && c.OK() && !c.End.IsZero() {
+		o.f.Complete = true
+	}
+}
+
+func stopKey(cid, sid string) string {
+	if sid != "" {
+		return sid
+	}
+	return "container:" + cid
+}
+
+func (g *Grouper) newOpen(k Kind, pod Pod, sid string) *open {
+	o := &open{
+		f:          &Flow{Kind: k, Pod: pod, SandboxID: sid, Client: g.opts.Client},
+		imageKeys:  map[string]bool{},
+		created:    map[string]bool{},
+		started:    map[string]bool{},
+		containers: map[string]bool{},
+	}
+	g.order = append(g.order, o)
+	return o
+}
+
+func (g *Grouper) add(o *open, c *decode.Call) {
+	o.f.Steps = append(o.f.Steps, g.step(c))
+}
+
+// attachAll adds a polling or foreign call to every flow open at its time.
+func (g *Grouper) attachAll(c *decode.Call) {
+	for _, o := range g.order {
+		if len(o.f.Steps) > 0 && !o.settled && !o.f.Complete {
+			g.add(o, c)
+		}
+	}
+}
+
+func (g *Grouper) addPending(c *decode.Call) {
+	g.pending = append(g.pending, c)
+	if len(g.pending) > g.maxPending {
+		g.pending = g.pending[len(g.pending)-g.maxPending:]
+	}
+}
+
+// claimImages moves pending image calls that name one of keys into o.
+func (g *Grouper) claimImages(o *open, keys map[string]bool) {
+	start := o.f.Steps[0].Start
+	kept := g.pending[:0]
+	for _, c := range g.pending {
+		if !c.Start.Before(start) && matchesImage(c, keys) {
+			g.add(o, c)
+			continue
+		}
+		kept = append(kept, c)
+	}
+	for i := len(kept); i < len(g.pending); i++ {
+		g.pending[i] = nil
+	}
+	g.pending = kept
+}
+
+func matchesImage(c *decode.Call, keys map[string]bool) bool {
+	var spec *runtimeapi.ImageSpec
+	switch r := c.Request().(type) {
+	case *runtimeapi.ImageStatusRequest:
+		spec = r.GetImage()
+	case *runtimeapi.PullImageRequest:
+		spec = r.GetImage()
+	case *runtimeapi.RemoveImageRequest:
+		spec = r.GetImage()
+	}
+	for k := range imageKeys(spec) {
+		if keys[k] {
+			return true
+		}
+	}
+	switch r := c.Response().(type) {
+	case *runtimeapi.ImageStatusResponse:
+		return r.GetImage().GetId() != "" && keys[r.GetImage().GetId()]
+	case *runtimeapi.PullImageResponse:
+		return keys[r.GetImageRef()]
+	}
+	return false
+}
+
+func imageKeys(s *runtimeapi.ImageSpec) map[string]bool {
+	m := map[string]bool{}
+	for _, k := range []string{s.GetImage(), s.GetUserSpecifiedImage(), s.GetImageRef()} {
+		if k != "" {
+			m[k] = true
+		}
+	}
+	return m
+}
+
+// settle stops start flows past their Grace from taking status calls.
+func (g *Grouper) settle() {
+	for _, o := range g.order {
+		if o.f.Kind == Start && !o.lastStart.IsZero() && g.now.Sub(o.lastStart) > g.opts.Grace {
+			o.settled = true
+		}
+	}
+}
+
+// expire closes the flows that can no longer grow at g.now.
+func (g *Grouper) expire() []*Flow {
+	var out []*Flow
+	kept := g.order[:0]
+	for _, o := range g.order {
+		if g.done(o) {
+			out = append(out, g.finish(o))
+			g.forget(o)
+			continue
+		}
+		kept = append(kept, o)
+	}
+	g.order = kept
+	// Image calls nobody claimed within InitWait are noise.
+	for len(g.pending) > 0 && g.now.Sub(g.pending[0].Start) > g.opts.InitWait {
+		g.pending[0] = nil
+		g.pending = g.pending[1:]
+	}
+	return out
+}
+
+func (g *Grouper) done(o *open) bool {
+	if o.f.Kind == Stop {
+		return o.f.Complete
+	}
+	if o.lastStart.IsZero() {
+		// Closed by a stop, or a sandbox that never got a container: wait
+		// InitWait from its first call.
+		last := o.f.Steps[len(o.f.Steps)-1].Start
+		return o.settled && g.now.Sub(last) > 0 || g.now.Sub(o.f.Steps[0].Start) > 10*g.opts.InitWait
+	}
+	return g.now.Sub(o.lastStart) > g.opts.InitWait
+}
+
+func (g *Grouper) forget(o *open) {
+	for k, v := range g.starts {
+		if v == o {
+			delete(g.starts, k)
+		}
+	}
+	for k, v := range g.stops {
+		if v == o {
+			delete(g.stops, k)
+		}
+	}
+}
+
+// finish orders a flow's steps and fills in its totals.
+func (g *Grouper) finish(o *open) *Flow {
+	f := o.f
+	sort.SliceStable(f.Steps, func(i, j int) bool { return f.Steps[i].Start.Before(f.Steps[j].Start) })
+	inheritPhases(f.Steps)
+	if f.Runtime == "" {
+		f.Runtime = g.runtime
+	}
+	if len(f.Steps) > 0 {
+		f.Start = f.Steps[0].Start
+		for _, s := range f.Steps {
+			end := s.Start.Add(s.Duration)
+			if end.After(f.End) {
+				f.End = end
+			}
+			milestone := s.Method == "StartContainer" && f.Kind == Start ||
+				s.Method == "RemovePodSandbox" && f.Kind == Stop
+			if milestone && s.Done && s.Err == "" && end.After(f.Done) {
+				f.Done = end
+			}
+		}
+	}
+	if f.Kind == Start {
+		f.Complete = len(o.created) > 0 && len(o.started) >= len(o.created)
+		for id := range o.created {
+			if !o.started[id] {
+				f.Complete = false
+			}
+		}
+	}
+	return f
+}
+
+// ids reads the container_id and pod_sandbox_id fields of a CRI request.
+func ids(m interface{ ProtoReflect() protoreflect.Message }) (cid, sid string) {
+	if m == nil {
+		return "", ""
+	}
+	r := m.ProtoReflect()
+	if !r.IsValid() {
+		return "", ""
+	}
+	fields := r.Descriptor().Fields()
+	if fd := fields.ByName("container_id"); fd != nil && fd.Kind() == protoreflect.StringKind {
+		cid = r.Get(fd).String()
+	}
+	if fd := fields.ByName("pod_sandbox_id"); fd != nil && fd.Kind() == protoreflect.StringKind {
+		sid = r.Get(fd).String()
+	}
+	return cid, sid
+}
