@@ -1,0 +1,171 @@
+package render
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// pumlStatement matches every line PlantUML output may have; named groups
+// are free text.
+var pumlStatement = regexp.MustCompile(`^(` +
+	`@startuml|@enduml|` +
+	`skinparam \w+ [#\w]+|` +
+	`title <b>(?P<t1>.*)</b>\\n<size:11><color:#546E7A>(?P<t2>.*)</color></size>|` +
+	`participant "(?P<t3>[^"]*)" as Client #CFD8DC|` +
+	`box "(?P<t4>[^"]*)" #F5F7FA|` +
+	`  participant "(?P<t5>[^"]*)" as (RS|IS|S\d+)|` +
+	`end box|` +
+	`== (?P<t6>.*) ==|` +
+	`Client -> (RS|IS|S\d+) : (?P<t7>.*)|` +
+	`(RS|IS|S\d+) --> Client : (?P<t8>.*)|` +
+	`(RS|IS|S\d+) -\[#C62828\]-> Client : <color:#C62828>(?P<t9>.*)</color>|` +
+	`(de)?activate (RS|IS|S\d+)|` +
+	`hnote over (RS|IS|S\d+) #FFF3E0 : (?P<t10>.*)|` +
+	`note over Client, (RS|IS|S\d+)( #FFF3E0)? : (?P<t11>.*)|` +
+	`)$`)
+
+var pumlCodePoint = regexp.MustCompile(`<U\+([0-9A-F]{4,6})>`)
+
+func TestPlantUMLSyntax(t *testing.T) {
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out := string(render(t, "puml", c.flow()))
+			if !strings.HasPrefix(out, "@startuml\n") || !strings.HasSuffix(out, "\n@enduml\n") ||
+				strings.Count(out, "@startuml") != 1 || strings.Count(out, "@enduml") != 1 {
+				t.Errorf("not one @startuml … @enduml block")
+			}
+			for i, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+				m := pumlStatement.FindStringSubmatch(line)
+				if m == nil {
+					t.Errorf("line %d is no known statement: %q", i+1, line)
+					continue
+				}
+				for j, name := range pumlStatement.SubexpNames() {
+					if !strings.HasPrefix(name, "t") {
+						continue
+					}
+					free := pumlCodePoint.ReplaceAllString(m[j], "")
+					if strings.ContainsAny(free, "\\<>&\"%$~#;!*^|`[]{}@") {
+						t.Errorf("line %d: unescaped character in %q", i+1, m[j])
+					}
+					for _, dbl := range []string{"--", "//", "**", "__", "==", ",,", "''", "~~", "\"\"", "^^"} {
+						if strings.Contains(free, dbl) && strings.Contains(m[j], dbl) {
+							t.Errorf("line %d: creole markup %q left in %q", i+1, dbl, m[j])
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestPlantUMLTool renders every case with the real PlantUML, failing on
+// any syntax or rendering error, and checks that hostile text is drawn as
+// text.
+func TestPlantUMLTool(t *testing.T) {
+	bin, err := exec.LookPath("plantuml")
+	if err != nil {
+		t.Skip("plantuml not installed (apt-get install -y plantuml): PlantUML output not checked with the real tool")
+	}
+	if testing.Short() {
+		t.Skip("-short: PlantUML (Java) not run")
+	}
+	dir := t.TempDir()
+	var files []string
+	for _, c := range cases {
+		p := filepath.Join(dir, c.name+".puml")
+		if err := os.WriteFile(p, render(t, "puml", c.flow()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// One JVM for every file. PlantUML exits 0 on most errors and draws the
+	// error into the image instead: its output is checked too.
+	cmd := exec.CommandContext(ctx, bin, append([]string{"-tsvg", "-charset", "UTF-8", "-failfast2"}, files...)...)
+	cmd.Env = append(os.Environ(), "JAVA_TOOL_OPTIONS=-Djava.awt.headless=true")
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("plantuml: %v\n%s", err, stderr.String())
+	}
+	if s := strings.TrimSpace(filterJavaNoise(stderr.String())); s != "" {
+		t.Errorf("plantuml printed:\n%s", s)
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			svg, err := os.ReadFile(filepath.Join(dir, c.name+".svg"))
+			if err != nil {
+				t.Fatalf("plantuml wrote no SVG: %v", err)
+			}
+			texts := svgTexts(t, svg)
+			for _, bad := range []string{"Syntax Error", "An error has occured", "Exception", "cannot parse"} {
+				if strings.Contains(texts, bad) {
+					t.Fatalf("PlantUML drew an error: %q in\n%s", bad, texts)
+				}
+			}
+			if c.name != "hostile" {
+				return
+			}
+			// The hostile text is drawn literally: no date for %date(), no
+			// "A" for <U+0041>, no "<" for &#60;, no bold for **bold**.
+			texts = strings.ReplaceAll(texts, "\u200b", "")
+			for _, want := range []string{"%date()", "<U+0041>", "&#60;", "#lt;", "**bold**", "//it//", "--strike--",
+				"@enduml", "@startuml", "$var", "!include", "</text><script>x</script>", "[[http://x]]", `\n`, `back\slash`} {
+				if !strings.Contains(texts, want) {
+					t.Errorf("PlantUML did not draw %q literally", want)
+				}
+			}
+		})
+	}
+}
+
+// filterJavaNoise drops the JVM's notice about JAVA_TOOL_OPTIONS.
+func filterJavaNoise(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasPrefix(l, "Picked up JAVA_TOOL_OPTIONS") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// svgTexts returns the character data of every <text> of an SVG, joined by
+// spaces.
+func svgTexts(t *testing.T, svg []byte) string {
+	t.Helper()
+	dec := xml.NewDecoder(bytes.NewReader(svg))
+	var out []string
+	in := false
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("PlantUML's SVG: %v", err)
+		}
+		switch tok := tok.(type) {
+		case xml.StartElement:
+			in = tok.Name.Local == "text"
+		case xml.CharData:
+			if in {
+				out = append(out, string(tok))
+			}
+		case xml.EndElement:
+			in = false
+		}
+	}
+	return strings.Join(out, " ")
+}

@@ -1,0 +1,418 @@
+// Package render draws a pod flow as a sequence diagram.
+//
+// In: a *flow.Flow, the calls of one pod start or stop with the labels a
+// diagram shows (key argument, shortened result, duration, error, phase).
+// Out: the diagram as PlantUML (.puml), Mermaid (.mmd) or SVG (.svg) text,
+// written to an io.Writer. The SVG is laid out here, with text measured with
+// the Go fonts' metrics; no Java, browser or Graphviz is needed.
+//
+// All layout (rows, columns, pixels) is computed here; flow only orders calls
+// by time. Output is deterministic: the same flow gives the same bytes.
+package render
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/criseq/criseq/flow"
+)
+
+// Formats returns the names Write accepts, which are also the usual file
+// extensions: "puml", "mmd", "svg".
+func Formats() []string { return []string{"puml", "mmd", "svg"} }
+
+// Write draws f in the given format (one of Formats, case-insensitive, with or
+// without a leading dot).
+func Write(w io.Writer, format string, f *flow.Flow) error {
+	switch strings.ToLower(strings.TrimPrefix(format, ".")) {
+	case "puml":
+		return PlantUML(w, f)
+	case "mmd":
+		return Mermaid(w, f)
+	case "svg":
+		return SVG(w, f)
+	}
+	return fmt.Errorf("render: unknown format %q (valid: %s)", format, strings.Join(Formats(), ", "))
+}
+
+// FileName is a stable file name for f: "namespace_name_kind.ext", e.g.
+// "default_nginx_start.svg". Only ASCII letters, digits, '.', '-' and '_'
+// are kept; anything else becomes '_'. A pod without a name is named after
+// its sandbox ID. ext may be given with or without its dot, or empty.
+func FileName(f *flow.Flow, ext string) string {
+	var parts []string
+	if f != nil {
+		if f.Pod.Namespace != "" {
+			parts = append(parts, safeName(f.Pod.Namespace))
+		}
+		switch {
+		case f.Pod.Name != "":
+			parts = append(parts, safeName(f.Pod.Name))
+		case f.SandboxID != "":
+			parts = append(parts, "sandbox-"+safeName(shortID(f.SandboxID)))
+		default:
+			parts = append(parts, "unknown")
+		}
+		parts = append(parts, f.Kind.String())
+	} else {
+		parts = append(parts, "unknown")
+	}
+	name := strings.Join(parts, "_")
+	if ext = safeName(strings.TrimPrefix(ext, ".")); ext != "" {
+		name += "." + ext
+	}
+	return name
+}
+
+// safeName keeps [A-Za-z0-9.-_], replaces the rest by '_', never starts with
+// a dot and is at most 100 bytes long.
+func safeName(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			b.WriteRune(r)
+		case r == '.' && b.Len() > 0:
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+		if b.Len() >= 100 {
+			break
+		}
+	}
+	return b.String()
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// Participant indexes in a diagram.
+const (
+	pClient  = 0
+	pRuntime = 1 // RuntimeService
+	pImage   = 2 // ImageService
+)
+
+// diagram is what every format draws: the flow reduced to labels, free of
+// any syntax or layout.
+type diagram struct {
+	title    string // "default/nginx — pod start"
+	subtitle string // "kubelet → containerd 1.6.20"
+	boxTitle string // the runtime's name
+	parts    []participant
+	calls    []call
+	note     string // "pod started in 1.94s"
+	failed   bool   // some call failed
+	complete bool   // the flow is complete
+}
+
+type participant struct {
+	name  string
+	alias string // identifier in PlantUML and Mermaid sources
+	boxed bool   // inside the runtime's box
+}
+
+// call is one step (or several identical consecutive ones, folded) as shown.
+type call struct {
+	to     int    // participant index
+	phase  string // "" when the flow gives none
+	req    string // "RunPodSandbox(default/nginx)"
+	result string // "sandbox 3f2a1b9c4d5e", or the error for a failed call
+	full   string // tooltip: the unshortened result or error
+	failed bool
+	done   bool          // a reply (or error) came back
+	dur    time.Duration // the call's duration (summed when folded)
+	hasDur bool
+	at     time.Duration // start, relative to the flow's start
+	n      int           // number of calls folded into this one (≥ 1)
+}
+
+// maxLabel caps the runes of one label, maxName those of a name (pod,
+// client, runtime, service, phase); longer ones are cut with "…".
+const (
+	maxLabel = 600
+	maxName  = 100
+)
+
+// reqLabel is the request arrow's text.
+func (c *call) reqLabel() string {
+	if c.n > 1 {
+		return c.req + " ×" + strconv.Itoa(c.n)
+	}
+	return c.req
+}
+
+// retLabel is the return arrow's text ("" when no reply came).
+func (c *call) retLabel() string {
+	if !c.done {
+		return ""
+	}
+	var parts []string
+	if c.failed {
+		parts = append(parts, "✗ "+c.result)
+	} else if c.result != "" {
+		parts = append(parts, c.result)
+	}
+	if c.n > 1 {
+		s := "×" + strconv.Itoa(c.n)
+		if c.hasDur {
+			s += ", " + fmtDur(c.dur) + " total"
+		}
+		parts = append(parts, s)
+	} else if c.hasDur {
+		parts = append(parts, fmtDur(c.dur))
+	}
+	if len(parts) == 0 {
+		return "ok"
+	}
+	return strings.Join(parts, " · ")
+}
+
+// noReply is shown instead of a return arrow for a call that never ended.
+const noReply = "no reply (capture ended)"
+
+// newDiagram reduces f to what a diagram shows.
+func newDiagram(f *flow.Flow) (*diagram, error) {
+	if f == nil {
+		return nil, errors.New("nil flow")
+	}
+	d := &diagram{}
+	pod := clean(f.Pod.String())
+	if f.Pod.Name == "" {
+		pod = "unknown pod"
+		if f.SandboxID != "" {
+			pod = "sandbox " + clean(shortID(f.SandboxID))
+		}
+	}
+	d.title = cut(pod, maxName) + " — pod " + f.Kind.String()
+	client := cut(clean(f.Client), maxName)
+	if client == "" {
+		client = "kubelet"
+	}
+	runtime := cut(clean(f.Runtime), maxName)
+	if runtime == "" {
+		runtime = "container runtime"
+	}
+	d.boxTitle = runtime
+	d.subtitle = client + " → " + runtime
+	if !f.Start.IsZero() {
+		d.subtitle += " · " + f.Start.UTC().Format("2006-01-02 15:04:05.000 MST")
+	}
+	d.parts = []participant{
+		{name: client, alias: "Client"},
+		{name: "RuntimeService", alias: "RS", boxed: true},
+		{name: "ImageService", alias: "IS", boxed: true},
+	}
+
+	start := f.Start
+	if start.IsZero() && len(f.Steps) > 0 {
+		start = f.Steps[0].Start
+	}
+	end := start
+	for i := range f.Steps {
+		s := &f.Steps[i]
+		c := call{
+			to:    d.participant(s.Service),
+			phase: cut(clean(s.Phase), maxName),
+			req:   cut(cut(clean(s.Method), maxName)+"("+clean(s.Arg)+")", maxLabel),
+			done:  s.Done || s.Err != "",
+			n:     1,
+		}
+		if !s.Start.IsZero() && !start.IsZero() {
+			c.at = s.Start.Sub(start)
+		}
+		if s.Done || s.Duration > 0 {
+			c.dur, c.hasDur = s.Duration, true
+		}
+		if s.Err != "" {
+			c.failed = true
+			d.failed = true
+			c.result = cut(clean(s.Err), maxLabel)
+			c.full = cut(clean(s.Err), 4*maxLabel)
+		} else {
+			c.result = cut(clean(s.Result), maxLabel)
+			c.full = cut(clean(s.Full), 4*maxLabel)
+		}
+		if e := s.Start.Add(s.Duration); !s.Start.IsZero() && e.After(end) {
+			end = e
+		}
+		d.calls = append(d.calls, c)
+	}
+
+	total := time.Duration(0)
+	switch {
+	case !f.End.IsZero() && !f.Start.IsZero():
+		total = f.Duration()
+	case !start.IsZero():
+		total = end.Sub(start)
+	}
+	verb := "started"
+	if f.Kind == flow.Stop {
+		verb = "stopped"
+	}
+	d.complete = f.Complete
+	if f.Complete {
+		d.note = "pod " + verb + " in " + fmtDur(total)
+	} else {
+		d.note = "pod " + f.Kind.String() + " incomplete"
+		if total > 0 {
+			d.note += " · " + fmtDur(total) + " observed"
+		}
+	}
+	return d, nil
+}
+
+// participant returns the index of service's lifeline, adding one for a
+// service that is not CRI.
+func (d *diagram) participant(service string) int {
+	switch service {
+	case "RuntimeService", "runtime.v1.RuntimeService", "runtime.v1alpha2.RuntimeService":
+		return pRuntime
+	case "ImageService", "runtime.v1.ImageService", "runtime.v1alpha2.ImageService":
+		return pImage
+	}
+	name := cut(clean(service), maxName)
+	if name == "" {
+		name = "unknown service"
+	}
+	for i, p := range d.parts {
+		if i > pImage && p.name == name {
+			return i
+		}
+	}
+	d.parts = append(d.parts, participant{name: name, alias: "S" + strconv.Itoa(len(d.parts)-pImage), boxed: true})
+	return len(d.parts) - 1
+}
+
+// folded returns calls with runs of identical consecutive calls merged into
+// one ("ContainerStatus(web) ×5").
+func folded(calls []call) []call {
+	var out []call
+	for _, c := range calls {
+		if n := len(out); n > 0 {
+			p := &out[n-1]
+			if p.to == c.to && p.phase == c.phase && p.req == c.req && p.result == c.result &&
+				p.failed == c.failed && p.done == c.done && p.hasDur == c.hasDur {
+				p.n += c.n
+				p.dur += c.dur
+				continue
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// clean makes s printable on one line: control, format and line-separator
+// characters become spaces, invalid UTF-8 becomes U+FFFD, and surrounding
+// space is trimmed.
+func clean(s string) string {
+	ok := true
+	for _, r := range s {
+		if r == utf8.RuneError || r == '\u00a0' || unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp) {
+			ok = false
+			break
+		}
+	}
+	if ok {
+		return strings.TrimSpace(s)
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\u00a0' || unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp):
+			b.WriteByte(' ')
+		default:
+			b.WriteRune(r) // utf8.RuneError is written as U+FFFD
+		}
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// cut shortens s to at most n runes, ending it with "…" when cut.
+func cut(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	i := 0
+	for j := range s {
+		if i == n-1 {
+			return s[:j] + "…"
+		}
+		i++
+	}
+	return s
+}
+
+// fmtDur formats a duration the way the diagrams show it: "850µs", "2.3ms",
+// "105ms", "1.94s", "12.5s", "2m05s".
+func fmtDur(d time.Duration) string {
+	if d < 0 {
+		return "-" + fmtDur(-d)
+	}
+	switch {
+	case d < time.Millisecond:
+		if us := int64(math.Round(float64(d) / 1e3)); us < 1000 {
+			return strconv.FormatInt(us, 10) + "µs"
+		}
+		return "1ms"
+	case d < 10*time.Millisecond:
+		s := strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64)
+		return strings.TrimSuffix(s, ".0") + "ms"
+	case d < time.Second:
+		ms := int64(math.Round(float64(d) / 1e6))
+		if ms >= 1000 {
+			return "1.00s"
+		}
+		return strconv.FormatInt(ms, 10) + "ms"
+	case d < 10*time.Second:
+		return strconv.FormatFloat(float64(d)/1e9, 'f', 2, 64) + "s"
+	case d < time.Minute:
+		return strconv.FormatFloat(float64(d)/1e9, 'f', 1, 64) + "s"
+	}
+	s := int64(math.Round(float64(d) / 1e9))
+	return fmt.Sprintf("%dm%02ds", s/60, s%60)
+}
+
+// fmtAt formats a call's start relative to the flow's, to the millisecond:
+// "+0ms", "+105ms", "+1.725s", "+2m05.120s".
+func fmtAt(d time.Duration) string {
+	sign := "+"
+	if d < 0 {
+		sign, d = "-", -d
+	}
+	ms := int64(math.Round(float64(d) / 1e6))
+	switch {
+	case ms < 1000:
+		return sign + strconv.FormatInt(ms, 10) + "ms"
+	case ms < 60000:
+		return fmt.Sprintf("%s%d.%03ds", sign, ms/1000, ms%1000)
+	}
+	return fmt.Sprintf("%s%dm%02d.%03ds", sign, ms/60000, ms/1000%60, ms%1000)
+}
+
+// errWriter is a bufio.Writer that keeps the first error.
+type errWriter struct {
+	*bufio.Writer
+}
+
+func newWriter(w io.Writer) errWriter { return errWriter{bufio.NewWriterSize(w, 64<<10)} }
+
+func (w errWriter) str(ss ...string) {
+	for _, s := range ss {
+		w.WriteString(s)
+	}
+}

@@ -1,0 +1,367 @@
+package render
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/criseq/criseq/flow"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
+
+// t0 is the start of every hand-made flow.
+var t0 = time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
+
+// Flows built by hand, for the unit tests of render only (the golden tests
+// on real captures live with the command).
+
+type stepSpec struct {
+	phase, svc, method, arg, result, full, err string
+	at, dur                                    time.Duration
+	open                                       bool // capture ended before the reply
+}
+
+func build(kind flow.Kind, complete bool, steps ...stepSpec) *flow.Flow {
+	f := &flow.Flow{
+		Kind:      kind,
+		Pod:       flow.Pod{Namespace: "default", Name: "nginx", UID: "6f1c2b7e-1111-2222-3333-444455556666"},
+		SandboxID: "3f2a1b9c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8",
+		Runtime:   "containerd 1.6.20",
+		Client:    "kubelet",
+		Start:     t0,
+		Complete:  complete,
+	}
+	for _, s := range steps {
+		svc := s.svc
+		if svc == "" {
+			svc = "RuntimeService"
+		}
+		st := flow.Step{Service: svc, Method: s.method, Arg: s.arg, Result: s.result, Full: s.full,
+			Err: s.err, Phase: s.phase, Start: t0.Add(s.at), Duration: s.dur, Done: !s.open}
+		if s.open {
+			st.Duration = 0
+		}
+		f.Steps = append(f.Steps, st)
+		if e := st.Start.Add(st.Duration); e.After(f.End) {
+			f.End = e
+		}
+	}
+	return f
+}
+
+const (
+	sandboxFull   = "3f2a1b9c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8"
+	containerFull = "9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d"
+	digestFull    = "sha256:4e1f0c2d9b7a6e5f4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e"
+)
+
+func startFlow() *flow.Flow {
+	return build(flow.Start, true,
+		stepSpec{phase: "sandbox", method: "RunPodSandbox", arg: "default/nginx",
+			result: "sandbox 3f2a1b9c4d5e", full: sandboxFull, dur: 105 * time.Millisecond},
+		stepSpec{phase: "sandbox", method: "PodSandboxStatus", arg: "3f2a1b9c4d5e",
+			result: "SANDBOX_READY", at: 106 * time.Millisecond, dur: 1200 * time.Microsecond},
+		stepSpec{phase: "image", svc: "ImageService", method: "ImageStatus", arg: "docker.io/library/nginx:1.25",
+			result: "not present", at: 110 * time.Millisecond, dur: 800 * time.Microsecond},
+		stepSpec{phase: "image", svc: "ImageService", method: "PullImage", arg: "docker.io/library/nginx:1.25",
+			result: "sha256:4e1f0c2d9b7a", full: digestFull, at: 112 * time.Millisecond, dur: 1610 * time.Millisecond},
+		stepSpec{phase: "create", method: "CreateContainer", arg: "web",
+			result: "container 9c8d7e6f5a4b", full: containerFull, at: 1725 * time.Millisecond, dur: 45 * time.Millisecond},
+		stepSpec{phase: "start", method: "StartContainer", arg: "9c8d7e6f5a4b",
+			at: 1771 * time.Millisecond, dur: 169 * time.Millisecond},
+	)
+}
+
+func failedPullFlow() *flow.Flow {
+	return build(flow.Start, false,
+		stepSpec{phase: "sandbox", method: "RunPodSandbox", arg: "default/nginx",
+			result: "sandbox 3f2a1b9c4d5e", full: sandboxFull, dur: 98 * time.Millisecond},
+		stepSpec{phase: "image", svc: "ImageService", method: "ImageStatus", arg: "docker.io/library/nginx:nope",
+			result: "not present", at: 100 * time.Millisecond, dur: 700 * time.Microsecond},
+		stepSpec{phase: "image", svc: "ImageService", method: "PullImage", arg: "docker.io/library/nginx:nope",
+			err: `NotFound: failed to pull and unpack image "docker.io/library/nginx:nope": failed to resolve reference "docker.io/library/nginx:nope": docker.io/library/nginx:nope: not found`,
+			at:  102 * time.Millisecond, dur: 1230 * time.Millisecond},
+		stepSpec{phase: "image", svc: "ImageService", method: "ImageStatus", arg: "docker.io/library/nginx:nope",
+			result: "not present", at: 11 * time.Second, dur: 600 * time.Microsecond},
+		stepSpec{phase: "image", svc: "ImageService", method: "PullImage", arg: "docker.io/library/nginx:nope",
+			err: "NotFound: pull access denied", at: 11*time.Second + 2*time.Millisecond, dur: 12 * time.Millisecond},
+	)
+}
+
+func stopFlow() *flow.Flow {
+	return build(flow.Stop, true,
+		stepSpec{phase: "stop", method: "StopContainer", arg: "web (grace 30s)",
+			at: 0, dur: 310 * time.Millisecond},
+		stepSpec{phase: "stop", method: "StopPodSandbox", arg: "3f2a1b9c4d5e",
+			at: 320 * time.Millisecond, dur: 45 * time.Millisecond},
+		stepSpec{phase: "remove", method: "RemoveContainer", arg: "9c8d7e6f5a4b",
+			at: 2 * time.Second, dur: 12 * time.Millisecond},
+		stepSpec{phase: "remove", method: "RemovePodSandbox", arg: "3f2a1b9c4d5e",
+			at: 2013 * time.Millisecond, dur: 31 * time.Millisecond},
+	)
+}
+
+func incompleteFlow() *flow.Flow {
+	return build(flow.Start, false,
+		stepSpec{phase: "sandbox", method: "RunPodSandbox", arg: "default/nginx",
+			result: "sandbox 3f2a1b9c4d5e", full: sandboxFull, dur: 105 * time.Millisecond},
+		stepSpec{phase: "image", svc: "ImageService", method: "ImageStatus", arg: "docker.io/library/nginx:1.25",
+			result: "sha256:4e1f0c2d9b7a", full: digestFull, at: 110 * time.Millisecond, dur: 900 * time.Microsecond},
+		stepSpec{phase: "create", method: "CreateContainer", arg: "web",
+			at: 115 * time.Millisecond, open: true},
+		stepSpec{phase: "status", method: "ContainerStatus", arg: "web",
+			result: "CONTAINER_CREATED", at: 300 * time.Millisecond, dur: 2 * time.Millisecond},
+		stepSpec{phase: "status", svc: "grpc.health.v1.Health", method: "Check", arg: "",
+			result: "SERVING", at: 400 * time.Millisecond, dur: 1 * time.Millisecond},
+	)
+}
+
+// hostile is what an attacker-controlled pod name, image reference, runtime
+// version or error message could hold.
+const hostile = "q\"uo'te <b>&amp;</b> </text><script>x</script> line\nbreak\r\ttab ;semi #hash -->arrow\n" +
+	"@enduml\n@startuml\n%%{init: {\"theme\":\"dark\"}}%% style x fill:#f00; classDef a fill:#0f0; **bold** //it// " +
+	"--strike-- __u__ ~~w~~ \"\"m\"\" [[http://x]] <U+0041> &#60; #lt; \\n back\\slash $var %date() !include x " +
+	"{{ }} ``c`` == | ^^ ,, \x00\x1b[31m \u202eevil \xff end"
+
+func hostileFlow() *flow.Flow {
+	f := build(flow.Start, false,
+		stepSpec{phase: hostile, method: "RunPodSandbox", arg: hostile, result: hostile, full: hostile, dur: time.Millisecond},
+		stepSpec{phase: "image", svc: "ImageService", method: "PullImage", arg: hostile, err: hostile, at: 2 * time.Millisecond, dur: time.Millisecond},
+		stepSpec{phase: "status", svc: hostile, method: hostile, arg: "wrap:" + hostile, result: "nowrap:x", at: 3 * time.Millisecond, dur: time.Millisecond},
+		stepSpec{phase: "status", method: "ContainerStatus", arg: hostile, at: 4 * time.Millisecond, open: true},
+	)
+	f.Pod = flow.Pod{Namespace: hostile, Name: hostile}
+	f.Runtime = hostile
+	f.Client = hostile
+	return f
+}
+
+// longFlow has names and labels wider than anything usual.
+func longFlow() *flow.Flow {
+	f := startFlow()
+	f.Client = "kubelet/v1.30.1 (linux/amd64) kubernetes/6911225 with a long user agent"
+	f.Runtime = "a runtime with a very long name that is wider than its two services together"
+	f.Steps[0].Arg = strings.Repeat("averyveryverylongwordwithoutspaces", 8)
+	f.Steps = append(f.Steps, flow.Step{Service: "some.other.v1.Service", Method: "Call", Arg: "x",
+		Result: "ok", Phase: "start", Start: t0.Add(1950 * time.Millisecond), Duration: time.Millisecond, Done: true})
+	return f
+}
+
+// cases are the flows every format is tested on.
+var cases = []struct {
+	name string
+	flow func() *flow.Flow
+}{
+	{"start", startFlow},
+	{"failed-pull", failedPullFlow},
+	{"stop", stopFlow},
+	{"incomplete", incompleteFlow},
+	{"hostile", hostileFlow},
+	{"long", longFlow},
+}
+
+func render(t testing.TB, format string, f *flow.Flow) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := Write(&b, format, f); err != nil {
+		t.Fatalf("Write %s: %v", format, err)
+	}
+	return b.Bytes()
+}
+
+// TestGolden checks every format of every case against testdata/golden, and
+// that rendering twice gives the same bytes.
+func TestGolden(t *testing.T) {
+	for _, c := range cases {
+		for _, format := range Formats() {
+			t.Run(c.name+"."+format, func(t *testing.T) {
+				got := render(t, format, c.flow())
+				if again := render(t, format, c.flow()); !bytes.Equal(got, again) {
+					t.Fatal("two renderings of the same flow differ")
+				}
+				path := filepath.Join("testdata", "golden", c.name+"."+format)
+				if *update {
+					if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(path, got, 0o644); err != nil {
+						t.Fatal(err)
+					}
+					return
+				}
+				want, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatalf("%v (run go test ./render -update to create it)", err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Errorf("%s differs from its golden file; run go test ./render -update and review the diff", path)
+				}
+			})
+		}
+	}
+}
+
+func TestWriteUnknownFormat(t *testing.T) {
+	err := Write(&bytes.Buffer{}, "png", startFlow())
+	if err == nil {
+		t.Fatal("no error for format png")
+	}
+	for _, want := range []string{`"png"`, "puml", "mmd", "svg"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+	for _, f := range []string{"SVG", ".puml", "mmd"} {
+		if err := Write(&bytes.Buffer{}, f, startFlow()); err != nil {
+			t.Errorf("Write %q: %v", f, err)
+		}
+	}
+}
+
+func TestNilFlow(t *testing.T) {
+	for _, format := range Formats() {
+		if err := Write(&bytes.Buffer{}, format, nil); err == nil {
+			t.Errorf("%s: no error for a nil flow", format)
+		}
+	}
+}
+
+type failWriter struct{}
+
+func (failWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestWriteError(t *testing.T) {
+	for _, format := range Formats() {
+		err := Write(failWriter{}, format, startFlow())
+		if err == nil || !strings.Contains(err.Error(), "disk full") {
+			t.Errorf("%s: error %v, want the writer's", format, err)
+		}
+	}
+}
+
+func TestFileName(t *testing.T) {
+	f := startFlow()
+	for _, tc := range []struct {
+		f    *flow.Flow
+		ext  string
+		want string
+	}{
+		{f, "svg", "default_nginx_start.svg"},
+		{f, ".puml", "default_nginx_start.puml"},
+		{f, "", "default_nginx_start"},
+		{stopFlow(), "mmd", "default_nginx_stop.mmd"},
+		{&flow.Flow{Pod: flow.Pod{Namespace: "kube-system", Name: "coredns-5d78c9869d-x2x7k"}}, "svg", "kube-system_coredns-5d78c9869d-x2x7k_start.svg"},
+		{&flow.Flow{SandboxID: sandboxFull, Kind: flow.Stop}, "svg", "sandbox-3f2a1b9c4d5e_stop.svg"},
+		{&flow.Flow{}, "svg", "unknown_start.svg"},
+		{&flow.Flow{Pod: flow.Pod{Namespace: "../..", Name: "a/b c\x00ü"}}, "s/vg", "_._.._a_b_c___start.s_vg"},
+		{nil, "svg", "unknown.svg"},
+	} {
+		if got := FileName(tc.f, tc.ext); got != tc.want {
+			t.Errorf("FileName(%v, %q) = %q, want %q", tc.f, tc.ext, got, tc.want)
+		}
+	}
+	long := &flow.Flow{Pod: flow.Pod{Name: strings.Repeat("a", 300)}}
+	if n := len(FileName(long, "svg")); n > 120 {
+		t.Errorf("FileName of a long pod name is %d bytes", n)
+	}
+}
+
+func TestFmtDur(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0µs"},
+		{850 * time.Microsecond, "850µs"},
+		{999900 * time.Nanosecond, "1ms"},
+		{2300 * time.Microsecond, "2.3ms"},
+		{3 * time.Millisecond, "3ms"},
+		{9990 * time.Microsecond, "10ms"},
+		{105 * time.Millisecond, "105ms"},
+		{999700 * time.Microsecond, "1.00s"},
+		{1940 * time.Millisecond, "1.94s"},
+		{12500 * time.Millisecond, "12.5s"},
+		{125 * time.Second, "2m05s"},
+		{-5 * time.Millisecond, "-5ms"},
+	} {
+		if got := fmtDur(tc.d); got != tc.want {
+			t.Errorf("fmtDur(%v) = %q, want %q", tc.d, got, tc.want)
+		}
+	}
+}
+
+func TestFmtAt(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "+0ms"},
+		{400 * time.Microsecond, "+0ms"},
+		{105 * time.Millisecond, "+105ms"},
+		{1725 * time.Millisecond, "+1.725s"},
+		{11*time.Second + 2*time.Millisecond, "+11.002s"},
+		{125*time.Second + 120*time.Millisecond, "+2m05.120s"},
+		{-3 * time.Millisecond, "-3ms"},
+	} {
+		if got := fmtAt(tc.d); got != tc.want {
+			t.Errorf("fmtAt(%v) = %q, want %q", tc.d, got, tc.want)
+		}
+	}
+}
+
+// TestLabels checks the text of arrows and notes, the same in every format.
+func TestLabels(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		f    *flow.Flow
+		want []string
+	}{
+		{"start", startFlow(), []string{
+			"default/nginx — pod start", "kubelet → containerd 1.6.20",
+			"RunPodSandbox(default/nginx)", "sandbox 3f2a1b9c4d5e · 105ms",
+			"PullImage(docker.io/library/nginx:1.25)", "sha256:4e1f0c2d9b7a · 1.61s",
+			"CreateContainer(web)", "container 9c8d7e6f5a4b · 45ms",
+			"StartContainer(9c8d7e6f5a4b)", "169ms", "pod started in 1.94s"}},
+		{"failed-pull", failedPullFlow(), []string{
+			"✗ NotFound: pull access denied · 12ms", "pod start incomplete · 11.0s observed"}},
+		{"stop", stopFlow(), []string{"default/nginx — pod stop", "StopContainer(web (grace 30s))", "pod stopped in 2.04s"}},
+		{"incomplete", incompleteFlow(), []string{noReply, "Check()", "SERVING · 1ms", "pod start incomplete · 401ms observed"}},
+	} {
+		for _, format := range Formats() {
+			out := string(render(t, format, tc.f))
+			if format == "puml" {
+				out = strings.ReplaceAll(out, "<U+003E>", ">") // the "→" stays; only ASCII is escaped
+			}
+			for _, w := range tc.want {
+				if format == "mmd" && strings.HasPrefix(w, "default/nginx") {
+					continue // the Mermaid title joins title and subtitle
+				}
+				if !strings.Contains(out, w) {
+					t.Errorf("%s.%s lacks %q", tc.name, format, w)
+				}
+			}
+		}
+	}
+}
+
+// TestSamples writes every case in every format to $RENDER_OUT, for looking
+// at them (converted to PNG) by eye.
+func TestSamples(t *testing.T) {
+	dir := os.Getenv("RENDER_OUT")
+	if dir == "" {
+		t.Skip("RENDER_OUT not set")
+	}
+	for _, c := range cases {
+		for _, format := range Formats() {
+			if err := os.WriteFile(filepath.Join(dir, c.name+"."+format), render(t, format, c.flow()), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}

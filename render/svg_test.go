@@ -1,0 +1,361 @@
+package render
+
+import (
+	"bytes"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/criseq/criseq/flow"
+)
+
+// svgDoc is what a test reads back from an SVG.
+type svgDoc struct {
+	root    xml.StartElement
+	texts   []string          // character data of every <text>, in order
+	titles  []string          // every <title>
+	classes map[string]int    // elements per class attribute
+	tags    map[string]int    // elements per tag
+	attrs   map[string]string // attributes of the root
+}
+
+// parseSVG decodes a whole SVG document with encoding/xml, failing the test
+// if it is not well-formed.
+func parseSVG(t *testing.T, b []byte) *svgDoc {
+	t.Helper()
+	doc := &svgDoc{classes: map[string]int{}, tags: map[string]int{}, attrs: map[string]string{}}
+	dec := xml.NewDecoder(bytes.NewReader(b))
+	dec.Strict = true
+	var stack []string
+	var text strings.Builder
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("SVG is not well-formed XML: %v", err)
+		}
+		switch tok := tok.(type) {
+		case xml.StartElement:
+			if depth == 0 {
+				doc.root = tok.Copy()
+				for _, a := range tok.Attr {
+					doc.attrs[a.Name.Local] = a.Value
+				}
+			}
+			depth++
+			stack = append(stack, tok.Name.Local)
+			doc.tags[tok.Name.Local]++
+			for _, a := range tok.Attr {
+				if a.Name.Local == "class" {
+					doc.classes[a.Value]++
+				}
+			}
+			text.Reset()
+		case xml.CharData:
+			text.Write(tok)
+		case xml.EndElement:
+			switch tok.Name.Local {
+			case "text":
+				doc.texts = append(doc.texts, text.String())
+			case "title":
+				doc.titles = append(doc.titles, text.String())
+			}
+			depth--
+			stack = stack[:len(stack)-1]
+			text.Reset()
+		}
+	}
+	if depth != 0 || doc.root.Name.Local != "svg" {
+		t.Fatalf("SVG document: root %q, depth %d at the end", doc.root.Name.Local, depth)
+	}
+	return doc
+}
+
+func TestSVGWellFormed(t *testing.T) {
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out := render(t, "svg", c.flow())
+			doc := parseSVG(t, out)
+			if doc.root.Name.Space != "http://www.w3.org/2000/svg" {
+				t.Errorf("root namespace %q", doc.root.Name.Space)
+			}
+			if got := doc.attrs["font-family"]; got != "Go, 'DejaVu Sans', Arial, sans-serif" {
+				t.Errorf("font-family %q", got)
+			}
+			for _, tag := range []string{"script", "foreignObject", "image", "font", "font-face"} {
+				if doc.tags[tag] > 0 {
+					t.Errorf("SVG has a <%s> element", tag)
+				}
+			}
+			if bytes.Contains(out, []byte("@font-face")) || bytes.Contains(out, []byte("base64")) {
+				t.Error("SVG embeds a font")
+			}
+			if doc.attrs["width"] == "" || doc.attrs["viewBox"] == "" {
+				t.Errorf("SVG has no size: %v", doc.attrs)
+			}
+		})
+	}
+}
+
+// TestSVGContent checks what the SVG draws for each kind of flow.
+func TestSVGContent(t *testing.T) {
+	t.Run("start", func(t *testing.T) {
+		doc := parseSVG(t, render(t, "svg", startFlow()))
+		all := strings.Join(doc.texts, "\n")
+		for _, want := range []string{"default/nginx — pod start", "kubelet", "containerd 1.6.20",
+			"RuntimeService", "ImageService", "sandbox", "image", "create", "start",
+			"RunPodSandbox(default/nginx)", "sandbox 3f2a1b9c4d5e · 105ms", "+0ms", "+106ms", "+1.725s",
+			"pod started in 1.94s"} {
+			if !strings.Contains(all, want) {
+				t.Errorf("no text %q", want)
+			}
+		}
+		if n := doc.classes["act"]; n != 6 {
+			t.Errorf("%d activation bars, want 6", n)
+		}
+		if n := doc.classes["req"]; n != 6 {
+			t.Errorf("%d request arrows, want 6", n)
+		}
+		if n := doc.classes["ret"]; n != 6 {
+			t.Errorf("%d return arrows, want 6", n)
+		}
+		if n := doc.classes["hd"] + doc.classes["hc"]; n != 6 {
+			t.Errorf("%d header and footer boxes, want 6", n)
+		}
+		if n := doc.classes["ph"]; n != 4 {
+			t.Errorf("%d phase separators, want 4", n)
+		}
+		if n := doc.classes["rt"]; n != 1 {
+			t.Errorf("%d runtime boxes, want 1", n)
+		}
+		// Tooltips carry the full IDs.
+		for _, want := range []string{sandboxFull, containerFull, digestFull} {
+			found := false
+			for _, ti := range doc.titles {
+				found = found || ti == want
+			}
+			if !found {
+				t.Errorf("no tooltip %q", want)
+			}
+		}
+	})
+	t.Run("failed-pull", func(t *testing.T) {
+		doc := parseSVG(t, render(t, "svg", failedPullFlow()))
+		if n := doc.classes["ret err"]; n != 2 {
+			t.Errorf("%d red return arrows, want 2", n)
+		}
+		if n := doc.classes["e"]; n < 2 {
+			t.Errorf("%d red labels, want at least 2", n)
+		}
+		all := strings.Join(doc.texts, " ")
+		for _, want := range []string{"✗ NotFound: pull access denied · 12ms", "pod start incomplete", "+11.002s"} {
+			if !strings.Contains(all, want) {
+				t.Errorf("no text %q", want)
+			}
+		}
+		if !bytes.Contains(render(t, "svg", failedPullFlow()), []byte("#c62828")) {
+			t.Error("no error colour in the style")
+		}
+	})
+	t.Run("incomplete", func(t *testing.T) {
+		doc := parseSVG(t, render(t, "svg", incompleteFlow()))
+		if n := doc.classes["open"]; n != 1 {
+			t.Errorf("%d open activation bars, want 1", n)
+		}
+		all := strings.Join(doc.texts, " ")
+		for _, want := range []string{noReply, "grpc.health.v1.Health", "Check()"} {
+			if !strings.Contains(all, want) {
+				t.Errorf("no text %q", want)
+			}
+		}
+		if n := doc.classes["ret"]; n != 4 {
+			t.Errorf("%d return arrows, want 4 (none for the call without reply)", n)
+		}
+	})
+	t.Run("hostile", func(t *testing.T) {
+		out := render(t, "svg", hostileFlow())
+		doc := parseSVG(t, out)
+		all := strings.Join(doc.texts, " ")
+		for _, want := range []string{"</text><script>x</script>", "<b>&amp;</b>", "-->arrow", "@enduml", "%date()", "q\"uo'te"} {
+			if !strings.Contains(all, want) {
+				t.Errorf("hostile text %q not shown as text", want)
+			}
+		}
+		if bytes.Contains(out, []byte("\x00")) || bytes.Contains(out, []byte("\x1b")) {
+			t.Error("control characters in the SVG")
+		}
+	})
+}
+
+// TestSVGTextFits checks, on the layout, that every text stays inside the
+// box it belongs to and that no two texts overlap, measured with the same
+// metrics the layout used.
+func TestSVGTextFits(t *testing.T) {
+	flows := map[string]*flow.Flow{}
+	for _, c := range cases {
+		flows[c.name] = c.flow()
+	}
+	longPhase := stopFlow()
+	longPhase.Steps[0].Phase = strings.Repeat("a long phase name ", 10)
+	flows["long-phase"] = longPhase
+	names := make([]string, 0, len(flows))
+	for n := range flows {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			d, err := newDiagram(flows[name])
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := layoutSVG(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const eps = 0.5
+			page := box{0, 0, l.w, l.h}
+			for _, tx := range l.texts {
+				b := tx.bounds()
+				if !inside(b, page, eps) {
+					t.Errorf("text %q at %+v leaves the page %+v", tx.lines, b, page)
+				}
+				if tx.in != nil && !inside(b, *tx.in, eps) {
+					t.Errorf("text %q at %+v overflows its box %+v", tx.lines, b, *tx.in)
+				}
+			}
+			for i, a := range l.texts {
+				for _, b := range l.texts[i+1:] {
+					if overlap(a.bounds(), b.bounds()) {
+						t.Errorf("texts %q %+v and %q %+v overlap", a.lines, a.bounds(), b.lines, b.bounds())
+					}
+				}
+			}
+			// Header boxes do not overlap each other either.
+			var hdrs []box
+			for _, e := range l.elems() {
+				if e.kind == eRect && (e.class == "hd" || e.class == "hc") {
+					for _, h := range hdrs {
+						if overlap(h, e.r) {
+							t.Errorf("header boxes %+v and %+v overlap", h, e.r)
+						}
+					}
+					hdrs = append(hdrs, e.r)
+				}
+			}
+		})
+	}
+}
+
+func inside(a, b box, eps float64) bool {
+	return a.x >= b.x-eps && a.y >= b.y-eps && a.right() <= b.right()+eps && a.bottom() <= b.bottom()+eps
+}
+
+func overlap(a, b box) bool {
+	return a.x < b.right() && b.x < a.right() && a.y < b.bottom() && b.y < a.bottom()
+}
+
+func TestWrap(t *testing.T) {
+	ms, err := newMeasurer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"", "short", "a few words that will need to be wrapped onto several lines of text",
+		strings.Repeat("x", 200), "mixed " + strings.Repeat("y", 120) + " words ✗ · — 日本語のテキスト"} {
+		lines := ms.wrap(regular, fontSize, s, 150)
+		if got := strings.Join(lines, ""); strings.ReplaceAll(s, " ", "") != strings.ReplaceAll(got, " ", "") {
+			t.Errorf("wrap lost text: %q → %q", s, lines)
+		}
+		for _, l := range lines {
+			if w := ms.width(regular, fontSize, l); w > 150 && len([]rune(l)) > 1 {
+				t.Errorf("line %q is %.1fpx wide, over 150", l, w)
+			}
+		}
+	}
+	if w := ms.width(regular, fontSize, "RuntimeService"); w < 80 || w > 130 {
+		t.Errorf("RuntimeService measures %.1fpx at 13px", w)
+	}
+	if ms.width(bold, fontSize, "kubelet") <= ms.width(regular, fontSize, "kubelet") {
+		t.Error("bold is not wider than regular")
+	}
+}
+
+// TestSVGConcurrent renders from several goroutines at once (for -race).
+func TestSVGConcurrent(t *testing.T) {
+	want := render(t, "svg", failedPullFlow())
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b bytes.Buffer
+			if err := SVG(&b, failedPullFlow()); err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(b.Bytes(), want) {
+				errs <- fmt.Errorf("concurrent rendering differs")
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// bigFlow is a flow of n calls, some failed, some without reply.
+func bigFlow(n int) *flow.Flow {
+	f := startFlow()
+	f.Steps = f.Steps[:0]
+	phases := []string{"sandbox", "image", "create", "start", "status"}
+	for i := 0; i < n; i++ {
+		s := flow.Step{Service: "RuntimeService", Method: "ContainerStatus", Arg: fmt.Sprintf("web-%d", i%7),
+			Result: "CONTAINER_RUNNING", Phase: phases[i/50%len(phases)], Start: t0.Add(time.Duration(i) * time.Millisecond),
+			Duration: 300 * time.Microsecond, Done: true}
+		switch {
+		case i%97 == 0:
+			s.Service, s.Method, s.Arg, s.Result = "ImageService", "PullImage", "docker.io/library/nginx:1.25", "sha256:4e1f0c2d9b7a"
+		case i%101 == 0:
+			s.Err = "DeadlineExceeded: context deadline exceeded"
+		case i%1009 == 0:
+			s.Done, s.Duration = false, 0
+		}
+		f.Steps = append(f.Steps, s)
+	}
+	f.End = t0.Add(time.Duration(n) * time.Millisecond)
+	return f
+}
+
+func TestSVGBig(t *testing.T) {
+	out := render(t, "svg", bigFlow(2000))
+	doc := parseSVG(t, out)
+	if n := doc.classes["req"]; n != 2000 {
+		t.Errorf("%d request arrows, want 2000", n)
+	}
+}
+
+// BenchmarkSVG renders a flow of 10,000 calls.
+func BenchmarkSVG(b *testing.B) {
+	f := bigFlow(10000)
+	var buf bytes.Buffer
+	b.ReportAllocs()
+	for b.Loop() {
+		buf.Reset()
+		if err := SVG(&buf, f); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(buf.Len())/1e6, "MB/op")
+}
