@@ -1,9 +1,12 @@
 // Package capture turns CRI traffic into timestamped byte chunks per connection
 // and direction, and writes and reads them as pcap/pcapng files.
 //
-// In: a live unix-socket relay (Proxy) or a capture file (OpenFile).
+// In: a live unix-socket relay (Proxy) or a capture file (OpenFile, NewReader).
 // Out: Chunks, in time order per connection and direction, and pcapng files.
-// It knows sockets and packet formats, and nothing of HTTP/2.
+// Live chunks go from the Proxy through a Recorder (a bounded queue that
+// drops rather than stall the relay) to a Sink such as PcapngWriter.
+// It knows sockets and packet formats, and nothing of HTTP/2 beyond the
+// connection preface that tells a capture's client from its server.
 package capture
 
 import (

@@ -1,0 +1,334 @@
+package capture
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+)
+
+// Synthetic addressing of a recorded unix-socket connection in a pcapng file.
+// Connection id becomes a TCP flow from ClientEndpoint(id) to
+// 127.0.0.1:ServerPort, so Wireshark decodes it with
+// `-d tcp.port==10010,http2`.
+const (
+	ServerPort      = 10010
+	firstClientPort = 40001
+	clientPorts     = 65535 - firstClientPort + 1 // 25535
+	// maxSegment keeps a segment's IPv4 total length under 65535.
+	maxSegment = 65000
+)
+
+// ServerIP is the synthetic address of the runtime in recorded files.
+var ServerIP = net.IPv4(127, 0, 0, 1).To4()
+
+// ClientEndpoint is the synthetic address of connection id's client:
+// 127.0.0.1, port 40000+id for the first 25535 connections; further ones
+// reuse the ports on 127.0.0.2, 127.0.0.3, ..., so flows never collide.
+func ClientEndpoint(id uint64) (net.IP, uint16) {
+	if id == 0 {
+		id = 1
+	}
+	k := (id - 1) / clientPorts
+	ip := net.IP{127, byte(k >> 16), byte(k >> 8), byte(k)}
+	ip[3]++ // k = 0 gives 127.0.0.1
+	return ip, uint16(firstClientPort + (id-1)%clientPorts)
+}
+
+// Sink consumes chunks, in the order they were seen.
+type Sink interface {
+	Write(Chunk) error
+	Close() error
+}
+
+// PcapngWriter writes chunks as a pcapng file of synthetic Ethernet/IPv4/TCP
+// packets (see ServerPort): a handshake at Open, PSH|ACK segments of at most
+// 65000 bytes for Data, a FIN at Close. Timestamps keep nanoseconds. A Gap
+// advances the sequence number, so Wireshark shows "previous segment not
+// captured", and the packet after it carries a comment saying how many bytes
+// were lost. Data without a preceding Open opens the connection implicitly.
+type PcapngWriter struct {
+	dst   io.Writer     // what the caller gave
+	out   *bufio.Writer // batches pcapgo's small writes into few syscalls
+	ng    *pcapgo.NgWriter
+	err   error // sticky: a failed write leaves the file unusable
+	conns map[uint64]*synFlow
+
+	buf  gopacket.SerializeBuffer
+	eth  layers.Ethernet
+	ip   layers.IPv4
+	tcp  layers.TCP
+	opts gopacket.SerializeOptions
+}
+
+// synFlow is the TCP state of one recorded connection.
+type synFlow struct {
+	ip     net.IP
+	port   uint16
+	seq    [2]uint32 // next sequence number per Dir
+	closed [2]bool
+}
+
+// NewPcapngWriter starts a pcapng file on w. Errors of the header write are
+// returned by the first Write or Close.
+func NewPcapngWriter(w io.Writer) *PcapngWriter {
+	pw := &PcapngWriter{
+		dst:   w,
+		out:   bufio.NewWriterSize(w, 256<<10),
+		conns: make(map[uint64]*synFlow),
+		buf:   gopacket.NewSerializeBuffer(),
+		opts:  gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+	}
+	intf := pcapgo.DefaultNgInterface
+	intf.LinkType = layers.LinkTypeEthernet
+	intf.Name = "criseq"
+	intf.Description = fmt.Sprintf("CRI unix-socket connections relayed by criseq, as synthetic TCP: connection N is 127.0.0.1:(40000+N) to %s:%d", ServerIP, ServerPort)
+	opts := pcapgo.NgWriterOptions{SectionInfo: pcapgo.NgSectionInfo{
+		Application: "criseq",
+		OS:          pcapgo.DefaultNgWriterOptions.SectionInfo.OS,
+		Hardware:    pcapgo.DefaultNgWriterOptions.SectionInfo.Hardware,
+	}}
+	ng, err := pcapgo.NewNgWriterInterface(pw.out, intf, opts)
+	if err != nil {
+		pw.err = fmt.Errorf("write pcapng header: %w", err)
+	}
+	pw.ng = ng
+	pw.eth = layers.Ethernet{EthernetType: layers.EthernetTypeIPv4}
+	pw.ip = layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, Flags: layers.IPv4DontFragment}
+	return pw
+}
+
+// Write appends the packets of one chunk. A malformed chunk is refused with
+// an error and leaves the file intact; a failed write ends the file.
+func (w *PcapngWriter) Write(c Chunk) error {
+	if w.err != nil {
+		return w.err
+	}
+	if c.Dir > ServerToClient || c.Kind > Close {
+		return fmt.Errorf("write pcapng: chunk of connection %d has bad direction %d or kind %d", c.Conn, c.Dir, c.Kind)
+	}
+	if err := w.write(c); err != nil {
+		w.err = fmt.Errorf("write pcapng: %w", err)
+		return w.err
+	}
+	return nil
+}
+
+func (w *PcapngWriter) write(c Chunk) error {
+	f := w.conns[c.Conn]
+	if f == nil {
+		if c.Kind == Close {
+			return nil // nothing was recorded of it
+		}
+		var err error
+		if f, err = w.open(c); err != nil {
+			return err
+		}
+	}
+	d, o := c.Dir, 1-c.Dir
+	switch c.Kind {
+	case Open:
+		return nil
+	case Data:
+		comment := ""
+		if c.Gap != 0 {
+			skip := c.Gap
+			lost := fmt.Sprintf("%d bytes", c.Gap)
+			if skip < 0 {
+				skip, lost = 1, "an unknown number of bytes"
+			}
+			f.seq[d] += uint32(skip)
+			comment = fmt.Sprintf("criseq: %s of %s lost before this segment", lost, d)
+		}
+		data := c.Data
+		for len(data) > 0 {
+			n := min(len(data), maxSegment)
+			err := w.packet(c.Time, f, d, true, false, false, f.seq[d], f.seq[o], data[:n], comment)
+			if err != nil {
+				return err
+			}
+			f.seq[d] += uint32(n)
+			data, comment = data[n:], ""
+		}
+		return nil
+	case Close:
+		if f.closed[d] {
+			return nil
+		}
+		if c.Gap > 0 {
+			f.seq[d] += uint32(c.Gap)
+		}
+		if err := w.packet(c.Time, f, d, true, false, true, f.seq[d], f.seq[o], nil, ""); err != nil {
+			return err
+		}
+		f.seq[d]++
+		f.closed[d] = true
+		if f.closed[o] {
+			delete(w.conns, c.Conn)
+		}
+		return nil
+	}
+	return fmt.Errorf("chunk of connection %d has unknown kind %d", c.Conn, c.Kind)
+}
+
+// open writes the three-way handshake of a new connection.
+func (w *PcapngWriter) open(c Chunk) (*synFlow, error) {
+	f := &synFlow{}
+	f.ip, f.port = ClientEndpoint(c.Conn)
+	// Fixed initial sequence numbers keep files reproducible; Wireshark shows
+	// relative numbers anyway.
+	f.seq[ClientToServer] = 0x10000000 + uint32(c.Conn)<<8
+	f.seq[ServerToClient] = 0x20000000 + uint32(c.Conn)<<8
+	w.conns[c.Conn] = f
+	cs, sc := f.seq[ClientToServer], f.seq[ServerToClient]
+	if err := w.packet(c.Time, f, ClientToServer, false, true, false, cs, 0, nil, ""); err != nil {
+		return nil, err
+	}
+	if err := w.packet(c.Time, f, ServerToClient, true, true, false, sc, cs+1, nil, ""); err != nil {
+		return nil, err
+	}
+	f.seq[ClientToServer]++
+	f.seq[ServerToClient]++
+	err := w.packet(c.Time, f, ClientToServer, true, false, false, f.seq[ClientToServer], f.seq[ServerToClient], nil, "")
+	return f, err
+}
+
+var windowScale = []layers.TCPOption{{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{14}}}
+
+func (w *PcapngWriter) packet(t time.Time, f *synFlow, d Dir, ack, syn, fin bool, seq, ackNo uint32, payload []byte, comment string) error {
+	w.tcp = layers.TCP{
+		Seq: seq, ACK: ack, SYN: syn, FIN: fin,
+		PSH:    len(payload) > 0,
+		Window: 0xffff,
+	}
+	if ack {
+		w.tcp.Ack = ackNo
+	}
+	if syn {
+		// A window scale makes Wireshark see a large window, so long one-way
+		// bursts are not flagged as "window full".
+		w.tcp.Options = windowScale
+	}
+	w.ip.SrcIP, w.ip.DstIP = f.ip, ServerIP
+	w.tcp.SrcPort, w.tcp.DstPort = layers.TCPPort(f.port), ServerPort
+	w.eth.SrcMAC, w.eth.DstMAC = macClient, macServer
+	if d == ServerToClient {
+		w.ip.SrcIP, w.ip.DstIP = ServerIP, f.ip
+		w.tcp.SrcPort, w.tcp.DstPort = ServerPort, layers.TCPPort(f.port)
+		w.eth.SrcMAC, w.eth.DstMAC = macServer, macClient
+	}
+	w.ip.Id++
+	if err := w.tcp.SetNetworkLayerForChecksum(&w.ip); err != nil {
+		return err
+	}
+	if err := gopacket.SerializeLayers(w.buf, w.opts, &w.eth, &w.ip, &w.tcp, gopacket.Payload(payload)); err != nil {
+		return fmt.Errorf("build packet: %w", err)
+	}
+	frame := w.buf.Bytes()
+	if comment != "" {
+		return w.commentedPacket(t, frame, comment)
+	}
+	ci := gopacket.CaptureInfo{Timestamp: t, CaptureLength: len(frame), Length: len(frame)}
+	return w.ng.WritePacket(ci, frame)
+}
+
+var (
+	macClient = net.HardwareAddr{0x02, 0, 0, 0, 0, 1}
+	macServer = net.HardwareAddr{0x02, 0, 0, 0, 0, 2}
+)
+
+// commentedPacket writes an enhanced packet block with an opt_comment, which
+// pcapgo's writer cannot. It flushes pcapgo's buffer first to keep the order.
+func (w *PcapngWriter) commentedPacket(t time.Time, frame []byte, comment string) error {
+	if err := w.ng.Flush(); err != nil {
+		return err
+	}
+	pad := func(n int) int { return (n + 3) &^ 3 }
+	optLen := 4 + pad(len(comment)) + 4 // comment option + end of options
+	total := 28 + pad(len(frame)) + optLen + 4
+	b := make([]byte, total)
+	le := binary.LittleEndian
+	le.PutUint32(b[0:], 6) // enhanced packet block
+	le.PutUint32(b[4:], uint32(total))
+	le.PutUint32(b[8:], 0) // interface 0
+	ts := uint64(t.UnixNano())
+	le.PutUint32(b[12:], uint32(ts>>32))
+	le.PutUint32(b[16:], uint32(ts))
+	le.PutUint32(b[20:], uint32(len(frame)))
+	le.PutUint32(b[24:], uint32(len(frame)))
+	copy(b[28:], frame)
+	o := 28 + pad(len(frame))
+	le.PutUint16(b[o:], 1) // opt_comment
+	le.PutUint16(b[o+2:], uint16(len(comment)))
+	copy(b[o+4:], comment)
+	le.PutUint32(b[total-4:], uint32(total))
+	_, err := w.out.Write(b)
+	return err
+}
+
+// Flush writes buffered packets to the underlying writer. The Recorder calls
+// it whenever its queue runs empty.
+func (w *PcapngWriter) Flush() error {
+	if w.err != nil {
+		return w.err
+	}
+	err := w.ng.Flush()
+	if err == nil {
+		err = w.out.Flush()
+	}
+	if err != nil {
+		w.err = fmt.Errorf("write pcapng: %w", err)
+		return w.err
+	}
+	return nil
+}
+
+// Close flushes the file and closes the underlying writer if it is an io.Closer.
+// Connections still open get no FIN: the file ends as the capture did.
+func (w *PcapngWriter) Close() error {
+	err := w.Flush()
+	if c, ok := w.dst.(io.Closer); ok {
+		if cerr := c.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close pcapng: %w", cerr)
+		}
+	}
+	if err == nil {
+		w.err = errors.New("write pcapng: writer closed")
+	}
+	return err
+}
+
+// CreateFile creates (or truncates) a capture file readable by its owner only:
+// mode 0600 whatever the umask, set before any data is written. It refuses to
+// follow a symlink or to write into anything but a regular file.
+func CreateFile(path string) (*os.File, error) {
+	// Checked before opening too: opening a FIFO for writing would block.
+	if st, err := os.Lstat(path); err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("create capture file: %s exists and is not a regular file", path)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create capture file: %w", err)
+	}
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", path)
+	}
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("create capture file: %w", err)
+	}
+	return f, nil
+}

@@ -1,0 +1,223 @@
+package capture
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// Default bounds of a Recorder's queue.
+const (
+	DefaultMaxChunks = 4096
+	DefaultMaxBytes  = 64 << 20
+)
+
+// Recorder moves chunks from relays to a Sink on its own goroutine, so that
+// relays never wait for the disk. Its queue is bounded; a chunk that does not
+// fit is dropped and Record reports it, so the caller can mark the gap.
+//
+// After the Sink's first error, the error is logged once and every later chunk
+// is dropped: traffic keeps flowing, the recording just stops.
+type Recorder struct {
+	sink      Sink
+	log       func(format string, args ...any)
+	maxChunks int
+	maxBytes  int
+
+	mu       sync.Mutex
+	queue    []Chunk
+	spare    []Chunk
+	inFlight int // bytes queued or being written
+	closed   bool
+	failed   bool
+	dropping bool // in a burst of drops, logged once
+	err      error
+
+	wake chan struct{}
+	done chan struct{}
+	once sync.Once
+
+	written, writtenBytes atomic.Int64
+	dropped, droppedBytes atomic.Int64
+}
+
+// RecorderOptions tunes a Recorder; zero values take the defaults.
+type RecorderOptions struct {
+	MaxChunks int                              // queued chunks (DefaultMaxChunks)
+	MaxBytes  int                              // queued data bytes (DefaultMaxBytes)
+	Log       func(format string, args ...any) // nil: silent
+}
+
+// RecorderStats counts what a Recorder wrote and dropped.
+type RecorderStats struct {
+	Chunks, Bytes               int64 // written to the sink
+	DroppedChunks, DroppedBytes int64
+}
+
+// NewRecorder starts a Recorder writing to sink. Close it to flush.
+func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
+	r := &Recorder{
+		sink:      sink,
+		log:       opts.Log,
+		maxChunks: opts.MaxChunks,
+		maxBytes:  opts.MaxBytes,
+		wake:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+	if r.maxChunks <= 0 {
+		r.maxChunks = DefaultMaxChunks
+	}
+	if r.maxBytes <= 0 {
+		r.maxBytes = DefaultMaxBytes
+	}
+	if r.log == nil {
+		r.log = func(string, ...any) {}
+	}
+	go r.run()
+	return r
+}
+
+// Record queues c without waiting and reports whether it was queued. The
+// Recorder owns c.Data from then on. Open and Close chunks are tiny and are
+// queued even when the queue is full, so connection boundaries survive
+// overload; they are dropped only once the Recorder failed or closed.
+func (r *Recorder) Record(c Chunk) bool {
+	r.mu.Lock()
+	full := len(r.queue) >= r.maxChunks || r.inFlight+len(c.Data) > r.maxBytes
+	if r.closed || r.failed || (c.Kind == Data && full) {
+		logIt := !r.dropping && !r.closed && !r.failed
+		r.dropping = true
+		queued, inFlight := len(r.queue), r.inFlight
+		r.mu.Unlock()
+		r.dropped.Add(1)
+		r.droppedBytes.Add(int64(len(c.Data)))
+		if logIt {
+			r.log("recorder: queue full (%d chunks, %d bytes), dropping data; the capture will show gaps", queued, inFlight)
+		}
+		return false
+	}
+	r.dropping = false
+	r.queue = append(r.queue, c)
+	r.inFlight += len(c.Data)
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (r *Recorder) run() {
+	defer close(r.done)
+	for {
+		r.mu.Lock()
+		for len(r.queue) == 0 && !r.closed {
+			r.mu.Unlock()
+			<-r.wake
+			r.mu.Lock()
+		}
+		if len(r.queue) == 0 {
+			r.mu.Unlock()
+			return // closed and drained
+		}
+		// Double buffering: relays fill one slice while this writes the other.
+		batch := r.queue
+		r.queue, r.spare = r.spare[:0], nil
+		r.mu.Unlock()
+
+		n := 0
+		for i := range batch {
+			n += len(batch[i].Data)
+			r.write(batch[i])
+			batch[i] = Chunk{} // let the data go
+		}
+		r.mu.Lock()
+		r.inFlight -= n
+		r.spare = batch[:0]
+		idle := len(r.queue) == 0
+		r.mu.Unlock()
+		if idle {
+			r.flush() // data reaches the file when traffic pauses
+		}
+	}
+}
+
+// Flusher is a Sink that buffers; the Recorder flushes it when idle.
+type Flusher interface {
+	Flush() error
+}
+
+func (r *Recorder) flush() {
+	f, ok := r.sink.(Flusher)
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	failed := r.failed
+	r.mu.Unlock()
+	if failed {
+		return
+	}
+	if err := f.Flush(); err != nil {
+		r.fail(err)
+	}
+}
+
+func (r *Recorder) fail(err error) {
+	r.mu.Lock()
+	r.failed = true
+	r.err = fmt.Errorf("recorder: %w", err)
+	r.mu.Unlock()
+	r.log("recorder: %v; recording stopped, traffic still relayed", err)
+}
+
+func (r *Recorder) write(c Chunk) {
+	r.mu.Lock()
+	failed := r.failed
+	r.mu.Unlock()
+	if failed {
+		r.dropped.Add(1)
+		r.droppedBytes.Add(int64(len(c.Data)))
+		return
+	}
+	if err := r.sink.Write(c); err != nil {
+		r.fail(err)
+		r.dropped.Add(1)
+		r.droppedBytes.Add(int64(len(c.Data)))
+		return
+	}
+	r.written.Add(1)
+	r.writtenBytes.Add(int64(len(c.Data)))
+}
+
+// Stats returns the counts so far.
+func (r *Recorder) Stats() RecorderStats {
+	return RecorderStats{
+		Chunks: r.written.Load(), Bytes: r.writtenBytes.Load(),
+		DroppedChunks: r.dropped.Load(), DroppedBytes: r.droppedBytes.Load(),
+	}
+}
+
+// Close stops accepting chunks, writes the queued ones, and closes the sink.
+// It returns the first error of the sink. Calling it again returns the same.
+func (r *Recorder) Close() error {
+	r.once.Do(func() {
+		r.mu.Lock()
+		r.closed = true
+		r.mu.Unlock()
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+		<-r.done
+		err := r.sink.Close()
+		r.mu.Lock()
+		if r.err == nil && err != nil {
+			r.err = fmt.Errorf("recorder: %w", err)
+		}
+		r.mu.Unlock()
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
