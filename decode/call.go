@@ -1,11 +1,20 @@
 // Package decode turns the byte chunks of CRI connections into Calls.
 //
-// In: capture.Chunks (per connection and direction, in time order).
+// In: capture.Chunks (per connection and direction, in time order), fed to
+// a Decoder one by one (Feed) or read from a capture.Source (DecodeAll).
 // Out: Calls: one per gRPC stream, with the method, times, decoded CRI
 // request(s) and response(s), status and headers, and ConnErrors for
 // connections whose bytes could not be decoded.
 // It knows HTTP/2, HPACK, gRPC and the CRI protobuf types; nothing of
 // sockets or pcap files.
+//
+// Message types come from the CRI descriptors registered by
+// k8s.io/cri-api (runtime.v1; runtime.v1alpha2 paths decode with them);
+// calls of other services are kept with Known false and undecoded bodies.
+// Output is redacted unless Options.NoRedact is set: registry
+// credentials, container environment values, verbose info maps and
+// authorization headers read "<redacted>", and no raw message bytes are
+// kept.
 package decode
 
 import (
@@ -125,7 +134,8 @@ func (c *Call) Response() proto.Message {
 type ConnError struct {
 	Conn   uint64
 	Dir    string
-	Offset int64 // byte offset in that direction's stream
+	Offset int64     // byte offset in that direction's stream
+	Time   time.Time // when the bytes were seen; zero if at the end of the capture
 	Err    error
 }
 

@@ -1,0 +1,83 @@
+package decode
+
+import (
+	"strings"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	// Registers the CRI services and messages in the global registries.
+	_ "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// criPackage is the protobuf package whose services are decoded. Other
+// services on the socket (containerd's API, health, reflection) stay
+// unknown even when their descriptors happen to be linked in.
+const criPackage = "runtime.v1"
+
+// method is what a :path resolves to.
+type method struct {
+	service, name string
+	known         bool
+	in, out       protoreflect.MessageType // nil unless known
+}
+
+// noMethod stands for a stream whose request headers were not seen.
+var noMethod method
+
+// maxMethods bounds the path cache: a corrupt capture may invent paths.
+const maxMethods = 4096
+
+// method resolves a :path through the cache.
+func (d *Decoder) method(path string) *method {
+	if m, ok := d.methods[path]; ok {
+		return m
+	}
+	m := lookupMethod(path)
+	if len(d.methods) < maxMethods {
+		d.methods[path] = m
+	}
+	return m
+}
+
+// lookupMethod finds the request and response types of a gRPC path
+// "/package.Service/Method" in the CRI descriptors. The retired
+// runtime.v1alpha2 package is wire-compatible and decoded as runtime.v1.
+func lookupMethod(path string) *method {
+	m := &method{}
+	rest, ok := strings.CutPrefix(path, "/")
+	i := strings.LastIndexByte(rest, '/')
+	if !ok || i <= 0 || i == len(rest)-1 {
+		return m
+	}
+	m.service, m.name = rest[:i], rest[i+1:]
+	svc := m.service
+	if name, ok := strings.CutPrefix(svc, "runtime.v1alpha2."); ok {
+		svc = criPackage + "." + name
+	}
+	if !strings.HasPrefix(svc, criPackage+".") {
+		return m
+	}
+	desc, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(svc))
+	if err != nil {
+		return m
+	}
+	sd, ok := desc.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return m
+	}
+	md := sd.Methods().ByName(protoreflect.Name(m.name))
+	if md == nil {
+		return m
+	}
+	in, err := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
+	if err != nil {
+		return m
+	}
+	out, err := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName())
+	if err != nil {
+		return m
+	}
+	m.in, m.out, m.known = in, out, true
+	return m
+}
