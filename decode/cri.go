@@ -20,6 +20,7 @@ type method struct {
 	service, name string
 	known         bool
 	in, out       protoreflect.MessageType // nil unless known
+	skip          bool                     // Options.SkipBodies said so
 }
 
 // noMethod stands for a stream whose request headers were not seen.
@@ -34,6 +35,11 @@ func (d *Decoder) method(path string) *method {
 		return m
 	}
 	m := lookupMethod(path)
+	if d.opts.SkipBodies != nil && m.known && d.opts.SkipBodies(m.service, m.name) {
+		c := *m
+		c.skip = true
+		m = &c
+	}
 	if len(d.methods) < maxMethods {
 		d.methods[path] = m
 	}

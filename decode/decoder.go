@@ -41,6 +41,12 @@ type Options struct {
 	// environment values, the verbose info maps of status responses,
 	// authorization headers, and the raw bytes of every message.
 	NoRedact bool
+	// SkipBodies, if set, is asked once per CRI method (service and method
+	// name, e.g. "runtime.v1.RuntimeService", "ListContainers"); when it
+	// says true, that method's messages are not unmarshalled (Message.Proto
+	// stays nil, Size is set). Unmarshalling is most of the decoding cost,
+	// and kubelet's polling is most of the bytes.
+	SkipBodies func(service, method string) bool
 }
 
 // clientPreface starts every HTTP/2 connection, client to server.

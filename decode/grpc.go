@@ -352,7 +352,7 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 	}
 	if err == nil {
 		m.Size = len(raw)
-		if typ != nil && !d.noProto {
+		if typ != nil && !d.noProto && !s.m.skip {
 			msg := typ.New().Interface()
 			if err = proto.Unmarshal(raw, msg); err != nil {
 				err = fmt.Errorf("unmarshal %s: %w", typ.Descriptor().FullName(), err)

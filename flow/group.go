@@ -60,11 +60,12 @@ func Group(calls []*decode.Call, opts Options) []*Flow {
 		out = append(out, g.Add(c)...)
 	}
 	out = append(out, g.Flush()...)
-	sortFlows(out)
+	Sort(out)
 	return out
 }
 
-func sortFlows(fs []*Flow) {
+// Sort orders flows by start time, then pod name.
+func Sort(fs []*Flow) {
 	sort.SliceStable(fs, func(i, j int) bool {
 		if !fs[i].Start.Equal(fs[j].Start) {
 			return fs[i].Start.Before(fs[j].Start)

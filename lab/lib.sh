@@ -89,9 +89,9 @@ TOML
 containerd_stop() {
 	local pid
 	pid=$(cat "$LAB/containerd.pid" 2>/dev/null) || return 0
-	kill "$pid" 2>/dev/null && for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-	kill -9 "$pid" 2>/dev/null
-	pkill -f "containerd-shim-runc-v2 -namespace k8s.io -address $LAB/containerd.sock" 2>/dev/null
+	if kill "$pid" 2>/dev/null; then for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi
+	kill -9 "$pid" 2>/dev/null || true
+	pkill -f "containerd-shim-runc-v2 -namespace k8s.io -address $LAB/containerd.sock" 2>/dev/null || true
 	sleep 0.2
 	grep " $LAB/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
 	rm -f "$LAB/containerd.pid"
@@ -109,8 +109,8 @@ recorder_start() {
 
 recorder_stop() {
 	[ -n "${RECORDER_PID:-}" ] || return 0
-	kill -TERM "$RECORDER_PID" 2>/dev/null
-	wait "$RECORDER_PID" 2>/dev/null
+	kill -TERM "$RECORDER_PID" 2>/dev/null || true
+	wait "$RECORDER_PID" 2>/dev/null || true
 	RECORDER_PID=
 }
 
@@ -141,6 +141,140 @@ YML
 registry_stop() {
 	local pid
 	pid=$(cat "$LAB/registry.pid" 2>/dev/null) || return 0
-	kill "$pid" 2>/dev/null
+	kill "$pid" 2>/dev/null || true
 	rm -f "$LAB/registry.pid"
 }
+
+# host_save records the host state kubelet changes, so host_restore can put it back.
+host_save() {
+	mkdir -p "$LAB/host"
+	for s in vm.overcommit_memory kernel.panic kernel.panic_on_oops; do
+		sysctl -n "$s" >"$LAB/host/$s" 2>/dev/null || true
+	done
+	for t in iptables ip6tables; do
+		command -v $t >/dev/null || continue
+		for tbl in filter nat mangle; do
+			$t -t $tbl -S 2>/dev/null | awk '$1=="-N"{print $2}' >"$LAB/host/$t-$tbl.chains" || true
+		done
+	done
+	ls /var/log/containers/ 2>/dev/null >"$LAB/host/log-links" || true
+	[ -e /var/lib/kubelet/device-plugins/kubelet.sock ] && touch "$LAB/host/had-device-sock"
+	[ -e /var/lib/cni/results ] && touch "$LAB/host/had-cni-results"
+	[ -e /var/lib/kubelet ] && touch "$LAB/host/had-var-lib-kubelet"
+	return 0
+}
+
+# host_restore undoes what kubelet changed on the host (see host_save).
+host_restore() {
+	[ -d "$LAB/host" ] || return 0
+	for s in vm.overcommit_memory kernel.panic kernel.panic_on_oops; do
+		[ -s "$LAB/host/$s" ] && sysctl -qw "$s=$(cat "$LAB/host/$s")" 2>/dev/null
+	done
+	for t in iptables ip6tables; do
+		command -v $t >/dev/null || continue
+		for tbl in filter nat mangle; do
+			$t -t $tbl -S 2>/dev/null | awk '$1=="-N"{print $2}' | while read -r chain; do
+				grep -qx "$chain" "$LAB/host/$t-$tbl.chains" 2>/dev/null && continue
+				# A chain kubelet added: drop the rules that jump to it, then it.
+				$t -t $tbl -S 2>/dev/null | grep -- "-j $chain\$" | sed 's/^-A/-D/' |
+					while read -r rule; do eval "$t -t $tbl $rule" 2>/dev/null; done
+				$t -t $tbl -F "$chain" 2>/dev/null
+				$t -t $tbl -X "$chain" 2>/dev/null
+			done
+		done
+	done
+	if [ -d /var/log/containers ]; then
+		for l in /var/log/containers/*; do
+			[ -L "$l" ] || continue
+			grep -qx "$(basename "$l")" "$LAB/host/log-links" 2>/dev/null || rm -f "$l"
+		done
+	fi
+	[ -e "$LAB/host/had-device-sock" ] || rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+	[ -e "$LAB/host/had-var-lib-kubelet" ] || rm -rf /var/lib/kubelet
+	[ -e "$LAB/host/had-cni-results" ] || rm -rf /var/lib/cni/results
+	ip link del cni-criseq 2>/dev/null || true
+	rm -rf "$LAB/host"
+}
+
+# kubelet_start runs a real kubelet in standalone mode (static pods from
+# $LAB/manifests), talking to the runtime through $1 (a unix socket path).
+kubelet_start() {
+	local sock=$1
+	mkdir -p "$LAB/manifests" "$LAB/kubelet" "$LAB/pki" "$LAB/pod-logs" "$LAB/volume-plugins" "$LAB/logs"
+	cat >"$LAB/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+staticPodPath: $LAB/manifests
+enableServer: false
+readOnlyPort: 0
+failCgroupV1: false
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+cgroupDriver: cgroupfs
+failSwapOn: false
+protectKernelDefaults: false
+containerRuntimeEndpoint: unix://$sock
+imageServiceEndpoint: unix://$sock
+podLogsDir: $LAB/pod-logs
+volumePluginDir: $LAB/volume-plugins
+syncFrequency: 10s
+fileCheckFrequency: 1s
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+YAML
+	"$KUBELET" --config "$LAB/kubelet.yaml" --root-dir "$LAB/kubelet" --cert-dir "$LAB/pki" \
+		--hostname-override criseq-lab --v 2 >"$LAB/logs/kubelet.log" 2>&1 &
+	KUBELET_PID=$!
+	echo "$KUBELET_PID" >"$LAB/kubelet.pid"
+	# Ready when it has talked to the runtime (its first relist).
+	for _ in $(seq 150); do
+		grep -q "Starting to sync pod status\|Started kubelet" "$LAB/logs/kubelet.log" 2>/dev/null && break
+		kill -0 "$KUBELET_PID" 2>/dev/null || { echo "lab: kubelet exited; last lines:" >&2; tail -n 30 "$LAB/logs/kubelet.log" >&2; return 1; }
+		sleep 0.1
+	done
+	sleep 1
+}
+
+kubelet_stop() {
+	local pid
+	pid=$(cat "$LAB/kubelet.pid" 2>/dev/null) || return 0
+	if kill "$pid" 2>/dev/null; then for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi
+	kill -9 "$pid" 2>/dev/null || true
+	rm -f "$LAB/kubelet.pid"
+	# kubelet bind-mounts its root dir onto itself.
+	while grep -q " $LAB/kubelet " /proc/mounts; do umount "$LAB/kubelet" 2>/dev/null || umount -l "$LAB/kubelet"; done
+}
+
+# direct runs crictl on containerd itself, bypassing the recorder, so the
+# lab's own checks never show up in a capture.
+direct() { "$CRICTL" -r "unix://$LAB/containerd.sock" -i "unix://$LAB/containerd.sock" -t 30s "$@"; }
+
+# put_manifest writes a static pod manifest atomically (kubelet rejects a half-written one).
+put_manifest() {
+	local name=$1
+	cat >"$LAB/manifests/.$name.tmp"
+	mv "$LAB/manifests/.$name.tmp" "$LAB/manifests/$name.yaml"
+}
+
+# wait_for CMD... retries a check for up to $WAIT seconds (default 60).
+wait_for() {
+	local n=$(( ${WAIT:-60} * 10 ))
+	for _ in $(seq "$n"); do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "lab: timed out waiting for: $*" >&2
+	if [ -n "${KUBELET_PID:-}" ]; then
+		kill -0 "$KUBELET_PID" 2>/dev/null || echo "lab: kubelet is not running" >&2
+		echo "lab: last lines of kubelet's log:" >&2
+		tail -n 15 "$LAB/logs/kubelet.log" >&2
+	fi
+	return 1
+}
+
+# running NAME: a container named NAME runs.
+running() { [ -n "$(direct ps -q --name "^$1\$" --state running)" ]; }
+# no_pods: no sandbox left in containerd.
+no_pods() { [ -z "$(direct pods -q)" ]; }

@@ -43,11 +43,10 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return fmt.Errorf("%w: calls takes one capture file, got %d arguments", errUsage, len(pos))
 	}
-	l, err := load(pos[0], decode.Options{NoRedact: *noRedact}, flow.Options{}, stderr)
+	calls, err := loadCalls(pos[0], decode.Options{NoRedact: *noRedact}, stderr)
 	if err != nil {
 		return err
 	}
-	calls := l.calls
 	if *hide {
 		kept := calls[:0:0]
 		for _, c := range calls {

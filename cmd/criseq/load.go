@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
@@ -9,24 +10,17 @@ import (
 	"github.com/criseq/criseq/flow"
 )
 
-// loaded is a capture file decoded and grouped.
-type loaded struct {
-	calls []*decode.Call
-	flows []*flow.Flow
-}
-
-// load decodes a capture file; connection-level problems are reported on
-// stderr, naming the file, and decoding goes on with the other connections.
-func load(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer) (*loaded, error) {
+// loadCalls decodes every call of a capture file, sorted by start.
+// Connection-level problems are reported on stderr, naming the file, and
+// decoding goes on with the other connections.
+func loadCalls(path string, dopts decode.Options, stderr io.Writer) ([]*decode.Call, error) {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
 	calls, connErrs, err := decode.DecodeAll(src, dopts)
-	for _, e := range connErrs {
-		fmt.Fprintf(stderr, "criseq: %s: %v\n", path, e)
-	}
+	report(path, connErrs, stderr)
 	if err != nil {
 		if len(calls) == 0 {
 			return nil, err
@@ -34,5 +28,52 @@ func load(path string, dopts decode.Options, fopts flow.Options, stderr io.Write
 		// A truncated file: keep what was read before the damage.
 		fmt.Fprintf(stderr, "criseq: %v (showing the %d calls read before it)\n", err, len(calls))
 	}
-	return &loaded{calls: calls, flows: flow.Group(calls, fopts)}, nil
+	return calls, nil
+}
+
+// loadFlows decodes and groups a capture file as a stream, so memory
+// follows the open calls and flows, not the length of the capture. Unless
+// fopts.All, the bodies of kubelet's polling calls are not unmarshalled:
+// no flow shows them.
+func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer) (flows []*flow.Flow, calls int, err error) {
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer src.Close()
+	g := flow.NewGrouper(fopts)
+	dopts.OnCall = func(c *decode.Call) {
+		calls++
+		flows = append(flows, g.Add(c)...)
+	}
+	if !fopts.All {
+		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) && method != "Version" }
+	}
+	d := decode.New(dopts)
+	for {
+		var c capture.Chunk
+		c, err = src.Next()
+		if err != nil {
+			break
+		}
+		d.Feed(c)
+	}
+	d.Close()
+	flows = append(flows, g.Flush()...)
+	flow.Sort(flows)
+	report(path, d.Errors(), stderr)
+	if errors.Is(err, io.EOF) {
+		return flows, calls, nil
+	}
+	if calls == 0 {
+		return nil, 0, err
+	}
+	fmt.Fprintf(stderr, "criseq: %v (showing what was read before it)\n", err)
+	return flows, calls, nil
+}
+
+func report(path string, errs []*decode.ConnError, stderr io.Writer) {
+	for _, e := range errs {
+		fmt.Fprintf(stderr, "criseq: %s: %v\n", path, e)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
@@ -66,17 +67,17 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	l, err := load(path, decode.Options{NoRedact: o.noRedact}, flow.Options{All: o.all, Client: o.client}, stderr)
+	flows, calls, err := loadFlows(path, decode.Options{NoRedact: o.noRedact}, flow.Options{All: o.all, Client: o.client}, stderr)
 	if err != nil {
 		return err
 	}
-	flows := filterPod(l.flows, o.pod)
+	flows = filterPod(flows, o.pod)
 	if len(flows) == 0 {
 		what := "no pod start or stop"
 		if o.pod != "" {
 			what = "no flow of pod " + o.pod
 		}
-		return fmt.Errorf("render: %s found in %s (%d calls); try criseq calls %s", what, path, len(l.calls), path)
+		return fmt.Errorf("render: %s found in %s (%d calls); try criseq calls %s", what, path, calls, path)
 	}
 	return writeFlows(flows, formats, o.out, stdout)
 }
@@ -137,7 +138,7 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, stdout io.Writ
 			}
 			names = append(names, name)
 		}
-		fmt.Fprintf(stdout, "%-40s %s %s  → %s\n", f.Pod.String(), summary(f), "", strings.Join(names, ", "))
+		fmt.Fprintf(stdout, "%-32s %s  → %s\n", f.Pod.String(), summary(f), strings.Join(names, ", "))
 	}
 	return nil
 }
@@ -150,7 +151,33 @@ func summary(f *flow.Flow) string {
 	if !f.Complete {
 		verb = f.Kind.String() + " incomplete after"
 	}
-	return fmt.Sprintf("%s %s (%d calls)", verb, fmtDuration(f.Duration()), len(f.Steps))
+	return fmt.Sprintf("%s %s  (%s)", verb, fmtDuration(f.Duration()), phases(f))
+}
+
+// phases sums the time of the calls that do the work, e.g.
+// "sandbox 105ms, pull 887ms, create 29ms, start 54ms".
+func phases(f *flow.Flow) string {
+	names := []struct{ method, label string }{
+		{"RunPodSandbox", "sandbox"}, {"PullImage", "pull"}, {"CreateContainer", "create"},
+		{"StartContainer", "start"}, {"StopContainer", "stop"}, {"StopPodSandbox", "stop sandbox"},
+		{"RemoveContainer", "remove"}, {"RemovePodSandbox", "remove sandbox"},
+	}
+	var parts []string
+	for _, n := range names {
+		var sum time.Duration
+		seen := false
+		for _, s := range f.Steps {
+			if s.Method == n.method {
+				sum += s.Duration
+				seen = true
+			}
+		}
+		if seen {
+			parts = append(parts, n.label+" "+fmtDuration(sum))
+		}
+	}
+	parts = append(parts, fmt.Sprintf("%d calls", len(f.Steps)))
+	return strings.Join(parts, ", ")
 }
 
 func writeFile(name string, fill func(io.Writer) error) error {

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+func TestHelpHasExamples(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"help"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "Examples:") {
+		t.Errorf("criseq help has no examples:\n%s", out.String())
+	}
+	for _, c := range commands() {
+		var stderr bytes.Buffer
+		err := run(context.Background(), []string{c.name, "-h"}, &stderr, &stderr)
+		if !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("%s -h: %v", c.name, err)
+		}
+		if !strings.Contains(stderr.String(), "Examples:") || !strings.Contains(stderr.String(), "Flags:") {
+			t.Errorf("%s -h lacks examples or flags:\n%s", c.name, stderr.String())
+		}
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{}, {"nope"}, {"calls"}, {"calls", "a", "b"}, {"render", "--format", "gif", "x"},
+		{"record", "-w", "x.pcapng"}, {"record", "--listen", "/tmp/x.sock"},
+	} {
+		var stderr bytes.Buffer
+		err := run(context.Background(), args, &stderr, &stderr)
+		if !errors.Is(err, errUsage) {
+			t.Errorf("criseq %q: err = %v, want a usage error", args, err)
+		}
+	}
+}
+
+// TestBadFiles: damaged input gives an error naming the file, never a panic.
+func TestBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	text := filepath.Join(dir, "notes.txt")
+	os.WriteFile(text, []byte("hello, this is not a capture\n"), 0o600)
+	empty := filepath.Join(dir, "empty.pcapng")
+	os.WriteFile(empty, nil, 0o600)
+	for _, f := range []string{text, empty, filepath.Join(dir, "missing.pcap")} {
+		for _, cmd := range []string{"calls", "render"} {
+			var stdout, stderr bytes.Buffer
+			args := []string{cmd, f}
+			if cmd == "render" {
+				args = []string{cmd, "-o", filepath.Join(dir, "out"), f}
+			}
+			err := run(context.Background(), args, &stdout, &stderr)
+			if err == nil || !strings.Contains(err.Error(), filepath.Base(f)) {
+				t.Errorf("criseq %s %s: err = %v, want one naming the file", cmd, filepath.Base(f), err)
+			}
+		}
+	}
+
+	// A capture cut in the middle: the calls before the cut are still listed.
+	whole, err := os.ReadFile(filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(dir, "cut.pcapng")
+	os.WriteFile(cut, whole[:len(whole)/2+7], 0o600)
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"calls", cut}, &stdout, &stderr); err != nil {
+		t.Fatalf("calls on a truncated file: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "cut.pcapng") || !strings.Contains(stderr.String(), "offset") {
+		t.Errorf("truncation not reported with file and offset: %q", stderr.String())
+	}
+	if n := strings.Count(stdout.String(), "\n"); n < 10 {
+		t.Errorf("only %d lines from the first half of the capture", n)
+	}
+}
+
+// criServer is a real grpc-go server of the CRI services, answering like a
+// runtime would, so criseq record sits between two real gRPC peers.
+type criServer struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+	runtimeapi.UnimplementedImageServiceServer
+	gotAuth string
+}
+
+func (s *criServer) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
+	return &runtimeapi.VersionResponse{RuntimeName: "testruntime", RuntimeVersion: "0.1", RuntimeApiVersion: "v1"}, nil
+}
+func (s *criServer) RunPodSandbox(_ context.Context, r *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
+	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: "5a9d1e0c0ffee0000000000000000000000000000000000000000000000000001"}, nil
+}
+func (s *criServer) PodSandboxStatus(_ context.Context, r *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
+	return &runtimeapi.PodSandboxStatusResponse{Status: &runtimeapi.PodSandboxStatus{Id: r.PodSandboxId, State: runtimeapi.PodSandboxState_SANDBOX_READY}}, nil
+}
+func (s *criServer) ImageStatus(_ context.Context, r *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
+	return &runtimeapi.ImageStatusResponse{}, nil
+}
+func (s *criServer) PullImage(_ context.Context, r *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	s.gotAuth = r.GetAuth().GetPassword()
+	if strings.Contains(r.Image.Image, "missing") {
+		return nil, status.Error(codes.NotFound, "manifest unknown")
+	}
+	return &runtimeapi.PullImageResponse{ImageRef: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}, nil
+}
+func (s *criServer) CreateContainer(_ context.Context, r *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	return &runtimeapi.CreateContainerResponse{ContainerId: "c0de" + strings.Repeat("0", 59) + "1"}, nil
+}
+func (s *criServer) StartContainer(context.Context, *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
+	return &runtimeapi.StartContainerResponse{}, nil
+}
+
+// TestRecordThenRender records a pod start between a real grpc-go CRI
+// client and server with criseq record, then renders it.
+func TestRecordThenRender(t *testing.T) {
+	dir, err := os.MkdirTemp("", "criseq") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	upstream, listen, file := filepath.Join(dir, "rt.sock"), filepath.Join(dir, "proxy.sock"), filepath.Join(dir, "cri.pcapng")
+	l, err := net.Listen("unix", upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	cs := &criServer{}
+	runtimeapi.RegisterRuntimeServiceServer(srv, cs)
+	runtimeapi.RegisterImageServiceServer(srv, cs)
+	go srv.Serve(l)
+	defer srv.Stop()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var recErr bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"record", "-q", "--upstream", upstream, "--listen", listen, "-w", file}, &recErr, &recErr)
+	}()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(listen); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, img := runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+	cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "nginx", Namespace: "default", Uid: "u-1"}}
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(rt.Version(ctx, &runtimeapi.VersionRequest{}))
+	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	must(sb, err)
+	must(rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.PodSandboxId}))
+	spec := &runtimeapi.ImageSpec{Image: "registry.local/nginx:1.25"}
+	must(img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: spec}))
+	pulled, err := img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: spec, SandboxConfig: cfg,
+		Auth: &runtimeapi.AuthConfig{Username: "user", Password: "hunter2-registry-password"}})
+	must(pulled, err)
+	ct, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: cfg,
+		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "web"},
+			Image: &runtimeapi.ImageSpec{Image: pulled.ImageRef, UserSpecifiedImage: spec.Image},
+			Envs:  []*runtimeapi.KeyValue{{Key: "TOKEN", Value: []byte("env-secret-value")}}}})
+	must(ct, err)
+	must(rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ct.ContainerId}))
+	conn.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("record: %v\n%s", err, recErr.String())
+	}
+	if cs.gotAuth != "hunter2-registry-password" {
+		t.Errorf("the runtime got password %q through the relay", cs.gotAuth)
+	}
+	if st, err := os.Stat(file); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("capture file: %v, mode %v; want 0600", err, st.Mode().Perm())
+	}
+	if _, err := os.Stat(listen); !os.IsNotExist(err) {
+		t.Errorf("listen socket left behind: %v", err)
+	}
+
+	var stdout, stderr bytes.Buffer
+	out := filepath.Join(dir, "out")
+	if err := run(context.Background(), []string{"render", "-o", out, file}, &stdout, &stderr); err != nil {
+		t.Fatalf("render: %v\n%s", err, stderr.String())
+	}
+	pumlBytes, err := os.ReadFile(filepath.Join(out, "default_nginx_start.puml"))
+	puml := string(pumlBytes)
+	if err != nil {
+		t.Fatalf("%v; render said:\n%s", err, stdout.String())
+	}
+	for _, want := range []string{"RunPodSandbox(default/nginx)", "sandbox 5a9d1e0c0ffe", "PullImage(registry.local/nginx:1.25)",
+		"sha256:0123456789ab", "CreateContainer(web)", "container c0de00000000", "StartContainer(web)", "testruntime 0.1", "pod started in"} {
+		if !strings.Contains(puml, want) {
+			t.Errorf("diagram lacks %q:\n%s", want, puml)
+		}
+	}
+	stdout.Reset()
+	if err := run(context.Background(), []string{"calls", "--json", file}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"hunter2-registry-password", "env-secret-value"} {
+		if strings.Contains(stdout.String(), secret) || strings.Contains(puml, secret) {
+			t.Errorf("secret %q shown without --no-redact", secret)
+		}
+	}
+	stdout.Reset()
+	if err := run(context.Background(), []string{"calls", "--json", "--no-redact", file}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout.String(), "hunter2-registry-password") {
+		t.Error("--no-redact does not show the registry password")
+	}
+}

@@ -1,0 +1,229 @@
+package lab_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/criseq/criseq/capture"
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
+)
+
+// TestE2ELab runs the lab (real kubelet, containerd, crictl, registry, with
+// criseq record in between) and checks what criseq made of each scenario.
+func TestE2ELab(t *testing.T) {
+	if os.Getenv("CRISEQ_E2E") != "1" {
+		t.Skip("end-to-end test: run as root with CRISEQ_E2E=1 (make e2e)")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("end-to-end test needs root to run containers")
+	}
+	out := os.Getenv("CRISEQ_LAB_OUT")
+	if out == "" {
+		out = t.TempDir()
+		cmd := exec.Command("./run.sh", "-o", out)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("lab/run.sh: %v", err)
+		}
+	}
+	flowsOf := func(t *testing.T, scenario string) ([]*decode.Call, []*flow.Flow) {
+		t.Helper()
+		path := filepath.Join(out, scenario, "capture.pcapng")
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", path, st.Mode().Perm())
+		}
+		src, err := capture.OpenFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		calls, connErrs, err := decode.DecodeAll(src, decode.Options{})
+		if err != nil || len(connErrs) > 0 {
+			t.Fatalf("decoding %s: %v %v", path, err, connErrs)
+		}
+		checkTshark(t, path, calls)
+		return calls, flow.Group(calls, flow.Options{})
+	}
+
+	t.Run("warm", func(t *testing.T) {
+		_, flows := flowsOf(t, "warm")
+		f := only(t, flows, flow.Start, "default/warm-criseq-lab")
+		wantOrder(t, f, "RunPodSandbox", "PodSandboxStatus", "ImageStatus", "CreateContainer", "StartContainer")
+		noMethod(t, f, "PullImage")
+		checkLinks(t, f)
+		if !f.Complete {
+			t.Error("warm start not complete")
+		}
+	})
+	t.Run("pull", func(t *testing.T) {
+		_, flows := flowsOf(t, "pull")
+		f := only(t, flows, flow.Start, "default/hello-criseq-lab")
+		// With imagePullPolicy Always, kubelet 1.37 pulls without asking ImageStatus first.
+		wantOrder(t, f, "RunPodSandbox", "PodSandboxStatus", "PullImage", "ImageStatus", "CreateContainer", "StartContainer")
+		checkLinks(t, f)
+		s := only(t, flows, flow.Stop, "default/hello-criseq-lab")
+		wantOrder(t, s, "StopContainer", "StopPodSandbox", "RemoveContainer", "RemovePodSandbox")
+		if !s.Complete || s.SandboxID != f.SandboxID {
+			t.Errorf("stop flow complete=%v sandbox %s, want complete and %s", s.Complete, s.SandboxID, f.SandboxID)
+		}
+	})
+	t.Run("init", func(t *testing.T) {
+		_, flows := flowsOf(t, "init")
+		f := only(t, flows, flow.Start, "default/with-init-criseq-lab")
+		wantOrder(t, f, "RunPodSandbox", "CreateContainer", "StartContainer", "CreateContainer", "StartContainer", "CreateContainer", "StartContainer")
+		var names []string
+		ip := false
+		for _, s := range f.Steps {
+			if s.Method == "CreateContainer" {
+				names = append(names, s.Arg)
+			}
+			ip = ip || s.Method == "PodSandboxStatus" && strings.Contains(s.Result, "198.18.77.")
+		}
+		if strings.Join(names, ",") != "setup,web,sidecar" {
+			t.Errorf("containers created: %v, want setup,web,sidecar", names)
+		}
+		if !ip {
+			t.Error("no PodSandboxStatus shows the pod IP from the bridge network")
+		}
+		checkLinks(t, f)
+	})
+	t.Run("missing", func(t *testing.T) {
+		_, flows := flowsOf(t, "missing")
+		f := only(t, flows, flow.Start, "default/missing-criseq-lab")
+		failed := 0
+		for _, s := range f.Steps {
+			if s.Method == "PullImage" && s.Err != "" {
+				failed++
+			}
+		}
+		if failed < 2 {
+			t.Errorf("%d failed PullImage in the flow, want the first pull and a retry after back-off", failed)
+		}
+		noMethod(t, f, "CreateContainer")
+		if f.Complete {
+			t.Error("a pod whose image is missing is marked started")
+		}
+	})
+	t.Run("crictl", func(t *testing.T) {
+		calls, flows := flowsOf(t, "crictl")
+		f := only(t, flows, flow.Start, "default/hello-crictl")
+		wantOrder(t, f, "RunPodSandbox", "PullImage", "CreateContainer", "StartContainer")
+		checkLinks(t, f)
+		s := only(t, flows, flow.Stop, "default/hello-crictl")
+		wantOrder(t, s, "StopContainer", "RemoveContainer", "StopPodSandbox", "RemovePodSandbox")
+		for _, c := range calls {
+			for _, m := range c.Requests {
+				if m.Proto != nil && strings.Contains(prototext.Format(m.Proto), "s3cret-env-value") {
+					t.Errorf("%s request shows the environment value", c.Name)
+				}
+			}
+		}
+	})
+}
+
+func only(t *testing.T, flows []*flow.Flow, k flow.Kind, pod string) *flow.Flow {
+	t.Helper()
+	var found []*flow.Flow
+	var all []string
+	for _, f := range flows {
+		all = append(all, f.Kind.String()+" "+f.Pod.String())
+		if f.Kind == k && f.Pod.String() == pod {
+			found = append(found, f)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want one %s flow of %s, got %d (flows: %v)", k, pod, len(found), all)
+	}
+	return found[0]
+}
+
+// wantOrder checks that the flow holds the methods in this order (others may come between).
+func wantOrder(t *testing.T, f *flow.Flow, methods ...string) {
+	t.Helper()
+	var got []string
+	i := 0
+	for _, s := range f.Steps {
+		got = append(got, s.Method)
+		if i < len(methods) && s.Method == methods[i] {
+			i++
+		}
+		if flow.IsPolling(s.Method) {
+			t.Errorf("polling call %s leaked into the %s flow", s.Method, f.Kind)
+		}
+	}
+	if i < len(methods) {
+		t.Errorf("%s flow of %s: want %v in order, got %v", f.Kind, f.Pod, methods, got)
+	}
+}
+
+func noMethod(t *testing.T, f *flow.Flow, m string) {
+	t.Helper()
+	for _, s := range f.Steps {
+		if s.Method == m {
+			t.Errorf("%s flow has an unexpected %s", f.Kind, m)
+		}
+	}
+}
+
+// checkLinks: the sandbox ID RunPodSandbox returned is the one CreateContainer
+// used, and the container IDs CreateContainer returned are the ones StartContainer used.
+func checkLinks(t *testing.T, f *flow.Flow) {
+	t.Helper()
+	created := map[string]bool{}
+	for _, s := range f.Steps {
+		switch s.Method {
+		case "CreateContainer":
+			if sid := field(s, "pod_sandbox_id"); sid != f.SandboxID {
+				t.Errorf("CreateContainer in sandbox %q, RunPodSandbox returned %q", sid, f.SandboxID)
+			}
+			created[s.Full] = true
+		case "StartContainer":
+			if cid := field(s, "container_id"); !created[cid] {
+				t.Errorf("StartContainer of %q, which no CreateContainer of this flow returned", cid)
+			}
+		}
+	}
+}
+
+func field(s flow.Step, name string) string {
+	m := s.Call.Request().ProtoReflect()
+	fd := m.Descriptor().Fields().ByName(protoreflect.Name(name))
+	if fd == nil {
+		return ""
+	}
+	return m.Get(fd).String()
+}
+
+// checkTshark: real tshark sees the same method paths as criseq.
+func checkTshark(t *testing.T, path string, calls []*decode.Call) {
+	t.Helper()
+	out, err := exec.Command("tshark", "-n", "-r", path, "-d", "tcp.port==10010,http2", "-Y", "http2.headers.path",
+		"-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|", "-e", "http2.headers.path").Output()
+	if err != nil {
+		t.Fatalf("tshark on %s: %v", path, err)
+	}
+	var want, got []string
+	for _, line := range strings.Fields(string(out)) {
+		want = append(want, strings.Split(line, "|")...)
+	}
+	for _, c := range calls {
+		got = append(got, c.Method)
+	}
+	sort.Strings(want)
+	sort.Strings(got)
+	if strings.Join(want, " ") != strings.Join(got, " ") {
+		t.Errorf("tshark sees %d calls in %s, criseq %d", len(want), path, len(got))
+	}
+}

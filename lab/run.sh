@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# The real-node lab: a real kubelet (standalone, static pods) and containerd,
+# with kubelet talking to containerd THROUGH criseq record. Runs the scenarios,
+# writes each capture and its diagrams under OUT, and restores the host.
+# Usage (root): lab/run.sh [-o OUT] [SCENARIO...]
+# Scenarios: warm pull init missing crictl (default: all). "pull" also deletes
+# the pod, so its capture holds a start and a stop flow.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+OUT=lab-out
+while getopts o: opt; do
+	case $opt in
+	o) OUT=$OPTARG ;;
+	*) echo "usage: $0 [-o OUT] [SCENARIO...]" >&2; exit 2 ;;
+	esac
+done
+shift $((OPTIND - 1))
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl)
+[ "$(id -u)" = 0 ] || die "the lab runs containers: run it as root (sudo make lab)"
+OUT=$(realpath -m "$OUT")
+mkdir -p "$OUT"
+
+lab_install
+read -r KUBELET CRICTL < <("$LAB_REPO/lab/build-tools.sh" | paste -sd' ')
+LAB=$(mktemp -d /tmp/criseq-lab.XXXXXX)
+export LAB
+
+cleanup() {
+	set +e
+	[ -n "${KUBELET_PID:-}" ] && rm -f "$LAB"/manifests/*.yaml
+	kubelet_stop
+	recorder_stop
+	if [ -S "$LAB/containerd.sock" ]; then
+		direct rmp -fa >/dev/null 2>&1
+	fi
+	registry_stop
+	containerd_stop
+	host_restore
+	[ "${KEEP:-}" = 1 ] || rm -rf "$LAB"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+host_save
+lab_build
+containerd_start
+registry_start
+mkdir -p "$LAB/cni"
+cat >"$LAB/cni/10-criseq.conflist" <<'JSON'
+{"cniVersion": "0.4.0", "name": "criseq-lab",
+ "plugins": [{"type": "bridge", "bridge": "cni-criseq", "isGateway": true, "ipMasq": false,
+              "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.77.0/24"}]]}}]}
+JSON
+
+pod() { # name hostNetwork image pullPolicy [extra yaml]
+	cat <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: default}
+spec:
+  hostNetwork: $2
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: web
+    image: $3
+    imagePullPolicy: $4
+    args: [serve]
+    env: [{name: GREETING, value: s3cret-env-value}]
+${5:-}
+YAML
+}
+
+# scenario NAME: starts the recorder and kubelet, runs NAME's steps, stops both
+# (pods removed first, so the next kubelet starts clean) and renders.
+scenario() {
+	local name=$1 dir="$OUT/$1"
+	rm -rf "$dir" && mkdir -p "$dir"
+	echo "lab: scenario $name" >&2
+	local t0=$SECONDS
+	recorder_start "$dir/capture.pcapng"
+	if [ "$name" = crictl ]; then
+		scenario_crictl
+	else
+		kubelet_start "$LAB/criseq.sock"
+		"scenario_$name"
+		rm -f "$LAB"/manifests/*.yaml
+		WAIT=90 wait_for no_pods || true
+		cp "$LAB/logs/kubelet.log" "$dir/kubelet.log"
+		kubelet_stop
+	fi
+	recorder_stop
+	direct rmp -fa >/dev/null 2>&1 || true
+	"$LAB/bin/criseq" render -o "$dir/diagrams" "$dir/capture.pcapng" >"$dir/render.txt" 2>&1 || true
+	provenance "$name" "$dir"
+	echo "lab: scenario $name done in $((SECONDS - t0))s → $dir" >&2
+}
+
+provenance() {
+	cat >"$2/README.md" <<MD
+# $1 — recorded by criseq's lab (lab/run.sh $1)
+
+- Date: $(date -u +%Y-%m-%d)
+- kubelet $("$KUBELET" --version 2>/dev/null | awk '{print $2}') (built from the Go module proxy, lab/kubelet), standalone, static pods
+- $(containerd --version | awk '{print $1, $3}'), runc $(runc --version | awk 'NR==1{print $3}'), $(basename "$(dirname "$CRICTL")" | tr - " "), Debian $(cat /etc/debian_version)
+- Recorded with \`criseq record\` between the client and containerd.
+
+$(scenario_text "$1")
+MD
+}
+
+scenario_text() {
+	case $1 in
+	warm) echo "A pod start with the image already present (hostNetwork, imagePullPolicy IfNotPresent)." ;;
+	pull) echo "A pod start with a real PullImage from a loopback registry (imagePullPolicy Always), then the pod's deletion (its manifest removed): a start and a stop flow." ;;
+	init) echo "A pod with an init container and two app containers on a bridge CNI network (pod IP in 198.18.77.0/24)." ;;
+	missing) echo "A pod whose image does not exist in the registry: PullImage fails and kubelet backs off and retries." ;;
+	crictl) echo "crictl driving a pod lifecycle by hand: runp, pull, create, start, inspect, stop, rm, stopp, rmp." ;;
+	esac
+}
+
+scenario_warm() {
+	pod warm true "$APP_IMAGE" IfNotPresent | put_manifest warm
+	wait_for running web
+	sleep 2
+}
+
+scenario_pull() {
+	pod hello true "$REGISTRY/criseq/app:1" Always | put_manifest hello
+	wait_for running web
+	sleep 3
+	rm -f "$LAB/manifests/hello.yaml"
+	WAIT=90 wait_for no_pods
+	sleep 1
+}
+
+scenario_init() {
+	cat <<YAML | put_manifest init
+apiVersion: v1
+kind: Pod
+metadata: {name: with-init, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - {name: setup, image: $APP_IMAGE, imagePullPolicy: IfNotPresent, args: [exit]}
+  containers:
+  - {name: web, image: $APP_IMAGE, imagePullPolicy: IfNotPresent, args: [serve]}
+  - {name: sidecar, image: $APP_IMAGE, imagePullPolicy: IfNotPresent, args: [serve]}
+YAML
+	wait_for running sidecar
+	wait_for running web
+	sleep 2
+}
+
+scenario_missing() {
+	pod missing true "$REGISTRY/criseq/missing:1" IfNotPresent | put_manifest missing
+	# kubelet's back-off: 10s, 20s, ... wait for three failed pulls.
+	WAIT=60 wait_for bash -c "[ \$(grep -c 'Failed to pull image\|ErrImagePull' '$LAB/logs/kubelet.log') -ge 3 ]" || true
+	sleep 1
+}
+
+scenario_crictl() {
+	c() { "$CRICTL" -r "unix://$LAB/criseq.sock" -i "unix://$LAB/criseq.sock" -t 30s "$@"; }
+	mkdir -p "$LAB/pods/hello-crictl"
+	cat >"$LAB/pod.json" <<JSON
+{"metadata": {"name": "hello-crictl", "namespace": "default", "uid": "c71c7a11-0000-4000-8000-000000000001", "attempt": 0},
+ "log_directory": "$LAB/pods/hello-crictl",
+ "linux": {"security_context": {"namespace_options": {"network": 2}}}}
+JSON
+	cat >"$LAB/container.json" <<JSON
+{"metadata": {"name": "web"}, "image": {"image": "$REGISTRY/criseq/app:1"}, "args": ["serve"],
+ "envs": [{"key": "GREETING", "value": "s3cret-env-value"}], "log_path": "web.log"}
+JSON
+	local sid cid
+	sid=$(c runp "$LAB/pod.json")
+	c pull "$REGISTRY/criseq/app:1" >/dev/null
+	cid=$(c create "$sid" "$LAB/container.json" "$LAB/pod.json")
+	c start "$cid" >/dev/null
+	c inspect "$cid" >/dev/null
+	c stop "$cid" >/dev/null
+	c rm "$cid" >/dev/null
+	c stopp "$sid" >/dev/null
+	c rmp "$sid" >/dev/null
+}
+
+for s in "${scenarios[@]}"; do
+	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl)"
+	scenario "$s"
+done
+echo "lab: captures and diagrams in $OUT" >&2
