@@ -2,7 +2,7 @@
 GO ?= go
 OUT ?= out
 
-.PHONY: all build demo test test-deps e2e bench lab fmt vet clean
+.PHONY: all build demo docs test test-deps e2e bench lab fmt vet clean
 
 all: build
 
@@ -12,6 +12,15 @@ build:
 # The main job on the bundled real capture: diagrams into ./out (no root, no node).
 demo:
 	$(GO) run ./cmd/criseq demo -o $(OUT)
+
+# The README's pictures, drawn by criseq from the bundled capture.
+docs:
+	$(GO) run ./cmd/criseq demo -o docs --format svg
+
+# The real-node lab (root): real kubelet + containerd through criseq record;
+# captures and diagrams into lab-out/. See README.md.
+lab:
+	./lab/run.sh -o lab-out
 
 # Installs what the tests use (Debian packages, as root) and runs them.
 # Tests whose peer is missing skip with the reason.

@@ -51,8 +51,8 @@ type Flow struct {
 	Steps     []Step
 	Start     time.Time // first call's start
 	End       time.Time // last call's end
-	// Done is when the pod was up (its last StartContainer returned) or gone
-	// (RemovePodSandbox returned); zero if that was not seen.
+	// Done is when the pod was up (its last StartContainer returned) or
+	// down (its first StopPodSandbox returned); zero if that was not seen.
 	Done     time.Time
 	Complete bool // every container started (start) / sandbox removed (stop)
 }

@@ -470,9 +470,13 @@ func (g *Grouper) finish(o *open) *Flow {
 			if end.After(f.End) {
 				f.End = end
 			}
-			milestone := s.Method == "StartContainer" && f.Kind == Start ||
-				s.Method == "RemovePodSandbox" && f.Kind == Stop
-			if milestone && s.Done && s.Err == "" && end.After(f.Done) {
+			if !s.Done || s.Err != "" {
+				continue
+			}
+			// Up: the last StartContainer. Down: the first StopPodSandbox
+			// (kubelet removes the sandbox later, at its next clean-up).
+			if f.Kind == Start && s.Method == "StartContainer" && end.After(f.Done) ||
+				f.Kind == Stop && s.Method == "StopPodSandbox" && f.Done.IsZero() {
 				f.Done = end
 			}
 		}

@@ -79,21 +79,27 @@ scenario() {
 	rm -rf "$dir" && mkdir -p "$dir"
 	echo "lab: scenario $name" >&2
 	local t0=$SECONDS
-	recorder_start "$dir/capture.pcapng"
+	recorder_start "$dir/capture.pcapng" || return 1
+	local ok=true
 	if [ "$name" = crictl ]; then
-		scenario_crictl
+		scenario_crictl || ok=false
 	else
-		kubelet_start "$LAB/criseq.sock"
-		"scenario_$name"
+		kubelet_start "$LAB/criseq.sock" || return 1
+		"scenario_$name" || ok=false
 		rm -f "$LAB"/manifests/*.yaml
 		WAIT=90 wait_for no_pods || true
 		cp "$LAB/logs/kubelet.log" "$dir/kubelet.log"
 		kubelet_stop
+		rm -rf "$LAB/kubelet" # each scenario's kubelet starts with no pull records
 	fi
 	recorder_stop
 	direct rmp -fa >/dev/null 2>&1 || true
 	"$LAB/bin/criseq" render -o "$dir/diagrams" "$dir/capture.pcapng" >"$dir/render.txt" 2>&1 || true
 	provenance "$name" "$dir"
+	if ! $ok; then
+		echo "lab: scenario $name FAILED after $((SECONDS - t0))s; logs in $dir" >&2
+		return 1
+	fi
 	echo "lab: scenario $name done in $((SECONDS - t0))s → $dir" >&2
 }
 
@@ -122,16 +128,16 @@ scenario_text() {
 
 scenario_warm() {
 	pod warm true "$APP_IMAGE" IfNotPresent | put_manifest warm
-	wait_for running web
+	wait_for running web || return 1
 	sleep 2
 }
 
 scenario_pull() {
 	pod hello true "$REGISTRY/criseq/app:1" Always | put_manifest hello
-	wait_for running web
+	wait_for running web || return 1
 	sleep 3
 	rm -f "$LAB/manifests/hello.yaml"
-	WAIT=90 wait_for no_pods
+	WAIT=90 wait_for no_pods || return 1
 	sleep 1
 }
 
@@ -148,8 +154,8 @@ spec:
   - {name: web, image: $APP_IMAGE, imagePullPolicy: IfNotPresent, args: [serve]}
   - {name: sidecar, image: $APP_IMAGE, imagePullPolicy: IfNotPresent, args: [serve]}
 YAML
-	wait_for running sidecar
-	wait_for running web
+	wait_for running sidecar || return 1
+	wait_for running web || return 1
 	sleep 2
 }
 
@@ -173,19 +179,24 @@ JSON
  "envs": [{"key": "GREETING", "value": "s3cret-env-value"}], "log_path": "web.log"}
 JSON
 	local sid cid
-	sid=$(c runp "$LAB/pod.json")
-	c pull "$REGISTRY/criseq/app:1" >/dev/null
-	cid=$(c create "$sid" "$LAB/container.json" "$LAB/pod.json")
-	c start "$cid" >/dev/null
-	c inspect "$cid" >/dev/null
-	c stop "$cid" >/dev/null
-	c rm "$cid" >/dev/null
-	c stopp "$sid" >/dev/null
-	c rmp "$sid" >/dev/null
+	sid=$(c runp "$LAB/pod.json") &&
+		c pull "$REGISTRY/criseq/app:1" >/dev/null &&
+		cid=$(c create "$sid" "$LAB/container.json" "$LAB/pod.json") &&
+		c start "$cid" >/dev/null &&
+		c inspect "$cid" >/dev/null &&
+		c stop "$cid" >/dev/null &&
+		c rm "$cid" >/dev/null &&
+		c stopp "$sid" >/dev/null &&
+		c rmp "$sid" >/dev/null
 }
 
+failed=()
 for s in "${scenarios[@]}"; do
 	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl)"
-	scenario "$s"
+	scenario "$s" || failed+=("$s")
 done
 echo "lab: captures and diagrams in $OUT" >&2
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "lab: failed scenarios: ${failed[*]}" >&2
+	exit 1
+fi

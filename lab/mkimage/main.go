@@ -57,7 +57,10 @@ func build(bin, name, out string) error {
 
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64", "os": "linux", "created": epoch.Format(time.RFC3339),
-		"config": map[string]any{"Entrypoint": []string{"/app"}, "Env": []string{"PATH=/"}},
+		// The name in the config gives each image its own ID: kubelet 1.37
+		// tracks pulls by image ID, and two names sharing one ID make it
+		// re-pull the preloaded one.
+		"config": map[string]any{"Entrypoint": []string{"/app"}, "Env": []string{"PATH=/", "CRISEQ_IMAGE=" + name}},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{digest(layerTar.Bytes())}},
 	})
 	blobs := map[string][]byte{}
