@@ -22,7 +22,9 @@ type Options struct {
 	// CreateContainer in the same sandbox still belongs to the start (the next
 	// container after an init container). Default 60s.
 	InitWait time.Duration
-	// Client names the CRI client lifeline. Default "kubelet".
+	// Client names the CRI client lifeline. Default: "kubelet", or "crictl"
+	// for a flow spread over more than two connections (kubelet keeps two
+	// long-lived ones; crictl opens one per command).
 	Client string
 }
 
@@ -32,9 +34,6 @@ func (o *Options) defaults() {
 	}
 	if o.InitWait == 0 {
 		o.InitWait = 60 * time.Second
-	}
-	if o.Client == "" {
-		o.Client = "kubelet"
 	}
 }
 
@@ -462,6 +461,16 @@ func (g *Grouper) finish(o *open) *Flow {
 	inheritPhases(f.Steps)
 	if f.Runtime == "" {
 		f.Runtime = g.runtime
+	}
+	if f.Client == "" {
+		conns := map[uint64]bool{}
+		for _, s := range f.Steps {
+			conns[s.Call.Conn] = true
+		}
+		f.Client = "kubelet"
+		if len(conns) > 2 {
+			f.Client = "crictl"
+		}
 	}
 	if len(f.Steps) > 0 {
 		f.Start = f.Steps[0].Start

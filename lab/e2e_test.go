@@ -116,6 +116,14 @@ func TestE2ELab(t *testing.T) {
 			t.Error("a pod whose image is missing is marked started")
 		}
 	})
+	t.Run("tcp", func(t *testing.T) {
+		// Captured by tshark over TCP, not by criseq: the reader's reassembly path.
+		_, flows := flowsOf(t, "tcp")
+		f := only(t, flows, flow.Start, "default/hello-crictl")
+		wantOrder(t, f, "RunPodSandbox", "PullImage", "CreateContainer", "StartContainer")
+		checkLinks(t, f)
+		only(t, flows, flow.Stop, "default/hello-crictl")
+	})
 	t.Run("crictl", func(t *testing.T) {
 		calls, flows := flowsOf(t, "crictl")
 		f := only(t, flows, flow.Start, "default/hello-crictl")

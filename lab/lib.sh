@@ -14,7 +14,7 @@ die() { echo "lab: $*" >&2; exit 1; }
 # lab_install installs the Debian packages the lab uses (once).
 lab_install() {
 	local need=()
-	for p in containerd runc containernetworking-plugins docker-registry skopeo tshark; do
+	for p in containerd runc containernetworking-plugins docker-registry skopeo tshark socat curl; do
 		dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 	done
 	[ ${#need[@]} -eq 0 ] && return 0
@@ -249,7 +249,7 @@ kubelet_stop() {
 
 # direct runs crictl on containerd itself, bypassing the recorder, so the
 # lab's own checks never show up in a capture.
-direct() { "$CRICTL" -r "unix://$LAB/containerd.sock" -i "unix://$LAB/containerd.sock" -t 30s "$@"; }
+direct() { : >"$LAB/crictl.yaml"; "$CRICTL" -c "$LAB/crictl.yaml" -r "unix://$LAB/containerd.sock" -i "unix://$LAB/containerd.sock" -t 30s "$@"; }
 
 # put_manifest writes a static pod manifest atomically (kubelet rejects a half-written one).
 put_manifest() {

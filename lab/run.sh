@@ -3,7 +3,7 @@
 # with kubelet talking to containerd THROUGH criseq record. Runs the scenarios,
 # writes each capture and its diagrams under OUT, and restores the host.
 # Usage (root): lab/run.sh [-o OUT] [SCENARIO...]
-# Scenarios: warm pull init missing crictl (default: all). "pull" also deletes
+# Scenarios: warm pull init missing crictl tcp (default: all). "pull" also deletes
 # the pod, so its capture holds a start and a stop flow.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -17,7 +17,7 @@ while getopts o: opt; do
 done
 shift $((OPTIND - 1))
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp)
 [ "$(id -u)" = 0 ] || die "the lab runs containers: run it as root (sudo make lab)"
 OUT=$(realpath -m "$OUT")
 mkdir -p "$OUT"
@@ -79,9 +79,11 @@ scenario() {
 	rm -rf "$dir" && mkdir -p "$dir"
 	echo "lab: scenario $name" >&2
 	local t0=$SECONDS
-	recorder_start "$dir/capture.pcapng" || return 1
+	[ "$name" = tcp ] || recorder_start "$dir/capture.pcapng" || return 1
 	local ok=true
-	if [ "$name" = crictl ]; then
+	if [ "$name" = tcp ]; then
+		scenario_tcp "$dir" || ok=false
+	elif [ "$name" = crictl ]; then
 		scenario_crictl || ok=false
 	else
 		kubelet_start "$LAB/criseq.sock" || return 1
@@ -104,13 +106,21 @@ scenario() {
 }
 
 provenance() {
+	local client="kubelet $("$KUBELET" --version 2>/dev/null | awk '{print $2}') (built from the Go module proxy, lab/kubelet), standalone, static pods"
+	local how="Recorded with \`criseq record\` between kubelet and containerd."
+	case $1 in
+	crictl) client="$(basename "$(dirname "$CRICTL")" | tr - " ") (built from the Go module proxy)"
+		how="Recorded with \`criseq record\` between crictl and containerd." ;;
+	tcp) client="$(basename "$(dirname "$CRICTL")" | tr - " ") (built from the Go module proxy), through socat $(socat -V 2>/dev/null | awk '/socat version/{print $3; exit}')"
+		how="Captured with \`$(tshark --version | head -1)\` on lo: \`tshark -i lo -f 'tcp port 10010' -w capture.pcapng\`." ;;
+	esac
 	cat >"$2/README.md" <<MD
-# $1 — recorded by criseq's lab (lab/run.sh $1)
+# $1 — recorded by criseq's lab (\`sudo lab/run.sh $1\`)
 
 - Date: $(date -u +%Y-%m-%d)
-- kubelet $("$KUBELET" --version 2>/dev/null | awk '{print $2}') (built from the Go module proxy, lab/kubelet), standalone, static pods
-- $(containerd --version | awk '{print $1, $3}'), runc $(runc --version | awk 'NR==1{print $3}'), $(basename "$(dirname "$CRICTL")" | tr - " "), Debian $(cat /etc/debian_version)
-- Recorded with \`criseq record\` between the client and containerd.
+- Client: $client
+- Runtime: $(containerd --version | awk '{print $1, $3}'), runc $(runc --version | awk 'NR==1{print $3}'), Debian $(cat /etc/debian_version)
+- $how
 
 $(scenario_text "$1")
 MD
@@ -123,6 +133,7 @@ scenario_text() {
 	init) echo "A pod with an init container and two app containers on a bridge CNI network (pod IP in 198.18.77.0/24)." ;;
 	missing) echo "A pod whose image does not exist in the registry: PullImage fails and kubelet backs off and retries." ;;
 	crictl) echo "crictl driving a pod lifecycle by hand: runp, pull, create, start, inspect, stop, rm, stopp, rmp." ;;
+	tcp) echo "The crictl lifecycle carried over TCP (socat: unix → 127.0.0.1:10010 → containerd's unix socket) and captured by tshark on the loopback interface, not by criseq: a capture made by someone else's tool." ;;
 	esac
 }
 
@@ -161,13 +172,33 @@ YAML
 
 scenario_missing() {
 	pod missing true "$REGISTRY/criseq/missing:1" IfNotPresent | put_manifest missing
-	# kubelet's back-off: 10s, 20s, ... wait for three failed pulls.
-	WAIT=60 wait_for bash -c "[ \$(grep -c 'Failed to pull image\|ErrImagePull' '$LAB/logs/kubelet.log') -ge 3 ]" || true
+	# kubelet's back-off: 10s, 20s, ... wait for the retry after the first.
+	WAIT=60 wait_for bash -c "[ \$(grep -c 'PullImage from image service failed' '$LAB/logs/kubelet.log') -ge 2 ]" || return 1
 	sleep 1
 }
 
+# scenario_tcp: crictl → unix socket → socat → TCP 127.0.0.1:10010 → socat →
+# containerd, captured by tshark on lo, as a user without criseq would.
+scenario_tcp() {
+	local dir=$1 pids=()
+	socat TCP-LISTEN:10010,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$LAB/containerd.sock" & pids+=($!)
+	tshark -q -n -i lo -f "tcp port 10010" -w "$dir/capture.pcapng" >"$LAB/logs/tshark.log" 2>&1 & pids+=($!)
+	# tshark says "Capturing on 'Loopback: lo'" once it captures.
+	WAIT=20 wait_for grep -q "Capturing on" "$LAB/logs/tshark.log" || { kill "${pids[@]}"; return 1; }
+	socat "UNIX-LISTEN:$LAB/tcp.sock,fork" TCP:127.0.0.1:10010 & pids+=($!)
+	WAIT=10 wait_for test -S "$LAB/tcp.sock"
+	local ok=0
+	CRI_SOCK=$LAB/tcp.sock scenario_crictl || ok=1
+	sleep 1
+	kill "${pids[@]}" 2>/dev/null || true
+	wait "${pids[@]}" 2>/dev/null || true
+	chmod 0600 "$dir/capture.pcapng"
+	return $ok
+}
+
 scenario_crictl() {
-	c() { "$CRICTL" -r "unix://$LAB/criseq.sock" -i "unix://$LAB/criseq.sock" -t 30s "$@"; }
+	: >"$LAB/crictl.yaml"
+	c() { "$CRICTL" -c "$LAB/crictl.yaml" -r "unix://${CRI_SOCK:-$LAB/criseq.sock}" -i "unix://${CRI_SOCK:-$LAB/criseq.sock}" -t 30s "$@"; }
 	mkdir -p "$LAB/pods/hello-crictl"
 	cat >"$LAB/pod.json" <<JSON
 {"metadata": {"name": "hello-crictl", "namespace": "default", "uid": "c71c7a11-0000-4000-8000-000000000001", "attempt": 0},
@@ -192,7 +223,7 @@ JSON
 
 failed=()
 for s in "${scenarios[@]}"; do
-	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl)"
+	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl tcp)"
 	scenario "$s" || failed+=("$s")
 done
 echo "lab: captures and diagrams in $OUT" >&2

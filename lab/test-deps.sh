@@ -4,7 +4,7 @@
 # docker-registry and skopeo (the end-to-end tests). Only as root; elsewhere
 # the tests that need them skip and say why.
 set -u
-pkgs=(tshark plantuml containerd runc containernetworking-plugins docker-registry skopeo librsvg2-bin curl)
+pkgs=(tshark plantuml containerd runc containernetworking-plugins docker-registry skopeo socat curl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -151,6 +152,9 @@ type jsonCall struct {
 	Message    string            `json:"message,omitempty"`
 	Arg        string            `json:"arg,omitempty"`
 	Result     string            `json:"result,omitempty"`
+	Headers    [][2]string       `json:"request_headers,omitempty"`
+	RespHdrs   [][2]string       `json:"response_headers,omitempty"`
+	Trailers   [][2]string       `json:"trailers,omitempty"`
 	Requests   []json.RawMessage `json:"requests,omitempty"`
 	Responses  []json.RawMessage `json:"responses,omitempty"`
 	Flags      []string          `json:"flags,omitempty"`
@@ -165,6 +169,7 @@ func writeCallsJSON(w io.Writer, calls []*decode.Call, steps []flow.Step, raw bo
 			Time: c.Start.UTC(), Conn: c.Conn, Stream: c.Stream, Method: c.Method,
 			Message: c.Message, Arg: steps[i].Arg, Result: steps[i].Full,
 			Flags: flagNames(c.Flags), Errors: c.Errors,
+			Headers: pairs(c.RequestHeaders), RespHdrs: pairs(c.ResponseHeaders), Trailers: pairs(c.Trailers),
 		}
 		if !c.End.IsZero() {
 			ms := float64(c.Duration().Microseconds()) / 1000
@@ -187,6 +192,14 @@ func writeCallsJSON(w io.Writer, calls []*decode.Call, steps []flow.Step, raw bo
 		}
 	}
 	return nil
+}
+
+func pairs(hs []hpack.HeaderField) [][2]string {
+	out := make([][2]string, len(hs))
+	for i, h := range hs {
+		out[i] = [2]string{h.Name, h.Value}
+	}
+	return out
 }
 
 func messagesJSON(ms []decode.Message, raw bool) ([]json.RawMessage, error) {

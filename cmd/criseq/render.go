@@ -44,7 +44,7 @@ func (o *renderOptions) register(fs interface {
 	fs.BoolVar(&o.all, "all", false, "keep kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats) in the diagrams")
 	fs.BoolVar(&o.noRedact, "no-redact", false, "show registry credentials and environment values (redacted by default)")
 	fs.StringVar(&o.pod, "pod", "", "only the flows of this pod (NAMESPACE/NAME or NAME)")
-	fs.StringVar(&o.client, "client", "kubelet", "name of the CRI client's lifeline")
+	fs.StringVar(&o.client, "client", "", `name of the CRI client's lifeline (default "kubelet", or "crictl" when each call has its own connection)`)
 }
 
 func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) error {
