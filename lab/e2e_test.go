@@ -4,9 +4,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -116,6 +118,44 @@ func TestE2ELab(t *testing.T) {
 			t.Error("a pod whose image is missing is marked started")
 		}
 	})
+	t.Run("durations match kubelet's log", func(t *testing.T) {
+		_, flows := flowsOf(t, "pull")
+		f := only(t, flows, flow.Start, "default/hello-criseq-lab")
+		logged := kubeletDurations(t, filepath.Join(out, "pull", "kubelet.log"))
+		// kubelet logs these calls at verbosity 10 (PullImage it does not).
+		for _, m := range []string{"RunPodSandbox", "CreateContainer", "StartContainer"} {
+			var got time.Duration
+			for _, s := range f.Steps {
+				if s.Method == m {
+					got = s.Duration
+					break
+				}
+			}
+			want, ok := logged[m]
+			if !ok || got == 0 {
+				t.Errorf("%s: kubelet logged %v, criseq measured %v", m, want, got)
+				continue
+			}
+			// kubelet's clock starts before it formats the request into its
+			// log (for RunPodSandbox the whole pod config, ~10ms at v=10) and
+			// stops after; criseq sees the bytes on the wire. So criseq can be
+			// shorter by that much, never longer than about a millisecond.
+			if d := want - got; d > 15*time.Millisecond || d < -time.Millisecond {
+				t.Errorf("%s took %v by criseq, %v by kubelet's log", m, got, want)
+			}
+			t.Logf("%s: criseq %v, kubelet %v", m, got, want)
+		}
+	})
+	t.Run("criseq changes nothing", func(t *testing.T) {
+		with, err1 := os.ReadFile(filepath.Join(out, "warm", "outcome.txt"))
+		without, err2 := os.ReadFile(filepath.Join(out, "direct", "outcome.txt"))
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		if len(with) == 0 || string(with) != string(without) {
+			t.Errorf("pod outcome through criseq:\n%s\nwithout criseq:\n%s", with, without)
+		}
+	})
 	t.Run("tcp", func(t *testing.T) {
 		// Captured by tshark over TCP, not by criseq: the reader's reassembly path.
 		_, flows := flowsOf(t, "tcp")
@@ -139,6 +179,39 @@ func TestE2ELab(t *testing.T) {
 			}
 		}
 	})
+}
+
+// kubeletDurations reads kubelet's own log (cri-client at verbosity 10)
+// and returns how long the first call of each method took by its clock.
+func kubeletDurations(t *testing.T, path string) map[string]time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`^[IWE]\d{4} (\d\d:\d\d:\d\d\.\d{6})\s+\d+ remote_(?:runtime|image)\.go:\d+\] "\[Remote(?:Runtime|Image)Service\] (\w+)( Response)?"`)
+	start := map[string]time.Time{}
+	out := map[string]time.Duration{}
+	for _, line := range strings.Split(string(b), "\n") {
+		m := re.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		at, err := time.Parse("15:04:05.000000", m[1])
+		if err != nil {
+			continue
+		}
+		// The end is the "Response" line, or for CreateContainer the same
+		// message logged again with the new container's ID.
+		_, seen := start[m[2]]
+		switch {
+		case !seen && m[3] == "":
+			start[m[2]] = at
+		case seen && out[m[2]] == 0:
+			out[m[2]] = at.Sub(start[m[2]])
+		}
+	}
+	return out
 }
 
 func only(t *testing.T, flows []*flow.Flow, k flow.Kind, pod string) *flow.Flow {

@@ -225,7 +225,8 @@ authentication:
 authorization: {mode: AlwaysAllow}
 YAML
 	"$KUBELET" --config "$LAB/kubelet.yaml" --root-dir "$LAB/kubelet" --cert-dir "$LAB/pki" \
-		--hostname-override criseq-lab --v 2 >"$LAB/logs/kubelet.log" 2>&1 &
+		--hostname-override criseq-lab --v 2 --vmodule remote_runtime=10,remote_image=10 \
+		>"$LAB/logs/kubelet.log" 2>&1 &
 	KUBELET_PID=$!
 	echo "$KUBELET_PID" >"$LAB/kubelet.pid"
 	# Ready when it has talked to the runtime (its first relist).
@@ -272,6 +273,13 @@ wait_for() {
 		tail -n 15 "$LAB/logs/kubelet.log" >&2
 	fi
 	return 1
+}
+
+# outcome writes what the pods came to: one line per container, name,
+# state and attempt, sorted; it compares runs with and without criseq.
+outcome() {
+	# Table columns are 2+ spaces apart: CONTAINER IMAGE CREATED STATE NAME ATTEMPT ...
+	direct ps -a | awk -F '  +' 'NR > 1 {print $5, $4, $6}' | sort
 }
 
 # running NAME: a container named NAME runs.

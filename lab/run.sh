@@ -3,7 +3,7 @@
 # with kubelet talking to containerd THROUGH criseq record. Runs the scenarios,
 # writes each capture and its diagrams under OUT, and restores the host.
 # Usage (root): lab/run.sh [-o OUT] [SCENARIO...]
-# Scenarios: warm pull init missing crictl tcp (default: all). "pull" also deletes
+# Scenarios: warm pull init missing crictl tcp direct (default: all). "pull" also deletes
 # the pod, so its capture holds a start and a stop flow.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -17,7 +17,7 @@ while getopts o: opt; do
 done
 shift $((OPTIND - 1))
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp direct)
 [ "$(id -u)" = 0 ] || die "the lab runs containers: run it as root (sudo make lab)"
 OUT=$(realpath -m "$OUT")
 mkdir -p "$OUT"
@@ -79,15 +79,19 @@ scenario() {
 	rm -rf "$dir" && mkdir -p "$dir"
 	echo "lab: scenario $name" >&2
 	local t0=$SECONDS
-	[ "$name" = tcp ] || recorder_start "$dir/capture.pcapng" || return 1
+	case $name in tcp | direct) ;; *) recorder_start "$dir/capture.pcapng" || return 1 ;; esac
 	local ok=true
 	if [ "$name" = tcp ]; then
 		scenario_tcp "$dir" || ok=false
 	elif [ "$name" = crictl ]; then
 		scenario_crictl || ok=false
 	else
-		kubelet_start "$LAB/criseq.sock" || return 1
+		# The "direct" scenario is "warm" without criseq in between.
+		local sock=$LAB/criseq.sock
+		[ "$name" = direct ] && sock=$LAB/containerd.sock
+		kubelet_start "$sock" || return 1
 		"scenario_$name" || ok=false
+		outcome >"$dir/outcome.txt" 2>&1 || true
 		rm -f "$LAB"/manifests/*.yaml
 		WAIT=90 wait_for no_pods || true
 		cp "$LAB/logs/kubelet.log" "$dir/kubelet.log"
@@ -96,7 +100,8 @@ scenario() {
 	fi
 	recorder_stop
 	direct rmp -fa >/dev/null 2>&1 || true
-	"$LAB/bin/criseq" render -o "$dir/diagrams" "$dir/capture.pcapng" >"$dir/render.txt" 2>&1 || true
+	[ -e "$dir/capture.pcapng" ] &&
+		"$LAB/bin/criseq" render -o "$dir/diagrams" "$dir/capture.pcapng" >"$dir/render.txt" 2>&1 || true
 	provenance "$name" "$dir"
 	if ! $ok; then
 		echo "lab: scenario $name FAILED after $((SECONDS - t0))s; logs in $dir" >&2
@@ -129,6 +134,7 @@ MD
 scenario_text() {
 	case $1 in
 	warm) echo "A pod start with the image already present (hostNetwork, imagePullPolicy IfNotPresent)." ;;
+	direct) echo "The warm scenario with kubelet talking to containerd directly, without criseq: its outcome.txt must equal warm's." ;;
 	pull) echo "A pod start with a real PullImage from a loopback registry (imagePullPolicy Always), then the pod's deletion (its manifest removed): a start and a stop flow." ;;
 	init) echo "A pod with an init container and two app containers on a bridge CNI network (pod IP in 198.18.77.0/24)." ;;
 	missing) echo "A pod whose image does not exist in the registry: PullImage fails and kubelet backs off and retries." ;;
@@ -142,6 +148,8 @@ scenario_warm() {
 	wait_for running web || return 1
 	sleep 2
 }
+
+scenario_direct() { scenario_warm; }
 
 scenario_pull() {
 	pod hello true "$REGISTRY/criseq/app:1" Always | put_manifest hello
@@ -223,7 +231,7 @@ JSON
 
 failed=()
 for s in "${scenarios[@]}"; do
-	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl tcp)"
+	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl tcp direct)"
 	scenario "$s" || failed+=("$s")
 done
 echo "lab: captures and diagrams in $OUT" >&2
