@@ -22,6 +22,14 @@ type Options struct {
 	// CreateContainer in the same sandbox still belongs to the start (the next
 	// container after an init container). Default 60s.
 	InitWait time.Duration
+	// Live hands out a start flow as soon as it is Grace past its last
+	// StartContainer, instead of InitWait. If another container of the pod
+	// is created within InitWait (the one after an init container), the
+	// flow grows and is handed out again: the same *Flow, with more steps.
+	Live bool
+	// MaxOpen bounds the flows being built; past it the oldest is handed
+	// out as it is, incomplete. Default 256.
+	MaxOpen int
 	// Client names the CRI client lifeline. Default: "kubelet", or "crictl"
 	// for a flow spread over more than two connections (kubelet keeps two
 	// long-lived ones; crictl opens one per command).
@@ -34,6 +42,9 @@ func (o *Options) defaults() {
 	}
 	if o.InitWait == 0 {
 		o.InitWait = 60 * time.Second
+	}
+	if o.MaxOpen == 0 {
+		o.MaxOpen = 256
 	}
 }
 
@@ -81,6 +92,7 @@ type open struct {
 	started    map[string]bool // container IDs started
 	lastStart  time.Time       // end of the last StartContainer
 	settled    bool            // past Grace: only more containers may join
+	handedOut  bool            // Live: returned once, may still grow
 	containers map[string]bool // container IDs this flow knows (stop flows)
 }
 
@@ -133,6 +145,19 @@ func (g *Grouper) Add(c *decode.Call) []*Flow {
 	}
 	return g.expire()
 }
+
+// Tick moves the grouper's clock to now (for live captures, when no call
+// comes) and returns the flows that completed by then.
+func (g *Grouper) Tick(now time.Time) []*Flow {
+	if now.After(g.now) {
+		g.now = now
+	}
+	g.settle()
+	return g.expire()
+}
+
+// Open is the number of flows being built.
+func (g *Grouper) Open() int { return len(g.order) }
 
 // Flush returns every flow still open, complete or not.
 func (g *Grouper) Flush() []*Flow {
@@ -218,6 +243,7 @@ func (g *Grouper) route(c *decode.Call) {
 			return
 		}
 		if c.Name == "StartContainer" && cid != "" {
+			g.reopen(o)
 			o.started[cid] = true
 			if c.End.After(o.lastStart) {
 				o.lastStart = c.End
@@ -257,7 +283,16 @@ func (g *Grouper) startFlow(sid string, c *decode.Call) *open {
 		return nil
 	}
 	o.settled = false
+	g.reopen(o)
 	return o
+}
+
+// reopen puts a handed-out live flow back among those being built.
+func (g *Grouper) reopen(o *open) {
+	if o.handedOut {
+		o.handedOut = false
+		g.order = append(g.order, o)
+	}
 }
 
 // startByPod finds the open start flow of a pod named in a sandbox config.
@@ -411,15 +446,26 @@ func (g *Grouper) settle() {
 func (g *Grouper) expire() []*Flow {
 	var out []*Flow
 	kept := g.order[:0]
-	for _, o := range g.order {
-		if g.done(o) {
+	for i, o := range g.order {
+		evict := len(g.order)-i > g.opts.MaxOpen
+		if evict || g.done(o) {
 			out = append(out, g.finish(o))
+			if g.opts.Live && !evict && o.f.Kind == Start && !o.lastStart.IsZero() {
+				// Kept in starts for InitWait: the next container may come.
+				o.handedOut = true
+				continue
+			}
 			g.forget(o)
 			continue
 		}
 		kept = append(kept, o)
 	}
 	g.order = kept
+	for sid, o := range g.starts {
+		if o.handedOut && g.now.Sub(o.lastStart) > g.opts.InitWait {
+			delete(g.starts, sid)
+		}
+	}
 	// Image calls nobody claimed within InitWait are noise.
 	for len(g.pending) > 0 && g.now.Sub(g.pending[0].Start) > g.opts.InitWait {
 		g.pending[0] = nil
@@ -437,6 +483,15 @@ func (g *Grouper) done(o *open) bool {
 		// InitWait from its first call.
 		last := o.f.Steps[len(o.f.Steps)-1].Start
 		return o.settled && g.now.Sub(last) > 0 || g.now.Sub(o.f.Steps[0].Start) > 10*g.opts.InitWait
+	}
+	if g.opts.Live {
+		for id := range o.created {
+			if !o.started[id] {
+				// A container created but never started: give up after InitWait.
+				return g.now.Sub(o.f.Steps[len(o.f.Steps)-1].Start) > g.opts.InitWait
+			}
+		}
+		return g.now.Sub(o.lastStart) > g.opts.Grace
 	}
 	return g.now.Sub(o.lastStart) > g.opts.InitWait
 }

@@ -177,3 +177,39 @@ func TestShort(t *testing.T) {
 		}
 	}
 }
+
+// TestLiveHandsOutEarlyAndGrows: in live mode a start is handed out Grace
+// after its StartContainer, and again when the next container comes.
+func TestLiveHandsOutEarlyAndGrows(t *testing.T) {
+	cs := &calls{t0: time.Unix(1700000000, 0)}
+	cs.startPod("default", "withinit", "uid-i", "sbi", "init")
+	g := NewGrouper(Options{Live: true})
+	var got []*Flow
+	for _, c := range cs.list {
+		got = append(got, g.Add(c)...)
+	}
+	if len(got) != 0 {
+		t.Fatalf("handed out %d flows before Grace", len(got))
+	}
+	last := cs.list[len(cs.list)-1].End
+	got = g.Tick(last.Add(3 * time.Second))
+	if len(got) != 1 || len(got[0].Steps) != 5 {
+		t.Fatalf("after Grace: %d flows, want the start with 5 steps", len(got))
+	}
+	first := got[0]
+	cs.list = nil
+	cs.wait(5 * time.Second)
+	cs.add("CreateContainer", &runtimeapi.CreateContainerRequest{PodSandboxId: "sbi", Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "app"}}},
+		&runtimeapi.CreateContainerResponse{ContainerId: "sbi-app"}, 0, time.Millisecond)
+	cs.add("StartContainer", &runtimeapi.StartContainerRequest{ContainerId: "sbi-app"}, &runtimeapi.StartContainerResponse{}, 0, time.Millisecond)
+	for _, c := range cs.list {
+		got = append(got, g.Add(c)...)
+	}
+	got = g.Tick(cs.list[len(cs.list)-1].End.Add(3 * time.Second))
+	if len(got) != 1 || got[0] != first || len(first.Steps) != 7 || !first.Complete {
+		t.Fatalf("the grown flow was not handed out again: %d flows", len(got))
+	}
+	if rest := g.Flush(); len(rest) != 0 {
+		t.Errorf("Flush handed out %d flows already given", len(rest))
+	}
+}
