@@ -129,9 +129,22 @@ type queued struct {
 
 // pktContext carries a packet's capture info through reassembly, which keeps
 // it with out-of-order data; hence one per packet rather than a reused one.
-type pktContext struct{ ci gopacket.CaptureInfo }
+// It holds no pointers (the timestamp is kept as Unix time, as the packet
+// reader made it), so its slabs cost the garbage collector nothing to scan.
+type pktContext struct {
+	sec    int64
+	nsec   int32
+	length int32
+	noTime bool // the packet has no timestamp (zero Time)
+}
 
-func (p *pktContext) GetCaptureInfo() gopacket.CaptureInfo { return p.ci }
+func (p *pktContext) GetCaptureInfo() gopacket.CaptureInfo {
+	ci := gopacket.CaptureInfo{CaptureLength: int(p.length), Length: int(p.length)}
+	if !p.noTime {
+		ci.Timestamp = time.Unix(p.sec, int64(p.nsec))
+	}
+	return ci
+}
 
 // tcpConn is one TCP connection; halves are indexed 0 for the side that sent
 // the first packet seen, 1 for the other.
@@ -233,7 +246,7 @@ func (s *fileSource) readPacket() {
 	}
 	ctx := &s.ctxs[0]
 	s.ctxs = s.ctxs[1:]
-	ctx.ci = gopacket.CaptureInfo{Timestamp: p.ts, CaptureLength: len(p.data), Length: len(p.data)}
+	*ctx = pktContext{sec: p.ts.Unix(), nsec: int32(p.ts.Nanosecond()), length: int32(len(p.data)), noTime: p.ts == (time.Time{})}
 	s.asm.AssembleWithContext(flow, &s.tcp, ctx)
 }
 

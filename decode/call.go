@@ -94,6 +94,9 @@ type Call struct {
 	Status  int    // grpc-status; -1 if none was seen
 	Message string // grpc-message
 
+	// Header lists, redacted unless Options.NoRedact. Calls may share
+	// them (most calls have the same response headers and trailers): read
+	// them, don't modify them.
 	RequestHeaders  []hpack.HeaderField
 	ResponseHeaders []hpack.HeaderField
 	Trailers        []hpack.HeaderField

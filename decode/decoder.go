@@ -74,15 +74,18 @@ const (
 // and direction (connections may interleave); Calls are handed to
 // Options.OnCall as they end. A Decoder is not safe for concurrent use.
 type Decoder struct {
-	opts    Options
-	conns   map[uint64]*conn
-	errs    []*ConnError
-	seq     uint64 // call creation order, for Close
-	methods map[string]*method
-	red     redactor
-	gz      gunzipper
-	free    [][]byte // message buffers for reuse
-	noProto bool     // benchmarks only: stop below protobuf decoding
+	opts        Options
+	conns       map[uint64]*conn
+	errs        []*ConnError
+	seq         uint64 // call creation order, for Close
+	methods     map[string]*method
+	red         redactor
+	gz          gunzipper
+	free        [][]byte  // message buffers for reuse
+	freeStreams []*stream // ended streams for reuse
+	valid       validCache
+	noProto     bool // benchmarks only: stop below protobuf decoding
+	noFast      bool // tests only: every frame through the Framer
 }
 
 // New returns a Decoder.
@@ -121,9 +124,16 @@ type half struct {
 	dead    bool      // decoding stopped (ConnError)
 	gap     bool      // ... because bytes were lost
 	closed  bool      // a Close chunk was seen
-	rd      sliceReader
-	fr      *http2.Framer
-	hdec    *hpack.Decoder
+	// slow: the Framer returned a stream error and goes on: from then on
+	// it reads every frame of this direction, so that its state (frame
+	// order) stays its own.
+	slow bool
+	rd   sliceReader
+	fr   *http2.Framer
+	hdec *hpack.Decoder
+	hs   headerSink              // the fast path's header block state
+	emit func(hpack.HeaderField) // hs.emit, made once
+	kept [2][]hpack.HeaderField  // last response headers and trailers kept
 }
 
 // sliceReader hands the Framer exactly the bytes of one frame.
@@ -296,7 +306,33 @@ func (d *Decoder) frames(cn *conn, h *half, in []byte, t0, t time.Time) int {
 // frame decodes one frame (or header block); false if decoding stopped.
 func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags http2.Flags, sid uint32, off int64, t time.Time) bool {
 	if h.fr == nil {
-		frameSetup(h)
+		d.frameSetup(h)
+	}
+	if !h.slow && !d.noFast {
+		// Fast path: the frames kubelet and containerd send all the time,
+		// when they are plainly valid, are read here without the Framer
+		// (which allocates a frame each time). Anything else, valid or
+		// not, goes to the Framer, whose checks and errors stay the
+		// reference.
+		switch typ {
+		case http2.FrameData:
+			if sid != 0 && !flags.Has(http2.FlagDataPadded) {
+				d.onData(cn, h, sid, b[9:], flags.Has(http2.FlagDataEndStream), t)
+				return true
+			}
+		case http2.FrameHeaders:
+			if sid != 0 && flags&(http2.FlagHeadersEndHeaders|http2.FlagHeadersPadded|http2.FlagHeadersPriority) == http2.FlagHeadersEndHeaders {
+				return d.fastHeaders(cn, h, b[9:], flags, sid, off, t)
+			}
+		case http2.FramePing:
+			if len(b) == 9+8 && sid == 0 {
+				return true
+			}
+		case http2.FrameWindowUpdate:
+			if len(b) == 9+4 && (uint32(b[9])<<24|uint32(b[10])<<16|uint32(b[11])<<8|uint32(b[12]))&(1<<31-1) != 0 {
+				return true
+			}
+		}
 	}
 	h.rd.b = b
 	f, err := h.fr.ReadFrame()
@@ -306,6 +342,7 @@ func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags 
 		// through HPACK: only that stream is hurt. Without one (bad
 		// padding, ...) the block was skipped and the HPACK state is lost.
 		if errors.As(err, &se) && (typ != http2.FrameHeaders || se.Cause != nil) {
+			h.slow = true
 			d.streamFrameError(cn, h, sid, typ, flags, se, t)
 			return true
 		}
@@ -319,7 +356,7 @@ func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags 
 	case *http2.DataFrame:
 		d.onData(cn, h, f.StreamID, f.Data(), f.StreamEnded(), t)
 	case *http2.MetaHeadersFrame:
-		d.onHeaders(cn, h, f, t)
+		d.onHeaders(cn, h, f.StreamID, f.StreamEnded(), f.Truncated, f.Fields, false, t)
 	case *http2.RSTStreamFrame:
 		d.onReset(cn, h, f.StreamID, f.ErrCode, t)
 	case *http2.GoAwayFrame:
@@ -330,7 +367,7 @@ func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags 
 			// encoder may use. Never lower: updates may still be in flight.
 			if other := &cn.half[1-h.dir]; !other.dead {
 				if other.fr == nil {
-					frameSetup(other)
+					d.frameSetup(other)
 				}
 				other.hdec.SetAllowedMaxDynamicTableSize(min(max(v, minTableSize), maxTableSize))
 			}
@@ -346,7 +383,7 @@ func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags 
 }
 
 // frameSetup creates a half's Framer before its first frame.
-func frameSetup(h *half) {
+func (d *Decoder) frameSetup(h *half) {
 	h.fr = http2.NewFramer(nil, &h.rd)
 	h.hdec = hpack.NewDecoder(4096, nil)
 	h.hdec.SetAllowedMaxDynamicTableSize(minTableSize)
@@ -354,6 +391,9 @@ func frameSetup(h *half) {
 	h.fr.MaxHeaderListSize = maxHeaderList
 	h.fr.SetMaxReadFrameSize(16 << 20)
 	h.fr.SetReuseFrames()
+	h.hs.hdec = h.hdec
+	h.hs.valid = &d.valid
+	h.emit = h.hs.emit
 }
 
 // fail stops decoding one direction of a connection.
@@ -361,6 +401,7 @@ func (d *Decoder) fail(cn *conn, h *half, off int64, err error, gap bool, t time
 	h.dead = true
 	h.buf = nil
 	h.fr, h.hdec = nil, nil
+	h.hs, h.emit, h.kept = headerSink{}, nil, [2][]hpack.HeaderField{}
 	h.gap = gap
 	ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: off, Time: t, Err: err}
 	d.errs = append(d.errs, ce)

@@ -32,6 +32,7 @@ type stream struct {
 	asm        [2]assembler // messages being reassembled, by direction
 	enc        [2]string    // grpc-encoding, by direction
 	clientDone bool         // the client ended its side (END_STREAM)
+	first      [2][]Message // room for the first message, by direction
 }
 
 // assembler rebuilds gRPC messages (1-byte flag, 4-byte length, payload)
@@ -54,24 +55,39 @@ func (cn *conn) sorted() []*stream {
 	return ss
 }
 
+// callAlloc is a Call with room for its first request and response:
+// most calls have one of each, and this makes them one allocation.
+type callAlloc struct {
+	call Call
+	msgs [2]Message
+}
+
 func (d *Decoder) newStream(cn *conn, sid uint32, t time.Time) *stream {
 	d.seq++
-	s := &stream{
-		call: &Call{Conn: cn.id, Stream: sid, Start: t, Status: -1},
-		seq:  d.seq,
-		m:    &noMethod,
+	a := &callAlloc{call: Call{Conn: cn.id, Stream: sid, Start: t, Status: -1}}
+	var s *stream
+	if k := len(d.freeStreams); k > 0 {
+		s = d.freeStreams[k-1]
+		d.freeStreams = d.freeStreams[:k-1]
+	} else {
+		s = new(stream)
 	}
+	*s = stream{call: &a.call, seq: d.seq, m: &noMethod}
+	s.first[c2s], s.first[s2c] = a.msgs[0:0:1], a.msgs[1:1:2]
 	cn.streams[sid] = s
 	return s
 }
 
+// maxFreeStreams bounds the streams kept for reuse.
+const maxFreeStreams = 256
+
 // onHeaders handles a header block. The client's opens a call. The
 // server's first holds the response headers, or, with END_STREAM, the whole
 // answer (trailers-only); its second holds the trailers and ends the call.
-func (d *Decoder) onHeaders(cn *conn, h *half, mh *http2.MetaHeadersFrame, t time.Time) {
-	sid := mh.StreamID
-	ended := mh.StreamEnded()
-	fields := mh.Fields
+//
+// fields are the block's fields, truncated if the block was larger than
+// the limit; scratch says they are a reused slice, to copy if kept.
+func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool, fields []hpack.HeaderField, scratch bool, t time.Time) {
 	if !d.opts.NoRedact {
 		redactHeaders(fields)
 	}
@@ -87,15 +103,15 @@ func (d *Decoder) onHeaders(cn *conn, h *half, mh *http2.MetaHeadersFrame, t tim
 		s = d.newStream(cn, sid, t)
 		cn.maxStream = max(cn.maxStream, sid)
 		c := s.call
-		c.RequestHeaders = fields
-		path := mh.PseudoValue("path")
+		c.RequestHeaders = ownFields(fields, scratch)
+		path := pseudoValue(fields, "path")
 		if path == "" {
 			c.Errors = append(c.Errors, "request headers without :path")
 		}
 		s.m = d.method(path)
 		c.Method, c.Service, c.Name, c.Known = path, s.m.service, s.m.name, s.m.known
 		s.enc[c2s] = headerValue(fields, "grpc-encoding")
-		if mh.Truncated {
+		if truncated {
 			c.Errors = append(c.Errors, "request headers truncated")
 		}
 		if ended {
@@ -113,22 +129,22 @@ func (d *Decoder) onHeaders(cn *conn, h *half, mh *http2.MetaHeadersFrame, t tim
 		s.call.Errors = append(s.call.Errors, "response to a request that was not seen")
 	}
 	c := s.call
-	if mh.Truncated {
+	if truncated {
 		c.Errors = append(c.Errors, "response header block truncated")
 	}
 	first := c.ResponseHeaders == nil && c.Trailers == nil
 	if first {
-		if st := mh.PseudoValue("status"); st != "200" {
+		if st := pseudoValue(fields, "status"); st != "200" {
 			c.Errors = append(c.Errors, fmt.Sprintf("http status %q", st))
 		}
 		if !ended {
-			c.ResponseHeaders = fields
+			c.ResponseHeaders = h.keep(0, fields, scratch)
 			s.enc[s2c] = headerValue(fields, "grpc-encoding")
 			return
 		}
 		c.Flags |= TrailersOnly
 	}
-	c.Trailers = fields
+	c.Trailers = h.keep(1, fields, scratch)
 	if v, ok := headerLookup(fields, "grpc-status"); !ok {
 		c.Errors = append(c.Errors, "trailers without grpc-status")
 	} else if n, err := strconv.ParseUint(v, 10, 31); err != nil {
@@ -264,6 +280,12 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 		d.release(a)
 	}
 	delete(cn.streams, c.Stream)
+	// The stream is reused: callers touch neither it nor its call after
+	// finish.
+	*s = stream{}
+	if len(d.freeStreams) < maxFreeStreams {
+		d.freeStreams = append(d.freeStreams, s)
+	}
 	if d.opts.OnCall != nil {
 		d.opts.OnCall(c)
 	}
@@ -371,6 +393,9 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 		m.Err = err.Error()
 		c.Flags |= Malformed
 		c.Errors = append(c.Errors, fmt.Sprintf("%s %d: %v", dirNoun[dir], len(*list)+1, err))
+	}
+	if *list == nil {
+		*list = s.first[dir]
 	}
 	*list = append(*list, m)
 }

@@ -5,10 +5,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/criseq/criseq/capture"
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
 )
 
 // largeCapture writes a capture of about size bytes by replaying a real one
@@ -60,21 +63,102 @@ func largeCapture(b *testing.B, from string, size int64) string {
 	return path
 }
 
+// The large capture is made once per test binary: the benchmarks below
+// share it.
+var (
+	largeOnce sync.Once
+	largeDir  string
+	largePath string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if largeDir != "" {
+		os.RemoveAll(largeDir)
+	}
+	os.Exit(code)
+}
+
+// sharedLargeCapture returns the path and size of a ~400 MB capture of
+// replayed real kubelet traffic.
+func sharedLargeCapture(b *testing.B) (string, int64) {
+	largeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "criseq-bench-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		largeDir = dir
+		path := largeCapture(b, filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng"), 200<<20)
+		dst := filepath.Join(dir, "large.pcapng")
+		if err := os.Rename(path, dst); err != nil {
+			b.Fatal(err)
+		}
+		largePath = dst
+	})
+	if largePath == "" {
+		b.Fatal("no large capture")
+	}
+	st, err := os.Stat(largePath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return largePath, st.Size()
+}
+
 // BenchmarkPipeline measures criseq render (read, decode, group, draw every
 // flow in every format) on a large capture made of real kubelet traffic.
 // MB/s is of capture file bytes, on one core.
 func BenchmarkPipeline(b *testing.B) {
-	path := largeCapture(b, filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng"), 200<<20)
-	st, err := os.Stat(path)
-	if err != nil {
-		b.Fatal(err)
-	}
+	path, size := sharedLargeCapture(b)
 	out := b.TempDir()
-	b.SetBytes(st.Size())
+	b.SetBytes(size)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if err := run(b.Context(), []string{"render", "-o", out, path}, io.Discard, io.Discard); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPipelineDecode is the part of BenchmarkPipeline before drawing:
+// read the capture, decode it and group its calls into flows, as render
+// does.
+func BenchmarkPipelineDecode(b *testing.B) {
+	path, size := sharedLargeCapture(b)
+	b.SetBytes(size)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		flows, _, err := loadFlows(path, decode.Options{}, flow.Options{Client: "kubelet"}, io.Discard)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(flows) == 0 {
+			b.Fatal("no flows")
+		}
+	}
+}
+
+// BenchmarkPipelineRead is the part of BenchmarkPipelineDecode before
+// decoding: read the capture and reassemble its TCP streams into chunks.
+func BenchmarkPipelineRead(b *testing.B) {
+	path, size := sharedLargeCapture(b)
+	b.SetBytes(size)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		src, err := capture.OpenFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if _, err = src.Next(); err != nil {
+				break
+			}
+		}
+		src.Close()
+		if !errors.Is(err, io.EOF) {
 			b.Fatal(err)
 		}
 	}

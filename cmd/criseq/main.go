@@ -21,7 +21,11 @@ func main() {
 		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errReported) {
 			fmt.Fprintln(os.Stderr, "criseq:", err)
 		}
-		if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
+		var ee *exitError
+		switch {
+		case errors.As(err, &ee):
+			os.Exit(ee.code)
+		case errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp):
 			os.Exit(2)
 		}
 		os.Exit(1)
@@ -45,6 +49,7 @@ func commands() []command {
 		{"record", "relay a CRI socket and record its traffic to a pcapng file", runRecord},
 		{"calls", "list the CRI calls in a capture (a table, or JSON lines)", runCalls},
 		{"render", "draw each pod start and stop in a capture as a sequence diagram", runRender},
+		{"watch", "record, decode and draw live: a diagram the moment each pod flow completes", runWatch},
 		{"demo", "draw the diagrams of a bundled real capture (no root, no node)", runDemo},
 	}
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -124,6 +126,7 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, stdout io.Writ
 		return fmt.Errorf("render: %w", err)
 	}
 	seen := map[string]int{}
+	var fw fileWriter
 	for _, f := range flows {
 		base := strings.TrimSuffix(render.FileName(f, ""), ".")
 		seen[base]++
@@ -133,7 +136,7 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, stdout io.Writ
 		var names []string
 		for _, format := range formats {
 			name := filepath.Join(dir, base+"."+format)
-			if err := writeFile(name, func(w io.Writer) error { return render.Write(w, format, f) }); err != nil {
+			if err := fw.write(name, func(w io.Writer) error { return render.Write(w, format, f) }); err != nil {
 				return err
 			}
 			names = append(names, name)
@@ -180,22 +183,42 @@ func phases(f *flow.Flow) string {
 	return strings.Join(parts, ", ")
 }
 
-func writeFile(name string, fill func(io.Writer) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(name), ".criseq-*")
+// fileWriter writes the files of writeFlows. Each is drawn into memory
+// first, so a failed drawing leaves no file, then written with one open:
+// thousands of small files cost three system calls each.
+type fileWriter struct {
+	buf bytes.Buffer
+	bw  *bufio.Writer
+}
+
+// renderBufSize is the buffer size render's writers ask for: a
+// *bufio.Writer this large is used as it is, not wrapped in another.
+const renderBufSize = 64 << 10
+
+func (fw *fileWriter) write(name string, fill func(io.Writer) error) error {
+	fw.buf.Reset()
+	if fw.bw == nil {
+		fw.bw = bufio.NewWriterSize(&fw.buf, renderBufSize)
+	}
+	fw.bw.Reset(&fw.buf)
+	err := fill(fw.bw)
+	if err == nil {
+		err = fw.bw.Flush()
+	}
+	if err != nil {
+		return fmt.Errorf("render: %s: %w", name, err)
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if err := fill(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("render: %s: %w", name, err)
+	_, err = f.Write(fw.buf.Bytes())
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
+	if err != nil {
+		os.Remove(name) // not a diagram any more
 		return fmt.Errorf("render: %w", err)
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("render: %w", err)
-	}
-	return os.Rename(tmp.Name(), name)
+	return nil
 }

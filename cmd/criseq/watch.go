@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/criseq/criseq/capture"
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/render"
+)
+
+const watchUsage = `Usage: criseq watch [flags]
+
+Records, decodes and draws live: each pod start or stop is written to a
+diagram the moment it is complete (a start: every container's StartContainer
+returned, plus a short grace for the status calls; a stop: RemovePodSandbox
+returned), with one line per flow on stdout. Flows still open when watch ends
+are written marked incomplete.
+
+Capture modes:
+  --listen SOCK [--upstream SOCK]   relay a second socket (point kubelet or crictl at it)
+  -r FILE                           replay a capture file as if live
+
+Exit codes: 0 done (Ctrl-C, or --pods flows written); 1 error; 2 bad usage;
+3 --timeout passed before --pods flows were written.
+
+Examples:
+  sudo criseq watch --listen /run/criseq.sock -o diagrams
+  # CI: wait for the pod start, at most 2 minutes, then exit
+  sudo criseq watch --listen /run/criseq.sock --pods 1 --pod nginx --timeout 2m -o artifacts
+  criseq watch -r cri.pcapng --format svg
+`
+
+// exitError carries a process exit code other than 1.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("watch", watchUsage, stderr)
+	var o renderOptions
+	o.register(fs, "out")
+	upstream := fs.String("upstream", "/run/containerd/containerd.sock", "the runtime's socket")
+	listen := fs.String("listen", "", "socket to create for kubelet or crictl")
+	replay := fs.String("r", "", "replay this capture file instead of relaying a socket")
+	record := fs.String("w", "", "also record the traffic to this pcapng file (0600)")
+	pods := fs.Int("pods", 0, "exit after this many flows are written (0: run until Ctrl-C)")
+	timeout := fs.Duration("timeout", 0, "with --pods: give up after this long, exit code 3")
+	namespace := fs.String("namespace", "", "only flows of pods in this namespace")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) != 0:
+		return fmt.Errorf("%w: watch takes no arguments (got %q)", errUsage, pos)
+	case (*listen == "") == (*replay == ""):
+		return fmt.Errorf("%w: watch needs exactly one of --listen SOCKET or -r FILE", errUsage)
+	case *timeout > 0 && *pods == 0:
+		return fmt.Errorf("%w: --timeout needs --pods N, the number of flows to wait for", errUsage)
+	}
+	formats, err := parseFormats(o.formats)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	w := newWatcher(o, formats, *namespace, *pods, stdout)
+	if *record != "" {
+		f, err := capture.CreateFile(*record)
+		if err != nil {
+			return fmt.Errorf("watch: %w", err)
+		}
+		w.file = capture.NewPcapngWriter(f)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-w.enough:
+			cancel()
+		case <-runCtx.Done():
+		}
+	}()
+	start := time.Now()
+	if *timeout > 0 {
+		var stopT context.CancelFunc
+		runCtx, stopT = context.WithTimeout(runCtx, *timeout)
+		defer stopT()
+	}
+
+	if *replay != "" {
+		err = w.replay(runCtx, *replay)
+	} else {
+		logf := func(format string, args ...any) { fmt.Fprintf(stderr, "criseq watch: "+format+"\n", args...) }
+		go w.ticker(runCtx, stderr)
+		p := &capture.Proxy{Upstream: *upstream, Listen: *listen, Log: logf,
+			Recorder: capture.NewRecorder(w, capture.RecorderOptions{Log: logf}),
+			Ready:    func() { logf("relaying %s → %s; diagrams into %s; Ctrl-C to stop", *listen, *upstream, o.out) }}
+		err = p.Run(runCtx) // closes the Recorder, which closes w
+	}
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if *pods > 0 && w.count() < *pods {
+		if *timeout > 0 && time.Since(start) >= *timeout {
+			return &exitError{3, fmt.Errorf("watch: %d of %d flows written before the %v timeout", w.count(), *pods, *timeout)}
+		}
+	}
+	return nil
+}
+
+// watcher is the live pipeline: it takes chunks (as a capture.Sink, on the
+// recorder's goroutine, never on the relay's), decodes, groups and writes
+// each flow as it completes.
+type watcher struct {
+	mu      sync.Mutex
+	dec     *decode.Decoder
+	g       *flow.Grouper
+	file    *capture.PcapngWriter
+	o       renderOptions
+	formats []string
+	ns      string
+	out     io.Writer
+	fw      fileWriter
+
+	names   map[*flow.Flow]string // file base of each flow written
+	used    map[string]int
+	written int
+	want    int
+	enough  chan struct{}
+	conns   int
+	calls   int
+	err     error
+	closed  bool
+}
+
+func newWatcher(o renderOptions, formats []string, ns string, want int, out io.Writer) *watcher {
+	w := &watcher{o: o, formats: formats, ns: ns, want: want, out: out,
+		names: map[*flow.Flow]string{}, used: map[string]int{}, enough: make(chan struct{})}
+	w.g = flow.NewGrouper(flow.Options{All: o.all, Client: o.client, Live: true})
+	dopts := decode.Options{NoRedact: o.noRedact, OnCall: func(c *decode.Call) {
+		w.calls++
+		w.emit(w.g.Add(c))
+	}}
+	if !o.all {
+		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) && method != "Version" }
+	}
+	w.dec = decode.New(dopts)
+	return w
+}
+
+// Write takes one chunk (capture.Sink).
+func (w *watcher) Write(c capture.Chunk) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if c.Kind == capture.Open {
+		w.conns++
+	}
+	if w.file != nil {
+		if err := w.file.Write(c); err != nil && w.err == nil {
+			w.err = fmt.Errorf("watch: recording: %w", err)
+		}
+	}
+	w.dec.Feed(c)
+	return nil
+}
+
+// Close ends the run: open calls end incomplete and the flows still open
+// are written (capture.Sink).
+func (w *watcher) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return w.err
+	}
+	w.closed = true
+	w.dec.Close()
+	w.emit(w.g.Flush())
+	if w.file != nil {
+		if err := w.file.Close(); err != nil && w.err == nil {
+			w.err = fmt.Errorf("watch: recording: %w", err)
+		}
+	}
+	return w.err
+}
+
+// Flush is called by the Recorder when its queue is empty (capture.Flusher).
+func (w *watcher) Flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.file != nil {
+		return w.file.Flush()
+	}
+	return nil
+}
+
+// emit writes flows that passed the filters; w.mu is held.
+func (w *watcher) emit(flows []*flow.Flow) {
+	for _, f := range flows {
+		if w.ns != "" && f.Pod.Namespace != w.ns {
+			continue
+		}
+		if len(filterPod([]*flow.Flow{f}, w.o.pod)) == 0 {
+			continue
+		}
+		base, again := w.names[f]
+		if !again {
+			base = strings.TrimSuffix(render.FileName(f, ""), ".")
+			w.used[base]++
+			if n := w.used[base]; n > 1 {
+				base = fmt.Sprintf("%s-%d", base, n)
+			}
+			w.names[f] = base
+		}
+		var first string
+		for _, format := range w.formats {
+			name := filepath.Join(w.o.out, base+"."+format)
+			if err := w.fw.write(name, func(out io.Writer) error { return render.Write(out, format, f) }); err != nil && w.err == nil {
+				w.err = err
+			}
+			if first == "" {
+				first = name
+			}
+		}
+		note := ""
+		if again {
+			note = " (updated)"
+		}
+		fmt.Fprintf(w.out, "%-32s %s  → %s%s\n", f.Pod.String(), summary(f), first, note)
+		if !again {
+			w.written++
+			if w.want > 0 && w.written == w.want {
+				close(w.enough)
+			}
+		}
+	}
+}
+
+func (w *watcher) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.written
+}
+
+// ticker moves the grouper's clock when no call comes, and shows a status
+// line: redrawn in place on a terminal, every 30s otherwise.
+func (w *watcher) ticker(ctx context.Context, stderr io.Writer) {
+	tty := isTerminal(stderr)
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			if tty {
+				fmt.Fprint(stderr, "\r\033[K")
+			}
+			return
+		case now := <-t.C:
+			w.mu.Lock()
+			if !w.closed {
+				w.emit(w.g.Tick(now))
+			}
+			status := fmt.Sprintf("%d connections, %d calls, %d flows open, %d written", w.conns, w.calls, w.g.Open(), w.written)
+			w.mu.Unlock()
+			switch {
+			case tty:
+				fmt.Fprintf(stderr, "\r\033[K%s", status)
+			case now.Sub(last) >= 30*time.Second:
+				fmt.Fprintf(stderr, "criseq watch: %s\n", status)
+				last = now
+			}
+		}
+	}
+}
+
+// replay feeds a capture file through the live pipeline.
+func (w *watcher) replay(ctx context.Context, path string) error {
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	for ctx.Err() == nil {
+		c, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		w.Write(c)
+	}
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

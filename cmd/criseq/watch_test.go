@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// TestWatchReplay: watch on a recorded kubelet run writes the same flows
+// render finds.
+func TestWatchReplay(t *testing.T) {
+	capPath := filepath.Join("..", "..", "testdata", "kubelet-init", "capture.pcapng")
+	var stdout, stderr bytes.Buffer
+	out := t.TempDir()
+	if err := run(context.Background(), []string{"watch", "-r", capPath, "-o", out, "--format", "puml"}, &stdout, &stderr); err != nil {
+		t.Fatalf("watch: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "started in") || !strings.Contains(lines[1], "stopped in") {
+		t.Fatalf("watch printed:\n%s", stdout.String())
+	}
+	puml, err := os.ReadFile(filepath.Join(out, "default_with-init-criseq-lab_start.puml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"CreateContainer(setup)", "CreateContainer(web)", "CreateContainer(sidecar)", "StartContainer(sidecar)"} {
+		if !strings.Contains(string(puml), c) {
+			t.Errorf("live start flow lacks %s", c)
+		}
+	}
+}
+
+// TestWatchLive: watch relays a real grpc-go CRI client and server, writes
+// the pod start as soon as it is complete, and exits after --pods 1.
+func TestWatchLive(t *testing.T) {
+	dir, err := os.MkdirTemp("", "criseq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	upstream, listen, out := filepath.Join(dir, "rt.sock"), filepath.Join(dir, "w.sock"), filepath.Join(dir, "out")
+	l, err := net.Listen("unix", upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	cs := &criServer{}
+	runtimeapi.RegisterRuntimeServiceServer(srv, cs)
+	runtimeapi.RegisterImageServiceServer(srv, cs)
+	go srv.Serve(l)
+	defer srv.Stop()
+
+	var stdout, stderr bytes.Buffer
+	done := make(chan error, 1)
+	started := time.Now()
+	go func() {
+		done <- run(context.Background(), []string{"watch", "--upstream", upstream, "--listen", listen, "-o", out,
+			"--pods", "1", "--timeout", "20s", "-w", filepath.Join(dir, "w.pcapng")}, &stdout, &stderr)
+	}()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(listen); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "live", Namespace: "ci", Uid: "u-2"}}
+	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId,
+		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "app"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ct.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("watch: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("watch did not exit after the pod's flow was written")
+	}
+	t.Logf("watch exited %v after it started", time.Since(started).Round(time.Millisecond))
+	if !strings.Contains(stdout.String(), "ci/live") || !strings.Contains(stdout.String(), "started in") {
+		t.Errorf("watch printed %q", stdout.String())
+	}
+	for _, f := range []string{"ci_live_start.svg", "ci_live_start.puml", "ci_live_start.mmd"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(dir, "w.pcapng")); err != nil || st.Size() == 0 || st.Mode().Perm() != 0o600 {
+		t.Errorf("recording: %v", err)
+	}
+	if _, err := os.Stat(listen); !os.IsNotExist(err) {
+		t.Errorf("listen socket left behind: %v", err)
+	}
+}
+
+// TestWatchTimeout: --timeout before --pods flows gives exit code 3.
+func TestWatchTimeout(t *testing.T) {
+	dir, err := os.MkdirTemp("", "criseq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	upstream := filepath.Join(dir, "rt.sock")
+	l, err := net.Listen("unix", upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	go srv.Serve(l)
+	defer srv.Stop()
+	var stderr bytes.Buffer
+	err = run(context.Background(), []string{"watch", "--upstream", upstream, "--listen", filepath.Join(dir, "w.sock"),
+		"-o", filepath.Join(dir, "out"), "--pods", "1", "--timeout", "300ms"}, &stderr, &stderr)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 3 {
+		t.Fatalf("err = %v, want exit code 3", err)
+	}
+}
