@@ -156,6 +156,19 @@ func TestE2ELab(t *testing.T) {
 			t.Errorf("pod outcome through criseq:\n%s\nwithout criseq:\n%s", with, without)
 		}
 	})
+	t.Run("watch", func(t *testing.T) {
+		b, err := os.ReadFile(filepath.Join(out, "watch", "watch.txt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(lines) != 2 || !strings.Contains(lines[0], "default/live-criseq-lab") || !strings.Contains(lines[0], "started in") ||
+			!strings.Contains(lines[1], "stopped in") {
+			t.Errorf("criseq watch printed:\n%s", b)
+		}
+		_, flows := flowsOf(t, "watch")
+		only(t, flows, flow.Start, "default/live-criseq-lab")
+	})
 	t.Run("tcp", func(t *testing.T) {
 		// Captured by tshark over TCP, not by criseq: the reader's reassembly path.
 		_, flows := flowsOf(t, "tcp")

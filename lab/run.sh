@@ -3,7 +3,7 @@
 # with kubelet talking to containerd THROUGH criseq record. Runs the scenarios,
 # writes each capture and its diagrams under OUT, and restores the host.
 # Usage (root): lab/run.sh [-o OUT] [SCENARIO...]
-# Scenarios: warm pull init missing crictl tcp direct (default: all). "pull" also deletes
+# Scenarios: warm pull init missing crictl tcp direct watch (default: all). "pull" also deletes
 # the pod, so its capture holds a start and a stop flow.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -17,7 +17,7 @@ while getopts o: opt; do
 done
 shift $((OPTIND - 1))
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp direct)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp direct watch)
 [ "$(id -u)" = 0 ] || die "the lab runs containers: run it as root (sudo make lab)"
 OUT=$(realpath -m "$OUT")
 mkdir -p "$OUT"
@@ -79,7 +79,11 @@ scenario() {
 	rm -rf "$dir" && mkdir -p "$dir"
 	echo "lab: scenario $name" >&2
 	local t0=$SECONDS
-	case $name in tcp | direct) ;; *) recorder_start "$dir/capture.pcapng" || return 1 ;; esac
+	case $name in
+	tcp | direct) ;;
+	watch) watch_start "$dir" || return 1 ;;
+	*) recorder_start "$dir/capture.pcapng" || return 1 ;;
+	esac
 	local ok=true
 	if [ "$name" = tcp ]; then
 		scenario_tcp "$dir" || ok=false
@@ -100,7 +104,7 @@ scenario() {
 	fi
 	recorder_stop
 	direct rmp -fa >/dev/null 2>&1 || true
-	[ -e "$dir/capture.pcapng" ] &&
+	[ -e "$dir/capture.pcapng" ] && [ "$name" != watch ] &&
 		"$LAB/bin/criseq" render -o "$dir/diagrams" "$dir/capture.pcapng" >"$dir/render.txt" 2>&1 || true
 	provenance "$name" "$dir"
 	if ! $ok; then
@@ -134,6 +138,7 @@ MD
 scenario_text() {
 	case $1 in
 	warm) echo "A pod start with the image already present (hostNetwork, imagePullPolicy IfNotPresent)." ;;
+	watch) echo "criseq watch in place of criseq record: the start and stop diagrams of a pod must be written while kubelet runs." ;;
 	direct) echo "The warm scenario with kubelet talking to containerd directly, without criseq: its outcome.txt must equal warm's." ;;
 	pull) echo "A pod start with a real PullImage from a loopback registry (imagePullPolicy Always), then the pod's deletion (its manifest removed): a start and a stop flow." ;;
 	init) echo "A pod with an init container and two app containers on a bridge CNI network (pod IP in 198.18.77.0/24)." ;;
@@ -150,6 +155,25 @@ scenario_warm() {
 }
 
 scenario_direct() { scenario_warm; }
+
+# watch_start runs criseq watch in place of the recorder: diagrams are
+# written live into $1/diagrams, its lines into $1/watch.txt.
+watch_start() {
+	rm -f "$LAB/criseq.sock"
+	"$LAB/bin/criseq" watch --upstream "$LAB/containerd.sock" --listen "$LAB/criseq.sock" \
+		-o "$1/diagrams" -w "$1/capture.pcapng" >"$1/watch.txt" 2>"$LAB/logs/watch.log" &
+	RECORDER_PID=$!
+	wait_socket "$LAB/criseq.sock" "$LAB/logs/watch.log" "$RECORDER_PID"
+}
+
+# scenario_watch: each diagram must appear while kubelet is still running.
+scenario_watch() {
+	local d=$OUT/watch/diagrams
+	pod live true "$APP_IMAGE" IfNotPresent | put_manifest live
+	WAIT=30 wait_for test -e "$d/default_live-criseq-lab_start.svg" || return 1
+	rm -f "$LAB/manifests/live.yaml"
+	WAIT=90 wait_for test -e "$d/default_live-criseq-lab_stop.svg" || return 1
+}
 
 scenario_pull() {
 	pod hello true "$REGISTRY/criseq/app:1" Always | put_manifest hello
@@ -231,7 +255,7 @@ JSON
 
 failed=()
 for s in "${scenarios[@]}"; do
-	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl tcp direct)"
+	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl tcp direct watch)"
 	scenario "$s" || failed+=("$s")
 done
 echo "lab: captures and diagrams in $OUT" >&2
