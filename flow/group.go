@@ -140,6 +140,7 @@ func (g *Grouper) Add(c *decode.Call) []*Flow {
 	g.learn(c)
 	if c.Known {
 		g.route(c)
+		g.forgetGone(c)
 	} else if g.opts.All {
 		g.attachAll(c)
 	}

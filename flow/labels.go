@@ -38,6 +38,26 @@ func (g *Grouper) learn(c *decode.Call) {
 	}
 }
 
+// forgetGone drops what a successful RemovePodSandbox removed, after the call
+// itself was labelled, so a grouper running for days stays small.
+func (g *Grouper) forgetGone(c *decode.Call) {
+	if !c.OK() || c.End.IsZero() {
+		return
+	}
+	// Containers are forgotten with their sandbox: kubelet still asks for a
+	// removed container's status, and that call belongs to the stop.
+	if r, ok := c.Request().(*runtimeapi.RemovePodSandboxRequest); ok {
+		sid := r.GetPodSandboxId()
+		delete(g.pods, sid)
+		for cid, s := range g.sandboxOf {
+			if s == sid {
+				delete(g.sandboxOf, cid)
+				delete(g.names, cid)
+			}
+		}
+	}
+}
+
 func (g *Grouper) learnPod(sid string, md *runtimeapi.PodSandboxMetadata) {
 	if sid == "" || md == nil {
 		return

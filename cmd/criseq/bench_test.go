@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,5 +162,26 @@ func BenchmarkPipelineRead(b *testing.B) {
 		if !errors.Is(err, io.EOF) {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkWatchDay replays the large capture (over a day of real kubelet
+// traffic: polling, and a pod started and stopped every minute) through
+// criseq watch, and reports the process's peak RSS. Run it alone
+// (-bench WatchDay) so the peak is watch's.
+func BenchmarkWatchDay(b *testing.B) {
+	path, size := sharedLargeCapture(b)
+	out := b.TempDir()
+	b.SetBytes(size)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := run(b.Context(), []string{"watch", "-r", path, "-o", out, "--format", "svg"}, io.Discard, io.Discard); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		b.ReportMetric(float64(ru.Maxrss)/1024, "maxrss-MiB")
 	}
 }

@@ -39,6 +39,9 @@ Examples:
   criseq watch -r cri.pcapng --format svg
 `
 
+// maxRecentFlows bounds the flows watch remembers to rewrite them.
+const maxRecentFlows = 256
+
 // exitError carries a process exit code other than 1.
 type exitError struct {
 	code int
@@ -140,7 +143,8 @@ type watcher struct {
 	out     io.Writer
 	fw      fileWriter
 
-	names   map[*flow.Flow]string // file base of each flow written
+	names   map[*flow.Flow]string // file base of the flows written lately
+	recent  []*flow.Flow          // ring of those flows, oldest first
 	used    map[string]int
 	written int
 	want    int
@@ -228,6 +232,14 @@ func (w *watcher) emit(flows []*flow.Flow) {
 				base = fmt.Sprintf("%s-%d", base, n)
 			}
 			w.names[f] = base
+			// Only a recent flow can grow and be written again; forget
+			// older ones so a run of days keeps its memory.
+			w.recent = append(w.recent, f)
+			if len(w.recent) > maxRecentFlows {
+				delete(w.names, w.recent[0])
+				w.recent[0] = nil
+				w.recent = w.recent[1:]
+			}
 		}
 		var first string
 		for _, format := range w.formats {
