@@ -1,7 +1,8 @@
 // Package capture turns CRI traffic into timestamped byte chunks per connection
 // and direction, and writes and reads them as pcap/pcapng files.
 //
-// In: a live unix-socket relay (Proxy) or a capture file (OpenFile, NewReader).
+// In: a live unix-socket relay (Proxy, on its own socket or, with Swap, in
+// place of the runtime's) or a capture file (OpenFile, NewReader).
 // Out: Chunks, in time order per connection and direction, and pcapng files.
 // Live chunks go from the Proxy through a Recorder (a bounded queue that
 // drops rather than stall the relay) to a Sink such as PcapngWriter.

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -33,8 +34,12 @@ const (
 // recorded then, and Close for each direction when it ends. A client whose
 // upstream dial fails is closed unrecorded (logged once per run of failures).
 type Proxy struct {
-	Upstream string    // socket of the real server, e.g. /run/containerd/containerd.sock
-	Listen   string    // socket to create for clients
+	Upstream string // socket of the real server, e.g. /run/containerd/containerd.sock
+	Listen   string // socket to create for clients
+	// Listener, if set, is accepted on instead of creating Listen, which then
+	// only names it in messages. Run closes it; whether that removes its file
+	// is the listener's setting (a Swap's removes none).
+	Listener *net.UnixListener
 	Recorder *Recorder // nil: relay without recording. Run closes it before returning.
 	// Log receives operational messages (stale socket removed, upstream
 	// unreachable, ...); nil discards them.
@@ -89,9 +94,11 @@ func (p *Proxy) Run(ctx context.Context) (err error) {
 			err = fmt.Errorf("proxy: %w", rerr)
 		}
 	}()
-	ln, err := p.listen()
-	if err != nil {
-		return err
+	ln := p.Listener
+	if ln == nil {
+		if ln, err = p.listen(); err != nil {
+			return err
+		}
 	}
 	p.mu.Lock()
 	p.live, p.stopping = make(map[*relay]struct{}), false
@@ -132,7 +139,7 @@ func (p *Proxy) Run(ctx context.Context) (err error) {
 			p.serve(c)
 		}()
 	}
-	ln.Close() // also removes the socket file
+	ln.Close() // also removes the socket file, if the listener made it
 
 	drain := p.Drain
 	if drain <= 0 {
@@ -179,15 +186,7 @@ func (p *Proxy) listen() (*net.UnixListener, error) {
 		return nil, err
 	}
 
-	// Born owner-only (the owner being this process), so that it is never more
-	// open than the upstream socket, even before chown and chmod. The umask is
-	// per process: a file another goroutine creates in this instant comes out
-	// stricter, never more open.
-	umaskMu.Lock()
-	old := syscall.Umask(0o777 &^ int(perm&0o700))
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: p.Listen, Net: "unix"})
-	syscall.Umask(old)
-	umaskMu.Unlock()
+	ln, err := listenPrivate(p.Listen, perm)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: listen: %w", err)
 	}
@@ -202,6 +201,18 @@ func (p *Proxy) listen() (*net.UnixListener, error) {
 		return nil, fmt.Errorf("proxy: set mode of %s: %w", p.Listen, err)
 	}
 	return ln, nil
+}
+
+// listenPrivate creates a socket born with at most perm's owner bits (the
+// owner being this process), so that it is never more open than the socket
+// it stands for, even before chown and chmod. The umask is per process: a file
+// another goroutine creates in this instant comes out stricter, never more open.
+func listenPrivate(path string, perm fs.FileMode) (*net.UnixListener, error) {
+	umaskMu.Lock()
+	defer umaskMu.Unlock()
+	old := syscall.Umask(0o777 &^ int(perm&0o700))
+	defer syscall.Umask(old)
+	return net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 }
 
 // removeStale clears Listen if it holds a socket nobody accepts on.
@@ -233,6 +244,14 @@ func (p *Proxy) removeStale() error {
 
 // serve relays one accepted connection until both directions end.
 func (p *Proxy) serve(client *net.UnixConn) {
+	var r *relay
+	defer p.contain(func() {
+		if r != nil {
+			r.close()
+		} else {
+			client.Close()
+		}
+	})
 	up, err := net.DialTimeout("unix", p.Upstream, dialTimeout)
 	if err != nil {
 		client.Close()
@@ -240,7 +259,7 @@ func (p *Proxy) serve(client *net.UnixConn) {
 		return
 	}
 	p.dialSucceeded()
-	r := &relay{client: client, upstream: up.(*net.UnixConn)}
+	r = &relay{client: client, upstream: up.(*net.UnixConn)}
 	p.mu.Lock()
 	if p.stopping {
 		p.mu.Unlock()
@@ -264,11 +283,22 @@ func (p *Proxy) serve(client *net.UnixConn) {
 
 	done := make(chan struct{})
 	go func() {
+		defer close(done)
+		defer p.contain(r.close)
 		p.pump(r, r.upstream, r.client, ServerToClient)
-		close(done)
 	}()
 	p.pump(r, r.client, r.upstream, ClientToServer)
 	<-done
+}
+
+// contain, deferred in a relay goroutine, keeps a panic there from ending the
+// process (and with it, if swapped, the node's runtime socket): it closes that
+// connection with closeConn and logs the panic.
+func (p *Proxy) contain(closeConn func()) {
+	if v := recover(); v != nil {
+		closeConn()
+		p.logf("proxy: panic in a relay: %v; closed that connection\n%s", v, debug.Stack())
+	}
 }
 
 // pump copies src to dst, recording each read. At EOF it half-closes dst, so

@@ -158,7 +158,7 @@ func (r *Recorder) flush() {
 	if failed {
 		return
 	}
-	if err := f.Flush(); err != nil {
+	if err := contained(f.Flush); err != nil {
 		r.fail(err)
 	}
 }
@@ -180,7 +180,7 @@ func (r *Recorder) write(c Chunk) {
 		r.droppedBytes.Add(int64(len(c.Data)))
 		return
 	}
-	if err := r.sink.Write(c); err != nil {
+	if err := contained(func() error { return r.sink.Write(c) }); err != nil {
 		r.fail(err)
 		r.dropped.Add(1)
 		r.droppedBytes.Add(int64(len(c.Data)))
@@ -188,6 +188,17 @@ func (r *Recorder) write(c Chunk) {
 	}
 	r.written.Add(1)
 	r.writtenBytes.Add(int64(len(c.Data)))
+}
+
+// contained turns a panic in the sink into an error: recording stops, the
+// relay goes on (and a swapped runtime socket stays served).
+func contained(f func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("panic in the sink: %v", v)
+		}
+	}()
+	return f()
 }
 
 // Stats returns the counts so far.

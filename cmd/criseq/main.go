@@ -50,6 +50,7 @@ func commands() []command {
 		{"calls", "list the CRI calls in a capture (a table, or JSON lines)", runCalls},
 		{"render", "draw each pod start and stop in a capture as a sequence diagram", runRender},
 		{"watch", "record, decode and draw live: a diagram the moment each pod flow completes", runWatch},
+		{"restore", "put back a socket that criseq record --swap moved aside", runRestore},
 		{"demo", "draw the diagrams of a bundled real capture (no root, no node)", runDemo},
 	}
 }
@@ -67,6 +68,8 @@ Examples:
   criseq demo -o out                     # diagrams of a bundled real capture
   sudo criseq record --upstream /run/containerd/containerd.sock \
       --listen /run/criseq.sock -w cri.pcapng
+  sudo criseq record --swap /run/containerd/containerd.sock -w cri.pcapng
+                                         # take over the runtime's own socket
   criseq calls cri.pcapng                # every CRI call, one per line
   criseq render -o diagrams cri.pcapng   # one diagram per pod start/stop
 

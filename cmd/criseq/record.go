@@ -2,14 +2,19 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/criseq/criseq/capture"
 )
 
 const recordUsage = `Usage: criseq record --upstream SOCKET --listen SOCKET -w FILE
+       criseq record --swap SOCKET -w FILE
 
 Relays a CRI unix socket and records every connection's bytes, both ways, to a
 pcapng file (0600). Point kubelet or crictl at the listen socket; the bytes
@@ -21,6 +26,20 @@ The listen socket gets the upstream socket's owner and mode. In the file, each
 unix connection is a TCP flow from 127.0.0.1:40000+N to 127.0.0.1:10010, so
 Wireshark decodes it with:  tshark -r FILE -d tcp.port==10010,http2 -Y grpc
 
+--swap SOCKET records in place, with no change to kubelet's configuration:
+criseq moves the runtime's socket to SOCKET.criseq-orig (writing a note,
+SOCKET.criseq-orig.json), listens on SOCKET with the same owner and mode, and
+relays to the moved socket. The two trade places in one atomic rename, so
+SOCKET never goes missing. Only NEW connections pass through criseq: kubelet
+keeps its connections open, so restart kubelet (systemctl restart kubelet) to
+record its calls. On Ctrl-C, SIGTERM, SIGHUP, an error or a crash, criseq puts
+the runtime's socket back the same way. If criseq is killed with SIGKILL (or
+the machine loses power), the socket stays swapped and nothing answers on it:
+run "criseq restore SOCKET"; criseq record --swap refuses to start until then.
+If the runtime restarts meanwhile, it recreates SOCKET itself: criseq sees its
+socket replaced, leaves the new one alone, removes the stale moved-aside one
+and stops recording.
+
 Examples:
   sudo criseq record --upstream /run/containerd/containerd.sock \
       --listen /run/criseq.sock -w cri.pcapng
@@ -29,51 +48,160 @@ Examples:
   # or start kubelet with --container-runtime-endpoint=unix:///run/criseq.sock
   #                       --image-service-endpoint=unix:///run/criseq.sock
   criseq render cri.pcapng
+
+  # in place: kubelet keeps its configuration
+  sudo criseq record --swap /run/containerd/containerd.sock -w cri.pcapng
+  sudo systemctl restart kubelet   # so that kubelet reconnects through criseq
+  # after a "kill -9" of criseq:
+  sudo criseq restore /run/containerd/containerd.sock
 `
 
 func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("record", recordUsage, stderr)
 	upstream := fs.String("upstream", "/run/containerd/containerd.sock", "the runtime's socket")
-	listen := fs.String("listen", "", "socket to create for kubelet or crictl (required)")
+	listen := fs.String("listen", "", "socket to create for kubelet or crictl (required, unless --swap)")
+	swap := fs.String("swap", "", "the runtime's socket to swap in place: record without changing kubelet's configuration")
 	out := fs.String("w", "", "pcapng file to write, created 0600 (required)")
 	quiet := fs.Bool("q", false, "print only errors")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	switch {
 	case len(pos) != 0:
 		return fmt.Errorf("%w: record takes no arguments (got %q)", errUsage, pos)
-	case *listen == "":
-		return fmt.Errorf("%w: record needs --listen SOCKET, the socket kubelet or crictl will use", errUsage)
+	case *swap != "" && (set["listen"] || set["upstream"]):
+		return fmt.Errorf("%w: --swap replaces --listen and --upstream; give either --swap SOCKET or both of those", errUsage)
+	case *swap == "" && *listen == "":
+		return fmt.Errorf("%w: record needs --listen SOCKET, the socket kubelet or crictl will use (or --swap SOCKET)", errUsage)
 	case *out == "":
 		return fmt.Errorf("%w: record needs -w FILE, the pcapng file to write", errUsage)
-	case *listen == *upstream:
-		return fmt.Errorf("%w: --listen and --upstream are the same socket", errUsage)
+	case *swap == "" && *listen == *upstream:
+		return fmt.Errorf("%w: --listen and --upstream are the same socket; to record in place use --swap %s", errUsage, *upstream)
 	}
-	logf := func(format string, args ...any) {
+	r := &recording{out: *out, quiet: *quiet, logf: func(format string, args ...any) {
 		fmt.Fprintf(stderr, "criseq record: "+format+"\n", args...)
+	}}
+	if *swap != "" {
+		return r.swapped(ctx, *swap)
 	}
-	f, err := capture.CreateFile(*out)
+	p, err := r.proxy()
+	if err != nil {
+		return err
+	}
+	p.Upstream, p.Listen = *upstream, *listen
+	if !*quiet {
+		p.Ready = func() {
+			r.logf("relaying %s → %s, recording to %s; Ctrl-C to stop", *listen, *upstream, *out)
+		}
+	}
+	// Run closes the recorder, which flushes and closes the file.
+	err = p.Run(ctx)
+	r.report(p)
+	return err
+}
+
+// recording is one run of criseq record.
+type recording struct {
+	out   string
+	quiet bool
+	logf  func(format string, args ...any)
+	start time.Time
+}
+
+// proxy creates the capture file and a Proxy that records into it.
+func (r *recording) proxy() (*capture.Proxy, error) {
+	f, err := capture.CreateFile(r.out)
+	if err != nil {
+		return nil, fmt.Errorf("record: %w", err)
+	}
+	r.start = time.Now()
+	rec := capture.NewRecorder(capture.NewPcapngWriter(f), capture.RecorderOptions{Log: r.logf})
+	return &capture.Proxy{Recorder: rec, Log: r.logf}, nil
+}
+
+func (r *recording) report(p *capture.Proxy) {
+	st := p.Recorder.Stats()
+	if !r.quiet || st.DroppedChunks > 0 {
+		r.logf("recorded %d bytes in %d chunks over %s to %s", st.Bytes, st.Chunks, time.Since(r.start).Round(time.Millisecond), r.out)
+	}
+	if st.DroppedChunks > 0 {
+		r.logf("%d chunks (%d bytes) could not be recorded and are marked as gaps", st.DroppedChunks, st.DroppedBytes)
+	}
+}
+
+// swapWatchInterval is how often record --swap checks that the runtime has
+// not recreated its socket over criseq's.
+const swapWatchInterval = 250 * time.Millisecond
+
+// swapped swaps path, relays and records on it, and puts the socket back
+// whatever happens: end of ctx, SIGHUP, an error, a panic, or the runtime
+// recreating its socket.
+func (r *recording) swapped(ctx context.Context, path string) (err error) {
+	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGHUP)
+	defer stopSignals()
+	logf := r.logf
+	// Before the capture file is created: a refusal leaves an earlier capture
+	// of the same name alone.
+	sw, err := capture.Swap(path, logf)
 	if err != nil {
 		return fmt.Errorf("record: %w", err)
 	}
-	rec := capture.NewRecorder(capture.NewPcapngWriter(f), capture.RecorderOptions{Log: logf})
-	p := &capture.Proxy{Upstream: *upstream, Listen: *listen, Recorder: rec, Log: logf}
-	if !*quiet {
+	defer func() {
+		v := recover()
+		if rerr := sw.Restore(); rerr != nil {
+			logf("%v", rerr)
+			err = errors.Join(err, fmt.Errorf("record: %w", rerr))
+		}
+		if v != nil {
+			panic(v) // after the socket is back
+		}
+	}()
+	p, err := r.proxy()
+	if err != nil {
+		return err
+	}
+	p.Listener, p.Listen, p.Upstream = sw.Listener(), path, sw.Aside
+	if !r.quiet {
 		p.Ready = func() {
-			logf("relaying %s → %s, recording to %s; Ctrl-C to stop", *listen, *upstream, *out)
+			logf("swapped %s: the runtime's socket is now %s; new connections to %s are relayed and recorded to %s; Ctrl-C to stop and put it back", path, sw.Aside, path, r.out)
+			logf("connections opened before the swap (kubelet's) still go straight to the runtime: restart kubelet to record its calls")
 		}
 	}
-	start := time.Now()
+
+	// The relay stops only once the socket is back, so that new connections
+	// to path always find a listener.
+	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRelay()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	lost := sw.Watch(watchCtx, swapWatchInterval)
+	var replaced bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer stopRelay()
+		select {
+		case <-ctx.Done():
+			if !r.quiet {
+				logf("stopping: putting the runtime's socket back at %s", path)
+			}
+		case <-lost:
+			replaced = true
+			logf("%s is no longer criseq's socket: removed or replaced, as when the runtime restarts; stopping", path)
+		case <-relayCtx.Done():
+		}
+		sw.Restore() // an error is reported by the deferred Restore
+	}()
 	// Run closes the recorder, which flushes and closes the file.
-	err = p.Run(ctx)
-	st := rec.Stats()
-	if !*quiet || st.DroppedChunks > 0 {
-		logf("recorded %d bytes in %d chunks over %s to %s", st.Bytes, st.Chunks, time.Since(start).Round(time.Millisecond), *out)
-	}
-	if st.DroppedChunks > 0 {
-		logf("%d chunks (%d bytes) could not be recorded and are marked as gaps", st.DroppedChunks, st.DroppedBytes)
+	err = p.Run(relayCtx)
+	stopRelay()
+	stopWatch()
+	<-done
+	r.report(p)
+	if replaced && err == nil {
+		err = fmt.Errorf("record: stopped because %s was removed or replaced (the runtime stopped or restarted); the capture is complete up to then; run criseq record --swap again to go on", path)
 	}
 	return err
 }
