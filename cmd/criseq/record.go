@@ -136,38 +136,49 @@ func (r *recording) report(p *capture.Proxy) {
 // not recreated its socket over criseq's.
 const swapWatchInterval = 250 * time.Millisecond
 
-// swapped swaps path, relays and records on it, and puts the socket back
+// swapped swaps path, records on it and puts the socket back.
+func (r *recording) swapped(ctx context.Context, path string) error {
+	p, err := swapRelay(ctx, "record", path, "recorded to "+r.out, r.quiet, r.logf, r.proxy)
+	if p != nil {
+		r.report(p)
+	}
+	return err
+}
+
+// swapRelay swaps path, relays on it with the Proxy makeProxy returns
+// (Listener, Listen and Upstream are set here), and puts the socket back
 // whatever happens: end of ctx, SIGHUP, an error, a panic, or the runtime
-// recreating its socket.
-func (r *recording) swapped(ctx context.Context, path string) (err error) {
+// recreating its socket. cmd names the command in messages; what says
+// where the traffic goes ("recorded to cri.pcapng").
+func swapRelay(ctx context.Context, cmd, path, what string, quiet bool, logf func(string, ...any),
+	makeProxy func() (*capture.Proxy, error)) (p *capture.Proxy, err error) {
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGHUP)
 	defer stopSignals()
-	logf := r.logf
-	// Before the capture file is created: a refusal leaves an earlier capture
+	// Before makeProxy creates any file: a refusal leaves an earlier capture
 	// of the same name alone.
 	sw, err := capture.Swap(path, logf)
 	if err != nil {
-		return fmt.Errorf("record: %w", err)
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	defer func() {
 		v := recover()
 		if rerr := sw.Restore(); rerr != nil {
 			logf("%v", rerr)
-			err = errors.Join(err, fmt.Errorf("record: %w", rerr))
+			err = errors.Join(err, fmt.Errorf("%s: %w", cmd, rerr))
 		}
 		if v != nil {
 			panic(v) // after the socket is back
 		}
 	}()
-	p, err := r.proxy()
+	p, err = makeProxy()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p.Listener, p.Listen, p.Upstream = sw.Listener(), path, sw.Aside
-	if !r.quiet {
+	if !quiet {
 		p.Ready = func() {
-			logf("swapped %s: the runtime's socket is now %s; new connections to %s are relayed and recorded to %s; Ctrl-C to stop and put it back", path, sw.Aside, path, r.out)
-			logf("connections opened before the swap (kubelet's) still go straight to the runtime: restart kubelet to record its calls")
+			logf("swapped %s: the runtime's socket is now %s; new connections to %s are relayed and %s; Ctrl-C to stop and put it back", path, sw.Aside, path, what)
+			logf("connections opened before the swap (kubelet's) still go straight to the runtime: restart kubelet to see its calls")
 		}
 	}
 
@@ -184,7 +195,7 @@ func (r *recording) swapped(ctx context.Context, path string) (err error) {
 		defer stopRelay()
 		select {
 		case <-ctx.Done():
-			if !r.quiet {
+			if !quiet {
 				logf("stopping: putting the runtime's socket back at %s", path)
 			}
 		case <-lost:
@@ -194,14 +205,13 @@ func (r *recording) swapped(ctx context.Context, path string) (err error) {
 		}
 		sw.Restore() // an error is reported by the deferred Restore
 	}()
-	// Run closes the recorder, which flushes and closes the file.
+	// Run closes the recorder, which flushes and closes its sink.
 	err = p.Run(relayCtx)
 	stopRelay()
 	stopWatch()
 	<-done
-	r.report(p)
 	if replaced && err == nil {
-		err = fmt.Errorf("record: stopped because %s was removed or replaced (the runtime stopped or restarted); the capture is complete up to then; run criseq record --swap again to go on", path)
+		err = fmt.Errorf("%s: stopped because %s was removed or replaced (the runtime stopped or restarted); the capture is complete up to then; run criseq %s --swap again to go on", cmd, path, cmd)
 	}
-	return err
+	return p, err
 }

@@ -27,6 +27,8 @@ are written marked incomplete.
 
 Capture modes:
   --listen SOCK [--upstream SOCK]   relay a second socket (point kubelet or crictl at it)
+  --swap SOCK                       take over the runtime's socket in place, as
+                                    criseq record --swap does (see its -h), and put it back
   -r FILE                           replay a capture file as if live
 
 Exit codes: 0 done (Ctrl-C, or --pods flows written); 1 error; 2 bad usage;
@@ -57,6 +59,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o.register(fs, "out")
 	upstream := fs.String("upstream", "/run/containerd/containerd.sock", "the runtime's socket")
 	listen := fs.String("listen", "", "socket to create for kubelet or crictl")
+	swap := fs.String("swap", "", "the runtime's socket to take over in place (kubelet's new connections go through criseq)")
 	replay := fs.String("r", "", "replay this capture file instead of relaying a socket")
 	record := fs.String("w", "", "also record the traffic to this pcapng file (0600)")
 	pods := fs.Int("pods", 0, "exit after this many flows are written (0: run until Ctrl-C)")
@@ -69,8 +72,8 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch {
 	case len(pos) != 0:
 		return fmt.Errorf("%w: watch takes no arguments (got %q)", errUsage, pos)
-	case (*listen == "") == (*replay == ""):
-		return fmt.Errorf("%w: watch needs exactly one of --listen SOCKET or -r FILE", errUsage)
+	case btoi(*listen != "")+btoi(*replay != "")+btoi(*swap != "") != 1:
+		return fmt.Errorf("%w: watch needs exactly one of --listen SOCKET, --swap SOCKET or -r FILE", errUsage)
 	case *timeout > 0 && *pods == 0:
 		return fmt.Errorf("%w: --timeout needs --pods N, the number of flows to wait for", errUsage)
 	}
@@ -105,14 +108,21 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer stopT()
 	}
 
-	if *replay != "" {
+	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "criseq watch: "+format+"\n", args...) }
+	newProxy := func() (*capture.Proxy, error) {
+		return &capture.Proxy{Log: logf, Recorder: capture.NewRecorder(w, capture.RecorderOptions{Log: logf})}, nil
+	}
+	switch {
+	case *replay != "":
 		err = w.replay(runCtx, *replay)
-	} else {
-		logf := func(format string, args ...any) { fmt.Fprintf(stderr, "criseq watch: "+format+"\n", args...) }
+	case *swap != "":
 		go w.ticker(runCtx, stderr)
-		p := &capture.Proxy{Upstream: *upstream, Listen: *listen, Log: logf,
-			Recorder: capture.NewRecorder(w, capture.RecorderOptions{Log: logf}),
-			Ready:    func() { logf("relaying %s → %s; diagrams into %s; Ctrl-C to stop", *listen, *upstream, o.out) }}
+		_, err = swapRelay(runCtx, "watch", *swap, "drawn into "+o.out, false, logf, newProxy)
+	default:
+		go w.ticker(runCtx, stderr)
+		p, _ := newProxy()
+		p.Upstream, p.Listen = *upstream, *listen
+		p.Ready = func() { logf("relaying %s → %s; diagrams into %s; Ctrl-C to stop", *listen, *upstream, o.out) }
 		err = p.Run(runCtx) // closes the Recorder, which closes w
 	}
 	if cerr := w.Close(); err == nil {
@@ -321,6 +331,13 @@ func (w *watcher) replay(ctx context.Context, path string) error {
 		w.Write(c)
 	}
 	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func isTerminal(w io.Writer) bool {

@@ -42,7 +42,13 @@ func TestWatchReplay(t *testing.T) {
 
 // TestWatchLive: watch relays a real grpc-go CRI client and server, writes
 // the pod start as soon as it is complete, and exits after --pods 1.
-func TestWatchLive(t *testing.T) {
+func TestWatchLive(t *testing.T) { watchLive(t, false) }
+
+// TestWatchSwap: the same with watch --swap on the server's own socket,
+// which must be back in place afterwards.
+func TestWatchSwap(t *testing.T) { watchLive(t, true) }
+
+func watchLive(t *testing.T, swap bool) {
 	dir, err := os.MkdirTemp("", "criseq")
 	if err != nil {
 		t.Fatal(err)
@@ -63,12 +69,15 @@ func TestWatchLive(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	done := make(chan error, 1)
 	started := time.Now()
-	go func() {
-		done <- run(context.Background(), []string{"watch", "--upstream", upstream, "--listen", listen, "-o", out,
-			"--pods", "1", "--timeout", "20s", "-w", filepath.Join(dir, "w.pcapng")}, &stdout, &stderr)
-	}()
+	args := []string{"watch", "--upstream", upstream, "--listen", listen}
+	if swap {
+		args = []string{"watch", "--swap", upstream}
+		listen = upstream
+	}
+	args = append(args, "-o", out, "--pods", "1", "--timeout", "20s", "-w", filepath.Join(dir, "w.pcapng"))
+	go func() { done <- run(context.Background(), args, &stdout, &stderr) }()
 	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(listen); err == nil {
+		if _, err := os.Stat(listen); err == nil && (!swap || exists(upstream+".criseq-orig")) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -113,9 +122,28 @@ func TestWatchLive(t *testing.T) {
 	if st, err := os.Stat(filepath.Join(dir, "w.pcapng")); err != nil || st.Size() == 0 || st.Mode().Perm() != 0o600 {
 		t.Errorf("recording: %v", err)
 	}
+	if swap {
+		if exists(upstream + ".criseq-orig") {
+			t.Error("the runtime's socket was not put back")
+		}
+		c2, err := grpc.NewClient("unix://"+upstream, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		if _, err := runtimeapi.NewRuntimeServiceClient(c2).Version(ctx, &runtimeapi.VersionRequest{}); err != nil {
+			t.Errorf("the runtime does not answer at its socket after watch --swap: %v", err)
+		}
+		return
+	}
 	if _, err := os.Stat(listen); !os.IsNotExist(err) {
 		t.Errorf("listen socket left behind: %v", err)
 	}
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }
 
 // TestWatchTimeout: --timeout before --pods flows gives exit code 3.
