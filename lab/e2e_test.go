@@ -169,6 +169,16 @@ func TestE2ELab(t *testing.T) {
 		_, flows := flowsOf(t, "watch")
 		only(t, flows, flow.Start, "default/live-criseq-lab")
 	})
+	t.Run("swap", func(t *testing.T) {
+		_, flows := flowsOf(t, "swap")
+		f := only(t, flows, flow.Start, "default/swapped-criseq-lab")
+		wantOrder(t, f, "RunPodSandbox", "CreateContainer", "StartContainer")
+		checkLinks(t, f)
+		b, err := os.ReadFile(filepath.Join(out, "swap", "outcome.txt"))
+		if err != nil || strings.TrimSpace(string(b)) != "web Running 0" {
+			t.Errorf("after criseq put the socket back, the pods were %q (%v), want web Running 0", b, err)
+		}
+	})
 	t.Run("tcp", func(t *testing.T) {
 		// Captured by tshark over TCP, not by criseq: the reader's reassembly path.
 		_, flows := flowsOf(t, "tcp")

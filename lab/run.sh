@@ -3,7 +3,7 @@
 # with kubelet talking to containerd THROUGH criseq record. Runs the scenarios,
 # writes each capture and its diagrams under OUT, and restores the host.
 # Usage (root): lab/run.sh [-o OUT] [SCENARIO...]
-# Scenarios: warm pull init missing crictl tcp direct watch (default: all). "pull" also deletes
+# Scenarios: warm pull init missing crictl tcp direct watch swap (default: all). "pull" also deletes
 # the pod, so its capture holds a start and a stop flow.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -17,7 +17,7 @@ while getopts o: opt; do
 done
 shift $((OPTIND - 1))
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp direct watch)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp direct watch swap)
 [ "$(id -u)" = 0 ] || die "the lab runs containers: run it as root (sudo make lab)"
 OUT=$(realpath -m "$OUT")
 mkdir -p "$OUT"
@@ -82,6 +82,7 @@ scenario() {
 	case $name in
 	tcp | direct) ;;
 	watch) watch_start "$dir" || return 1 ;;
+	swap) swap_start "$dir" || return 1 ;;
 	*) recorder_start "$dir/capture.pcapng" || return 1 ;;
 	esac
 	local ok=true
@@ -92,7 +93,7 @@ scenario() {
 	else
 		# The "direct" scenario is "warm" without criseq in between.
 		local sock=$LAB/criseq.sock
-		[ "$name" = direct ] && sock=$LAB/containerd.sock
+		case $name in direct | swap) sock=$LAB/containerd.sock ;; esac
 		kubelet_start "$sock" || return 1
 		"scenario_$name" || ok=false
 		outcome >"$dir/outcome.txt" 2>&1 || true
@@ -138,6 +139,7 @@ MD
 scenario_text() {
 	case $1 in
 	warm) echo "A pod start with the image already present (hostNetwork, imagePullPolicy IfNotPresent)." ;;
+	swap) echo "criseq record --swap on containerd's own socket, kubelet configured for that socket: the pod starts through criseq; criseq stops (SIGTERM) and puts the socket back while kubelet goes on, and the pod's deletion then works without criseq." ;;
 	watch) echo "criseq watch in place of criseq record: the start and stop diagrams of a pod must be written while kubelet runs." ;;
 	direct) echo "The warm scenario with kubelet talking to containerd directly, without criseq: its outcome.txt must equal warm's." ;;
 	pull) echo "A pod start with a real PullImage from a loopback registry (imagePullPolicy Always), then the pod's deletion (its manifest removed): a start and a stop flow." ;;
@@ -164,6 +166,28 @@ watch_start() {
 		-o "$1/diagrams" -w "$1/capture.pcapng" >"$1/watch.txt" 2>"$LAB/logs/watch.log" &
 	RECORDER_PID=$!
 	wait_socket "$LAB/criseq.sock" "$LAB/logs/watch.log" "$RECORDER_PID"
+}
+
+# swap_start takes over containerd's own socket with criseq record --swap:
+# kubelet is configured for containerd's socket and never hears of criseq.
+swap_start() {
+	"$LAB/bin/criseq" record --swap "$LAB/containerd.sock" -w "$1/capture.pcapng" >"$LAB/logs/criseq.log" 2>&1 &
+	RECORDER_PID=$!
+	WAIT=10 wait_for test -S "$LAB/containerd.sock.criseq-orig" || { tail "$LAB/logs/criseq.log" >&2; return 1; }
+}
+
+# scenario_swap: a pod starts through the swapped socket; then criseq stops
+# (SIGTERM) and must put the socket back while kubelet goes on: the pod
+# keeps running and its deletion works without criseq.
+scenario_swap() {
+	pod swapped true "$APP_IMAGE" IfNotPresent | put_manifest swapped
+	wait_for running web || return 1
+	sleep 2
+	recorder_stop
+	cp "$LAB/logs/criseq.log" "$OUT/swap/criseq.log"
+	[ ! -e "$LAB/containerd.sock.criseq-orig" ] || { echo "lab: the socket was not put back" >&2; return 1; }
+	sleep 3
+	running web || { echo "lab: the pod stopped running after criseq restored the socket" >&2; return 1; }
 }
 
 # scenario_watch: each diagram must appear while kubelet is still running.
@@ -255,7 +279,7 @@ JSON
 
 failed=()
 for s in "${scenarios[@]}"; do
-	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl tcp direct watch)"
+	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl tcp direct watch swap)"
 	scenario "$s" || failed+=("$s")
 done
 echo "lab: captures and diagrams in $OUT" >&2
