@@ -126,25 +126,35 @@ func (s *criServer) StartContainer(context.Context, *runtimeapi.StartContainerRe
 	return &runtimeapi.StartContainerResponse{}, nil
 }
 
-// TestRecordThenRender records a pod start between a real grpc-go CRI
-// client and server with criseq record, then renders it.
-func TestRecordThenRender(t *testing.T) {
-	dir, err := os.MkdirTemp("", "criseq") // short: unix socket paths are limited
+// serveCRI starts a real grpc-go server of the CRI services on a unix socket
+// in a fresh short directory (socket paths are limited to 108 bytes), and
+// returns the directory and the socket.
+func serveCRI(t *testing.T) (dir, sock string, cs *criServer) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "criseq")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(dir)
-	upstream, listen, file := filepath.Join(dir, "rt.sock"), filepath.Join(dir, "proxy.sock"), filepath.Join(dir, "cri.pcapng")
-	l, err := net.Listen("unix", upstream)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock = filepath.Join(dir, "rt.sock")
+	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	cs := &criServer{}
+	cs = &criServer{}
 	runtimeapi.RegisterRuntimeServiceServer(srv, cs)
 	runtimeapi.RegisterImageServiceServer(srv, cs)
 	go srv.Serve(l)
-	defer srv.Stop()
+	t.Cleanup(srv.Stop)
+	return dir, sock, cs
+}
+
+// TestRecordThenRender records a pod start between a real grpc-go CRI
+// client and server with criseq record, then renders it.
+func TestRecordThenRender(t *testing.T) {
+	dir, upstream, cs := serveCRI(t)
+	listen, file := filepath.Join(dir, "proxy.sock"), filepath.Join(dir, "cri.pcapng")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var recErr bytes.Buffer

@@ -49,22 +49,8 @@ func TestWatchLive(t *testing.T) { watchLive(t, false) }
 func TestWatchSwap(t *testing.T) { watchLive(t, true) }
 
 func watchLive(t *testing.T, swap bool) {
-	dir, err := os.MkdirTemp("", "criseq")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	upstream, listen, out := filepath.Join(dir, "rt.sock"), filepath.Join(dir, "w.sock"), filepath.Join(dir, "out")
-	l, err := net.Listen("unix", upstream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	cs := &criServer{}
-	runtimeapi.RegisterRuntimeServiceServer(srv, cs)
-	runtimeapi.RegisterImageServiceServer(srv, cs)
-	go srv.Serve(l)
-	defer srv.Stop()
+	dir, upstream, _ := serveCRI(t)
+	listen, out := filepath.Join(dir, "w.sock"), filepath.Join(dir, "out")
 
 	var stdout, stderr bytes.Buffer
 	done := make(chan error, 1)
