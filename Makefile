@@ -33,7 +33,7 @@ test-deps:
 
 # Real-peer end-to-end tests (root): containerd + crictl through criseq record.
 e2e: test-deps
-	CRISEQ_E2E=1 $(GO) test -count=1 -v -timeout 20m -run 'E2E' ./lab/
+	CRISEQ_E2E=1 $(GO) test -count=1 -v -timeout 40m -run 'E2E' ./lab/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./capture ./decode ./render ./cmd/criseq
