@@ -325,15 +325,22 @@ func (p *Proxy) pump(r *relay, src, dst *net.UnixConn, dir Dir) {
 			}
 			off += int64(n)
 			if _, werr := dst.Write(buf[:n]); werr != nil {
-				r.close()
+				// dst's reader is gone: this direction is over, but the
+				// other may still carry bytes, so the relay stays open
+				// until it ends too. src's writer now gets EPIPE, as it
+				// would connected directly; the discard wakes a writer
+				// blocked on a full buffer.
+				src.CloseRead()
+				io.Copy(io.Discard, src)
 				break
 			}
 		}
 		if rerr != nil {
-			if errors.Is(rerr, io.EOF) {
+			// EOF, or ECONNRESET, which a unix socket reports only after
+			// every byte its peer wrote was read: either way, pass the end
+			// on. (net.ErrClosed: the relay was closed, by drain.)
+			if !errors.Is(rerr, net.ErrClosed) {
 				dst.CloseWrite()
-			} else {
-				r.close()
 			}
 			break
 		}
