@@ -69,8 +69,9 @@ func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, omitted int) {
 		}
 	}
 	str("sequenceDiagram\n")
-	// Mermaid does not widen the diagram for its title: keep it short.
-	str("    title ", mmdEsc(d.title+" · "+d.parts[pClient].name+" → "+d.boxTitle), "\n")
+	// Mermaid does not widen the diagram for its title: keep it short (the
+	// client and the runtime are named by the participants and the box).
+	str("    title ", mmdEsc(d.title), "\n")
 	str("    participant ", d.parts[pClient].alias, " as ", mmdEsc(d.parts[pClient].name), "\n")
 	// Mermaid takes the box's colour greedily up to the last ')' of the
 	// line: the title's parentheses are escaped.

@@ -2,9 +2,10 @@
 //
 // In: a *flow.Flow, the calls of one pod start or stop with the labels a
 // diagram shows (key argument, shortened result, duration, error, phase).
-// Out: the diagram as PlantUML (.puml), Mermaid (.mmd) or SVG (.svg) text,
-// written to an io.Writer. The SVG is laid out here, with text measured with
-// the Go fonts' metrics; no Java, browser or Graphviz is needed.
+// Out: the diagram as PlantUML (.puml), Mermaid (.mmd) or SVG (.svg) text, or
+// the SVG's drawing as a PNG image at 1x or 2x, written to an io.Writer. The
+// SVG is laid out here, with text measured with the Go fonts' metrics, and
+// rasterized here for the PNG; no Java, browser or Graphviz is needed.
 //
 // All layout (rows, columns, pixels) is computed here; flow only orders calls
 // by time. Output is deterministic: the same flow gives the same bytes.
@@ -25,9 +26,20 @@ import (
 	"github.com/criseq/criseq/flow"
 )
 
-// Formats returns the names Write accepts, which are also the usual file
-// extensions: "puml", "mmd", "svg".
-func Formats() []string { return []string{"puml", "mmd", "svg"} }
+// Formats returns the names Write accepts: "puml", "mmd", "svg", "png"
+// (the SVG's drawing as an image) and "png2x" (the same at twice the size).
+// Ext gives each one's file extension.
+func Formats() []string { return []string{"puml", "mmd", "svg", "png", "png2x"} }
+
+// Ext is the file name ending for a format: ".svg", ".png", and "@2x.png"
+// for png2x, the usual name of a high-density image.
+func Ext(format string) string {
+	format = strings.ToLower(strings.TrimPrefix(format, "."))
+	if format == "png2x" {
+		return "@2x.png"
+	}
+	return "." + format
+}
 
 // Write draws f in the given format (one of Formats, case-insensitive, with or
 // without a leading dot).
@@ -39,6 +51,10 @@ func Write(w io.Writer, format string, f *flow.Flow) error {
 		return Mermaid(w, f)
 	case "svg":
 		return SVG(w, f)
+	case "png":
+		return PNG(w, f, 1)
+	case "png2x":
+		return PNG(w, f, 2)
 	}
 	return fmt.Errorf("render: unknown format %q (valid: %s)", format, strings.Join(Formats(), ", "))
 }
@@ -46,7 +62,8 @@ func Write(w io.Writer, format string, f *flow.Flow) error {
 // FileName is a stable file name for f: "namespace_name_kind.ext", e.g.
 // "default_nginx_start.svg". Only ASCII letters, digits, '.', '-' and '_'
 // are kept; anything else becomes '_'. A pod without a name is named after
-// its sandbox ID. ext may be given with or without its dot, or empty.
+// its sandbox ID. ext may be given with or without its dot, or empty; the
+// format png2x gives "default_nginx_start@2x.png".
 func FileName(f *flow.Flow, ext string) string {
 	var parts []string
 	if f != nil {
@@ -66,6 +83,9 @@ func FileName(f *flow.Flow, ext string) string {
 		parts = append(parts, "unknown")
 	}
 	name := strings.Join(parts, "_")
+	if e := Ext(ext); e == "@2x.png" {
+		return name + e
+	}
 	if ext = safeName(strings.TrimPrefix(ext, ".")); ext != "" {
 		name += "." + ext
 	}

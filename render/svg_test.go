@@ -218,7 +218,7 @@ func TestSVGTextFits(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l, err := layoutSVG(d)
+			l, err := layout(d)
 			if err != nil {
 				t.Fatal(err)
 			}

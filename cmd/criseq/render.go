@@ -135,7 +135,7 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, stdout io.Writ
 		}
 		var names []string
 		for _, format := range formats {
-			name := filepath.Join(dir, base+"."+format)
+			name := filepath.Join(dir, base+render.Ext(format))
 			if err := fw.write(name, func(w io.Writer) error { return render.Write(w, format, f) }); err != nil {
 				return err
 			}

@@ -1,0 +1,381 @@
+package render
+
+import "math"
+
+// Layout sizes, in pixels.
+const (
+	fontSize     = 13.0
+	lineH        = 17.0 // distance between baselines of 13px text
+	margin       = 20.0
+	hdrPadX      = 14.0
+	hdrPadY      = 8.0
+	hdrMinW      = 100.0
+	hdrMaxText   = 220.0 // participant names wrap past this
+	colGap       = 30.0  // least space between two header boxes
+	boxPad       = 12.0  // runtime box around its headers
+	labelPad     = 14.0  // arrow label to the arrow's ends
+	labelMax     = 420.0 // arrow labels wrap past this
+	actW         = 10.0  // activation bar
+	actNest      = 5.0   // offset of a nested activation bar
+	headLen      = 9.0   // arrowhead
+	headHalf     = 4.0
+	gutterPad    = 10.0
+	gutterSize   = 11.0
+	titleSize    = 16.0
+	subtitleSize = 12.0
+	smallSize    = 12.0
+)
+
+type elemKind int
+
+const (
+	eRect elemKind = iota
+	eLine
+	ePolygon
+	ePolyline
+	eText
+)
+
+// Layers, drawn in this order; within a layer, elements keep their order.
+const (
+	layerBack   = iota // background, runtime box
+	layerLines         // lifelines, phase separators
+	layerShapes        // headers, activation bars, arrows, phase chips
+	layerPlates        // backgrounds of arrow labels
+	layerNotes
+	layerText
+	nLayers
+)
+
+// box is an axis-aligned rectangle.
+type box struct{ x, y, w, h float64 }
+
+func (b box) right() float64  { return b.x + b.w }
+func (b box) bottom() float64 { return b.y + b.h }
+
+// textBlock is one or more lines of text, with the measured width of its
+// widest line.
+type textBlock struct {
+	x, y   float64 // anchor of the first line's baseline
+	anchor string  // "start", "middle" or "end"
+	lines  []string
+	w      float64
+	size   float64
+	class  string
+	tip    string // <title> tooltip
+	in     *box   // the area the text must stay inside, if any
+}
+
+// bounds is the text's extent: width as measured, height from the first
+// line's ascent to the last line's descent.
+func (t *textBlock) bounds() box {
+	x := t.x
+	switch t.anchor {
+	case "middle":
+		x -= t.w / 2
+	case "end":
+		x -= t.w
+	}
+	top := t.y - 0.8*t.size
+	bottom := t.y + float64(len(t.lines)-1)*lineStep(t.size) + 0.25*t.size
+	return box{x, top, t.w, bottom - top}
+}
+
+func lineStep(size float64) float64 { return math.Round(size * lineH / fontSize) }
+
+type elem struct {
+	layer int
+	kind  elemKind
+	class string
+	r     box       // eRect
+	rx    float64   // eRect corner radius
+	pts   []float64 // eLine (x1 y1 x2 y2), ePolygon, ePolyline
+	text  *textBlock
+}
+
+// drawing is a laid out diagram: its size and its elements, styled by the
+// classes of svgStyle. SVG and PNG both draw it, so the two cannot drift.
+type drawing struct {
+	title  string
+	w, h   float64
+	layers [nLayers][]elem
+	texts  []*textBlock // every text, for checks
+}
+
+// add appends e to its layer and returns its index there.
+func (l *drawing) add(e elem) int {
+	l.layers[e.layer] = append(l.layers[e.layer], e)
+	return len(l.layers[e.layer]) - 1
+}
+
+// elems returns every element in drawing order.
+func (l *drawing) elems() []elem {
+	var all []elem
+	for _, layer := range l.layers {
+		all = append(all, layer...)
+	}
+	return all
+}
+
+func (l *drawing) rect(layer int, class string, b box, rx float64) int {
+	return l.add(elem{layer: layer, kind: eRect, class: class, r: b, rx: rx})
+}
+
+func (l *drawing) line(layer int, class string, x1, y1, x2, y2 float64) int {
+	return l.add(elem{layer: layer, kind: eLine, class: class, pts: []float64{x1, y1, x2, y2}})
+}
+
+func (l *drawing) text(t *textBlock) {
+	l.texts = append(l.texts, t)
+	l.add(elem{layer: layerText, kind: eText, text: t})
+}
+
+// layout places every element of d.
+func layout(d *diagram) (*drawing, error) {
+	ms, err := newMeasurer()
+	if err != nil {
+		return nil, err
+	}
+	l := &drawing{title: d.title}
+	n := len(d.calls)
+	l.layers[layerShapes] = make([]elem, 0, 6*n+4*len(d.parts))
+	l.layers[layerPlates] = make([]elem, 0, 2*n)
+	l.layers[layerText] = make([]elem, 0, 3*n+2*len(d.parts)+8)
+	l.texts = make([]*textBlock, 0, 3*n+2*len(d.parts)+8)
+	bg := l.rect(layerBack, "bg", box{}, 0)
+	maxX := 0.0
+	grow := func(x float64) {
+		if x > maxX {
+			maxX = x
+		}
+	}
+	widest := func(fc face, size float64, lines []string) float64 {
+		w := 0.0
+		for _, s := range lines {
+			w = math.Max(w, ms.width(fc, size, s))
+		}
+		return math.Ceil(w)
+	}
+
+	// Participants: header widths and the common header height.
+	np := len(d.parts)
+	hdrLines := make([][]string, np)
+	hw := make([]float64, np)
+	nHdrLines := 1
+	for i, p := range d.parts {
+		hdrLines[i] = ms.wrap(bold, fontSize, p.name, hdrMaxText)
+		hw[i] = math.Max(hdrMinW, widest(bold, fontSize, hdrLines[i])+2*hdrPadX)
+		nHdrLines = max(nHdrLines, len(hdrLines[i]))
+	}
+	hdrH := float64(nHdrLines)*lineH + 2*hdrPadY
+
+	// Calls: wrapped labels, nesting depth of activations, and the room each
+	// participant's lifeline needs from the client's.
+	type callLayout struct {
+		req, ret   []string
+		reqW, retW float64
+		depth      int
+	}
+	cls := make([]callLayout, len(d.calls))
+	need := make([]float64, np)
+	open := make([]int, np)
+	gw := 0.0
+	for i := range d.calls {
+		c := &d.calls[i]
+		cl := &cls[i]
+		cl.req = ms.wrap(regular, fontSize, c.reqLabel(), labelMax)
+		cl.reqW = widest(regular, fontSize, cl.req)
+		if c.done {
+			cl.ret = ms.wrap(regular, fontSize, c.retLabel(), labelMax)
+			cl.retW = widest(regular, fontSize, cl.ret)
+		}
+		cl.depth = open[c.to]
+		if !c.done {
+			open[c.to]++
+		}
+		need[c.to] = math.Max(need[c.to], math.Max(cl.reqW, cl.retW)+2*labelPad+actW)
+		gw = math.Max(gw, ms.width(mono, gutterSize, fmtAt(c.at)))
+	}
+	gw = math.Ceil(math.Max(gw+2*gutterPad, 44))
+
+	// Columns, left to right: each as close to the previous as its header
+	// and the labels of the calls it receives allow.
+	x := make([]float64, np)
+	x[0] = margin + gw + hw[0]/2
+	for j := 1; j < np; j++ {
+		x[j] = x[j-1] + hw[j-1]/2 + hw[j]/2 + colGap
+		x[j] = math.Ceil(math.Max(x[j], x[0]+need[j]))
+	}
+	boxTitle := ms.wrap(bold, smallSize, d.boxTitle, math.Max(hdrMaxText, x[np-1]+hw[np-1]/2-x[1]+hw[1]/2))
+	btW := widest(bold, smallSize, boxTitle)
+	boxL := x[1] - hw[1]/2 - boxPad
+	if short := btW + 2*boxPad - (x[np-1] + hw[np-1]/2 + boxPad - boxL); short > 0 {
+		x[np-1] += math.Ceil(short)
+	}
+	boxR := x[np-1] + hw[np-1]/2 + boxPad
+	cx := math.Round((x[0] + x[np-1]) / 2) // centre of the lifelines
+
+	// Title.
+	y := margin
+	titleT := &textBlock{x: margin, y: y + 15, anchor: "start", lines: []string{d.title},
+		w: widest(bold, titleSize, []string{d.title}), size: titleSize, class: "t"}
+	l.text(titleT)
+	subT := &textBlock{x: margin, y: y + 36, anchor: "start", lines: []string{d.subtitle},
+		w: widest(regular, subtitleSize, []string{d.subtitle}), size: subtitleSize, class: "st"}
+	l.text(subT)
+	grow(margin + titleT.w)
+	grow(margin + subT.w)
+	y += 52
+
+	// Runtime box title and headers.
+	boxTop := y
+	btH := float64(len(boxTitle)) * lineStep(smallSize)
+	l.text(&textBlock{x: (boxL + boxR) / 2, y: boxTop + 16, anchor: "middle", lines: boxTitle,
+		w: btW, size: smallSize, class: "bt", in: &box{boxL, boxTop, boxR - boxL, btH + 10}})
+	hdrTop := boxTop + btH + 14
+	header := func(top float64) {
+		for i := range d.parts {
+			b := box{x[i] - hw[i]/2, top, hw[i], hdrH}
+			class := "hd"
+			if i == pClient {
+				class = "hc"
+			}
+			l.rect(layerShapes, class, b, 4)
+			first := top + hdrPadY + 12 + float64(nHdrLines-len(hdrLines[i]))*lineH/2
+			l.text(&textBlock{x: x[i], y: first, anchor: "middle", lines: hdrLines[i],
+				w: widest(bold, fontSize, hdrLines[i]), size: fontSize, class: "b", in: &b})
+		}
+	}
+	header(hdrTop)
+	y = hdrTop + hdrH + 14
+
+	var phaseLines []int // indexes in layerLines of the separators, whose ends are set last
+	var opens []int      // indexes in layerShapes of the bars of calls never answered, whose ends are set last
+	phase := ""
+	for i := range d.calls {
+		c := &d.calls[i]
+		cl := &cls[i]
+		if c.phase != "" && c.phase != phase {
+			y += 6
+			ly := y + 10
+			phaseLines = append(phaseLines, l.line(layerLines, "ph", margin, ly, 0, ly))
+			pl := []string{cut(c.phase, 60)}
+			pw := widest(bold, smallSize, pl)
+			px := math.Max(cx, margin+pw/2+10) // centred, unless too wide for that
+			chip := box{px - pw/2 - 10, ly - 10, pw + 20, 20}
+			l.rect(layerShapes, "chip", chip, 10)
+			l.text(&textBlock{x: px, y: ly + 4, anchor: "middle", lines: pl, w: pw,
+				size: smallSize, class: "pt", in: &chip})
+			grow(chip.right())
+			y = ly + 10 + 12
+		}
+		phase = c.phase
+
+		xs := x[0]
+		xa := x[c.to] - actW/2 + float64(cl.depth)*actNest // activation bar's left edge
+		span := box{xs + labelPad, y, xa - xs - 2*labelPad, 0}
+
+		// Request.
+		ay := y + float64(len(cl.req))*lineH + 3
+		span.h = ay - y
+		reqSpan := span
+		l.label(&textBlock{x: (xs + xa) / 2, y: y + 12, anchor: "middle", lines: cl.req, w: cl.reqW,
+			size: fontSize, in: &reqSpan})
+		l.line(layerShapes, "req", xs, ay, xa-headLen+1, ay)
+		l.add(elem{layer: layerShapes, kind: ePolygon, class: "reqh",
+			pts: []float64{xa, ay, xa - headLen, ay - headHalf, xa - headLen, ay + headHalf}})
+		l.text(&textBlock{x: margin + gw - gutterPad, y: ay + 4, anchor: "end", lines: []string{fmtAt(c.at)},
+			w: ms.width(mono, gutterSize, fmtAt(c.at)), size: gutterSize, class: "g",
+			in: &box{margin, ay - 10, gw, 20}})
+		actTop := ay
+		y = ay + 8
+
+		if !c.done {
+			// No reply: a note by the lifeline, and the bar stays open.
+			nl := []string{noReply}
+			nw := widest(regular, smallSize, nl)
+			nb := box{xa + actW + 6, y + 2, nw + 16, lineStep(smallSize) + 8}
+			notePoly(l, "warn", nb)
+			l.text(&textBlock{x: nb.x + 8, y: nb.y + 16, anchor: "start", lines: nl, w: nw,
+				size: smallSize, class: "nr", in: &nb})
+			grow(nb.right())
+			opens = append(opens, l.rect(layerShapes, "open", box{xa, actTop, actW, 0}, 0))
+			y = nb.bottom() + 12
+			continue
+		}
+
+		// Return.
+		ry := y + float64(len(cl.ret))*lineH + 3
+		retSpan := span
+		retSpan.y, retSpan.h = y, ry-y
+		tcls, lcls, hcls := "r", "ret", "reth"
+		if c.failed {
+			tcls, lcls, hcls = "e", "ret err", "reth err"
+		}
+		l.label(&textBlock{x: (xs + xa) / 2, y: y + 12, anchor: "middle", lines: cl.ret, w: cl.retW,
+			size: fontSize, class: tcls, tip: c.full, in: &retSpan})
+		l.line(layerShapes, lcls, xa, ry, xs+1, ry)
+		l.add(elem{layer: layerShapes, kind: ePolyline, class: hcls,
+			pts: []float64{xs + headLen, ry - headHalf, xs + 1, ry, xs + headLen, ry + headHalf}})
+		l.rect(layerShapes, "act", box{xa, actTop, actW, ry - actTop}, 0)
+		y = ry + 12
+	}
+
+	// Closing note across the lifelines.
+	y += 8
+	nl := []string{d.note}
+	nw := widest(regular, fontSize, nl)
+	noteW := math.Max(nw+32, x[np-1]-x[0]+40)
+	nx := math.Max(cx, margin+noteW/2)
+	nb := box{nx - noteW/2, y, noteW, lineH + 12}
+	class := "note"
+	if !d.complete {
+		class = "warn"
+	}
+	notePoly(l, class, nb)
+	l.text(&textBlock{x: nx, y: y + 19, anchor: "middle", lines: nl, w: nw, size: fontSize, in: &nb})
+	grow(nb.right())
+	y = nb.bottom() + 16
+
+	// Footers, lifelines, open activations, the runtime box.
+	ftrTop := y
+	header(ftrTop)
+	for i := range d.parts {
+		l.line(layerLines, "ll", x[i], hdrTop+hdrH, x[i], ftrTop)
+	}
+	for _, i := range opens {
+		r := &l.layers[layerShapes][i].r
+		r.h = ftrTop - 6 - r.y
+	}
+	boxBottom := ftrTop + hdrH + 10
+	l.rect(layerBack, "rt", box{boxL, boxTop, boxR - boxL, boxBottom - boxTop}, 10)
+	grow(boxR)
+
+	l.w = math.Ceil(maxX + margin)
+	l.h = math.Ceil(boxBottom + margin)
+	for _, i := range phaseLines {
+		l.layers[layerLines][i].pts[2] = l.w - margin
+	}
+	l.layers[layerBack][bg].r = box{0, 0, l.w, l.h}
+	return l, nil
+}
+
+// label adds an arrow label on a plate that hides the lines behind it.
+// The plate is as wide as the text in Go Regular (without widthSlack), so
+// that it hides lines between words but shows no edge of its own when a
+// wider fallback font draws the text.
+func (l *drawing) label(t *textBlock) {
+	b := t.bounds()
+	w := b.w / widthSlack[regular]
+	l.rect(layerPlates, "plate", box{b.x + (b.w-w)/2 - 2, b.y, w + 4, b.h}, 2)
+	l.text(t)
+}
+
+// notePoly draws a note: a box with a folded top-right corner.
+func notePoly(l *drawing, class string, b box) {
+	const f = 8
+	l.add(elem{layer: layerNotes, kind: ePolygon, class: class, pts: []float64{
+		b.x, b.y, b.right() - f, b.y, b.right(), b.y + f, b.right(), b.bottom(), b.x, b.bottom()}})
+	l.add(elem{layer: layerNotes, kind: ePolyline, class: class + " fold", pts: []float64{
+		b.right() - f, b.y, b.right() - f, b.y + f, b.right(), b.y + f}})
+}
