@@ -514,3 +514,22 @@ func SortCalls(calls []*Call) {
 		return cmp.Or(a.Start.Compare(b.Start), cmp.Compare(a.Conn, b.Conn), cmp.Compare(a.Stream, b.Stream))
 	})
 }
+
+// Oldest is the earliest start a call not yet handed to OnCall can have:
+// the start of the oldest open call, or of a request header block still
+// being buffered. ok is false when nothing is open, so every call that
+// starts later comes after what was fed. It lets a caller print calls in
+// start order while holding only those that may still be overtaken.
+func (d *Decoder) Oldest() (t time.Time, ok bool) {
+	for _, cn := range d.conns {
+		for _, s := range cn.streams {
+			if s.call != nil && (!ok || s.call.Start.Before(t)) {
+				t, ok = s.call.Start, true
+			}
+		}
+		if h := &cn.half[capture.ClientToServer]; len(h.buf) > 0 && (!ok || h.bufTime.Before(t)) {
+			t, ok = h.bufTime, true
+		}
+	}
+	return t, ok
+}

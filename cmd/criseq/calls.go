@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"container/heap"
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
 )
@@ -44,49 +47,147 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return fmt.Errorf("%w: calls takes one capture file, got %d arguments", errUsage, len(pos))
 	}
-	calls, err := loadCalls(pos[0], decode.Options{NoRedact: *noRedact}, stderr)
+	bw := bufio.NewWriter(stdout)
+	defer bw.Flush()
+	labels := flow.NewLabeler(flow.Options{})
+	var out callWriter = &tableWriter{tw: tabwriter.NewWriter(bw, 0, 0, 2, ' ', 0)}
+	if *asJSON {
+		out = &jsonWriter{enc: json.NewEncoder(bw), raw: *noRedact}
+	}
+	err = streamCalls(pos[0], decode.Options{NoRedact: *noRedact}, stderr, func(c *decode.Call) error {
+		if *hide && c.Known && flow.IsPolling(c.Name) {
+			return nil
+		}
+		return out.write(c, labels.Label(c))
+	})
+	if ferr := out.flush(); err == nil {
+		err = ferr
+	}
+	return err
+}
+
+// callWriter prints calls one at a time.
+type callWriter interface {
+	write(c *decode.Call, s flow.Step) error
+	flush() error
+}
+
+// tableWriter prints the aligned table; it flushes every tableBlock rows so
+// memory stays bounded (columns align within a block, and CRI method
+// names are short enough that blocks rarely differ).
+type tableWriter struct {
+	tw   *tabwriter.Writer
+	t0   time.Time
+	rows int
+}
+
+const tableBlock = 4096
+
+func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
+	if w.rows == 0 {
+		w.t0 = c.Start
+		fmt.Fprintln(w.tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL")
+	}
+	method := s.Method
+	if c.Known {
+		method = s.Service + "/" + s.Method
+	}
+	dur := "-"
+	if s.Done {
+		dur = fmtDuration(s.Duration)
+	}
+	fmt.Fprintf(w.tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n",
+		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, method, dur, statusText(c), detail(s, c))
+	w.rows++
+	if w.rows%tableBlock == 0 {
+		return w.tw.Flush()
+	}
+	return nil
+}
+
+func (w *tableWriter) flush() error { return w.tw.Flush() }
+
+// streamCalls decodes a capture file and hands each call to emit in start
+// order (then connection, stream), holding only the calls that a call
+// still open could precede: memory follows the open calls, not the length
+// of the capture.
+func streamCalls(path string, dopts decode.Options, stderr io.Writer, emit func(*decode.Call) error) error {
+	src, err := capture.OpenFile(path)
 	if err != nil {
 		return err
 	}
-	if *hide {
-		kept := calls[:0:0]
-		for _, c := range calls {
-			if !c.Known || !flow.IsPolling(c.Name) {
-				kept = append(kept, c)
+	defer src.Close()
+	var held callHeap
+	dopts.OnCall = func(c *decode.Call) { heap.Push(&held, c) }
+	d := decode.New(dopts)
+	var last time.Time
+	var emitErr error
+	release := func(all bool) {
+		barrier, open := d.Oldest()
+		for held.Len() > 0 && emitErr == nil {
+			c := held[0]
+			// A call not yet decoded starts at or after the last chunk's
+			// time, and after the oldest open call.
+			if !all && (!c.Start.Before(last) || open && !c.Start.Before(barrier)) {
+				break
 			}
+			emitErr = emit(heap.Pop(&held).(*decode.Call))
 		}
-		calls = kept
 	}
-	steps := flow.Describe(calls, flow.Options{})
-	bw := bufio.NewWriter(stdout)
-	defer bw.Flush()
-	if *asJSON {
-		return writeCallsJSON(bw, calls, steps, *noRedact)
+	n := 0
+	for emitErr == nil {
+		var c capture.Chunk
+		c, err = src.Next()
+		if err != nil {
+			break
+		}
+		if c.Time.After(last) {
+			last = c.Time
+		}
+		d.Feed(c)
+		if n++; n%64 == 0 || held.Len() > 1024 {
+			release(false)
+		}
 	}
-	return writeCallsTable(bw, calls, steps)
+	d.Close()
+	release(true)
+	report(path, d.Errors(), stderr)
+	if emitErr != nil {
+		return emitErr
+	}
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if n == 0 {
+		return err
+	}
+	// A truncated file: what was read before the damage is shown.
+	fmt.Fprintf(stderr, "criseq: %v (showing what was read before it)\n", err)
+	return nil
 }
 
-func writeCallsTable(w io.Writer, calls []*decode.Call, steps []flow.Step) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL")
-	var t0 time.Time
-	if len(calls) > 0 {
-		t0 = calls[0].Start
+// callHeap orders calls like decode.SortCalls.
+type callHeap []*decode.Call
+
+func (h callHeap) Len() int { return len(h) }
+func (h callHeap) Less(i, j int) bool {
+	a, b := h[i], h[j]
+	if !a.Start.Equal(b.Start) {
+		return a.Start.Before(b.Start)
 	}
-	for i, c := range calls {
-		s := steps[i]
-		method := s.Method
-		if c.Known {
-			method = s.Service + "/" + s.Method
-		}
-		dur := "-"
-		if s.Done {
-			dur = fmtDuration(s.Duration)
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n",
-			fmtOffset(c.Start.Sub(t0)), c.Conn, c.Stream, method, dur, statusText(c), detail(s, c))
+	if a.Conn != b.Conn {
+		return a.Conn < b.Conn
 	}
-	return tw.Flush()
+	return a.Stream < b.Stream
+}
+func (h callHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *callHeap) Push(x any)   { *h = append(*h, x.(*decode.Call)) }
+func (h *callHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return c
 }
 
 func statusText(c *decode.Call) string {
@@ -161,38 +262,40 @@ type jsonCall struct {
 	Errors     []string          `json:"errors,omitempty"`
 }
 
-func writeCallsJSON(w io.Writer, calls []*decode.Call, steps []flow.Step, raw bool) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	for i, c := range calls {
-		j := jsonCall{
-			Time: c.Start.UTC(), Conn: c.Conn, Stream: c.Stream, Method: c.Method,
-			Message: c.Message, Arg: steps[i].Arg, Result: steps[i].Full,
-			Flags: flagNames(c.Flags), Errors: c.Errors,
-			Headers: pairs(c.RequestHeaders), RespHdrs: pairs(c.ResponseHeaders), Trailers: pairs(c.Trailers),
-		}
-		if !c.End.IsZero() {
-			ms := float64(c.Duration().Microseconds()) / 1000
-			j.DurationMS = &ms
-			if c.Status >= 0 {
-				st := c.Status
-				j.Status = &st
-				j.Code = codes.Code(c.Status).String()
-			}
-		}
-		var err error
-		if j.Requests, err = messagesJSON(c.Requests, raw); err != nil {
-			return err
-		}
-		if j.Responses, err = messagesJSON(c.Responses, raw); err != nil {
-			return err
-		}
-		if err := enc.Encode(j); err != nil {
-			return err
+// jsonWriter prints one JSON object per call.
+type jsonWriter struct {
+	enc *json.Encoder
+	raw bool
+}
+
+func (w *jsonWriter) write(c *decode.Call, s flow.Step) error {
+	w.enc.SetEscapeHTML(false)
+	j := jsonCall{
+		Time: c.Start.UTC(), Conn: c.Conn, Stream: c.Stream, Method: c.Method,
+		Message: c.Message, Arg: s.Arg, Result: s.Full,
+		Flags: flagNames(c.Flags), Errors: c.Errors,
+		Headers: pairs(c.RequestHeaders), RespHdrs: pairs(c.ResponseHeaders), Trailers: pairs(c.Trailers),
+	}
+	if !c.End.IsZero() {
+		ms := float64(c.Duration().Microseconds()) / 1000
+		j.DurationMS = &ms
+		if c.Status >= 0 {
+			st := c.Status
+			j.Status = &st
+			j.Code = codes.Code(c.Status).String()
 		}
 	}
-	return nil
+	var err error
+	if j.Requests, err = messagesJSON(c.Requests, w.raw); err != nil {
+		return err
+	}
+	if j.Responses, err = messagesJSON(c.Responses, w.raw); err != nil {
+		return err
+	}
+	return w.enc.Encode(j)
 }
+
+func (w *jsonWriter) flush() error { return nil }
 
 func pairs(hs []hpack.HeaderField) [][2]string {
 	out := make([][2]string, len(hs))

@@ -10,27 +10,6 @@ import (
 	"github.com/criseq/criseq/flow"
 )
 
-// loadCalls decodes every call of a capture file, sorted by start.
-// Connection-level problems are reported on stderr, naming the file, and
-// decoding goes on with the other connections.
-func loadCalls(path string, dopts decode.Options, stderr io.Writer) ([]*decode.Call, error) {
-	src, err := capture.OpenFile(path)
-	if err != nil {
-		return nil, err
-	}
-	defer src.Close()
-	calls, connErrs, err := decode.DecodeAll(src, dopts)
-	report(path, connErrs, stderr)
-	if err != nil {
-		if len(calls) == 0 {
-			return nil, err
-		}
-		// A truncated file: keep what was read before the damage.
-		fmt.Fprintf(stderr, "criseq: %v (showing the %d calls read before it)\n", err, len(calls))
-	}
-	return calls, nil
-}
-
 // loadFlows decodes and groups a capture file as a stream, so memory
 // follows the open calls and flows, not the length of the capture. Unless
 // fopts.All, the bodies of kubelet's polling calls are not unmarshalled:
