@@ -50,6 +50,7 @@ func commands() []command {
 		{"calls", "list the CRI calls in a capture (a table, or JSON lines)", runCalls},
 		{"render", "draw each pod start and stop in a capture as a sequence diagram", runRender},
 		{"watch", "record, decode and draw live: a diagram the moment each pod flow completes", runWatch},
+		{"diff", "compare two pod flows side by side: per-phase durations and the calls only one made", runDiff},
 		{"restore", "put back a socket that criseq record --swap moved aside", runRestore},
 		{"demo", "draw the diagrams of a bundled real capture (no root, no node)", runDemo},
 	}

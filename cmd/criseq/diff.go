@@ -1,0 +1,748 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
+)
+
+const diffUsage = `Usage: criseq diff [flags] SPEC_A SPEC_B
+       criseq diff [flags] FILE --pod POD_A --pod POD_B
+
+Compares two pod flows side by side: how long each took (until the pod was
+running, or down), the time of each phase (sandbox, pull, create, start…),
+and the calls only one of them made, e.g. the PullImage of a cold start that
+a warm start did without. Δ is B minus A.
+
+A SPEC picks one flow of a capture:
+
+  FILE[:POD][@KIND][#N]
+
+  FILE    a capture file (pcap or pcapng)
+  :POD    the pod, NAMESPACE/NAME or NAME (default: --pod, else any pod)
+  @KIND   start or stop (default: --kind)
+  #N      the Nth such flow in the capture, from 1 (default 1): a pod
+          started twice, or "the second pod started"
+
+--pod given once applies to both sides; given twice, the first is A's and
+the second B's, so one FILE is enough for two pods of one capture.
+
+Calls are matched in order by service and method (and by argument, such as
+the container name, when both flows made that call with it); the ones left
+over are listed per side, with their argument and time.
+
+Examples:
+  criseq diff cold.pcapng warm.pcapng                 # first pod start of each
+  criseq diff --pod nginx before.pcapng after.pcapng  # the same pod in two captures
+  criseq diff cri.pcapng --pod default/a --pod default/b
+  criseq diff cri.pcapng:web#1 cri.pcapng:web#2        # first and second start of web
+  criseq diff cri.pcapng@start cri.pcapng@stop        # the first pod's start and stop
+  criseq diff --kind stop --format md a.pcapng b.pcapng >> "$GITHUB_STEP_SUMMARY"
+  criseq diff --json a.pcapng b.pcapng | jq .only_a
+`
+
+// diffSpec is one side of a diff: which flow of which file.
+type diffSpec struct {
+	raw  string
+	file string
+	pod  string    // "" = any pod
+	kind flow.Kind // start unless @stop or --kind stop
+	n    int       // 1-based
+	// set by the spec itself (they win over the flags)
+	podSet, kindSet bool
+}
+
+// stringList is a flag that may be given more than once.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("diff", diffUsage, stderr)
+	var pods stringList
+	fs.Var(&pods, "pod", "the pod of both flows (NAMESPACE/NAME or NAME); given twice: A's, then B's")
+	kind := fs.String("kind", "start", "which flows to compare: start or stop")
+	format := fs.String("format", "text", "output format: text, md (a Markdown table) or json")
+	asJSON := fs.Bool("json", false, "print JSON (same as --format json)")
+	all := fs.Bool("all", false, "keep kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats) in the flows")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	usageErr := func(format string, a ...any) error {
+		fs.Usage()
+		return fmt.Errorf("%w: diff: "+format, append([]any{errUsage}, a...)...)
+	}
+	if *asJSON {
+		*format = "json"
+	}
+	switch *format {
+	case "text", "md", "json":
+	default:
+		return usageErr("unknown --format %q (valid: text, md, json)", *format)
+	}
+	k, ok := parseKind(*kind)
+	if !ok {
+		return usageErr("--kind is %q, want start or stop", *kind)
+	}
+	if len(pods) > 2 {
+		return usageErr("--pod given %d times, at most twice (A's, then B's)", len(pods))
+	}
+	switch {
+	case len(pos) == 1 && len(pods) == 2:
+		pos = append(pos, pos[0])
+	case len(pos) == 1:
+		return usageErr("one SPEC given; compare two (A B), or one FILE with --pod twice")
+	case len(pos) != 2:
+		return usageErr("want two SPECs (FILE[:POD][@KIND][#N]), got %d arguments", len(pos))
+	}
+	var specs [2]diffSpec
+	for i, arg := range pos {
+		s, err := parseDiffSpec(arg, fileExists)
+		if err != nil {
+			return usageErr("%v", err)
+		}
+		if !s.podSet {
+			switch len(pods) {
+			case 1:
+				s.pod = pods[0]
+			case 2:
+				s.pod = pods[i]
+			}
+		}
+		if !s.kindSet {
+			s.kind = k
+		}
+		specs[i] = s
+	}
+
+	// Load each file once, even when both sides come from it.
+	type loaded struct {
+		flows []*flow.Flow
+		calls int
+	}
+	cache := map[string]loaded{}
+	var sides [2]diffSide
+	for i, s := range specs {
+		l, ok := cache[s.file]
+		if !ok {
+			flows, calls, err := loadFlows(s.file, decode.Options{}, flow.Options{All: *all}, stderr)
+			if err != nil {
+				return fmt.Errorf("diff: %w", err)
+			}
+			l = loaded{flows, calls}
+			cache[s.file] = l
+		}
+		f, err := pickFlow(s, l.flows, l.calls)
+		if err != nil {
+			return err
+		}
+		sides[i] = diffSide{spec: s, f: f}
+	}
+	d := compareFlows(sides[0], sides[1])
+	bw := bufio.NewWriter(stdout)
+	switch *format {
+	case "md":
+		d.writeMarkdown(bw)
+	case "json":
+		enc := json.NewEncoder(bw)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(d.json()); err != nil {
+			return err
+		}
+	default:
+		d.writeText(bw)
+	}
+	return bw.Flush()
+}
+
+func parseKind(s string) (flow.Kind, bool) {
+	switch s {
+	case "start":
+		return flow.Start, true
+	case "stop":
+		return flow.Stop, true
+	}
+	return 0, false
+}
+
+func fileExists(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && !st.IsDir()
+}
+
+// parseDiffSpec parses FILE[:POD][@KIND][#N]. A whole argument that names
+// an existing file is that file; otherwise FILE ends at the first ':', '@'
+// or '#' after which an existing file's name stops (or at the first of
+// them, for a file that does not exist: loading it then says so).
+func parseDiffSpec(arg string, exists func(string) bool) (diffSpec, error) {
+	s := diffSpec{raw: arg, file: arg, n: 1}
+	if arg == "" {
+		return s, fmt.Errorf("empty SPEC")
+	}
+	if exists(arg) {
+		return s, nil
+	}
+	cut := -1
+	for i, r := range arg {
+		if r == ':' || r == '@' || r == '#' {
+			if cut < 0 {
+				cut = i
+			}
+			if exists(arg[:i]) {
+				cut = i
+				break
+			}
+		}
+	}
+	if cut < 0 {
+		return s, nil
+	}
+	s.file = arg[:cut]
+	if s.file == "" {
+		return s, fmt.Errorf("SPEC %q has no FILE (want FILE[:POD][@KIND][#N])", arg)
+	}
+	rest := arg[cut:]
+	bad := func(why string) (diffSpec, error) {
+		return s, fmt.Errorf("SPEC %q: %s (want FILE[:POD][@KIND][#N], e.g. cri.pcapng:default/nginx@stop#2)", arg, why)
+	}
+	// next returns the text after the sigil up to the next of later sigils.
+	next := func(sigil byte, later string) (string, bool) {
+		if rest == "" || rest[0] != sigil {
+			return "", false
+		}
+		v := rest[1:]
+		if i := strings.IndexAny(v, later); i >= 0 {
+			v = v[:i]
+		}
+		rest = rest[1+len(v):]
+		return v, true
+	}
+	if v, ok := next(':', "@#"); ok {
+		if v == "" {
+			return bad("empty POD after ':'")
+		}
+		s.pod, s.podSet = v, true
+	}
+	if v, ok := next('@', ":#"); ok {
+		k, ok := parseKind(v)
+		if !ok {
+			return bad(fmt.Sprintf("KIND %q after '@' is not start or stop", v))
+		}
+		s.kind, s.kindSet = k, true
+	}
+	if v, ok := next('#', ":@"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return bad(fmt.Sprintf("N %q after '#' is not a number from 1", v))
+		}
+		s.n = n
+	}
+	if rest != "" {
+		return bad(fmt.Sprintf("cannot read %q (the parts go in the order :POD @KIND #N)", rest))
+	}
+	return s, nil
+}
+
+// pickFlow finds the flow a spec names, or says which flows the file has.
+func pickFlow(s diffSpec, flows []*flow.Flow, calls int) (*flow.Flow, error) {
+	var match []*flow.Flow
+	for _, f := range filterPod(flows, s.pod) {
+		if f.Kind == s.kind {
+			match = append(match, f)
+		}
+	}
+	if s.n <= len(match) {
+		return match[s.n-1], nil
+	}
+	if len(flows) == 0 {
+		return nil, fmt.Errorf("diff: %s has no pod start or stop (%d calls); try criseq calls %s", s.file, calls, s.file)
+	}
+	what := "no " + s.kind.String() + " flow"
+	if s.pod != "" {
+		what += " of pod " + s.pod
+	}
+	if s.n > 1 && len(match) > 0 {
+		what = fmt.Sprintf("only %d %s flow(s)", len(match), s.kind)
+		if s.pod != "" {
+			what += " of pod " + s.pod
+		}
+		what += fmt.Sprintf(", not #%d", s.n)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "diff: %s has %s; its flows:", s.file, what)
+	seen := map[string]int{}
+	for _, f := range flows {
+		spec := s.file + ":" + f.Pod.String()
+		if f.Kind == flow.Stop {
+			spec += "@stop"
+		}
+		seen[spec]++
+		if n := seen[spec]; n > 1 {
+			spec += "#" + strconv.Itoa(n)
+		}
+		fmt.Fprintf(&b, "\n  %-32s %-5s %s", f.Pod.String(), f.Kind, spec)
+	}
+	return nil, fmt.Errorf("%s", b.String())
+}
+
+// diffSide is one flow being compared.
+type diffSide struct {
+	spec diffSpec
+	f    *flow.Flow
+}
+
+// diffPhase is one row of the table: a phase's time in A and B (nil when
+// that flow has no such call).
+type diffPhase struct {
+	label string
+	a, b  *time.Duration
+}
+
+// diffCall is a call only one flow made; identical ones are counted once.
+type diffCall struct {
+	step  flow.Step
+	count int
+	total time.Duration
+}
+
+type flowDiff struct {
+	a, b         diffSide
+	total        string // the label of the total row
+	phases       []diffPhase
+	onlyA, onlyB []*diffCall
+}
+
+// phaseMethods are the calls whose time phases() in render.go sums, in its
+// order; diff_test.go checks they agree.
+var phaseMethods = []struct{ method, label string }{
+	{"RunPodSandbox", "sandbox"}, {"PullImage", "pull"}, {"CreateContainer", "create"},
+	{"StartContainer", "start"}, {"StopContainer", "stop"}, {"StopPodSandbox", "stop sandbox"},
+	{"RemoveContainer", "remove"}, {"RemovePodSandbox", "remove sandbox"},
+}
+
+// phaseTime sums the time of a flow's calls of one method; ok is false if
+// the flow made none.
+func phaseTime(f *flow.Flow, method string) (sum time.Duration, ok bool) {
+	for _, s := range f.Steps {
+		if s.Method == method {
+			sum += s.Duration
+			ok = true
+		}
+	}
+	return sum, ok
+}
+
+func compareFlows(a, b diffSide) *flowDiff {
+	d := &flowDiff{a: a, b: b, total: "total"}
+	if a.f.Kind == b.f.Kind {
+		if a.f.Kind == flow.Start {
+			d.total = "total (to running)"
+		} else {
+			d.total = "total (to stopped)"
+		}
+	}
+	for _, p := range phaseMethods {
+		ta, okA := phaseTime(a.f, p.method)
+		tb, okB := phaseTime(b.f, p.method)
+		if !okA && !okB {
+			continue
+		}
+		row := diffPhase{label: p.label}
+		if okA {
+			row.a = &ta
+		}
+		if okB {
+			row.b = &tb
+		}
+		d.phases = append(d.phases, row)
+	}
+	ua, ub := unmatchedSteps(a.f.Steps, b.f.Steps)
+	d.onlyA, d.onlyB = collapse(ua), collapse(ub)
+	return d
+}
+
+// callKeys gives each step the key calls are matched by: service and
+// method, plus the argument when the other flow made the same call with
+// the same argument (a container's name, an image both used), so that
+// "CreateContainer web" pairs with "CreateContainer web", not with an init
+// container's, while pods with different names and images still pair up.
+func callKeys(steps, other []flow.Step) []string {
+	theirs := map[string]bool{}
+	for _, s := range other {
+		theirs[s.Service+"/"+s.Method+"\x00"+s.Arg] = true
+	}
+	keys := make([]string, len(steps))
+	for i, s := range steps {
+		k := s.Service + "/" + s.Method + "\x00" + s.Arg
+		if !theirs[k] {
+			k = s.Service + "/" + s.Method + "\x00*"
+		}
+		keys[i] = k
+	}
+	return keys
+}
+
+// lcsLimit bounds the LCS table (cells); longer pairs of flows (--all on
+// a long capture) are matched by counting keys instead of in order.
+const lcsLimit = 4 << 20
+
+// unmatchedSteps aligns the two flows' calls with a longest common
+// subsequence over their keys and returns the calls left over on each side.
+func unmatchedSteps(as, bs []flow.Step) (onlyA, onlyB []flow.Step) {
+	ka, kb := callKeys(as, bs), callKeys(bs, as)
+	// Common prefix and suffix match without a table.
+	lo := 0
+	for lo < len(ka) && lo < len(kb) && ka[lo] == kb[lo] {
+		lo++
+	}
+	ha, hb := len(ka), len(kb)
+	for ha > lo && hb > lo && ka[ha-1] == kb[hb-1] {
+		ha--
+		hb--
+	}
+	ka, kb = ka[lo:ha], kb[lo:hb]
+	sa, sb := as[lo:ha], bs[lo:hb]
+	n, m := len(ka), len(kb)
+	if n == 0 || m == 0 {
+		return sa, sb
+	}
+	if n*m > lcsLimit {
+		return unmatchedByCount(ka, kb, sa, sb)
+	}
+	// t[i][j] = LCS length of ka[i:], kb[j:].
+	w := m + 1
+	t := make([]int32, (n+1)*w)
+	for i := n - 1; i >= 0; i-- {
+		for j := m - 1; j >= 0; j-- {
+			switch {
+			case ka[i] == kb[j]:
+				t[i*w+j] = t[(i+1)*w+j+1] + 1
+			case t[(i+1)*w+j] >= t[i*w+j+1]:
+				t[i*w+j] = t[(i+1)*w+j]
+			default:
+				t[i*w+j] = t[i*w+j+1]
+			}
+		}
+	}
+	i, j := 0, 0
+	for i < n && j < m {
+		switch {
+		case ka[i] == kb[j]:
+			i++
+			j++
+		case t[(i+1)*w+j] >= t[i*w+j+1]:
+			onlyA = append(onlyA, sa[i])
+			i++
+		default:
+			onlyB = append(onlyB, sb[j])
+			j++
+		}
+	}
+	onlyA = append(onlyA, sa[i:]...)
+	onlyB = append(onlyB, sb[j:]...)
+	return onlyA, onlyB
+}
+
+// unmatchedByCount pairs calls with the same key regardless of order.
+func unmatchedByCount(ka, kb []string, sa, sb []flow.Step) (onlyA, onlyB []flow.Step) {
+	na, nb := map[string]int{}, map[string]int{}
+	for _, k := range ka {
+		na[k]++
+	}
+	for _, k := range kb {
+		nb[k]++
+	}
+	// The first min(na, nb) calls of each key are matched.
+	left := func(keys []string, steps []flow.Step, theirs map[string]int) []flow.Step {
+		used := map[string]int{}
+		var out []flow.Step
+		for i, k := range keys {
+			used[k]++
+			if used[k] > theirs[k] {
+				out = append(out, steps[i])
+			}
+		}
+		return out
+	}
+	return left(ka, sa, nb), left(kb, sb, na)
+}
+
+// collapse counts identical calls (same method, argument and failure)
+// once, in the order they first came.
+func collapse(steps []flow.Step) []*diffCall {
+	var out []*diffCall
+	byKey := map[string]*diffCall{}
+	for _, s := range steps {
+		k := s.Service + "/" + s.Method + "\x00" + s.Arg + "\x00" + errCode(s.Err)
+		c := byKey[k]
+		if c == nil {
+			c = &diffCall{step: s}
+			byKey[k] = c
+			out = append(out, c)
+		}
+		c.count++
+		c.total += s.Duration
+	}
+	return out
+}
+
+// errCode is the gRPC code of a step's error text ("NotFound: …").
+func errCode(e string) string {
+	if i := strings.Index(e, ":"); i >= 0 {
+		return e[:i]
+	}
+	return e
+}
+
+func (c *diffCall) name() string {
+	s := c.step.Method + "(" + c.step.Arg + ")"
+	if c.count > 1 {
+		s += " ×" + strconv.Itoa(c.count)
+	}
+	if c.step.Err != "" {
+		s += " ✗ " + errCode(c.step.Err)
+	}
+	return s
+}
+
+func fmtTotal(f *flow.Flow) string {
+	s := fmtDuration(f.Duration())
+	if !f.Complete {
+		s += " (incomplete)"
+	}
+	return s
+}
+
+func fmtMaybe(d *time.Duration) string {
+	if d == nil {
+		return "—"
+	}
+	return fmtDuration(*d)
+}
+
+// fmtDelta is B−A with its sign: "+27ms", "−21ms", "±0".
+func fmtDelta(a, b *time.Duration) string {
+	switch {
+	case a == nil && b == nil:
+		return ""
+	case b == nil:
+		return "only A"
+	case a == nil:
+		return "only B"
+	}
+	return signed(shown(*b)-shown(*a), fmtDuration)
+}
+
+// shown is a duration as fmtDuration prints it, so that a Δ adds up with
+// the two values beside it (28ms − 16ms is +12ms, not the exact +11ms).
+func shown(d time.Duration) time.Duration {
+	r, err := time.ParseDuration(fmtDuration(d))
+	if err != nil {
+		return d
+	}
+	return r
+}
+
+func signed(d time.Duration, f func(time.Duration) string) string {
+	switch {
+	case d > 0:
+		return "+" + f(d)
+	case d < 0:
+		return "−" + f(-d)
+	}
+	return "±0"
+}
+
+func countDelta(a, b int) string {
+	return signed(time.Duration(b-a), func(d time.Duration) string { return strconv.Itoa(int(d)) })
+}
+
+func failed(f *flow.Flow) int {
+	n := 0
+	for _, s := range f.Steps {
+		if s.Err != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// describe is a side's legend: pod, kind, file, client and runtime.
+func (s diffSide) describe() string {
+	var extra []string
+	if s.f.Client != "" {
+		extra = append(extra, s.f.Client)
+	}
+	if s.f.Runtime != "" {
+		extra = append(extra, s.f.Runtime)
+	}
+	extra = append(extra, "at "+s.f.Start.UTC().Format("15:04:05.000")+" UTC")
+	return fmt.Sprintf("%s %s, %s (%s)", s.f.Pod, s.f.Kind, s.spec.file, strings.Join(extra, ", "))
+}
+
+// rows is the table both text formats print: label, A, B, Δ.
+func (d *flowDiff) rows() [][4]string {
+	a, b := d.a.f, d.b.f
+	da, db := a.Duration(), b.Duration()
+	rows := [][4]string{{d.total, fmtTotal(a), fmtTotal(b), fmtDelta(&da, &db)}}
+	for _, p := range d.phases {
+		rows = append(rows, [4]string{p.label, fmtMaybe(p.a), fmtMaybe(p.b), fmtDelta(p.a, p.b)})
+	}
+	rows = append(rows, [4]string{"calls", strconv.Itoa(len(a.Steps)), strconv.Itoa(len(b.Steps)), countDelta(len(a.Steps), len(b.Steps))})
+	if fa, fb := failed(a), failed(b); fa+fb > 0 {
+		rows = append(rows, [4]string{"failed calls", strconv.Itoa(fa), strconv.Itoa(fb), countDelta(fa, fb)})
+	}
+	return rows
+}
+
+func (d *flowDiff) writeText(w io.Writer) {
+	fmt.Fprintf(w, "A: %s\nB: %s\n\n", d.a.describe(), d.b.describe())
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	fmt.Fprintln(tw, "\tA\tB\tΔ")
+	for _, r := range d.rows() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r[0], r[1], r[2], r[3])
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, side := range []struct {
+		name  string
+		calls []*diffCall
+	}{{"A", d.onlyA}, {"B", d.onlyB}} {
+		prefix := "only in " + side.name + ": "
+		if len(side.calls) == 0 {
+			fmt.Fprintln(w, prefix+"—")
+			continue
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for i, c := range side.calls {
+			p := strings.Repeat(" ", len(prefix))
+			if i == 0 {
+				p = prefix
+			}
+			fmt.Fprintf(tw, "%s%s\t%s\n", p, c.name(), fmtDuration(c.total))
+		}
+		tw.Flush()
+	}
+}
+
+func mdCell(s string) string {
+	return strings.ReplaceAll(s, "|", `\|`)
+}
+
+func (d *flowDiff) writeMarkdown(w io.Writer) {
+	fmt.Fprintf(w, "**A**: %s  \n**B**: %s\n\n", mdCell(d.a.describe()), mdCell(d.b.describe()))
+	fmt.Fprintln(w, "| | A | B | Δ |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|")
+	for _, r := range d.rows() {
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", mdCell(r[0]), mdCell(r[1]), mdCell(r[2]), mdCell(r[3]))
+	}
+	for _, side := range []struct {
+		name  string
+		calls []*diffCall
+	}{{"A", d.onlyA}, {"B", d.onlyB}} {
+		if len(side.calls) == 0 {
+			fmt.Fprintf(w, "\n**Only in %s**: none\n", side.name)
+			continue
+		}
+		fmt.Fprintf(w, "\n**Only in %s**\n\n", side.name)
+		for _, c := range side.calls {
+			fmt.Fprintf(w, "- `%s` %s\n", strings.ReplaceAll(c.name(), "`", "'"), fmtDuration(c.total))
+		}
+	}
+}
+
+// JSON output.
+
+type jsonDiff struct {
+	A      jsonDiffFlow    `json:"a"`
+	B      jsonDiffFlow    `json:"b"`
+	Phases []jsonDiffPhase `json:"phases"`
+	OnlyA  []jsonDiffCall  `json:"only_a"`
+	OnlyB  []jsonDiffCall  `json:"only_b"`
+}
+
+type jsonDiffFlow struct {
+	File       string  `json:"file"`
+	Pod        string  `json:"pod"`
+	Kind       string  `json:"kind"`
+	Client     string  `json:"client,omitempty"`
+	Runtime    string  `json:"runtime,omitempty"`
+	Start      string  `json:"start"`
+	Complete   bool    `json:"complete"`
+	DurationMS float64 `json:"duration_ms"`
+	Calls      int     `json:"calls"`
+	Failed     int     `json:"failed_calls"`
+}
+
+type jsonDiffPhase struct {
+	Phase   string   `json:"phase"`
+	AMS     *float64 `json:"a_ms"`
+	BMS     *float64 `json:"b_ms"`
+	DeltaMS *float64 `json:"delta_ms"`
+}
+
+type jsonDiffCall struct {
+	Service    string  `json:"service"`
+	Method     string  `json:"method"`
+	Arg        string  `json:"arg,omitempty"`
+	Result     string  `json:"result,omitempty"`
+	Error      string  `json:"error,omitempty"`
+	Count      int     `json:"count"`
+	DurationMS float64 `json:"duration_ms"`
+}
+
+func ms(d time.Duration) float64 {
+	return float64(d.Microseconds()) / 1000
+}
+
+func msPtr(d *time.Duration) *float64 {
+	if d == nil {
+		return nil
+	}
+	v := ms(*d)
+	return &v
+}
+
+func (d *flowDiff) json() jsonDiff {
+	side := func(s diffSide) jsonDiffFlow {
+		return jsonDiffFlow{
+			File: s.spec.file, Pod: s.f.Pod.String(), Kind: s.f.Kind.String(),
+			Client: s.f.Client, Runtime: s.f.Runtime, Start: s.f.Start.UTC().Format(time.RFC3339Nano),
+			Complete: s.f.Complete, DurationMS: ms(s.f.Duration()), Calls: len(s.f.Steps), Failed: failed(s.f),
+		}
+	}
+	calls := func(cs []*diffCall) []jsonDiffCall {
+		out := []jsonDiffCall{}
+		for _, c := range cs {
+			out = append(out, jsonDiffCall{
+				Service: c.step.Service, Method: c.step.Method, Arg: c.step.Arg, Result: c.step.Result,
+				Error: c.step.Err, Count: c.count, DurationMS: ms(c.total),
+			})
+		}
+		return out
+	}
+	j := jsonDiff{A: side(d.a), B: side(d.b), Phases: []jsonDiffPhase{}, OnlyA: calls(d.onlyA), OnlyB: calls(d.onlyB)}
+	da, db := d.a.f.Duration(), d.b.f.Duration()
+	rows := append([]diffPhase{{label: "total", a: &da, b: &db}}, d.phases...)
+	for _, p := range rows {
+		jp := jsonDiffPhase{Phase: p.label, AMS: msPtr(p.a), BMS: msPtr(p.b)}
+		if p.a != nil && p.b != nil {
+			delta := *p.b - *p.a
+			jp.DeltaMS = msPtr(&delta)
+		}
+		j.Phases = append(j.Phases, jp)
+	}
+	return j
+}
