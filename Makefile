@@ -7,7 +7,7 @@ OUT ?= out
 all: build
 
 build:
-	$(GO) build -o bin/criseq ./cmd/criseq
+	$(GO) build -o bin/ ./cmd/criseq ./cmd/criseq-graphviz
 
 # The main job on the bundled real capture: diagrams into ./out (no root, no node).
 demo:

@@ -91,6 +91,15 @@ type elem struct {
 	rx    float64   // eRect corner radius
 	pts   []float64 // eLine (x1 y1 x2 y2), ePolygon, ePolyline
 	text  *textBlock
+	step  int // 1 + the index of the call an arrow belongs to; 0 for none
+}
+
+// hit is the area of one call (its arrows and labels), which the HTML viewer
+// makes clickable; plain SVG and PNG do not draw it.
+type hit struct {
+	step int // index of the call
+	r    box
+	tip  string
 }
 
 // drawing is a laid out diagram: its size and its elements, styled by the
@@ -100,6 +109,7 @@ type drawing struct {
 	w, h   float64
 	layers [nLayers][]elem
 	texts  []*textBlock // every text, for checks
+	hits   []hit        // one per call, for the HTML viewer only
 }
 
 // add appends e to its layer and returns its index there.
@@ -273,6 +283,7 @@ func layout(d *diagram) (*drawing, error) {
 
 		xs := x[0]
 		xa := x[c.to] - actW/2 + float64(cl.depth)*actNest // activation bar's left edge
+		callTop := y
 		span := box{xs + labelPad, y, xa - xs - 2*labelPad, 0}
 
 		// Request.
@@ -281,8 +292,8 @@ func layout(d *diagram) (*drawing, error) {
 		reqSpan := span
 		l.label(&textBlock{x: (xs + xa) / 2, y: y + 12, anchor: "middle", lines: cl.req, w: cl.reqW,
 			size: fontSize, in: &reqSpan})
-		l.line(layerShapes, "req", xs, ay, xa-headLen+1, ay)
-		l.add(elem{layer: layerShapes, kind: ePolygon, class: "reqh",
+		l.layers[layerShapes][l.line(layerShapes, "req", xs, ay, xa-headLen+1, ay)].step = i + 1
+		l.add(elem{layer: layerShapes, kind: ePolygon, class: "reqh", step: i + 1,
 			pts: []float64{xa, ay, xa - headLen, ay - headHalf, xa - headLen, ay + headHalf}})
 		l.text(&textBlock{x: margin + gw - gutterPad, y: ay + 4, anchor: "end", lines: []string{fmtAt(c.at)},
 			w: ms.width(mono, gutterSize, fmtAt(c.at)), size: gutterSize, class: "g",
@@ -301,6 +312,8 @@ func layout(d *diagram) (*drawing, error) {
 			grow(nb.right())
 			opens = append(opens, l.rect(layerShapes, "open", box{xa, actTop, actW, 0}, 0))
 			y = nb.bottom() + 12
+			l.hits = append(l.hits, hit{step: i, r: box{margin, callTop - 2, nb.right() + 4 - margin, nb.bottom() + 4 - callTop},
+				tip: c.reqLabel() + " — " + noReply})
 			continue
 		}
 
@@ -314,10 +327,16 @@ func layout(d *diagram) (*drawing, error) {
 		}
 		l.label(&textBlock{x: (xs + xa) / 2, y: y + 12, anchor: "middle", lines: cl.ret, w: cl.retW,
 			size: fontSize, class: tcls, tip: c.full, in: &retSpan})
-		l.line(layerShapes, lcls, xa, ry, xs+1, ry)
-		l.add(elem{layer: layerShapes, kind: ePolyline, class: hcls,
+		l.layers[layerShapes][l.line(layerShapes, lcls, xa, ry, xs+1, ry)].step = i + 1
+		l.add(elem{layer: layerShapes, kind: ePolyline, class: hcls, step: i + 1,
 			pts: []float64{xs + headLen, ry - headHalf, xs + 1, ry, xs + headLen, ry + headHalf}})
 		l.rect(layerShapes, "act", box{xa, actTop, actW, ry - actTop}, 0)
+		tip := c.full
+		if tip == "" {
+			tip = c.retLabel()
+		}
+		l.hits = append(l.hits, hit{step: i, r: box{margin, callTop - 2, xa + actW + 4 - margin, ry + 6 - callTop + 2},
+			tip: c.reqLabel() + " → " + tip})
 		y = ry + 12
 	}
 

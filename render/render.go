@@ -27,16 +27,26 @@ import (
 )
 
 // Formats returns the names Write accepts: "puml", "mmd", "svg", "png"
-// (the SVG's drawing as an image) and "png2x" (the same at twice the size).
-// Ext gives each one's file extension.
-func Formats() []string { return []string{"puml", "mmd", "svg", "png", "png2x"} }
+// (the SVG's drawing as an image), "png2x" (the same at twice the size),
+// "graph" and "graph-png", the ID-flow graph (see Graph) as SVG and PNG,
+// and "html", the viewer (see HTML) of one flow; a capture's flows go in
+// one viewer with HTML. Ext gives each one's file extension.
+func Formats() []string {
+	return []string{"puml", "mmd", "svg", "png", "png2x", "graph", "graph-png", "html"}
+}
 
-// Ext is the file name ending for a format: ".svg", ".png", and "@2x.png"
-// for png2x, the usual name of a high-density image.
+// Ext is the file name ending for a format: ".svg", ".png", "@2x.png" for
+// png2x, the usual name of a high-density image, and ".graph.svg" and
+// ".graph.png" for the ID-flow graph.
 func Ext(format string) string {
 	format = strings.ToLower(strings.TrimPrefix(format, "."))
-	if format == "png2x" {
+	switch format {
+	case "png2x":
 		return "@2x.png"
+	case "graph":
+		return ".graph.svg"
+	case "graph-png":
+		return ".graph.png"
 	}
 	return "." + format
 }
@@ -55,6 +65,15 @@ func Write(w io.Writer, format string, f *flow.Flow) error {
 		return PNG(w, f, 1)
 	case "png2x":
 		return PNG(w, f, 2)
+	case "graph":
+		return Graph(w, f)
+	case "graph-png":
+		return GraphPNG(w, f)
+	case "html":
+		if f == nil {
+			return errors.New("render html: nil flow")
+		}
+		return HTML(w, f.Pod.String()+" — pod "+f.Kind.String(), []*flow.Flow{f})
 	}
 	return fmt.Errorf("render: unknown format %q (valid: %s)", format, strings.Join(Formats(), ", "))
 }
@@ -63,7 +82,8 @@ func Write(w io.Writer, format string, f *flow.Flow) error {
 // "default_nginx_start.svg". Only ASCII letters, digits, '.', '-' and '_'
 // are kept; anything else becomes '_'. A pod without a name is named after
 // its sandbox ID. ext may be given with or without its dot, or empty; the
-// format png2x gives "default_nginx_start@2x.png".
+// format png2x gives "default_nginx_start@2x.png", graph
+// "default_nginx_start.graph.svg" and graph-png "default_nginx_start.graph.png".
 func FileName(f *flow.Flow, ext string) string {
 	var parts []string
 	if f != nil {
@@ -83,7 +103,8 @@ func FileName(f *flow.Flow, ext string) string {
 		parts = append(parts, "unknown")
 	}
 	name := strings.Join(parts, "_")
-	if e := Ext(ext); e == "@2x.png" {
+	switch e := Ext(ext); e {
+	case "@2x.png", ".graph.svg", ".graph.png":
 		return name + e
 	}
 	if ext = safeName(strings.TrimPrefix(ext, ".")); ext != "" {

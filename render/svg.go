@@ -71,22 +71,53 @@ text.nr{font-size:12px;fill:#e65100}
 // write serialises the layout.
 func (l *drawing) write(w errWriter) {
 	w.str(`<?xml version="1.0" encoding="UTF-8"?>`, "\n")
+	l.writeSVG(w, false)
+}
+
+// writeSVG writes the <svg> element. inline is for the HTML viewer: no
+// <style> (the page has it, scoped to svg.sq) nor <title> (a tooltip over
+// the whole drawing), data-step="N" on the arrows of call N, and on top a
+// transparent rectangle per call (class "hit") that takes the clicks.
+func (l *drawing) writeSVG(w errWriter, inline bool) {
 	w.str(`<svg xmlns="http://www.w3.org/2000/svg" width="`, num(l.w), `" height="`, num(l.h),
-		`" viewBox="0 0 `, num(l.w), " ", num(l.h), `" font-family="`, sansFamily, `" font-size="13">`, "\n")
-	w.str("<title>", xmlEsc(l.title), "</title>\n")
-	w.str("<style>", svgStyle, "</style>\n")
+		`" viewBox="0 0 `, num(l.w), " ", num(l.h), `" font-family="`, sansFamily, `" font-size="13"`)
+	if inline {
+		w.str(` class="sq" role="img" aria-label="`, xmlEsc(l.title), `">`, "\n")
+	} else {
+		w.str(">\n")
+		w.str("<title>", xmlEsc(l.title), "</title>\n")
+		w.str("<style>", svgStyle, "</style>\n")
+	}
 	for _, layer := range l.layers {
 		for i := range layer {
-			l.writeElem(w, &layer[i])
+			l.writeElem(w, &layer[i], inline)
+		}
+	}
+	if inline {
+		for _, h := range l.hits {
+			w.str(`<rect class="hit" data-step="`, strconv.Itoa(h.step), `"`)
+			w.attr("x", h.r.x)
+			w.attr("y", h.r.y)
+			w.attr("width", h.r.w)
+			w.attr("height", h.r.h)
+			w.str(` rx="3"><title>`, xmlEsc(h.tip), "</title></rect>\n")
 		}
 	}
 	w.str("</svg>\n")
 }
 
-func (l *drawing) writeElem(w errWriter, e *elem) {
+// stepAttr writes ` data-step="N"` for an arrow of call N in inline SVG.
+func (w errWriter) stepAttr(e *elem, inline bool) {
+	if inline && e.step > 0 {
+		w.str(` data-step="`, strconv.Itoa(e.step-1), `"`)
+	}
+}
+
+func (l *drawing) writeElem(w errWriter, e *elem, inline bool) {
 	switch e.kind {
 	case eRect:
 		w.str(`<rect class="`, e.class, `"`)
+		w.stepAttr(e, inline)
 		w.attr("x", e.r.x)
 		w.attr("y", e.r.y)
 		w.attr("width", e.r.w)
@@ -97,6 +128,7 @@ func (l *drawing) writeElem(w errWriter, e *elem) {
 		w.str("/>\n")
 	case eLine:
 		w.str(`<line class="`, e.class, `"`)
+		w.stepAttr(e, inline)
 		w.attr("x1", e.pts[0])
 		w.attr("y1", e.pts[1])
 		w.attr("x2", e.pts[2])
@@ -107,7 +139,9 @@ func (l *drawing) writeElem(w errWriter, e *elem) {
 		if e.kind == ePolyline {
 			tag = "polyline"
 		}
-		w.str("<", tag, ` class="`, e.class, `" points="`)
+		w.str("<", tag, ` class="`, e.class, `"`)
+		w.stepAttr(e, inline)
+		w.str(` points="`)
 		for k := 0; k < len(e.pts); k += 2 {
 			if k > 0 {
 				w.WriteByte(' ')

@@ -19,11 +19,13 @@ import (
 const renderUsage = `Usage: criseq render [flags] FILE
 
 Draws each pod start and stop found in a capture as a sequence diagram, one
-file per flow and format, named after the pod (e.g. default_nginx_start.svg).
+file per flow and format, named after the pod (e.g. default_nginx_start.svg);
+html is one viewer for the whole capture, named after it (cri.html).
 
 Examples:
   criseq render cri.pcapng                          # SVG, PlantUML and Mermaid into ./out
   criseq render -o site/img --format svg cri.pcapng
+  criseq render --format html cri.pcapng            # one page, out/cri.html, to browse every flow
   criseq render --pod default/nginx --all cri.pcapng  # one pod, with kubelet's polling
 `
 
@@ -81,7 +83,27 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("render: %s found in %s (%d calls); try criseq calls %s", what, path, calls, path)
 	}
-	return writeFlows(flows, formats, o.out, stdout)
+	// html is one viewer per capture, with every flow, not one per flow.
+	var perFlow []string
+	html := false
+	for _, f := range formats {
+		if f == "html" {
+			html = true
+		} else {
+			perFlow = append(perFlow, f)
+		}
+	}
+	if err := writeFlows(flows, perFlow, o.out, stdout); err != nil || !html {
+		return err
+	}
+	base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	name := filepath.Join(o.out, base+".html")
+	var fw fileWriter
+	if err := fw.write(name, func(w io.Writer) error { return render.HTML(w, filepath.Base(path), flows) }); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%-32s %d flows  → %s\n", "viewer", len(flows), name)
+	return nil
 }
 
 func parseFormats(s string) ([]string, error) {
@@ -140,6 +162,10 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, stdout io.Writ
 				return err
 			}
 			names = append(names, name)
+		}
+		if len(names) == 0 { // html only: the viewer is written after
+			fmt.Fprintf(stdout, "%-32s %s\n", f.Pod.String(), summary(f))
+			continue
 		}
 		fmt.Fprintf(stdout, "%-32s %s  → %s\n", f.Pod.String(), summary(f), strings.Join(names, ", "))
 	}
