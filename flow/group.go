@@ -400,17 +400,23 @@ func (g *Grouper) claimImages(o *open, keys map[string]bool) {
 	g.pending = kept
 }
 
-func matchesImage(c *decode.Call, keys map[string]bool) bool {
-	var spec *runtimeapi.ImageSpec
-	switch r := c.Request().(type) {
+// imageSpec is the image a CRI request names, or nil.
+func imageSpec(req any) *runtimeapi.ImageSpec {
+	switch r := req.(type) {
+	case *runtimeapi.CreateContainerRequest:
+		return r.GetConfig().GetImage()
 	case *runtimeapi.ImageStatusRequest:
-		spec = r.GetImage()
+		return r.GetImage()
 	case *runtimeapi.PullImageRequest:
-		spec = r.GetImage()
+		return r.GetImage()
 	case *runtimeapi.RemoveImageRequest:
-		spec = r.GetImage()
+		return r.GetImage()
 	}
-	for k := range imageKeys(spec) {
+	return nil
+}
+
+func matchesImage(c *decode.Call, keys map[string]bool) bool {
+	for k := range imageKeys(imageSpec(c.Request())) {
 		if keys[k] {
 			return true
 		}

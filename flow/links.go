@@ -130,17 +130,7 @@ func uses(req any) []idValue {
 		add(LinkSandbox, sid)
 		add(LinkContainer, cid)
 	}
-	var spec *runtimeapi.ImageSpec
-	switch r := req.(type) {
-	case *runtimeapi.CreateContainerRequest:
-		spec = r.GetConfig().GetImage()
-	case *runtimeapi.ImageStatusRequest:
-		spec = r.GetImage()
-	case *runtimeapi.PullImageRequest:
-		spec = r.GetImage()
-	case *runtimeapi.RemoveImageRequest:
-		spec = r.GetImage()
-	}
+	spec := imageSpec(req)
 	add(LinkImage, spec.GetImage())
 	add(LinkImage, spec.GetImageRef())
 	add(LinkImage, spec.GetUserSpecifiedImage())
