@@ -1,6 +1,9 @@
 package render
 
-import "math"
+import (
+	"math"
+	"time"
+)
 
 // Layout sizes, in pixels.
 const (
@@ -141,6 +144,21 @@ func (l *drawing) text(t *textBlock) {
 }
 
 // layout places every element of d.
+// Caps of the time-scaled space, so that one slow call or a long pause
+// does not make pages of white.
+const (
+	maxGapPx  = 240.0
+	maxCallPx = 480.0
+)
+
+// scaled is the height for d at scale pixels per second, at most max.
+func scaled(scale float64, d time.Duration, max float64) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return math.Min(d.Seconds()*scale, max)
+}
+
 func layout(d *diagram) (*drawing, error) {
 	ms, err := newMeasurer()
 	if err != nil {
@@ -280,6 +298,10 @@ func layout(d *diagram) (*drawing, error) {
 			y = ly + 10 + 12
 		}
 		phase = c.phase
+		if d.timeScale > 0 && i > 0 {
+			p := &d.calls[i-1]
+			y += scaled(d.timeScale, c.at-p.at-p.dur, maxGapPx)
+		}
 
 		xs := x[0]
 		xa := x[c.to] - actW/2 + float64(cl.depth)*actNest // activation bar's left edge
@@ -317,7 +339,10 @@ func layout(d *diagram) (*drawing, error) {
 			continue
 		}
 
-		// Return.
+		// Return: with a time scale, as far below the request as the call took.
+		if d.timeScale > 0 {
+			y += scaled(d.timeScale, c.dur, maxCallPx)
+		}
 		ry := y + float64(len(cl.ret))*lineH + 3
 		retSpan := span
 		retSpan.y, retSpan.h = y, ry-y
@@ -330,7 +355,11 @@ func layout(d *diagram) (*drawing, error) {
 		l.layers[layerShapes][l.line(layerShapes, lcls, xa, ry, xs+1, ry)].step = i + 1
 		l.add(elem{layer: layerShapes, kind: ePolyline, class: hcls, step: i + 1,
 			pts: []float64{xs + headLen, ry - headHalf, xs + 1, ry, xs + headLen, ry + headHalf}})
-		l.rect(layerShapes, "act", box{xa, actTop, actW, ry - actTop}, 0)
+		act := "act"
+		if c.crit {
+			act = "actc"
+		}
+		l.rect(layerShapes, act, box{xa, actTop, actW, ry - actTop}, 0)
 		tip := c.full
 		if tip == "" {
 			tip = c.retLabel()

@@ -25,7 +25,9 @@ const maxScale = 4
 // every length: 1 gives the SVG's size in pixels, 2 twice that for
 // high-density screens. The image is drawn and compressed in bands of rows,
 // so a flow of thousands of calls needs no full bitmap in memory.
-func PNG(w io.Writer, f *flow.Flow, scale int) error {
+func PNG(w io.Writer, f *flow.Flow, scale int) error { return pngWith(w, f, scale, Options{}) }
+
+func pngWith(w io.Writer, f *flow.Flow, scale int, o Options) error {
 	if scale < 1 || scale > maxScale {
 		return fmt.Errorf("render png: scale %d, want 1 to %d", scale, maxScale)
 	}
@@ -33,6 +35,7 @@ func PNG(w io.Writer, f *flow.Flow, scale int) error {
 	if err != nil {
 		return fmt.Errorf("render png: %w", err)
 	}
+	d.timeScale = o.TimeScale
 	l, err := layout(d)
 	if err != nil {
 		return fmt.Errorf("render png: %w", err)

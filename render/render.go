@@ -51,20 +51,34 @@ func Ext(format string) string {
 	return "." + format
 }
 
+// Options change how a diagram is drawn.
+type Options struct {
+	// TimeScale, in pixels per second, spaces the rows of the SVG and PNG
+	// diagrams in proportion to time: the gap before each call and each
+	// call's duration (capped, so one slow call does not make a page of
+	// white). 0 spaces them evenly.
+	TimeScale float64
+}
+
 // Write draws f in the given format (one of Formats, case-insensitive, with or
 // without a leading dot).
 func Write(w io.Writer, format string, f *flow.Flow) error {
+	return WriteWith(w, format, f, Options{})
+}
+
+// WriteWith is Write with options.
+func WriteWith(w io.Writer, format string, f *flow.Flow, o Options) error {
 	switch strings.ToLower(strings.TrimPrefix(format, ".")) {
 	case "puml":
 		return PlantUML(w, f)
 	case "mmd":
 		return Mermaid(w, f)
 	case "svg":
-		return SVG(w, f)
+		return svgWith(w, f, o)
 	case "png":
-		return PNG(w, f, 1)
+		return pngWith(w, f, 1, o)
 	case "png2x":
-		return PNG(w, f, 2)
+		return pngWith(w, f, 2, o)
 	case "graph":
 		return Graph(w, f)
 	case "graph-png":
@@ -158,6 +172,9 @@ type diagram struct {
 	note     string // "pod started in 1.94s"
 	failed   bool   // some call failed
 	complete bool   // the flow is complete
+	// timeScale spaces rows in proportion to time: pixels per second of
+	// the gaps between calls and of each call's duration; 0 spaces evenly.
+	timeScale float64
 }
 
 type participant struct {
@@ -179,6 +196,7 @@ type call struct {
 	hasDur bool
 	at     time.Duration // start, relative to the flow's start
 	n      int           // number of calls folded into this one (≥ 1)
+	crit   bool          // the longest call of the flow: where the time went
 }
 
 // maxLabel caps the runes of one label, maxName those of a name (pod,
@@ -304,6 +322,12 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 	if f.Kind == flow.Stop {
 		verb = "stopped"
 	}
+	crit := -1
+	for i, c := range d.calls {
+		if c.done && c.hasDur && c.dur > 0 && (crit < 0 || c.dur > d.calls[crit].dur) {
+			crit = i
+		}
+	}
 	d.complete = f.Complete
 	if f.Complete {
 		d.note = "pod " + verb + " in " + fmtDur(total)
@@ -312,6 +336,10 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 		if total > 0 {
 			d.note += " · " + fmtDur(total) + " observed"
 		}
+	}
+	if crit >= 0 && len(d.calls) > 1 {
+		d.calls[crit].crit = true
+		d.note += " · longest: " + cut(clean(f.Steps[crit].Method), maxName) + " " + fmtDur(d.calls[crit].dur)
 	}
 	return d, nil
 }

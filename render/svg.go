@@ -18,11 +18,14 @@ import (
 // call's start time in a left gutter and the total time in a closing note.
 // Text is measured with the Go fonts, which the SVG names first in its
 // font-family; the fonts themselves are not embedded.
-func SVG(w io.Writer, f *flow.Flow) error {
+func SVG(w io.Writer, f *flow.Flow) error { return svgWith(w, f, Options{}) }
+
+func svgWith(w io.Writer, f *flow.Flow, o Options) error {
 	d, err := newDiagram(f)
 	if err != nil {
 		return fmt.Errorf("render svg: %w", err)
 	}
+	d.timeScale = o.TimeScale
 	l, err := layout(d)
 	if err != nil {
 		return fmt.Errorf("render svg: %w", err)
@@ -43,6 +46,7 @@ const svgStyle = `
 .hd{fill:#ffffff;stroke:#78909c;stroke-width:1.2}
 .hc{fill:#cfd8dc;stroke:#546e7a;stroke-width:1.2}
 .act{fill:#eceff1;stroke:#78909c;stroke-width:1}
+.actc{fill:#ffe0b2;stroke:#ef6c00;stroke-width:1}
 .open{fill:#fff3e0;stroke:#fb8c00;stroke-dasharray:3 2}
 .req{stroke:#37474f;stroke-width:1.3;fill:none}
 .reqh{fill:#37474f;stroke:none}

@@ -118,8 +118,11 @@ func TestSVGContent(t *testing.T) {
 				t.Errorf("no text %q", want)
 			}
 		}
-		if n := doc.classes["act"]; n != 6 {
+		if n := doc.classes["act"] + doc.classes["actc"]; n != 6 {
 			t.Errorf("%d activation bars, want 6", n)
+		}
+		if n := doc.classes["actc"]; n != 1 {
+			t.Errorf("%d bars marked as the longest call, want 1", n)
 		}
 		if n := doc.classes["req"]; n != 6 {
 			t.Errorf("%d request arrows, want 6", n)
@@ -358,4 +361,33 @@ func BenchmarkSVG(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(buf.Len())/1e6, "MB/op")
+}
+
+// TestTimeScale: with a time scale a slow call takes more room than a
+// fast one, and without it the drawing is as before.
+func TestTimeScale(t *testing.T) {
+	f := startFlow()
+	var even, scaled bytes.Buffer
+	if err := SVG(&even, f); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteWith(&scaled, "svg", f, Options{TimeScale: 400}); err != nil {
+		t.Fatal(err)
+	}
+	var plain bytes.Buffer
+	if err := WriteWith(&plain, "svg", f, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(plain.Bytes(), even.Bytes()) {
+		t.Error("WriteWith with no options differs from SVG")
+	}
+	height := func(b []byte) float64 {
+		var h float64
+		fmt.Sscanf(string(b[bytes.Index(b, []byte(`height="`))+8:]), "%g", &h)
+		return h
+	}
+	if height(scaled.Bytes()) <= height(even.Bytes())+100 {
+		t.Errorf("time-scaled drawing is %g px high, evenly spaced %g: the 1.9s of calls took no room",
+			height(scaled.Bytes()), height(even.Bytes()))
+	}
 }

@@ -31,23 +31,26 @@ Examples:
 
 // renderOptions are the flags render and demo share.
 type renderOptions struct {
-	out      string
-	formats  string
-	all      bool
-	noRedact bool
-	pod      string
-	client   string
+	out       string
+	formats   string
+	all       bool
+	noRedact  bool
+	pod       string
+	client    string
+	timescale float64
 }
 
 func (o *renderOptions) register(fs interface {
 	StringVar(*string, string, string, string)
 	BoolVar(*bool, string, bool, string)
+	Float64Var(*float64, string, float64, string)
 }, defaultOut string) {
 	fs.StringVar(&o.out, "o", defaultOut, "directory to write the diagrams to (created if missing)")
 	fs.StringVar(&o.formats, "format", "svg,puml,mmd", "comma-separated formats: "+strings.Join(render.Formats(), ", "))
 	fs.BoolVar(&o.all, "all", false, "keep kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats) in the diagrams")
 	fs.BoolVar(&o.noRedact, "no-redact", false, "show registry credentials and environment values (redacted by default)")
 	fs.StringVar(&o.pod, "pod", "", "only the flows of this pod (NAMESPACE/NAME or NAME)")
+	fs.Float64Var(&o.timescale, "timescale", 0, "space SVG/PNG rows in proportion to time, in pixels per second (e.g. 200), so a slow pull looks slow; 0: evenly")
 	fs.StringVar(&o.client, "client", "", `name of the CRI client's lifeline (default "kubelet", or "crictl" when each call has its own connection)`)
 }
 
@@ -93,7 +96,7 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 			perFlow = append(perFlow, f)
 		}
 	}
-	if err := writeFlows(flows, perFlow, o.out, stdout); err != nil || !html {
+	if err := writeFlows(flows, perFlow, o.out, render.Options{TimeScale: o.timescale}, stdout); err != nil || !html {
 		return err
 	}
 	base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
@@ -143,7 +146,7 @@ func filterPod(flows []*flow.Flow, pod string) []*flow.Flow {
 
 // writeFlows writes one file per flow and format; a pod started twice gets
 // -2, -3… so no file overwrites another.
-func writeFlows(flows []*flow.Flow, formats []string, dir string, stdout io.Writer) error {
+func writeFlows(flows []*flow.Flow, formats []string, dir string, ro render.Options, stdout io.Writer) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
@@ -158,7 +161,7 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, stdout io.Writ
 		var names []string
 		for _, format := range formats {
 			name := filepath.Join(dir, base+render.Ext(format))
-			if err := fw.write(name, func(w io.Writer) error { return render.Write(w, format, f) }); err != nil {
+			if err := fw.write(name, func(w io.Writer) error { return render.WriteWith(w, format, f, ro) }); err != nil {
 				return err
 			}
 			names = append(names, name)
