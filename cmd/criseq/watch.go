@@ -254,7 +254,9 @@ func (w *watcher) emit(flows []*flow.Flow) {
 		var first string
 		for _, format := range w.formats {
 			name := filepath.Join(w.o.out, base+render.Ext(format))
-			if err := w.fw.write(name, func(out io.Writer) error { return render.WriteWith(out, format, f, render.Options{TimeScale: w.o.timescale}) }); err != nil && w.err == nil {
+			if err := w.fw.write(name, func(out io.Writer) error {
+				return render.WriteWith(out, format, f, render.Options{TimeScale: w.o.timescale})
+			}); err != nil && w.err == nil {
 				w.err = err
 			}
 			if first == "" {
