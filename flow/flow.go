@@ -68,15 +68,18 @@ func (f *Flow) Duration() time.Duration {
 
 // Step is one call of a flow, with what a diagram shows of it.
 type Step struct {
-	Call     *decode.Call
-	Service  string // "RuntimeService", "ImageService", or the service's full name if not CRI
-	Method   string // e.g. "RunPodSandbox"
-	Arg      string // key argument: "default/nginx", "nginx:1.25", "web"
-	Result   string // what came back, shortened: "sandbox 3f2a1b9c…", "sha256:4e1f…"
-	Full     string // Result unshortened (for tooltips)
-	Err      string // "NotFound: image not found" if the call failed
-	Phase    string // "sandbox", "image", "create", "start", "stop", "remove", "status"
-	Start    time.Time
-	Duration time.Duration // 0 if the call never finished
-	Done     bool          // false if the capture ended before the call did
+	Call    *decode.Call
+	Service string // "RuntimeService", "ImageService", or the service's full name if not CRI
+	Method  string // e.g. "RunPodSandbox"
+	Arg     string // key argument: "default/nginx", "nginx:1.25", "web"
+	Result  string // what came back, shortened: "sandbox 3f2a1b9c…", "sha256:4e1f…"
+	Full    string // Result unshortened (for tooltips)
+	Err     string // "NotFound: image not found" if the call failed
+	Phase   string // "sandbox", "image", "create", "start", "stop", "remove", "status"
+	// Inherited is set when Phase was taken from the step before: a status
+	// call made during that phase, which does not make the phase last longer.
+	Inherited bool
+	Start     time.Time
+	Duration  time.Duration // 0 if the call never finished
+	Done      bool          // false if the capture ended before the call did
 }

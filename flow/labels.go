@@ -184,8 +184,8 @@ func (g *Grouper) step(c *decode.Call) Step {
 func inheritPhases(steps []Step) {
 	prev := ""
 	for i := range steps {
-		if steps[i].Phase == "" {
-			steps[i].Phase = prev
+		if steps[i].Phase == "" && prev != "" {
+			steps[i].Phase, steps[i].Inherited = prev, true
 		}
 		prev = steps[i].Phase
 	}

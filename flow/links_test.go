@@ -138,3 +138,22 @@ func TestLinksNil(t *testing.T) {
 		t.Errorf("Links of a step without a call = %v", ls)
 	}
 }
+
+// TestInheritedPhases checks that status calls take the phase of the call
+// before them, marked as inherited, and phase-making calls are not.
+func TestInheritedPhases(t *testing.T) {
+	for _, f := range captured(t, "kubelet-init") {
+		for i, s := range f.Steps {
+			own := map[string]bool{"RunPodSandbox": true, "ImageStatus": true, "PullImage": true,
+				"CreateContainer": true, "StartContainer": true, "StopContainer": true,
+				"StopPodSandbox": true, "RemoveContainer": true, "RemovePodSandbox": true}[s.Method]
+			switch {
+			case own && (s.Inherited || s.Phase == ""):
+				t.Errorf("%s %s step %d %s: phase %q inherited %v, want its own", f.Pod, f.Kind, i, s.Method, s.Phase, s.Inherited)
+			case !own && i > 0 && (!s.Inherited || s.Phase != f.Steps[i-1].Phase):
+				t.Errorf("%s %s step %d %s: phase %q inherited %v, want %q inherited", f.Pod, f.Kind, i, s.Method,
+					s.Phase, s.Inherited, f.Steps[i-1].Phase)
+			}
+		}
+	}
+}

@@ -375,24 +375,31 @@ const htmlScript = `
     document.getElementById('view').scrollTo(0, 0);
     showCall(-1);
   }
+  // A call has one click area, or two (its request and its reply) when other
+  // arrows come between them.
   function hits() { return views[cur].querySelectorAll('.hit'); }
+  function nCalls() { return cur >= 0 ? data.flows[cur].calls.length : 0; }
   function showCall(j) {
-    var hs = cur >= 0 ? hits() : [];
-    for (var k = 0; k < hs.length; k++) hs[k].classList.toggle('sel', k === j);
+    var hs = cur >= 0 ? hits() : [], first = null;
+    for (var k = 0; k < hs.length; k++) {
+      var on = +hs[k].getAttribute('data-step') === j;
+      hs[k].classList.toggle('sel', on);
+      if (on && !first) first = hs[k];
+    }
     call = j;
-    if (j < 0 || j >= hs.length) {
+    if (j < 0 || j >= nCalls()) {
       call = -1;
       panel.hidden = true;
       hint.hidden = false;
       setHash();
       return;
     }
-    fill(data.flows[cur].calls[j], j, hs.length);
+    fill(data.flows[cur].calls[j], j, nCalls());
     panel.hidden = false;
     hint.hidden = true;
     panel.scrollTop = 0;
-    var r = hs[j].getBoundingClientRect(), v = document.getElementById('view').getBoundingClientRect();
-    if (r.top < v.top || r.bottom > v.bottom) hs[j].scrollIntoView({ block: 'nearest' });
+    var r = first && first.getBoundingClientRect(), v = document.getElementById('view').getBoundingClientRect();
+    if (r && (r.top < v.top || r.bottom > v.bottom)) first.scrollIntoView({ block: 'nearest' });
     setHash();
   }
   function fill(c, j, n) {
@@ -451,7 +458,7 @@ const htmlScript = `
   document.getElementById('d-close').addEventListener('click', function () { showCall(-1); });
   document.addEventListener('keydown', function (e) {
     if (e.altKey || e.ctrlKey || e.metaKey || cur < 0) return;
-    var n = hits().length;
+    var n = nCalls();
     switch (e.key) {
       case 'ArrowDown': case 'j':
         if (n) showCall(call < 0 ? 0 : Math.min(call + 1, n - 1));

@@ -39,6 +39,11 @@ type viewerResult struct {
 	AfterEsc *struct {
 		Panel bool `json:"panel"`
 	} `json:"afterEsc"`
+	Apart *struct {
+		Step     int    `json:"step"`
+		Title    string `json:"title"`
+		Selected []int  `json:"selected"`
+	} `json:"apart"`
 	Blocked       []string `json:"blocked"`
 	PageErrors    []string `json:"pageErrors"`
 	ConsoleErrors []string `json:"consoleErrors"`
@@ -155,13 +160,24 @@ func TestHTMLViewerTool(t *testing.T) {
 	if r.AfterEsc == nil || r.AfterEsc.Panel {
 		t.Error("Escape did not close the panel")
 	}
+	// The stop flow's StopPodSandbox replies after kubelet's status calls:
+	// its reply arrow is apart from its request, with a click area of its own.
+	switch a := r.Apart; {
+	case a == nil:
+		t.Error("no call of the stop flow has its reply apart from its request")
+	case a.Step < 0 || a.Step >= len(flows[1].Steps):
+		t.Errorf("clicked call %d of %d", a.Step, len(flows[1].Steps))
+	case a.Title != flows[1].Steps[a.Step].Method || len(a.Selected) != 2 || a.Selected[0] != a.Step || a.Selected[1] != a.Step:
+		t.Errorf("after clicking call %d's reply the panel shows %q and %v is selected, want %s on both its areas",
+			a.Step, a.Title, a.Selected, flows[1].Steps[a.Step].Method)
+	}
 	if len(r.Blocked) > 0 {
 		t.Errorf("the viewer fetched %v", r.Blocked)
 	}
 	if len(r.PageErrors)+len(r.ConsoleErrors) > 0 {
 		t.Errorf("page errors %v, console errors %v", r.PageErrors, r.ConsoleErrors)
 	}
-	if len(r.Shots) != 4 {
-		t.Errorf("%d screenshots, want 4", len(r.Shots))
+	if len(r.Shots) != 5 {
+		t.Errorf("%d screenshots, want 5", len(r.Shots))
 	}
 }

@@ -197,29 +197,43 @@ func layout(d *diagram) (*drawing, error) {
 	}
 	hdrH := float64(nHdrLines)*lineH + 2*hdrPadY
 
-	// Calls: wrapped labels, nesting depth of activations, and the room each
+	// Calls: wrapped labels, the slot of each activation bar (calls open at
+	// once on one lifeline stand side by side), and the room each
 	// participant's lifeline needs from the client's.
 	type callLayout struct {
 		req, ret   []string
 		reqW, retW float64
 		depth      int
+		xa         float64 // left edge of the activation bar
+		top        float64 // where the bar starts: the request arrow
 	}
 	cls := make([]callLayout, len(d.calls))
+	rs := rows(d.calls)
+	away := apart(rs, len(d.calls))
 	need := make([]float64, np)
-	open := make([]int, np)
+	busy := make([][]bool, np) // per lifeline, the bar slots in use
 	gw := 0.0
-	for i := range d.calls {
-		c := &d.calls[i]
-		cl := &cls[i]
+	for _, r := range rs {
+		c := &d.calls[r.call]
+		cl := &cls[r.call]
+		if r.reply {
+			busy[c.to][cl.depth] = false
+			continue
+		}
 		cl.req = ms.wrap(regular, fontSize, c.reqLabel(), labelMax)
 		cl.reqW = widest(regular, fontSize, cl.req)
 		if c.done {
-			cl.ret = ms.wrap(regular, fontSize, c.retLabel(), labelMax)
+			cl.ret = ms.wrap(regular, fontSize, c.replyLabel(away[r.call]), labelMax)
 			cl.retW = widest(regular, fontSize, cl.ret)
 		}
-		cl.depth = open[c.to]
-		if !c.done {
-			open[c.to]++
+		slots := busy[c.to]
+		for cl.depth < len(slots) && slots[cl.depth] {
+			cl.depth++
+		}
+		if cl.depth == len(slots) {
+			busy[c.to] = append(slots, true)
+		} else {
+			slots[cl.depth] = true
 		}
 		need[c.to] = math.Max(need[c.to], math.Max(cl.reqW, cl.retW)+2*labelPad+actW)
 		gw = math.Max(gw, ms.width(mono, gutterSize, fmtAt(c.at)))
@@ -279,51 +293,78 @@ func layout(d *diagram) (*drawing, error) {
 
 	var phaseLines []int // indexes in layerLines of the separators, whose ends are set last
 	var opens []int      // indexes in layerShapes of the bars of calls never answered, whose ends are set last
-	phase := ""
-	for i := range d.calls {
+	var prevT time.Duration
+	answered := 0 // calls open now that get a reply: time between rows is call time
+	for k, r := range rs {
+		i := r.call
 		c := &d.calls[i]
 		cl := &cls[i]
-		if c.phase != "" && c.phase != phase {
+		t := c.at
+		if r.reply {
+			t = c.end
+		}
+		if !r.reply && c.opens > 0 {
+			ph := &d.phases[c.opens-1]
 			y += 6
 			ly := y + 10
-			phaseLines = append(phaseLines, l.line(layerLines, "ph", margin, ly, 0, ly))
-			pl := []string{cut(c.phase, 60)}
+			lc, cc, tc := "ph", "chip", "pt"
+			if ph.crit {
+				lc, cc, tc = "ph crit", "chip crit", "pt crit"
+			}
+			phaseLines = append(phaseLines, l.line(layerLines, lc, margin, ly, 0, ly))
+			pl := []string{ph.label()}
 			pw := widest(bold, smallSize, pl)
 			px := math.Max(cx, margin+pw/2+10) // centred, unless too wide for that
 			chip := box{px - pw/2 - 10, ly - 10, pw + 20, 20}
-			l.rect(layerShapes, "chip", chip, 10)
+			l.rect(layerShapes, cc, chip, 10)
 			l.text(&textBlock{x: px, y: ly + 4, anchor: "middle", lines: pl, w: pw,
-				size: smallSize, class: "pt", in: &chip})
+				size: smallSize, class: tc, in: &chip})
 			grow(chip.right())
 			y = ly + 10 + 12
 		}
-		phase = c.phase
-		if d.timeScale > 0 && i > 0 {
-			p := &d.calls[i-1]
-			y += scaled(d.timeScale, c.at-p.at-p.dur, maxGapPx)
+		if d.timeScale > 0 && k > 0 {
+			limit := maxGapPx
+			if answered > 0 {
+				limit = maxCallPx
+			}
+			y += scaled(d.timeScale, t-prevT, limit)
 		}
+		prevT = t
 
 		xs := x[0]
-		xa := x[c.to] - actW/2 + float64(cl.depth)*actNest // activation bar's left edge
-		callTop := y
+		xa := x[c.to] - actW/2 + float64(min(cl.depth, 8))*actNest // activation bar's left edge
 		span := box{xs + labelPad, y, xa - xs - 2*labelPad, 0}
+		// The hit area of the call: its request and reply rows, as one
+		// rectangle when nothing comes between them.
+		hitTop := y - 2
+		tip := c.full
+		if tip == "" {
+			tip = c.retLabel()
+		}
+		tip = c.reqLabel() + " → " + tip
 
-		// Request.
-		ay := y + float64(len(cl.req))*lineH + 3
-		span.h = ay - y
-		reqSpan := span
-		l.label(&textBlock{x: (xs + xa) / 2, y: y + 12, anchor: "middle", lines: cl.req, w: cl.reqW,
-			size: fontSize, in: &reqSpan})
-		l.layers[layerShapes][l.line(layerShapes, "req", xs, ay, xa-headLen+1, ay)].step = i + 1
-		l.add(elem{layer: layerShapes, kind: ePolygon, class: "reqh", step: i + 1,
-			pts: []float64{xa, ay, xa - headLen, ay - headHalf, xa - headLen, ay + headHalf}})
-		l.text(&textBlock{x: margin + gw - gutterPad, y: ay + 4, anchor: "end", lines: []string{fmtAt(c.at)},
-			w: ms.width(mono, gutterSize, fmtAt(c.at)), size: gutterSize, class: "g",
-			in: &box{margin, ay - 10, gw, 20}})
-		actTop := ay
-		y = ay + 8
-
-		if !c.done {
+		if !r.reply {
+			// Request.
+			ay := y + float64(len(cl.req))*lineH + 3
+			span.h = ay - y
+			reqSpan := span
+			l.label(&textBlock{x: (xs + xa) / 2, y: y + 12, anchor: "middle", lines: cl.req, w: cl.reqW,
+				size: fontSize, in: &reqSpan})
+			l.layers[layerShapes][l.line(layerShapes, "req", xs, ay, xa-headLen+1, ay)].step = i + 1
+			l.add(elem{layer: layerShapes, kind: ePolygon, class: "reqh", step: i + 1,
+				pts: []float64{xa, ay, xa - headLen, ay - headHalf, xa - headLen, ay + headHalf}})
+			l.text(&textBlock{x: margin + gw - gutterPad, y: ay + 4, anchor: "end", lines: []string{fmtAt(c.at)},
+				w: ms.width(mono, gutterSize, fmtAt(c.at)), size: gutterSize, class: "g",
+				in: &box{margin, ay - 10, gw, 20}})
+			cl.xa, cl.top = xa, ay
+			y = ay + 8
+			if c.done {
+				answered++
+				if k+1 == len(rs) || rs[k+1].call != i {
+					l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, xa + actW + 4 - margin, ay + 6 - hitTop}, tip: tip})
+				}
+				continue
+			}
 			// No reply: a note by the lifeline, and the bar stays open.
 			nl := []string{noReply}
 			nw := widest(regular, smallSize, nl)
@@ -332,20 +373,20 @@ func layout(d *diagram) (*drawing, error) {
 			l.text(&textBlock{x: nb.x + 8, y: nb.y + 16, anchor: "start", lines: nl, w: nw,
 				size: smallSize, class: "nr", in: &nb})
 			grow(nb.right())
-			opens = append(opens, l.rect(layerShapes, "open", box{xa, actTop, actW, 0}, 0))
+			opens = append(opens, l.rect(layerShapes, "open", box{xa, ay, actW, 0}, 0))
 			y = nb.bottom() + 12
-			l.hits = append(l.hits, hit{step: i, r: box{margin, callTop - 2, nb.right() + 4 - margin, nb.bottom() + 4 - callTop},
+			l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, nb.right() + 4 - margin, nb.bottom() + 4 - hitTop},
 				tip: c.reqLabel() + " — " + noReply})
 			continue
 		}
 
-		// Return: with a time scale, as far below the request as the call took.
-		if d.timeScale > 0 {
-			y += scaled(d.timeScale, c.dur, maxCallPx)
-		}
+		// Reply, from the call's own bar.
+		answered--
+		xa = cl.xa
+		span.w = xa - xs - 2*labelPad
 		ry := y + float64(len(cl.ret))*lineH + 3
 		retSpan := span
-		retSpan.y, retSpan.h = y, ry-y
+		retSpan.h = ry - y
 		tcls, lcls, hcls := "r", "ret", "reth"
 		if c.failed {
 			tcls, lcls, hcls = "e", "ret err", "reth err"
@@ -359,13 +400,12 @@ func layout(d *diagram) (*drawing, error) {
 		if c.crit {
 			act = "actc"
 		}
-		l.rect(layerShapes, act, box{xa, actTop, actW, ry - actTop}, 0)
-		tip := c.full
-		if tip == "" {
-			tip = c.retLabel()
+		l.rect(layerShapes, act, box{xa, cl.top, actW, ry - cl.top}, 0)
+		if k > 0 && rs[k-1].call == i {
+			// Right after its request: one area for both rows.
+			hitTop = cl.top - float64(len(cl.req))*lineH - 3 - 2
 		}
-		l.hits = append(l.hits, hit{step: i, r: box{margin, callTop - 2, xa + actW + 4 - margin, ry + 6 - callTop + 2},
-			tip: c.reqLabel() + " → " + tip})
+		l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, xa + actW + 4 - margin, ry + 6 - hitTop}, tip: tip})
 		y = ry + 12
 	}
 

@@ -62,6 +62,9 @@ func mermaidBytes(d *diagram, calls []call, omitted int) []byte {
 // phaseFill alternates behind the phases.
 var phaseFill = [2]string{"rgba(236,239,241,0.55)", "rgba(255,248,225,0.55)"}
 
+// critFill is behind the longest phase.
+const critFill = "rgba(255,224,178,0.6)"
+
 func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, omitted int) {
 	str := func(ss ...string) {
 		for _, s := range ss {
@@ -84,32 +87,43 @@ func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, omitted int) {
 
 	client := d.parts[pClient].alias
 	last := d.parts[len(d.parts)-1].alias
-	phase, inRect, nPhase := "", false, 0
+	inRect, nPhase := false, 0
 	indent := "    "
-	for i := range calls {
-		c := &calls[i]
+	rs := rows(calls)
+	away := apart(rs, len(calls))
+	for _, r := range rs {
+		c := &calls[r.call]
 		to := d.parts[c.to].alias
-		if c.phase != "" && c.phase != phase {
+		if r.reply {
+			arrow := "-->>-"
+			if c.failed {
+				arrow = "--x-"
+			}
+			str(indent, to, arrow, client, ": ", mmdLines(c.replyLabel(away[r.call])), "\n")
+			continue
+		}
+		if c.opens > 0 {
+			ph := &d.phases[c.opens-1]
 			if inRect {
 				str("    end\n")
 			}
-			str("    rect ", phaseFill[nPhase%2], "\n")
-			str("        Note over ", client, ",", last, ": ", mmdLines(c.phase), "\n")
+			fill := phaseFill[nPhase%2]
+			if ph.crit {
+				fill = critFill
+			}
+			str("    rect ", fill, "\n")
+			str("        Note over ", client, ",", last, ": ", mmdLines(ph.label()), "\n")
 			inRect, indent = true, "        "
 			nPhase++
 		}
-		phase = c.phase
-		switch {
-		case !c.done:
-			str(indent, client, "->>", to, ": ", mmdLines(c.reqLabel()), "\n")
+		// The start time, as in the SVG's gutter.
+		req := mmdLines(fmtAt(c.at) + " · " + c.reqLabel())
+		if !c.done {
+			str(indent, client, "->>", to, ": ", req, "\n")
 			str(indent, "Note over ", to, ": ", mmdLines(noReply), "\n")
-		case c.failed:
-			str(indent, client, "->>+", to, ": ", mmdLines(c.reqLabel()), "\n")
-			str(indent, to, "--x-", client, ": ", mmdLines(c.retLabel()), "\n")
-		default:
-			str(indent, client, "->>+", to, ": ", mmdLines(c.reqLabel()), "\n")
-			str(indent, to, "-->>-", client, ": ", mmdLines(c.retLabel()), "\n")
+			continue
 		}
+		str(indent, client, "->>+", to, ": ", req, "\n")
 	}
 	if inRect {
 		str("    end\n")

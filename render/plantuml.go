@@ -56,27 +56,40 @@ func writePlantUML(w errWriter, d *diagram) {
 	w.str("end box\n")
 
 	client := d.parts[pClient].alias
-	phase := ""
-	for i := range d.calls {
-		c := &d.calls[i]
+	rs := rows(d.calls)
+	away := apart(rs, len(d.calls))
+	for _, r := range rs {
+		c := &d.calls[r.call]
 		to := d.parts[c.to].alias
-		if c.phase != "" && c.phase != phase {
-			w.str("\n== ", pumlEsc(c.phase), " ==\n")
+		if !r.reply {
+			if c.opens > 0 {
+				ph := &d.phases[c.opens-1]
+				if ph.crit {
+					w.str("\n== <color:#E65100>", pumlEsc(ph.label()), "</color> ==\n")
+				} else {
+					w.str("\n== ", pumlEsc(ph.label()), " ==\n")
+				}
+			}
+			// The start time, as in the SVG's gutter.
+			w.str(client, " -> ", to, " : <color:#90A4AE><size:11>", pumlEsc(fmtAt(c.at)), "</size></color>  ", pumlEsc(c.reqLabel()), "\n")
+			w.str("activate ", to)
+			if c.crit {
+				w.str(" #FFE0B2")
+			}
+			w.str("\n")
+			if !c.done {
+				// The call stays open: its activation bar runs to the end.
+				w.str("hnote over ", to, " #FFF3E0 : ", pumlEsc(noReply), "\n")
+			}
+			continue
 		}
-		phase = c.phase
-		w.str(client, " -> ", to, " : ", pumlEsc(c.reqLabel()), "\n")
-		w.str("activate ", to, "\n")
-		switch {
-		case !c.done:
-			// The call stays open: its activation bar runs to the end.
-			w.str("hnote over ", to, " #FFF3E0 : ", pumlEsc(noReply), "\n")
-		case c.failed:
-			w.str(to, " -[#C62828]-> ", client, " : <color:#C62828>", pumlEsc(c.retLabel()), "</color>\n")
-			w.str("deactivate ", to, "\n")
-		default:
-			w.str(to, " --> ", client, " : ", pumlEsc(c.retLabel()), "\n")
-			w.str("deactivate ", to, "\n")
+		label := pumlEsc(c.replyLabel(away[r.call]))
+		if c.failed {
+			w.str(to, " -[#C62828]-> ", client, " : <color:#C62828>", label, "</color>\n")
+		} else {
+			w.str(to, " --> ", client, " : ", label, "\n")
 		}
+		w.str("deactivate ", to, "\n")
 	}
 	color := ""
 	if !d.complete {

@@ -24,11 +24,12 @@ var pumlStatement = regexp.MustCompile(`^(` +
 	`box "(?P<t4>[^"]*)" #F5F7FA|` +
 	`  participant "(?P<t5>[^"]*)" as (RS|IS|S\d+)|` +
 	`end box|` +
-	`== (?P<t6>.*) ==|` +
-	`Client -> (RS|IS|S\d+) : (?P<t7>.*)|` +
+	`== (<color:#E65100>)?(?P<t6>.*?)(</color>)? ==|` +
+	`Client -> (RS|IS|S\d+) : <color:#90A4AE><size:11>(?P<t12>[-+.0-9a-z]*)</size></color>  (?P<t7>.*)|` +
 	`(RS|IS|S\d+) --> Client : (?P<t8>.*)|` +
 	`(RS|IS|S\d+) -\[#C62828\]-> Client : <color:#C62828>(?P<t9>.*)</color>|` +
 	`(de)?activate (RS|IS|S\d+)|` +
+	`activate (RS|IS|S\d+) #FFE0B2|` +
 	`hnote over (RS|IS|S\d+) #FFF3E0 : (?P<t10>.*)|` +
 	`note over Client, (RS|IS|S\d+)( #FFF3E0)? : (?P<t11>.*)|` +
 	`)$`)

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -169,9 +170,10 @@ type diagram struct {
 	boxTitle string // the runtime's name
 	parts    []participant
 	calls    []call
-	note     string // "pod started in 1.94s"
-	failed   bool   // some call failed
-	complete bool   // the flow is complete
+	phases   []phaseSpan // runs of calls of one phase, in call order
+	note     string      // "pod started in 1.94s"
+	failed   bool        // some call failed
+	complete bool        // the flow is complete
 	// timeScale spaces rows in proportion to time: pixels per second of
 	// the gaps between calls and of each call's duration; 0 spaces evenly.
 	timeScale float64
@@ -195,15 +197,96 @@ type call struct {
 	dur    time.Duration // the call's duration (summed when folded)
 	hasDur bool
 	at     time.Duration // start, relative to the flow's start
+	end    time.Duration // when the reply came (at + dur), relative too
 	n      int           // number of calls folded into this one (≥ 1)
 	crit   bool          // the longest call of the flow: where the time went
+	opens  int           // 1 + index in phases of the phase it opens; 0 for none
+	span   int           // 1 + index in phases of its phase; 0 for none
+	polled bool          // its phase is inherited: it does not time the phase
+}
+
+// phaseSpan is a run of consecutive calls of one phase, the story's unit
+// ("sandbox", "image", "create web"): from its first request to the last
+// reply of its own calls (not of the status calls made meanwhile).
+type phaseSpan struct {
+	name string
+	dur  time.Duration
+	crit bool // the longest phase: the critical path
+}
+
+// label is the phase's separator text: "image · 1.62s".
+func (p *phaseSpan) label() string {
+	if p.dur <= 0 {
+		return p.name
+	}
+	return p.name + " · " + fmtDur(p.dur)
+}
+
+// row is one arrow of a diagram: a call's request, or its reply.
+type row struct {
+	call  int // index in the calls
+	reply bool
+}
+
+// apart reports, per call, whether other arrows come between its request
+// and its reply in rs: such a reply names its call (see replyLabel).
+func apart(rs []row, n int) []bool {
+	out := make([]bool, n)
+	for k, r := range rs {
+		if r.reply && (k == 0 || rs[k-1].call != r.call) {
+			out[r.call] = true
+		}
+	}
+	return out
+}
+
+// replyLabel is the reply arrow's text; a reply apart from its request
+// names the call: "StartContainer(web): started · 345ms".
+func (c *call) replyLabel(apart bool) string {
+	if apart {
+		return c.reqLabel() + ": " + c.retLabel()
+	}
+	return c.retLabel()
+}
+
+// rows orders the arrows of calls as they happened: a reply comes before
+// every request sent after it, so that calls open at the same time
+// (kubelet polls PodSandboxStatus while StartContainer runs; two
+// StopContainer in parallel) interleave instead of looking sequential. Calls
+// are in start order; a reply is placed at its call's end.
+func rows(calls []call) []row {
+	out := make([]row, 0, 2*len(calls))
+	var pending []int // calls whose reply is not placed yet, by end then index
+	for i := range calls {
+		c := &calls[i]
+		k := 0
+		for k < len(pending) && calls[pending[k]].end <= c.at {
+			out = append(out, row{call: pending[k], reply: true})
+			k++
+		}
+		pending = pending[:copy(pending, pending[k:])]
+		out = append(out, row{call: i})
+		if !c.done {
+			continue
+		}
+		j := sort.Search(len(pending), func(j int) bool { return calls[pending[j]].end > c.end })
+		pending = append(pending, 0)
+		copy(pending[j+1:], pending[j:])
+		pending[j] = i
+	}
+	for _, i := range pending {
+		out = append(out, row{call: i, reply: true})
+	}
+	return out
 }
 
 // maxLabel caps the runes of one label, maxName those of a name (pod,
-// client, runtime, service, phase); longer ones are cut with "…".
+// client, runtime, service), maxPhase those of a phase's name; longer ones
+// are cut with "…".
 const (
 	maxLabel = 600
 	maxName  = 100
+	maxPhase = 60
 )
 
 // reqLabel is the request arrow's text.
@@ -284,11 +367,12 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 	for i := range f.Steps {
 		s := &f.Steps[i]
 		c := call{
-			to:    d.participant(s.Service),
-			phase: cut(clean(s.Phase), maxName),
-			req:   cut(cut(clean(s.Method), maxName)+"("+clean(s.Arg)+")", maxLabel),
-			done:  s.Done || s.Err != "",
-			n:     1,
+			to:     d.participant(s.Service),
+			phase:  cut(clean(s.Phase), maxPhase),
+			polled: s.Inherited,
+			req:    cut(cut(clean(s.Method), maxName)+"("+clean(s.Arg)+")", maxLabel),
+			done:   s.Done || s.Err != "",
+			n:      1,
 		}
 		if !s.Start.IsZero() && !start.IsZero() {
 			c.at = s.Start.Sub(start)
@@ -296,6 +380,7 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 		if s.Done || s.Duration > 0 {
 			c.dur, c.hasDur = s.Duration, true
 		}
+		c.end = c.at + c.dur
 		if s.Err != "" {
 			c.failed = true
 			d.failed = true
@@ -337,11 +422,62 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 			d.note += " · " + fmtDur(total) + " observed"
 		}
 	}
+	d.phases = phaseSpans(d.calls)
+	longest := -1
+	for i, p := range d.phases {
+		if p.dur > 0 && (longest < 0 || p.dur > d.phases[longest].dur) {
+			longest = i
+		}
+	}
 	if crit >= 0 && len(d.calls) > 1 {
 		d.calls[crit].crit = true
-		d.note += " · longest: " + cut(clean(f.Steps[crit].Method), maxName) + " " + fmtDur(d.calls[crit].dur)
+	}
+	critCall := ""
+	if crit >= 0 && len(d.calls) > 1 {
+		critCall = cut(clean(f.Steps[crit].Method), maxName) + " " + fmtDur(d.calls[crit].dur)
+	}
+	switch {
+	case longest >= 0 && len(d.phases) > 1:
+		d.phases[longest].crit = true
+		d.note += " · longest phase: " + d.phases[longest].name + " " + fmtDur(d.phases[longest].dur)
+		if critCall == "" {
+			break
+		}
+		if d.calls[crit].span == longest+1 {
+			d.note += " (" + critCall + ")"
+		} else {
+			d.note += " · longest call: " + critCall
+		}
+	case critCall != "":
+		d.note += " · longest call: " + critCall
 	}
 	return d, nil
+}
+
+// phaseSpans splits calls into runs of one phase, times each run, and marks
+// the call that opens each.
+func phaseSpans(calls []call) []phaseSpan {
+	var out []phaseSpan
+	var start, end time.Duration
+	prev := ""
+	for i := range calls {
+		c := &calls[i]
+		if c.phase != "" && c.phase != prev {
+			out = append(out, phaseSpan{name: c.phase})
+			c.opens = len(out)
+			start, end = c.at, c.at
+		}
+		prev = c.phase
+		if len(out) == 0 || c.phase == "" {
+			continue
+		}
+		c.span = len(out)
+		if c.done && !c.polled && c.end > end {
+			end = c.end
+		}
+		out[len(out)-1].dur = end - start
+	}
+	return out
 }
 
 // participant returns the index of service's lifeline, adding one for a
@@ -366,17 +502,19 @@ func (d *diagram) participant(service string) int {
 	return len(d.parts) - 1
 }
 
-// folded returns calls with runs of identical consecutive calls merged into
-// one ("ContainerStatus(web) ×5").
+// folded returns calls with runs of identical consecutive calls, each
+// ending before the next starts, merged into one ("ContainerStatus(web) ×5").
 func folded(calls []call) []call {
 	var out []call
 	for _, c := range calls {
 		if n := len(out); n > 0 {
 			p := &out[n-1]
 			if p.to == c.to && p.phase == c.phase && p.req == c.req && p.result == c.result &&
-				p.failed == c.failed && p.done == c.done && p.hasDur == c.hasDur {
+				p.failed == c.failed && p.done == c.done && p.hasDur == c.hasDur && p.end <= c.at {
 				p.n += c.n
 				p.dur += c.dur
+				p.end = c.end
+				p.crit = p.crit || c.crit
 				continue
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +108,19 @@ func stopFlow() *flow.Flow {
 	)
 }
 
+// concurrentFlow is a stop where kubelet stops two containers at once and
+// polls a status while they stop: calls open at the same time.
+func concurrentFlow() *flow.Flow {
+	return build(flow.Stop, true,
+		stepSpec{phase: "stop", method: "StopContainer", arg: "web", at: 0, dur: 372 * time.Millisecond},
+		stepSpec{phase: "stop", method: "StopContainer", arg: "sidecar", at: 200 * time.Microsecond, dur: 300 * time.Millisecond},
+		stepSpec{phase: "stop", method: "ContainerStatus", arg: "web", result: "RUNNING",
+			at: 100 * time.Millisecond, dur: time.Millisecond},
+		stepSpec{phase: "stop sandbox", method: "StopPodSandbox", arg: "3f2a1b9c4d5e",
+			at: 380 * time.Millisecond, dur: 45 * time.Millisecond},
+	)
+}
+
 func incompleteFlow() *flow.Flow {
 	return build(flow.Start, false,
 		stepSpec{phase: "sandbox", method: "RunPodSandbox", arg: "default/nginx",
@@ -161,6 +175,7 @@ var cases = []struct {
 	{"start", startFlow},
 	{"failed-pull", failedPullFlow},
 	{"stop", stopFlow},
+	{"concurrent", concurrentFlow},
 	{"incomplete", incompleteFlow},
 	{"hostile", hostileFlow},
 	{"long", longFlow},
@@ -379,3 +394,37 @@ func isImage(format string) bool { return strings.HasPrefix(format, "png") }
 
 // isGraph: the ID-flow graph draws links, not the diagram's labels.
 func isGraph(format string) bool { return strings.HasPrefix(format, "graph") }
+
+// TestRows checks the order of arrows: each reply at its call's end, before
+// any request sent after it.
+func TestRows(t *testing.T) {
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	c := func(at, end float64) call { return call{at: ms(at), end: ms(end), done: true} }
+	open := call{done: false}
+	tests := []struct {
+		name  string
+		calls []call
+		want  string // "0 1' …": request of call 0, reply of call 1, …
+	}{
+		{"sequential, touching", []call{c(0, 10), c(10, 20)}, "0 0' 1 1'"},
+		{"nested", []call{c(0, 372), c(0.2, 300.2), c(100, 101), c(380, 425)}, "0 1 2 2' 1' 0' 3 3'"},
+		{"crossing", []call{c(0, 10), c(5, 15)}, "0 1 0' 1'"},
+		{"same end", []call{c(0, 10), c(1, 10)}, "0 1 0' 1'"},
+		{"zero durations", []call{c(0, 0), c(0, 0)}, "0 0' 1 1'"},
+		{"no reply", []call{open, c(5, 6), c(7, 8)}, "0 1 1' 2 2'"},
+		{"reply after the last request", []call{c(0, 100), c(1, 2), c(3, 4)}, "0 1 1' 2 2' 0'"},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, r := range rows(tt.calls) {
+			s := strconv.Itoa(r.call)
+			if r.reply {
+				s += "'"
+			}
+			got = append(got, s)
+		}
+		if g := strings.Join(got, " "); g != tt.want {
+			t.Errorf("%s: rows %q, want %q", tt.name, g, tt.want)
+		}
+	}
+}

@@ -55,6 +55,8 @@ const svgStyle = `
 .err{stroke:#c62828}
 .ph{stroke:#b0bec5;stroke-width:1}
 .chip{fill:#eceff1;stroke:#b0bec5;stroke-width:1}
+.ph.crit{stroke:#ffcc80}
+.chip.crit{fill:#ffe0b2;stroke:#ef6c00}
 .note{fill:#fffde7;stroke:#d4c06a;stroke-width:1}
 .warn{fill:#fff3e0;stroke:#fb8c00;stroke-width:1}
 .fold{fill:none;stroke:#d4c06a;stroke-width:1}
@@ -69,6 +71,7 @@ text.r{fill:#455a64}
 text.e{fill:#c62828}
 text.g{font-family:'Go Mono','DejaVu Sans Mono',monospace;font-size:11px;fill:#90a4ae}
 text.pt{font-size:12px;font-weight:bold;fill:#455a64}
+text.pt.crit{fill:#e65100}
 text.nr{font-size:12px;fill:#e65100}
 `
 

@@ -133,8 +133,11 @@ func TestSVGContent(t *testing.T) {
 		if n := doc.classes["hd"] + doc.classes["hc"]; n != 6 {
 			t.Errorf("%d header and footer boxes, want 6", n)
 		}
-		if n := doc.classes["ph"]; n != 4 {
+		if n := doc.classes["ph"] + doc.classes["ph crit"]; n != 4 {
 			t.Errorf("%d phase separators, want 4", n)
+		}
+		if n := doc.classes["chip crit"]; n != 1 {
+			t.Errorf("%d phases marked as the longest, want 1", n)
 		}
 		if n := doc.classes["rt"]; n != 1 {
 			t.Errorf("%d runtime boxes, want 1", n)
@@ -389,5 +392,72 @@ func TestTimeScale(t *testing.T) {
 	if height(scaled.Bytes()) <= height(even.Bytes())+100 {
 		t.Errorf("time-scaled drawing is %g px high, evenly spaced %g: the 1.9s of calls took no room",
 			height(scaled.Bytes()), height(even.Bytes()))
+	}
+}
+
+// TestSVGOverlappingCalls checks that calls open at the same time are drawn as
+// they happened: each arrow at its row, the bars of calls open together on
+// one lifeline side by side, and replies apart from their request naming
+// their call.
+func TestSVGOverlappingCalls(t *testing.T) {
+	d, err := newDiagram(concurrentFlow())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := layout(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type arrow struct {
+		y, x float64 // the arrow's height and its end at the runtime side
+	}
+	req, ret := map[int]arrow{}, map[int]arrow{}
+	for _, e := range l.layers[layerShapes] {
+		if e.kind != eLine || e.step == 0 {
+			continue
+		}
+		switch e.class {
+		case "req":
+			req[e.step-1] = arrow{e.pts[1], e.pts[2] + headLen - 1} // the line stops at its head
+		case "ret":
+			ret[e.step-1] = arrow{e.pts[1], e.pts[0]}
+		}
+	}
+	// Calls: 0 StopContainer(web), 1 StopContainer(sidecar),
+	// 2 ContainerStatus(web), 3 StopPodSandbox.
+	order := []float64{req[0].y, req[1].y, req[2].y, ret[2].y, ret[1].y, ret[0].y, req[3].y, ret[3].y}
+	if !sort.Float64sAreSorted(order) {
+		t.Errorf("arrows at %v, want them top to bottom in the order they happened", order)
+	}
+	if !(req[0].x < req[1].x && req[1].x < req[2].x) {
+		t.Errorf("request arrows end at x %v, %v, %v: want the bars of the three open calls side by side",
+			req[0].x, req[1].x, req[2].x)
+	}
+	if req[3].x != req[0].x {
+		t.Errorf("StopPodSandbox's bar at x %v, want the first slot %v once the others closed", req[3].x, req[0].x)
+	}
+	for i := range 3 {
+		if got, want := ret[i].x, req[i].x; got != want {
+			t.Errorf("call %d: reply leaves from x %v, its request arrives at %v", i, got, want)
+		}
+	}
+	var texts []string
+	for _, tb := range l.texts {
+		texts = append(texts, strings.Join(tb.lines, " "))
+	}
+	all := strings.Join(texts, "\n")
+	for _, want := range []string{"StopContainer(web): 372ms", "StopContainer(sidecar): 300ms", "\nRUNNING · 1ms\n"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no label %q in\n%s", want, all)
+		}
+	}
+	// The viewer's click areas: StopContainer(web)'s request and reply
+	// rows are apart, so it has two; ContainerStatus, one.
+	n := map[int]int{}
+	for _, h := range l.hits {
+		n[h.step]++
+	}
+	if n[0] != 2 || n[1] != 2 || n[2] != 1 || n[3] != 1 {
+		t.Errorf("click areas per call %v, want 2 2 1 1", n)
 	}
 }

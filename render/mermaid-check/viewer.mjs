@@ -8,7 +8,10 @@
 // first flow, reads the detail panel, presses ArrowDown (next call), ArrowRight
 // (next flow) and Escape (closes the panel). With --out DIR it saves a PNG at
 // each step (viewer-1-open.png, viewer-2-click.png, viewer-3-down.png,
-// viewer-4-next-flow.png) for people to look at.
+// viewer-4-next-flow.png, viewer-5-apart-reply.png) for people to look at.
+// In the second flow it also clicks the reply arrow of a call whose request
+// and reply are apart (other arrows between them) and reports "apart":
+// {"step", "title", "selected"}.
 //
 // Output: {"flows", "visible", "first": {"title", "text"}, "next": {...},
 // "afterRight": {"visible", "panel"}, "afterEsc": {"panel"}, "blocked": [],
@@ -128,6 +131,28 @@ try {
   res.afterRight = { visible: s.visible, panel: s.panel };
   await page.keyboard.press('j');
   await shot('viewer-4-next-flow.png');
+
+  // A call whose reply comes after other arrows has two click areas: click
+  // its reply arrow, both light up and the panel shows that call.
+  const step = await page.evaluate(() => {
+    const n = {};
+    for (const h of document.querySelectorAll('#view .diagram:not([hidden]) .hit')) {
+      const k = h.getAttribute('data-step');
+      n[k] = (n[k] || 0) + 1;
+    }
+    const k = Object.keys(n).find((k) => n[k] === 2);
+    return k === undefined ? -1 : +k;
+  });
+  if (step >= 0) {
+    const ret = page.locator(`#view .diagram:not([hidden]) line.ret[data-step="${step}"]`);
+    await ret.scrollIntoViewIfNeeded();
+    const rb = await ret.boundingBox();
+    if (!rb) throw new Error(`no reply arrow with data-step="${step}"`);
+    await page.mouse.click(rb.x + rb.width / 2, rb.y + rb.height / 2);
+    s = await state();
+    res.apart = { step, title: s.title, selected: s.selected };
+    await shot('viewer-5-apart-reply.png');
+  }
 
   await page.keyboard.press('Escape');
   s = await state();
