@@ -72,6 +72,7 @@ type Step struct {
 	Service string // "RuntimeService", "ImageService", or the service's full name if not CRI
 	Method  string // e.g. "RunPodSandbox"
 	Arg     string // key argument: "default/nginx", "nginx:1.25", "web"
+	ArgID   string // the full container or sandbox ID the call is about, if any
 	Result  string // what came back, shortened: "sandbox 3f2a1b9c…", "sha256:4e1f…"
 	Full    string // Result unshortened (for tooltips)
 	Err     string // "NotFound: image not found" if the call failed

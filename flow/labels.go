@@ -176,6 +176,11 @@ func (g *Grouper) step(c *decode.Call) Step {
 	if s.Full == "" {
 		s.Full = s.Result
 	}
+	if cid, sid := ids(req); cid != "" {
+		s.ArgID = cid
+	} else if sid != "" {
+		s.ArgID = sid
+	}
 	return s
 }
 

@@ -43,7 +43,8 @@ const (
 const (
 	layerBack   = iota // background, runtime box
 	layerLines         // lifelines, phase separators
-	layerShapes        // headers, activation bars, arrows, phase chips
+	layerBars          // activation bars, outer ones first
+	layerShapes        // headers, arrows, phase chips
 	layerPlates        // backgrounds of arrow labels
 	layerNotes
 	layerText
@@ -205,7 +206,7 @@ func layout(d *diagram) (*drawing, error) {
 		reqW, retW float64
 		depth      int
 		xa         float64 // left edge of the activation bar
-		top        float64 // where the bar starts: the request arrow
+		bar        int     // index of the bar in layerBars
 	}
 	cls := make([]callLayout, len(d.calls))
 	rs := rows(d.calls)
@@ -292,7 +293,7 @@ func layout(d *diagram) (*drawing, error) {
 	y = hdrTop + hdrH + 14
 
 	var phaseLines []int // indexes in layerLines of the separators, whose ends are set last
-	var opens []int      // indexes in layerShapes of the bars of calls never answered, whose ends are set last
+	var opens []int      // indexes in layerBars of the bars of calls never answered, whose ends are set last
 	var prevT time.Duration
 	answered := 0 // calls open now that get a reply: time between rows is call time
 	for k, r := range rs {
@@ -349,14 +350,23 @@ func layout(d *diagram) (*drawing, error) {
 			span.h = ay - y
 			reqSpan := span
 			l.label(&textBlock{x: (xs + xa) / 2, y: y + 12, anchor: "middle", lines: cl.req, w: cl.reqW,
-				size: fontSize, in: &reqSpan})
+				size: fontSize, tip: c.reqTip(), in: &reqSpan})
 			l.layers[layerShapes][l.line(layerShapes, "req", xs, ay, xa-headLen+1, ay)].step = i + 1
 			l.add(elem{layer: layerShapes, kind: ePolygon, class: "reqh", step: i + 1,
 				pts: []float64{xa, ay, xa - headLen, ay - headHalf, xa - headLen, ay + headHalf}})
 			l.text(&textBlock{x: margin + gw - gutterPad, y: ay + 4, anchor: "end", lines: []string{fmtAt(c.at)},
 				w: ms.width(mono, gutterSize, fmtAt(c.at)), size: gutterSize, class: "g",
 				in: &box{margin, ay - 10, gw, 20}})
-			cl.xa, cl.top = xa, ay
+			// The bar is added at the request, so that a call's bar lies
+			// under the bars and arrows of the calls made while it is open.
+			bar := "act"
+			switch {
+			case !c.done:
+				bar = "open"
+			case c.crit:
+				bar = "actc"
+			}
+			cl.xa, cl.bar = xa, l.rect(layerBars, bar, box{xa, ay, actW, 0}, 0)
 			y = ay + 8
 			if c.done {
 				answered++
@@ -373,7 +383,7 @@ func layout(d *diagram) (*drawing, error) {
 			l.text(&textBlock{x: nb.x + 8, y: nb.y + 16, anchor: "start", lines: nl, w: nw,
 				size: smallSize, class: "nr", in: &nb})
 			grow(nb.right())
-			opens = append(opens, l.rect(layerShapes, "open", box{xa, ay, actW, 0}, 0))
+			opens = append(opens, cl.bar)
 			y = nb.bottom() + 12
 			l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, nb.right() + 4 - margin, nb.bottom() + 4 - hitTop},
 				tip: c.reqLabel() + " — " + noReply})
@@ -396,14 +406,11 @@ func layout(d *diagram) (*drawing, error) {
 		l.layers[layerShapes][l.line(layerShapes, lcls, xa, ry, xs+1, ry)].step = i + 1
 		l.add(elem{layer: layerShapes, kind: ePolyline, class: hcls, step: i + 1,
 			pts: []float64{xs + headLen, ry - headHalf, xs + 1, ry, xs + headLen, ry + headHalf}})
-		act := "act"
-		if c.crit {
-			act = "actc"
-		}
-		l.rect(layerShapes, act, box{xa, cl.top, actW, ry - cl.top}, 0)
+		bar := &l.layers[layerBars][cl.bar].r
+		bar.h = ry - bar.y
 		if k > 0 && rs[k-1].call == i {
 			// Right after its request: one area for both rows.
-			hitTop = cl.top - float64(len(cl.req))*lineH - 3 - 2
+			hitTop = l.layers[layerBars][cl.bar].r.y - float64(len(cl.req))*lineH - 3 - 2
 		}
 		l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, xa + actW + 4 - margin, ry + 6 - hitTop}, tip: tip})
 		y = ry + 12
@@ -432,8 +439,8 @@ func layout(d *diagram) (*drawing, error) {
 		l.line(layerLines, "ll", x[i], hdrTop+hdrH, x[i], ftrTop)
 	}
 	for _, i := range opens {
-		r := &l.layers[layerShapes][i].r
-		r.h = ftrTop - 6 - r.y
+		r := &l.layers[layerBars][i].r
+		r.h = nb.y - 4 - r.y // open until the capture's end: the closing note
 	}
 	boxBottom := ftrTop + hdrH + 10
 	l.rect(layerBack, "rt", box{boxL, boxTop, boxR - boxL, boxBottom - boxTop}, 10)

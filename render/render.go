@@ -192,6 +192,7 @@ type call struct {
 	req    string // "RunPodSandbox(default/nginx)"
 	result string // "sandbox 3f2a1b9c4d5e", or the error for a failed call
 	full   string // tooltip: the unshortened result or error
+	argID  string // tooltip of the request: the full ID it is about
 	failed bool
 	done   bool          // a reply (or error) came back
 	dur    time.Duration // the call's duration (summed when folded)
@@ -206,8 +207,10 @@ type call struct {
 }
 
 // phaseSpan is a run of consecutive calls of one phase, the story's unit
-// ("sandbox", "image", "create web"): from its first request to the last
-// reply of its own calls (not of the status calls made meanwhile).
+// ("sandbox", "image", "create web"), timed as the time while at least one
+// of its own calls was open: not the status calls made meanwhile, nor the
+// waits between calls (kubelet's garbage collector may re-send
+// StopPodSandbox a minute after the stop).
 type phaseSpan struct {
 	name string
 	dur  time.Duration
@@ -297,6 +300,15 @@ func (c *call) reqLabel() string {
 	return c.req
 }
 
+// reqTip is the request label's tooltip: the label with the full ID the
+// call is about, which the label may show shortened.
+func (c *call) reqTip() string {
+	if c.argID == "" {
+		return ""
+	}
+	return c.reqLabel() + " — " + c.argID
+}
+
 // retLabel is the return arrow's text ("" when no reply came).
 func (c *call) retLabel() string {
 	if !c.done {
@@ -370,6 +382,7 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 			to:     d.participant(s.Service),
 			phase:  cut(clean(s.Phase), maxPhase),
 			polled: s.Inherited,
+			argID:  cut(clean(s.ArgID), maxLabel),
 			req:    cut(cut(clean(s.Method), maxName)+"("+clean(s.Arg)+")", maxLabel),
 			done:   s.Done || s.Err != "",
 			n:      1,
@@ -458,11 +471,17 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 // the call that opens each.
 func phaseSpans(calls []call) []phaseSpan {
 	var out []phaseSpan
-	var start, end time.Duration
+	var start, end time.Duration // the last interval of the phase's union
+	flush := func() {
+		if len(out) > 0 {
+			out[len(out)-1].dur += end - start
+		}
+	}
 	prev := ""
 	for i := range calls {
 		c := &calls[i]
 		if c.phase != "" && c.phase != prev {
+			flush()
 			out = append(out, phaseSpan{name: c.phase})
 			c.opens = len(out)
 			start, end = c.at, c.at
@@ -472,11 +491,18 @@ func phaseSpans(calls []call) []phaseSpan {
 			continue
 		}
 		c.span = len(out)
-		if c.done && !c.polled && c.end > end {
+		if !c.done || c.polled {
+			continue
+		}
+		switch {
+		case c.at > end: // a new interval: the one before is counted
+			out[len(out)-1].dur += end - start
+			start, end = c.at, c.end
+		case c.end > end:
 			end = c.end
 		}
-		out[len(out)-1].dur = end - start
 	}
+	flush()
 	return out
 }
 

@@ -428,3 +428,37 @@ func TestRows(t *testing.T) {
 		}
 	}
 }
+
+// TestPhaseSpans checks how phases are timed: the time while one of their
+// own calls was open, status calls made meanwhile and waits not counted.
+func TestPhaseSpans(t *testing.T) {
+	ms := func(v int) time.Duration { return time.Duration(v) * time.Millisecond }
+	c := func(phase string, at, end int, polled bool) call {
+		return call{phase: phase, at: ms(at), end: ms(end), done: true, polled: polled}
+	}
+	calls := []call{
+		c("stop", 0, 340, false),
+		c("stop", 1, 300, false), // in parallel with the first
+		c("stop", 345, 533, false),
+		c("stop", 600, 1400, true), // a status call: not counted
+		c("stop", 42000, 42001, false),
+		c("remove", 42002, 42010, false),
+		c("stop", 42020, 42025, false), // the same name again: a phase of its own
+		{phase: "stop", at: ms(42030)}, // never answered: not counted
+	}
+	got := phaseSpans(calls)
+	want := []phaseSpan{{name: "stop", dur: ms(340 + 188 + 1)}, {name: "remove", dur: ms(8)}, {name: "stop", dur: ms(5)}}
+	if len(got) != len(want) {
+		t.Fatalf("phases %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("phase %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	for i, wantOpens := range []int{1, 0, 0, 0, 0, 2, 3, 0} {
+		if calls[i].opens != wantOpens {
+			t.Errorf("call %d opens phase %d, want %d", i, calls[i].opens, wantOpens)
+		}
+	}
+}

@@ -41,7 +41,7 @@ func svgWith(w io.Writer, f *flow.Flow, o Options) error {
 // Palette.
 const svgStyle = `
 .bg{fill:#ffffff}
-.rt{fill:#f5f7fa;stroke:#b0bec5;stroke-width:1}
+.rt{fill:#fafbfc;stroke:#b0bec5;stroke-width:1}
 .ll{stroke:#90a4ae;stroke-width:1;stroke-dasharray:4 4}
 .hd{fill:#ffffff;stroke:#78909c;stroke-width:1.2}
 .hc{fill:#cfd8dc;stroke:#546e7a;stroke-width:1.2}
