@@ -18,8 +18,9 @@ import (
 // phases, arrows and labels in the same order, start times included. Each
 // is read back from the output a user gets, not from render's internals.
 
-// story reads the phases and arrows of a PlantUML diagram: "phase …",
-// "req PARTICIPANT +TIME label", "ret PARTICIPANT label".
+// pumlStory reads the phases, arrows and notes of a PlantUML diagram:
+// "phase …", "req PARTICIPANT +TIME label", "ret PARTICIPANT label",
+// "noreply PARTICIPANT text", "note text" (the closing note).
 func pumlStory(t *testing.T, src string) []string {
 	t.Helper()
 	var out []string
@@ -30,6 +31,10 @@ func pumlStory(t *testing.T, src string) []string {
 			out = append(out, "req "+m[1]+" "+pumlText(m[2])+" "+pumlText(m[3]))
 		} else if m := pumlRet.FindStringSubmatch(line); m != nil {
 			out = append(out, "ret "+m[1]+" "+pumlText(m[2]))
+		} else if m := pumlNote.FindStringSubmatch(line); m != nil {
+			out = append(out, "note "+pumlText(m[1]))
+		} else if m := pumlNoReply.FindStringSubmatch(line); m != nil {
+			out = append(out, "noreply "+m[1]+" "+pumlText(m[2]))
 		}
 	}
 	return out
@@ -39,6 +44,8 @@ var (
 	pumlDivider = regexp.MustCompile(`^== (?:<color:#E65100>)?(.*?)(?:</color>)? ==$`)
 	pumlReq     = regexp.MustCompile(`^Client -> (\w+) : <color:#90A4AE><size:11>(.*?)</size></color>  (.*)$`)
 	pumlRet     = regexp.MustCompile(`^(\w+) -(?:\[#C62828\])?-> Client : (?:<color:#C62828>)?(.*?)(?:</color>)?$`)
+	pumlNote    = regexp.MustCompile(`^note over Client, \w+(?: #FFF3E0)? : (.*)$`)
+	pumlNoReply = regexp.MustCompile(`^hnote over (\w+) #FFF3E0 : (.*)$`)
 )
 
 // pumlText undoes pumlEsc.
@@ -55,8 +62,14 @@ func mmdStory(t *testing.T, src string) []string {
 	var out []string
 	for _, line := range strings.Split(src, "\n") {
 		line = strings.TrimSpace(line)
-		if m := mmdPhase.FindStringSubmatch(line); m != nil && !strings.HasPrefix(m[1], "pod ") {
-			out = append(out, "phase "+mmdText(m[1]))
+		if m := mmdPhase.FindStringSubmatch(line); m != nil {
+			if strings.HasPrefix(m[1], "pod ") {
+				out = append(out, "note "+mmdText(m[1]))
+			} else {
+				out = append(out, "phase "+mmdText(m[1]))
+			}
+		} else if m := mmdNoReply.FindStringSubmatch(line); m != nil {
+			out = append(out, "noreply "+m[1]+" "+mmdText(m[2]))
 		} else if m := mmdReq.FindStringSubmatch(line); m != nil {
 			at, label, _ := strings.Cut(strings.ReplaceAll(m[2], "<br>", " "), " · ")
 			out = append(out, "req "+m[1]+" "+mmdText(at)+" "+mmdText(label))
@@ -68,10 +81,11 @@ func mmdStory(t *testing.T, src string) []string {
 }
 
 var (
-	mmdPhase = regexp.MustCompile(`^Note over Client,\w+: (.*)$`)
-	mmdReq   = regexp.MustCompile(`^Client->>\+?(\w+): (.*)$`)
-	mmdRet   = regexp.MustCompile(`^(\w+)--(?:>>|x)-Client: (.*)$`)
-	mmdCode  = regexp.MustCompile(`#(\d+|lt|gt|amp|quot);`)
+	mmdPhase   = regexp.MustCompile(`^Note over Client,\w+: (.*)$`)
+	mmdNoReply = regexp.MustCompile(`^Note over (\w+): (.*)$`)
+	mmdReq     = regexp.MustCompile(`^Client->>\+?(\w+): (.*)$`)
+	mmdRet     = regexp.MustCompile(`^(\w+)--(?:>>|x)-Client: (.*)$`)
+	mmdCode    = regexp.MustCompile(`#(\d+|lt|gt|amp|quot);`)
 )
 
 // mmdText undoes mmdEsc and mmdLines.
@@ -157,6 +171,10 @@ func svgStory(t *testing.T, src []byte) []string {
 			i++
 		case tx.class == "r" || tx.class == "e":
 			out = append(out, "ret "+norm(tx.s))
+		case tx.class == "":
+			out = append(out, "note "+norm(tx.s))
+		case tx.class == "nr":
+			out = append(out, "noreply "+norm(tx.s))
 		}
 	}
 	return out
@@ -172,12 +190,13 @@ func norm(s string) string {
 	}, s)
 }
 
-// dropParticipants removes the participant of "req RS …" / "ret RS …".
+// dropParticipants removes the participant of "req RS …", "ret RS …" and
+// "noreply RS …".
 func dropParticipants(story []string) []string {
 	out := make([]string, len(story))
 	for i, s := range story {
 		kind, rest, _ := strings.Cut(s, " ")
-		if kind != "phase" {
+		if kind != "phase" && kind != "note" {
 			_, rest, _ = strings.Cut(rest, " ")
 		}
 		out[i] = kind + " " + rest
@@ -211,6 +230,14 @@ func TestFormatsTellTheSameStory(t *testing.T) {
 		svg := svgStory(t, render(t, "svg", n.f))
 		if len(puml) < 2*len(n.f.Steps)-countOpen(n.f) {
 			t.Errorf("%s: %d PlantUML arrows and phases for %d calls", n.name, len(puml), len(n.f.Steps))
+		}
+		notes, noReplies := 0, 0
+		for _, s := range puml {
+			notes += btoi(strings.HasPrefix(s, "note "))
+			noReplies += btoi(strings.HasPrefix(s, "noreply "))
+		}
+		if notes != 1 || noReplies != countOpen(n.f) {
+			t.Errorf("%s: PlantUML has %d closing notes and %d no-reply notes, want 1 and %d", n.name, notes, noReplies, countOpen(n.f))
 		}
 		if strings.Contains(mmdOut, "Mermaid size limit") {
 			mmd = nil // folded to fit: checked by the Mermaid tests
@@ -268,4 +295,11 @@ func firstDiff(a, b []string) string {
 		}
 	}
 	return ""
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
