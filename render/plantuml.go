@@ -5,6 +5,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/criseq/criseq/flow"
 )
@@ -45,8 +46,18 @@ skinparam NoteBackgroundColor #FFFDE7
 `
 
 func writePlantUML(w errWriter, d *diagram) {
+	rs := rows(d.calls)
+	away := apart(rs, len(d.calls))
+	breaks := pumlBreaks(d, rs, away)
+	pages := len(breaks) + 1
+	page := func(n int) string {
+		if pages == 1 {
+			return ""
+		}
+		return " (" + strconv.Itoa(n) + "/" + strconv.Itoa(pages) + ")"
+	}
 	w.str(pumlHeader)
-	w.str("title <b>", pumlEsc(d.title), "</b>\\n<size:11><color:#546E7A>", pumlEsc(d.subtitle), "</color></size>\n\n")
+	w.str("title <b>", pumlEsc(d.title+page(1)), "</b>\\n<size:11><color:#546E7A>", pumlEsc(d.subtitle), "</color></size>\n\n")
 
 	w.str("participant \"", pumlEsc(d.parts[pClient].name), "\" as ", d.parts[pClient].alias, " #CFD8DC\n")
 	w.str("box \"", pumlEsc(d.boxTitle), "\" #F5F7FA\n")
@@ -56,11 +67,14 @@ func writePlantUML(w errWriter, d *diagram) {
 	w.str("end box\n")
 
 	client := d.parts[pClient].alias
-	rs := rows(d.calls)
-	away := apart(rs, len(d.calls))
-	for _, r := range rs {
+	for k, r := range rs {
 		c := &d.calls[r.call]
 		to := d.parts[c.to].alias
+		if len(breaks) > 0 && breaks[0] == k {
+			// Bars still open go on over the page break.
+			w.str("\nnewpage ", pumlEsc(d.title+page(pages-len(breaks)+1)), "\n")
+			breaks = breaks[1:]
+		}
 		if !r.reply {
 			if c.opens > 0 {
 				ph := &d.phases[c.opens-1]
@@ -97,6 +111,48 @@ func writePlantUML(w errWriter, d *diagram) {
 	}
 	w.str("\nnote over ", client, ", ", d.parts[len(d.parts)-1].alias, color, " : ", pumlEsc(d.note), "\n")
 	w.str("@enduml\n")
+}
+
+// PlantUML crops a PNG at 4,096 pixels (its PLANTUML_LIMIT_SIZE): a long
+// flow goes on several pages ("newpage"), each one image, a
+// "…_001.png" for the second. The page height is estimated from
+// PlantUML's look at 13px: about 30px per one-line arrow, 16px per line
+// more once a label wraps (maxMessageSize 420px, ~55 characters), 40px
+// per phase divider; pumlPage leaves room for the title, headers, footers
+// and the closing note.
+const (
+	pumlPage      = 3300.0
+	pumlArrow     = 30.0
+	pumlLine      = 16.0
+	pumlLineRunes = 55
+	pumlDividerH  = 40.0
+)
+
+// pumlBreaks returns the rows before which a new page starts: the first
+// row, request or reply, that would not fit.
+func pumlBreaks(d *diagram, rs []row, away []bool) []int {
+	var out []int
+	used := 0.0
+	for k, r := range rs {
+		c := &d.calls[r.call]
+		label := c.reqLabel()
+		if r.reply {
+			label = c.replyLabel(away[r.call])
+		}
+		h := pumlArrow + pumlLine*float64((utf8.RuneCountInString(label)-1)/pumlLineRunes)
+		if !r.reply && c.opens > 0 {
+			h += pumlDividerH
+		}
+		if !r.reply && !c.done {
+			h += pumlArrow // the no-reply note
+		}
+		if used+h > pumlPage && used > 0 {
+			out = append(out, k)
+			used = 0
+		}
+		used += h
+	}
+	return out
 }
 
 // pumlEsc escapes s for any PlantUML text position (quoted names, titles,

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/xml"
+	"fmt"
+	"image/png"
 	"io"
 	"os"
 	"os/exec"
@@ -12,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/criseq/criseq/flow"
 )
 
 // pumlStatement matches every line PlantUML output may have; named groups
@@ -30,6 +34,7 @@ var pumlStatement = regexp.MustCompile(`^(` +
 	`(RS|IS|S\d+) -\[#C62828\]-> Client : <color:#C62828>(?P<t9>.*)</color>|` +
 	`(de)?activate (RS|IS|S\d+)|` +
 	`activate (RS|IS|S\d+) #FFE0B2|` +
+	`newpage (?P<t13>.*)|` +
 	`hnote over (RS|IS|S\d+) #FFF3E0 : (?P<t10>.*)|` +
 	`note over Client, (RS|IS|S\d+)( #FFF3E0)? : (?P<t11>.*)|` +
 	`)$`)
@@ -169,4 +174,70 @@ func svgTexts(t *testing.T, svg []byte) string {
 		}
 	}
 	return strings.Join(out, " ")
+}
+
+// TestPlantUMLPages renders long flows with the real PlantUML to PNG, which
+// it crops at 4,096 pixels: criseq splits them into pages, and no page may
+// be cut.
+func TestPlantUMLPages(t *testing.T) {
+	bin, err := exec.LookPath("plantuml")
+	if err != nil {
+		t.Skip("plantuml not installed (apt-get install -y plantuml): PlantUML pages not checked with the real tool")
+	}
+	if testing.Short() {
+		t.Skip("-short: PlantUML (Java) not run")
+	}
+	wordy := bigFlow(120)
+	for i := range wordy.Steps {
+		s := &wordy.Steps[i]
+		s.Arg = strings.Repeat("a long argument with many words ", 1+i%6)
+		if i%3 == 0 {
+			s.Err = "Unknown: " + strings.Repeat("an error message that goes on and on ", 1+i%5)
+		}
+	}
+	flows := map[string]*flow.Flow{"big": bigFlow(300), "wordy": wordy}
+	dir := t.TempDir()
+	var files []string
+	for name, f := range flows {
+		p := filepath.Join(dir, name+".puml")
+		if err := os.WriteFile(p, render(t, "puml", f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"-tpng", "-charset", "UTF-8", "-failfast2"}, files...)...)
+	cmd.Env = append(os.Environ(), "JAVA_TOOL_OPTIONS=-Djava.awt.headless=true")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("plantuml: %v\n%s", err, out)
+	}
+	for name, f := range flows {
+		src := string(render(t, "puml", f))
+		pages := strings.Count(src, "\nnewpage ") + 1
+		if pages < 2 {
+			t.Errorf("%s: %d calls on one page", name, len(f.Steps))
+		}
+		for i := 0; i < pages; i++ {
+			p := filepath.Join(dir, name+".png")
+			if i > 0 {
+				p = filepath.Join(dir, fmt.Sprintf("%s_%03d.png", name, i))
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatalf("%s: page %d of %d: %v", name, i+1, pages, err)
+			}
+			cfg, err := png.DecodeConfig(bytes.NewReader(b))
+			if err != nil {
+				t.Fatalf("%s: page %d: %v", name, i+1, err)
+			}
+			t.Logf("%s: page %d of %d: %d×%d px", name, i+1, pages, cfg.Width, cfg.Height)
+			if cfg.Height >= 4096 {
+				t.Errorf("%s: page %d is %d px high: PlantUML cut it", name, i+1, cfg.Height)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("%s_%03d.png", name, pages))); err == nil {
+			t.Errorf("%s: PlantUML drew more pages than the %d criseq made", name, pages)
+		}
+	}
 }
