@@ -410,7 +410,7 @@ func layout(d *diagram) (*drawing, error) {
 		bar.h = ry - bar.y
 		if k > 0 && rs[k-1].call == i {
 			// Right after its request: one area for both rows.
-			hitTop = l.layers[layerBars][cl.bar].r.y - float64(len(cl.req))*lineH - 3 - 2
+			hitTop = bar.y - float64(len(cl.req))*lineH - 3 - 2
 		}
 		l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, xa + actW + 4 - margin, ry + 6 - hitTop}, tip: tip})
 		y = ry + 12

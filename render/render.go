@@ -435,6 +435,11 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 			d.note += " · " + fmtDur(total) + " observed"
 		}
 	}
+	if failed := countFailed(d.calls); failed == 1 {
+		d.note += " · 1 call failed"
+	} else if failed > 1 {
+		d.note += " · " + strconv.Itoa(failed) + " calls failed"
+	}
 	d.phases = phaseSpans(d.calls)
 	longest := -1
 	for i, p := range d.phases {
@@ -465,6 +470,16 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 		d.note += " · longest call: " + critCall
 	}
 	return d, nil
+}
+
+func countFailed(calls []call) int {
+	n := 0
+	for i := range calls {
+		if calls[i].failed {
+			n++
+		}
+	}
+	return n
 }
 
 // phaseSpans splits calls into runs of one phase, times each run, and marks

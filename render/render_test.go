@@ -462,3 +462,23 @@ func TestPhaseSpans(t *testing.T) {
 		}
 	}
 }
+
+// TestNoteCountsFailures checks that the closing note says how many calls
+// failed, and says nothing of failures when none did.
+func TestNoteCountsFailures(t *testing.T) {
+	for _, tt := range []struct {
+		f    *flow.Flow
+		want string
+	}{
+		{failedPullFlow(), " · 2 calls failed"},
+		{startFlow(), ""},
+	} {
+		d, err := newDiagram(tt.f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(d.note, "failed"); got != (tt.want != "") || !strings.Contains(d.note, tt.want) {
+			t.Errorf("note %q, want %q in it", d.note, tt.want)
+		}
+	}
+}
