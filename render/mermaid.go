@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"sort"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -16,46 +15,103 @@ import (
 // diagrams of maxTextSize (50,000) characters or more by default.
 const MermaidLimit = 50000
 
-// Mermaid writes f as a Mermaid sequence diagram. Output stays under
-// MermaidLimit bytes: if the diagram is longer, runs of identical consecutive
-// calls are folded into one ("ContainerStatus(web) ×5"), and if it is still
-// too long, the calls that do not fit are left out and a note says how many.
+// Mermaid writes f as a Mermaid sequence diagram under MermaidLimit bytes:
+// the first of MermaidParts when the flow needs several.
 func Mermaid(w io.Writer, f *flow.Flow) error {
-	d, err := newDiagram(f)
+	parts, err := MermaidParts(f)
 	if err != nil {
-		return fmt.Errorf("render mmd: %w", err)
+		return err
 	}
-	out := mermaidFit(d, MermaidLimit)
-	if _, err := w.Write(out); err != nil {
+	if _, err := w.Write(parts[0]); err != nil {
 		return fmt.Errorf("render mmd: %w", err)
 	}
 	return nil
 }
 
-// mermaidFit renders d in fewer than limit bytes if it can.
-func mermaidFit(d *diagram, limit int) []byte {
-	out := mermaidBytes(d, d.calls, 0)
-	if len(out) < limit {
-		return out
+// MermaidParts writes f as Mermaid sequence diagrams of fewer than
+// MermaidLimit bytes each: one if the flow fits, else first with runs of
+// identical consecutive calls folded into one ("ContainerStatus(web) ×5"),
+// and if it still does not fit, split in parts titled "(2/3)", each ending
+// with a note that points to the next. PartExt names their files.
+func MermaidParts(f *flow.Flow) ([][]byte, error) {
+	d, err := newDiagram(f)
+	if err != nil {
+		return nil, fmt.Errorf("render mmd: %w", err)
 	}
-	calls := folded(d.calls)
-	out = mermaidBytes(d, calls, 0)
-	if len(out) < limit {
-		return out
-	}
-	// Keep the longest prefix of calls that fits with the truncation note.
-	n := sort.Search(len(calls)+1, func(n int) bool {
-		return len(mermaidBytes(d, calls[:n], len(calls)-n)) >= limit
-	}) - 1
-	if n < 0 {
-		n = 0
-	}
-	return mermaidBytes(d, calls[:n], len(calls)-n)
+	return mermaidFit(d, MermaidLimit), nil
 }
 
-func mermaidBytes(d *diagram, calls []call, omitted int) []byte {
+// PartExt is the file name ending of part k (from 0) of a diagram in
+// format: Ext(format) for the first part, then "_2.mmd", "_3.mmd"…
+func PartExt(format string, k int) string {
+	if k == 0 {
+		return Ext(format)
+	}
+	return "_" + strconv.Itoa(k+1) + Ext(format)
+}
+
+// mermaidFit renders d in parts of fewer than limit bytes each, if it can
+// (a part holds at least one arrow).
+func mermaidFit(d *diagram, limit int) [][]byte {
+	calls := d.calls
+	rs := rows(calls)
+	if out := mermaidPage(d, calls, rs, 0, len(rs), 1, 1); len(out) < limit {
+		return [][]byte{out}
+	}
+	calls = folded(d.calls)
+	rs = rows(calls)
+	if out := mermaidPage(d, calls, rs, 0, len(rs), 1, 1); len(out) < limit {
+		return [][]byte{out}
+	}
+	// Split by an estimate of each row's bytes; if a part still comes out
+	// too long, split finer.
+	fixed := len(mermaidPage(d, calls, rs, 0, 0, 2, 2))
+	away := apart(rs, len(calls))
+	cost := make([]int, len(rs)) // the bytes of a row's lines, about
+	for k, r := range rs {
+		c := &calls[r.call]
+		switch {
+		case r.reply:
+			cost[k] = 26 + len(mmdLines(c.replyLabel(away[r.call])))
+		default:
+			cost[k] = 26 + len(mmdLines(fmtAt(c.at)+" · "+c.reqLabel()))
+			if c.opens > 0 {
+				cost[k] += 80 + len(mmdLines(d.phases[c.opens-1].label()))
+			}
+		}
+	}
+	for budget := limit - fixed - 200; ; budget = budget * 3 / 4 {
+		var cuts []int // start row of each part
+		used := 0
+		for k, r := range rs {
+			// A reply stays with the request right before it.
+			together := k > 0 && r.reply && rs[k-1].call == r.call && !rs[k-1].reply
+			if k == 0 || used+cost[k] > budget && (!together || used > budget/2) {
+				cuts = append(cuts, k)
+				used = 0
+			}
+			used += cost[k]
+		}
+		cuts = append(cuts, len(rs))
+		var parts [][]byte
+		fits := true
+		for p := 0; p+1 < len(cuts); p++ {
+			out := mermaidPage(d, calls, rs, cuts[p], cuts[p+1], p+1, len(cuts)-1)
+			fits = fits && len(out) < limit
+			parts = append(parts, out)
+		}
+		if fits || budget <= 0 {
+			return parts
+		}
+	}
+}
+
+// mermaidPage writes rows rs[from:to] of calls as part page of pages. A
+// call whose request and reply fall in different parts is drawn without
+// its activation, which Mermaid cannot carry over.
+func mermaidPage(d *diagram, calls []call, rs []row, from, to, page, pages int) []byte {
 	var b bytes.Buffer
-	writeMermaid(&b, d, calls, omitted)
+	writeMermaid(&b, d, calls, rs, from, to, page, pages)
 	return b.Bytes()
 }
 
@@ -65,16 +121,20 @@ var phaseFill = [2]string{"rgba(236,239,241,0.55)", "rgba(255,248,225,0.55)"}
 // critFill is behind the longest phase.
 const critFill = "rgba(255,224,178,0.6)"
 
-func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, omitted int) {
+func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, rs []row, from, to, page, pages int) {
 	str := func(ss ...string) {
 		for _, s := range ss {
 			w.WriteString(s)
 		}
 	}
+	title := d.title
+	if pages > 1 {
+		title += " (" + strconv.Itoa(page) + "/" + strconv.Itoa(pages) + ")"
+	}
 	str("sequenceDiagram\n")
 	// Mermaid does not widen the diagram for its title: keep it short (the
 	// client and the runtime are named by the participants and the box).
-	str("    title ", mmdEsc(d.title), "\n")
+	str("    title ", mmdEsc(title), "\n")
 	str("    participant ", d.parts[pClient].alias, " as ", mmdEsc(d.parts[pClient].name), "\n")
 	// Mermaid takes the box's colour greedily up to the last ')' of the
 	// line: the title's parentheses are escaped.
@@ -87,49 +147,78 @@ func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, omitted int) {
 
 	client := d.parts[pClient].alias
 	last := d.parts[len(d.parts)-1].alias
-	inRect, nPhase := false, 0
-	indent := "    "
-	rs := rows(calls)
 	away := apart(rs, len(calls))
-	for _, r := range rs {
-		c := &calls[r.call]
-		to := d.parts[c.to].alias
+	reqAt, repAt := make([]int, len(calls)), make([]int, len(calls))
+	phase := 0 // 1 + index of the phase in force
+	for k, r := range rs {
 		if r.reply {
-			arrow := "-->>-"
+			repAt[r.call] = k
+			continue
+		}
+		reqAt[r.call], repAt[r.call] = k, len(rs)
+		if k < from && calls[r.call].opens > 0 {
+			phase = calls[r.call].opens
+		}
+	}
+	inRect := false
+	indent := "    "
+	openPhase := func(ph int, cont bool) {
+		if inRect {
+			str("    end\n")
+		}
+		fill := phaseFill[(ph-1)%2]
+		if d.phases[ph-1].crit {
+			fill = critFill
+		}
+		label := d.phases[ph-1].label()
+		if cont {
+			label += " (continued)"
+		}
+		str("    rect ", fill, "\n")
+		str("        Note over ", client, ",", last, ": ", mmdLines(label), "\n")
+		inRect, indent = true, "        "
+	}
+	if from < to && phase > 0 && (rs[from].reply || calls[rs[from].call].opens == 0) {
+		openPhase(phase, true)
+	}
+	for k := from; k < to; k++ {
+		r := rs[k]
+		c := &calls[r.call]
+		who := d.parts[c.to].alias
+		if r.reply {
+			arrow := "-->>"
 			if c.failed {
-				arrow = "--x-"
+				arrow = "--x"
 			}
-			str(indent, to, arrow, client, ": ", mmdLines(c.replyLabel(away[r.call])), "\n")
+			if reqAt[r.call] >= from {
+				arrow += "-" // its activation began in this part
+			}
+			// A reply whose request is in an earlier part names its call.
+			str(indent, who, arrow, client, ": ", mmdLines(c.replyLabel(away[r.call] || reqAt[r.call] < from)), "\n")
 			continue
 		}
 		if c.opens > 0 {
-			ph := &d.phases[c.opens-1]
-			if inRect {
-				str("    end\n")
-			}
-			fill := phaseFill[nPhase%2]
-			if ph.crit {
-				fill = critFill
-			}
-			str("    rect ", fill, "\n")
-			str("        Note over ", client, ",", last, ": ", mmdLines(ph.label()), "\n")
-			inRect, indent = true, "        "
-			nPhase++
+			openPhase(c.opens, false)
 		}
 		// The start time, as in the SVG's gutter.
 		req := mmdLines(fmtAt(c.at) + " · " + c.reqLabel())
 		if !c.done {
-			str(indent, client, "->>", to, ": ", req, "\n")
-			str(indent, "Note over ", to, ": ", mmdLines(noReply), "\n")
+			str(indent, client, "->>", who, ": ", req, "\n")
+			str(indent, "Note over ", who, ": ", mmdLines(noReply), "\n")
 			continue
 		}
-		str(indent, client, "->>+", to, ": ", req, "\n")
+		arrow := "->>"
+		if repAt[r.call] < to {
+			arrow += "+" // its reply is in this part too
+		}
+		str(indent, client, arrow, who, ": ", req, "\n")
 	}
 	if inRect {
 		str("    end\n")
 	}
-	if omitted > 0 {
-		str("    Note over ", client, ",", last, ": ", mmdLines("… "+strconv.Itoa(omitted)+" more calls not shown (Mermaid size limit); see the SVG or PlantUML diagram"), "\n")
+	if page < pages {
+		str("    Note over ", client, ",", last, ": ", mmdLines("continued in part "+strconv.Itoa(page+1)+" of "+strconv.Itoa(pages)), "\n")
+		return
 	}
 	str("    Note over ", client, ",", last, ": ", mmdLines(d.note), "\n")
 }

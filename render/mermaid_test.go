@@ -3,6 +3,7 @@ package render
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ var mmdStatement = regexp.MustCompile(`^(` +
 	`|    rect rgba\([0-9,.]+\)` +
 	`|(    )+Note over (Client|RS|IS|S\d+)(,(Client|RS|IS|S\d+))?: (?P<t5>.+)` +
 	`|(    )+Client->>\+?(RS|IS|S\d+): (?P<t6>.+)` +
-	`|(    )+(RS|IS|S\d+)(-->>-|--x-)Client: (?P<t7>.+)` +
+	`|(    )+(RS|IS|S\d+)(-->>-?|--x-?)Client: (?P<t7>.+)` +
 	`)$`)
 
 // mmdDecode undoes mmdEsc the way Mermaid does: "#59;" → ";", "#lt;" → "<".
@@ -134,7 +135,7 @@ func TestMermaidFold(t *testing.T) {
 			Duration: time.Millisecond, Done: true})
 	}
 	d, _ := newDiagram(f)
-	if n := len(mermaidBytes(d, d.calls, 0)); n < MermaidLimit {
+	if n := len(mermaidPage(d, d.calls, rows(d.calls), 0, 2*len(d.calls), 1, 1)); n < MermaidLimit {
 		t.Fatalf("unfolded output is only %d bytes; the test needs more", n)
 	}
 	out := string(render(t, "mmd", f))
@@ -152,42 +153,94 @@ func TestMermaidFold(t *testing.T) {
 	}
 }
 
-func TestMermaidTruncate(t *testing.T) {
-	// 3000 different calls: nothing folds, the tail is cut.
+func TestMermaidSplit(t *testing.T) {
+	// 3000 different calls: nothing folds, the flow is split in parts.
 	f := startFlow()
 	for i := 0; i < 3000; i++ {
 		f.Steps = append(f.Steps, flow.Step{Service: "RuntimeService", Method: "ContainerStatus", Arg: fmt.Sprintf("web-%d", i),
 			Result: "CONTAINER_RUNNING", Phase: "status", Start: t0.Add(2*time.Second + time.Duration(i)*time.Millisecond),
 			Duration: time.Millisecond, Done: true})
 	}
-	out := string(render(t, "mmd", f))
-	if len(out) >= MermaidLimit {
-		t.Fatalf("output is %d bytes", len(out))
+	parts, err := MermaidParts(f)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(out) < MermaidLimit-500 {
-		t.Errorf("output is %d bytes: the cut left room for more calls", len(out))
+	if len(parts) < 2 {
+		t.Fatalf("%d part", len(parts))
 	}
-	texts := mmdTexts(t, out)
-	all := strings.Join(texts, "\n")
-	m := regexp.MustCompile(`… (\d+) more calls not shown \(Mermaid size limit\)`).FindStringSubmatch(all)
-	if m == nil {
-		t.Fatal("no truncation note")
+	var all []string
+	for k, p := range parts {
+		out := string(p)
+		if len(out) >= MermaidLimit {
+			t.Errorf("part %d is %d bytes", k+1, len(out))
+		}
+		if k+1 < len(parts) && len(out) < MermaidLimit*3/4 {
+			t.Errorf("part %d is %d bytes: the split left room for more calls", k+1, len(out))
+		}
+		texts := mmdTexts(t, out)
+		title := fmt.Sprintf("default/nginx — pod start (%d/%d)", k+1, len(parts))
+		if !strings.Contains(out, "title "+title+"\n") {
+			t.Errorf("part %d lacks the title %q", k+1, title)
+		}
+		last := texts[len(texts)-1]
+		if k+1 < len(parts) {
+			if want := fmt.Sprintf("continued in part %d of %d", k+2, len(parts)); last != want {
+				t.Errorf("part %d ends with %q, want %q", k+1, last, want)
+			}
+		} else if !strings.HasPrefix(last, "pod started in") {
+			t.Errorf("last text %q, want the total", last)
+		}
+		if k > 0 && !strings.Contains(out, "Note over Client,IS: status · 3.00s (continued)") {
+			t.Errorf("part %d does not say which phase it continues", k+1)
+		}
+		all = append(all, texts...)
 	}
-	shown := strings.Count(all, "ContainerStatus(web-")
-	if n, _ := strconv.Atoi(m[1]); n+shown != 3000 {
-		t.Errorf("%d shown + %d not shown != 3000", shown, n)
+	joined := strings.Join(all, "\n")
+	for i := 0; i < 3000; i++ {
+		if n := strings.Count(joined, fmt.Sprintf("ContainerStatus(web-%d)\n", i)); n != 1 {
+			t.Fatalf("ContainerStatus(web-%d) drawn %d times", i, n)
+		}
 	}
-	if last := texts[len(texts)-1]; !strings.HasPrefix(last, "pod started in") {
-		t.Errorf("last text %q, want the total", last)
+	if ext := PartExt("mmd", 2); ext != "_3.mmd" {
+		t.Errorf("PartExt(mmd, 2) = %q", ext)
 	}
 }
 
 func TestMermaidFitSmallLimit(t *testing.T) {
-	// A limit smaller than the header alone still gives a valid diagram.
-	d, _ := newDiagram(startFlow())
-	out := string(mermaidFit(d, 100))
-	mmdTexts(t, out)
-	if !strings.Contains(out, "6 more calls not shown") {
-		t.Errorf("no note for the 6 calls left out:\n%s", out)
+	// A limit smaller than the header alone still gives valid diagrams,
+	// one arrow each, that together draw every call.
+	d, _ := newDiagram(stopFlow())
+	parts := mermaidFit(d, 100)
+	if len(parts) != 8 {
+		t.Errorf("%d parts, want one per arrow (8)", len(parts))
 	}
+	var all []string
+	for _, p := range parts {
+		all = append(all, mmdTexts(t, string(p))...)
+	}
+	for _, c := range d.calls {
+		if !slices.ContainsFunc(all, func(s string) bool { return strings.HasSuffix(s, " · "+c.reqLabel()) }) {
+			t.Errorf("%s not drawn", c.reqLabel())
+		}
+	}
+}
+
+// splitFlow is too long for one Mermaid diagram even folded, with calls
+// that stay open across many others, so that parts begin and end inside
+// open calls.
+func splitFlow() *flow.Flow {
+	f := startFlow()
+	for i := 0; i < 900; i++ {
+		s := flow.Step{Service: "RuntimeService", Method: "ContainerStatus", Arg: fmt.Sprintf("web-%d", i),
+			Result: "CONTAINER_RUNNING", Phase: []string{"status", "start web"}[i/300%2],
+			Start: t0.Add(2*time.Second + time.Duration(i)*time.Millisecond), Duration: 500 * time.Microsecond, Done: true}
+		if i%10 == 0 {
+			s.Method, s.Duration = "StartContainer", 15*time.Millisecond
+		}
+		if i%97 == 0 {
+			s.Err = "DeadlineExceeded: context deadline exceeded"
+		}
+		f.Steps = append(f.Steps, s)
+	}
+	return f
 }

@@ -62,6 +62,22 @@ func TestMermaidTool(t *testing.T) {
 		}
 		files = append(files, p)
 	}
+	// A flow in parts: each must be a diagram of its own, with the calls
+	// open across a part's edge drawn without activations.
+	parts, err := MermaidParts(splitFlow())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parts) < 2 {
+		t.Errorf("split flow in %d part", len(parts))
+	}
+	for k, p := range parts {
+		name := filepath.Join(dir, "split"+PartExt("mmd", k))
+		if err := os.WriteFile(name, p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, name)
+	}
 	recorded, err := filepath.Glob(filepath.Join("..", "testdata", "*", "diagrams", "*.mmd"))
 	if err != nil {
 		t.Fatal(err)

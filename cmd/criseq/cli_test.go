@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/criseq/criseq/render"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -150,13 +152,15 @@ func serveCRI(t *testing.T) (dir, sock string, cs *criServer) {
 	return dir, sock, cs
 }
 
-// TestRecordThenRender records a pod start between a real grpc-go CRI
-// client and server with criseq record, then renders it.
-func TestRecordThenRender(t *testing.T) {
-	dir, upstream, cs := serveCRI(t)
+// recordSession runs criseq record between a real grpc-go client and the
+// server at upstream while drive makes its calls, and returns the capture
+// file, checked to be 0600 with the listen socket removed.
+func recordSession(t *testing.T, dir, upstream string,
+	drive func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient)) string {
+	t.Helper()
 	listen, file := filepath.Join(dir, "proxy.sock"), filepath.Join(dir, "cri.pcapng")
-
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var recErr bytes.Buffer
 	done := make(chan error, 1)
 	go func() {
@@ -172,42 +176,55 @@ func TestRecordThenRender(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, img := runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
-	cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "nginx", Namespace: "default", Uid: "u-1"}}
-	must := func(_ any, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(rt.Version(ctx, &runtimeapi.VersionRequest{}))
-	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
-	must(sb, err)
-	must(rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.PodSandboxId}))
-	spec := &runtimeapi.ImageSpec{Image: "registry.local/nginx:1.25"}
-	must(img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: spec}))
-	pulled, err := img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: spec, SandboxConfig: cfg,
-		Auth: &runtimeapi.AuthConfig{Username: "user", Password: "hunter2-registry-password"}})
-	must(pulled, err)
-	ct, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: cfg,
-		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "web"},
-			Image: &runtimeapi.ImageSpec{Image: pulled.ImageRef, UserSpecifiedImage: spec.Image},
-			Envs:  []*runtimeapi.KeyValue{{Key: "TOKEN", Value: []byte("env-secret-value")}}}})
-	must(ct, err)
-	must(rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ct.ContainerId}))
+	drive(ctx, runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn))
 	conn.Close()
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("record: %v\n%s", err, recErr.String())
-	}
-	if cs.gotAuth != "hunter2-registry-password" {
-		t.Errorf("the runtime got password %q through the relay", cs.gotAuth)
 	}
 	if st, err := os.Stat(file); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("capture file: %v, mode %v; want 0600", err, st.Mode().Perm())
 	}
 	if _, err := os.Stat(listen); !os.IsNotExist(err) {
 		t.Errorf("listen socket left behind: %v", err)
+	}
+	return file
+}
+
+func must(t *testing.T) func(any, error) {
+	return func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRecordThenRender records a pod start between a real grpc-go CRI
+// client and server with criseq record, then renders it.
+func TestRecordThenRender(t *testing.T) {
+	dir, upstream, cs := serveCRI(t)
+	file := recordSession(t, dir, upstream, func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient) {
+		must := must(t)
+		cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "nginx", Namespace: "default", Uid: "u-1"}}
+		must(rt.Version(ctx, &runtimeapi.VersionRequest{}))
+		sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		must(sb, err)
+		must(rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.PodSandboxId}))
+		spec := &runtimeapi.ImageSpec{Image: "registry.local/nginx:1.25"}
+		must(img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: spec}))
+		pulled, err := img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: spec, SandboxConfig: cfg,
+			Auth: &runtimeapi.AuthConfig{Username: "user", Password: "hunter2-registry-password"}})
+		must(pulled, err)
+		ct, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: cfg,
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "web"},
+				Image: &runtimeapi.ImageSpec{Image: pulled.ImageRef, UserSpecifiedImage: spec.Image},
+				Envs:  []*runtimeapi.KeyValue{{Key: "TOKEN", Value: []byte("env-secret-value")}}}})
+		must(ct, err)
+		must(rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ct.ContainerId}))
+	})
+	if cs.gotAuth != "hunter2-registry-password" {
+		t.Errorf("the runtime got password %q through the relay", cs.gotAuth)
 	}
 
 	var stdout, stderr bytes.Buffer
@@ -241,5 +258,58 @@ func TestRecordThenRender(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "hunter2-registry-password") {
 		t.Error("--no-redact does not show the registry password")
+	}
+}
+
+// TestRenderSplitsLongMermaid records a pod start with 600 image pulls
+// between real gRPC peers: its Mermaid diagram is too long for Mermaid's
+// default limit even folded, so render writes it in parts, every call in
+// one of them.
+func TestRenderSplitsLongMermaid(t *testing.T) {
+	dir, upstream, _ := serveCRI(t)
+	const pulls = 600
+	file := recordSession(t, dir, upstream, func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient) {
+		must := must(t)
+		cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "many", Namespace: "default", Uid: "u-2"}}
+		sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		must(sb, err)
+		for i := range pulls {
+			spec := &runtimeapi.ImageSpec{Image: fmt.Sprintf("registry.local/layer-%03d:1", i)}
+			must(img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: spec, SandboxConfig: cfg}))
+		}
+		ct, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: cfg,
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "web"},
+				Image: &runtimeapi.ImageSpec{Image: "registry.local/layer-000:1"}}})
+		must(ct, err)
+		must(rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ct.ContainerId}))
+	})
+	var stdout, stderr bytes.Buffer
+	out := filepath.Join(dir, "out")
+	if err := run(context.Background(), []string{"render", "--format", "mmd", "-o", out, file}, &stdout, &stderr); err != nil {
+		t.Fatalf("render: %v\n%s", err, stderr.String())
+	}
+	parts, err := filepath.Glob(filepath.Join(out, "default_many_start*.mmd"))
+	if err != nil || len(parts) < 2 {
+		t.Fatalf("parts %v (%v); render said:\n%s", parts, err, stdout.String())
+	}
+	var all strings.Builder
+	for k := range parts {
+		name := filepath.Join(out, "default_many_start"+render.PartExt("mmd", k))
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) >= render.MermaidLimit {
+			t.Errorf("%s: %d bytes", name, len(b))
+		}
+		if !strings.Contains(stdout.String(), name) {
+			t.Errorf("render did not name %s:\n%s", name, stdout.String())
+		}
+		all.Write(b)
+	}
+	for i := range pulls {
+		if n := strings.Count(all.String(), fmt.Sprintf("PullImage(registry.local/layer-%03d:1)", i)); n != 1 {
+			t.Errorf("PullImage of layer %d in %d parts", i, n)
+		}
 	}
 }

@@ -160,11 +160,11 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, ro render.Opti
 		}
 		var names []string
 		for _, format := range formats {
-			name := filepath.Join(dir, base+render.Ext(format))
-			if err := fw.write(name, func(w io.Writer) error { return render.WriteWith(w, format, f, ro) }); err != nil {
+			written, err := fw.diagram(dir, base, format, f, ro)
+			names = append(names, written...)
+			if err != nil {
 				return err
 			}
-			names = append(names, name)
 		}
 		if len(names) == 0 { // html only: the viewer is written after
 			fmt.Fprintf(stdout, "%-32s %s\n", f.Pod.String(), summary(f))
@@ -223,6 +223,32 @@ type fileWriter struct {
 // renderBufSize is the buffer size render's writers ask for: a
 // *bufio.Writer this large is used as it is, not wrapped in another.
 const renderBufSize = 64 << 10
+
+// diagram writes f in format to dir/base+ext, and the further parts of a
+// diagram that is split to stay within its renderer's limits (Mermaid:
+// base_2.mmd, …). It returns the names written.
+func (fw *fileWriter) diagram(dir, base, format string, f *flow.Flow, ro render.Options) ([]string, error) {
+	if format != "mmd" {
+		name := filepath.Join(dir, base+render.Ext(format))
+		if err := fw.write(name, func(w io.Writer) error { return render.WriteWith(w, format, f, ro) }); err != nil {
+			return nil, err
+		}
+		return []string{name}, nil
+	}
+	parts, err := render.MermaidParts(f)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for k, p := range parts {
+		name := filepath.Join(dir, base+render.PartExt(format, k))
+		if err := fw.write(name, func(w io.Writer) error { _, err := w.Write(p); return err }); err != nil {
+			return names, err
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
 
 func (fw *fileWriter) write(name string, fill func(io.Writer) error) error {
 	fw.buf.Reset()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -253,14 +252,12 @@ func (w *watcher) emit(flows []*flow.Flow) {
 		}
 		var first string
 		for _, format := range w.formats {
-			name := filepath.Join(w.o.out, base+render.Ext(format))
-			if err := w.fw.write(name, func(out io.Writer) error {
-				return render.WriteWith(out, format, f, render.Options{TimeScale: w.o.timescale})
-			}); err != nil && w.err == nil {
+			names, err := w.fw.diagram(w.o.out, base, format, f, render.Options{TimeScale: w.o.timescale})
+			if err != nil && w.err == nil {
 				w.err = err
 			}
-			if first == "" {
-				first = name
+			if first == "" && len(names) > 0 {
+				first = names[0]
 			}
 		}
 		note := ""
