@@ -93,13 +93,13 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
+	go func(done <-chan struct{}) { // runCtx is replaced below when --timeout is set
 		select {
 		case <-w.enough:
 			cancel()
-		case <-runCtx.Done():
+		case <-done:
 		}
-	}()
+	}(runCtx.Done())
 	start := time.Now()
 	if *timeout > 0 {
 		var stopT context.CancelFunc
