@@ -2,7 +2,7 @@
 GO ?= go
 OUT ?= out
 
-.PHONY: all build demo docs test test-deps e2e bench lab fmt vet clean
+.PHONY: all build demo docs test test-deps e2e race bench lab fmt vet clean
 
 all: build
 
@@ -34,6 +34,11 @@ test-deps:
 # Real-peer end-to-end tests (root): containerd + crictl through criseq record.
 e2e: test-deps
 	CRISEQ_E2E=1 $(GO) test -count=1 -v -timeout 40m -run 'E2E' ./lab/
+
+# The unit tests under the race detector (not in .ci/run: it would add
+# minutes to a cold CI run).
+race:
+	$(GO) test -race -short ./...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./capture ./decode ./render ./cmd/criseq
