@@ -313,3 +313,29 @@ func TestRenderSplitsLongMermaid(t *testing.T) {
 		}
 	}
 }
+
+// TestRenderWriteError checks that a diagram that cannot be written stops
+// render with an error naming the file, after the flows before it were
+// reported, and that nothing is written after render returns.
+func TestRenderWriteError(t *testing.T) {
+	out := t.TempDir()
+	// The stop flow's SVG cannot be created: a directory has its name.
+	blocked := filepath.Join(out, "default_hello-criseq-lab_stop.svg")
+	if err := os.Mkdir(blocked, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"render", "-o", out, "--format", "svg,png", filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng")}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), blocked) {
+		t.Fatalf("render: %v, want an error naming %s", err, blocked)
+	}
+	if !strings.Contains(stdout.String(), "default_hello-criseq-lab_start.svg") || strings.Contains(stdout.String(), "_stop.png") {
+		t.Errorf("render reported:\n%s\nwant the start flow and not the stop flow", stdout.String())
+	}
+	// Nothing goes on writing: the directory does not change after render returned.
+	before, _ := os.ReadDir(out)
+	time.Sleep(200 * time.Millisecond)
+	if after, _ := os.ReadDir(out); len(after) != len(before) {
+		t.Errorf("%d files before, %d after render returned", len(before), len(after))
+	}
+}
