@@ -521,6 +521,7 @@ func (g *Grouper) finish(o *open) *Flow {
 	f := o.f
 	sort.SliceStable(f.Steps, func(i, j int) bool { return f.Steps[i].Start.Before(f.Steps[j].Start) })
 	inheritPhases(f.Steps)
+	nameImagePhases(f.Steps)
 	if f.Runtime == "" {
 		f.Runtime = g.runtime
 	}

@@ -196,6 +196,31 @@ func inheritPhases(steps []Step) {
 	}
 }
 
+// nameImagePhases names a run of image calls after the container created
+// right after it ("image web"): kubelet checks, and pulls, each container's
+// image before creating it. A run followed by no CreateContainer (a failed
+// pull) stays "image".
+func nameImagePhases(steps []Step) {
+	for i := 0; i < len(steps); {
+		if steps[i].Phase != "image" {
+			i++
+			continue
+		}
+		j := i
+		for j < len(steps) && steps[j].Phase == "image" {
+			j++
+		}
+		if j < len(steps) {
+			if name, ok := strings.CutPrefix(steps[j].Phase, "create "); ok {
+				for k := i; k < j; k++ {
+					steps[k].Phase = "image " + name
+				}
+			}
+		}
+		i = j
+	}
+}
+
 // ErrorText is a failed call's gRPC code and message, e.g. "NotFound: no such image".
 func ErrorText(c *decode.Call) string {
 	if c.Status < 0 {

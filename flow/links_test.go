@@ -157,3 +157,31 @@ func TestInheritedPhases(t *testing.T) {
 		}
 	}
 }
+
+// TestImagePhasesNamed checks that each container's image phase is named
+// after it, and that a pull no container followed keeps "image".
+func TestImagePhasesNamed(t *testing.T) {
+	var got []string
+	for _, f := range captured(t, "kubelet-init") {
+		if f.Kind != flow.Start {
+			continue
+		}
+		prev := ""
+		for _, s := range f.Steps {
+			if strings.HasPrefix(s.Phase, "image") && s.Phase != prev {
+				got = append(got, s.Phase)
+			}
+			prev = s.Phase
+		}
+	}
+	if want := "image setup,image web,image sidecar"; strings.Join(got, ",") != want {
+		t.Errorf("image phases %q, want %q", strings.Join(got, ","), want)
+	}
+	for _, f := range captured(t, "kubelet-missing") {
+		for _, s := range f.Steps {
+			if s.Method == "PullImage" && s.Phase != "image" {
+				t.Errorf("failed pull in phase %q, want image", s.Phase)
+			}
+		}
+	}
+}
