@@ -312,6 +312,28 @@ func TestRenderSplitsLongMermaid(t *testing.T) {
 			t.Errorf("PullImage of layer %d in %d parts", i, n)
 		}
 	}
+
+	// Parts left by an earlier, longer drawing of the same flow go when it
+	// is drawn again.
+	var stale []string
+	for k := len(parts); k < len(parts)+2; k++ {
+		name := filepath.Join(out, "default_many_start"+render.PartExt("mmd", k))
+		if err := os.WriteFile(name, []byte("stale"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		stale = append(stale, name)
+	}
+	if err := run(context.Background(), []string{"render", "--format", "mmd", "-o", out, file}, &stdout, &stderr); err != nil {
+		t.Fatalf("render again: %v\n%s", err, stderr.String())
+	}
+	for _, name := range stale {
+		if _, err := os.Stat(name); !os.IsNotExist(err) {
+			t.Errorf("%s left behind after drawing again (%v)", name, err)
+		}
+	}
+	if _, err := os.Stat(parts[len(parts)-1]); err != nil {
+		t.Errorf("last part gone after drawing again: %v", err)
+	}
 }
 
 // TestRenderWriteError checks that a diagram that cannot be written stops

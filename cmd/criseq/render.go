@@ -247,6 +247,13 @@ func (fw *fileWriter) diagram(dir, base, format string, f *flow.Flow, ro render.
 		}
 		names = append(names, name)
 	}
+	// A diagram drawn again with fewer parts (watch, or render into the
+	// same directory) must not leave the old tail behind.
+	for k := len(parts); ; k++ {
+		if err := os.Remove(filepath.Join(dir, base+render.PartExt(format, k))); err != nil {
+			break
+		}
+	}
 	return names, nil
 }
 
