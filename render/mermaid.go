@@ -84,11 +84,22 @@ func mermaidFit(d *diagram, limit int) [][]byte {
 		var cuts []int // start row of each part
 		used := 0
 		for k, r := range rs {
-			// A reply stays with the request right before it.
-			together := k > 0 && r.reply && rs[k-1].call == r.call && !rs[k-1].reply
-			if k == 0 || used+cost[k] > budget && (!together || used > budget/2) {
-				cuts = append(cuts, k)
-				used = 0
+			switch {
+			case k == 0:
+				cuts = append(cuts, 0)
+			case used+cost[k] > budget:
+				// A reply stays with the request right before it: the
+				// part ends before that request, unless it is the
+				// part's only row.
+				together := r.reply && rs[k-1].call == r.call && !rs[k-1].reply
+				switch {
+				case !together:
+					cuts = append(cuts, k)
+					used = 0
+				case k-1 > cuts[len(cuts)-1]:
+					cuts = append(cuts, k-1)
+					used = cost[k-1]
+				}
 			}
 			used += cost[k]
 		}
