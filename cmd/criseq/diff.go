@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -324,24 +325,44 @@ type flowDiff struct {
 	onlyA, onlyB []*diffCall
 }
 
-// phaseMethods are the calls whose time phases() in render.go sums, in its
-// order; diff_test.go checks they agree.
+// phaseMethods are the calls that do a pod's work, in the order render's
+// summary line and diff's table list them.
 var phaseMethods = []struct{ method, label string }{
 	{"RunPodSandbox", "sandbox"}, {"PullImage", "pull"}, {"CreateContainer", "create"},
 	{"StartContainer", "start"}, {"StopContainer", "stop"}, {"StopPodSandbox", "stop sandbox"},
 	{"RemoveContainer", "remove"}, {"RemovePodSandbox", "remove sandbox"},
 }
 
-// phaseTime sums the time of a flow's calls of one method; ok is false if
-// the flow made none.
+// phaseTime is the time during which a flow had a call of method open: two
+// StopContainer calls made together count once, as they took the pod's
+// time once. ok is false if the flow made none.
 func phaseTime(f *flow.Flow, method string) (sum time.Duration, ok bool) {
+	var spans [][2]time.Time
 	for _, s := range f.Steps {
-		if s.Method == method {
+		if s.Method != method {
+			continue
+		}
+		ok = true
+		if s.Start.IsZero() {
 			sum += s.Duration
-			ok = true
+			continue
+		}
+		spans = append(spans, [2]time.Time{s.Start, s.Start.Add(s.Duration)})
+	}
+	slices.SortFunc(spans, func(a, b [2]time.Time) int { return a[0].Compare(b[0]) })
+	var start, end time.Time
+	for i, sp := range spans {
+		switch {
+		case i == 0:
+			start, end = sp[0], sp[1]
+		case sp[0].After(end): // a gap: the interval before is counted
+			sum += end.Sub(start)
+			start, end = sp[0], sp[1]
+		case sp[1].After(end):
+			end = sp[1]
 		}
 	}
-	return sum, ok
+	return sum + end.Sub(start), ok
 }
 
 func compareFlows(a, b diffSide) *flowDiff {

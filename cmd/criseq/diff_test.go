@@ -8,9 +8,11 @@ import (
 	"flag"
 	"io"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
@@ -115,27 +117,62 @@ func TestDiffPullWarm(t *testing.T) {
 	}
 }
 
-// TestDiffPhasesAsRender: diff's phases are render's, for every flow of
-// every capture.
-func TestDiffPhasesAsRender(t *testing.T) {
+// TestPhaseTimeIsWallTime: a phase's time is the time its calls were open,
+// at least its longest call and at most their sum, for every flow of every
+// capture; kubelet stops two containers together, which counts once.
+func TestPhaseTimeIsWallTime(t *testing.T) {
+	overlapped := false
 	for _, c := range captures(t) {
 		flows, _, err := loadFlows(c, decode.Options{}, flow.Options{}, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, f := range flows {
-			var parts []string
 			for _, p := range phaseMethods {
-				if d, ok := phaseTime(f, p.method); ok {
-					parts = append(parts, p.label+" "+fmtDuration(d))
+				var sum, longest time.Duration
+				for _, s := range f.Steps {
+					if s.Method == p.method {
+						sum += s.Duration
+						longest = max(longest, s.Duration)
+					}
 				}
-			}
-			got := strings.Join(parts, ", ")
-			if want := phases(f); !strings.HasPrefix(want, got) || strings.Count(want, ",") != len(parts) {
-				t.Errorf("%s %s %s: diff's phases %q, render's %q", c, f.Pod, f.Kind, got, want)
+				got, ok := phaseTime(f, p.method)
+				if ok != hasMethod(f, p.method) {
+					t.Errorf("%s %s %s %s: ok=%v", c, f.Pod, f.Kind, p.label, ok)
+				}
+				if got < longest || got > sum {
+					t.Errorf("%s %s %s %s: %v, want between the longest call %v and the sum %v", c, f.Pod, f.Kind, p.label, got, longest, sum)
+				}
+				if got < sum {
+					overlapped = true
+				}
 			}
 		}
 	}
+	if !overlapped {
+		t.Error("no capture has calls of one phase open together (kubelet-init's stop has)")
+	}
+	// The summary line uses the same time: kubelet-init's stop phase is
+	// shorter than the pod's stop.
+	f := firstFlow(t, "kubelet-init", flow.Stop)
+	if stop, _ := phaseTime(f, "StopContainer"); stop > f.Duration() {
+		t.Errorf("stop phase %v longer than the pod's stop %v", stop, f.Duration())
+	}
+	if want := "stop " + fmtDuration(mustPhase(t, f, "StopContainer")); !strings.Contains(phases(f), want) {
+		t.Errorf("phases %q lacks %q", phases(f), want)
+	}
+}
+
+func hasMethod(f *flow.Flow, method string) bool {
+	return slices.ContainsFunc(f.Steps, func(s flow.Step) bool { return s.Method == method })
+}
+
+func mustPhase(t *testing.T, f *flow.Flow, method string) time.Duration {
+	d, ok := phaseTime(f, method)
+	if !ok {
+		t.Fatalf("%s %s has no %s", f.Pod, f.Kind, method)
+	}
+	return d
 }
 
 func TestDiffInitContainers(t *testing.T) {

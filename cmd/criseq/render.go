@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
@@ -186,26 +185,13 @@ func summary(f *flow.Flow) string {
 	return fmt.Sprintf("%s %s  (%s)", verb, fmtDuration(f.Duration()), phases(f))
 }
 
-// phases sums the time of the calls that do the work, e.g.
+// phases gives the time of the calls that do the work, e.g.
 // "sandbox 105ms, pull 887ms, create 29ms, start 54ms".
 func phases(f *flow.Flow) string {
-	names := []struct{ method, label string }{
-		{"RunPodSandbox", "sandbox"}, {"PullImage", "pull"}, {"CreateContainer", "create"},
-		{"StartContainer", "start"}, {"StopContainer", "stop"}, {"StopPodSandbox", "stop sandbox"},
-		{"RemoveContainer", "remove"}, {"RemovePodSandbox", "remove sandbox"},
-	}
 	var parts []string
-	for _, n := range names {
-		var sum time.Duration
-		seen := false
-		for _, s := range f.Steps {
-			if s.Method == n.method {
-				sum += s.Duration
-				seen = true
-			}
-		}
-		if seen {
-			parts = append(parts, n.label+" "+fmtDuration(sum))
+	for _, p := range phaseMethods {
+		if d, ok := phaseTime(f, p.method); ok {
+			parts = append(parts, p.label+" "+fmtDuration(d))
 		}
 	}
 	parts = append(parts, fmt.Sprintf("%d calls", len(f.Steps)))
