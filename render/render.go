@@ -435,11 +435,7 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 			d.note += " · " + fmtDur(total) + " observed"
 		}
 	}
-	if failed := countFailed(d.calls); failed == 1 {
-		d.note += " · 1 call failed"
-	} else if failed > 1 {
-		d.note += " · " + strconv.Itoa(failed) + " calls failed"
-	}
+	d.note += failedNote(f.Steps)
 	d.phases = phaseSpans(d.calls)
 	longest := -1
 	for i, p := range d.phases {
@@ -472,14 +468,43 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 	return d, nil
 }
 
-func countFailed(calls []call) int {
+// failedNote says how many calls failed and with which gRPC codes, e.g.
+// " · 6 calls failed (NotFound)": kubelet asking after a container it has
+// just removed reads differently from a pull that was refused.
+func failedNote(steps []flow.Step) string {
+	var codes []string
+	count := map[string]int{}
 	n := 0
-	for i := range calls {
-		if calls[i].failed {
-			n++
+	for _, s := range steps {
+		if s.Err == "" {
+			continue
+		}
+		n++
+		code, _, _ := strings.Cut(s.Err, ":") // flow.ErrorText: "NotFound: …"
+		if code == "" || strings.ContainsAny(code, " \t") {
+			continue // "no grpc-status"
+		}
+		if count[code] == 0 {
+			codes = append(codes, code)
+		}
+		count[code]++
+	}
+	if n == 0 {
+		return ""
+	}
+	note := " · 1 call failed"
+	if n > 1 {
+		note = " · " + strconv.Itoa(n) + " calls failed"
+	}
+	if len(codes) == 0 {
+		return note
+	}
+	for k, c := range codes {
+		if len(codes) > 1 || count[c] < n {
+			codes[k] = c + " ×" + strconv.Itoa(count[c])
 		}
 	}
-	return n
+	return note + " (" + strings.Join(codes, ", ") + ")"
 }
 
 // phaseSpans splits calls into runs of one phase, times each run, and marks

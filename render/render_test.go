@@ -464,13 +464,20 @@ func TestPhaseSpans(t *testing.T) {
 }
 
 // TestNoteCountsFailures checks that the closing note says how many calls
-// failed, and says nothing of failures when none did.
+// failed and with which codes, and says nothing of failures when none did.
 func TestNoteCountsFailures(t *testing.T) {
+	mixed := failedPullFlow()
+	mixed.Steps[len(mixed.Steps)-1].Err = "Unavailable"
+	mixed.Steps[1].Err = "NotFound"
+	noCode := failedPullFlow()
+	noCode.Steps[0].Err = "no grpc-status"
 	for _, tt := range []struct {
 		f    *flow.Flow
 		want string
 	}{
-		{failedPullFlow(), " · 2 calls failed"},
+		{failedPullFlow(), " · 2 calls failed (NotFound) ·"},
+		{mixed, " · 3 calls failed (NotFound ×2, Unavailable ×1) ·"},
+		{noCode, " · 3 calls failed (NotFound ×2) ·"},
 		{startFlow(), ""},
 	} {
 		d, err := newDiagram(tt.f)
