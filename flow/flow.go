@@ -76,7 +76,7 @@ type Step struct {
 	Result  string // what came back, shortened: "sandbox 3f2a1b9c…", "sha256:4e1f…"
 	Full    string // Result unshortened (for tooltips)
 	Err     string // "NotFound: image not found" if the call failed
-	Phase   string // "sandbox", "image web", "create web", "start web", "stop", "remove"; "image" for a pull no container followed
+	Phase   string // "sandbox", "image web", "create web", "start web", "stop", "stop sandbox", "remove", "remove sandbox"; "image" for a pull no container followed
 	// Inherited is set when Phase was taken from the step before: a status
 	// call made during that phase, which does not make the phase last longer.
 	Inherited bool

@@ -161,11 +161,11 @@ func (g *Grouper) step(c *decode.Call) Step {
 	case *runtimeapi.StopContainerRequest:
 		s.Arg, s.Phase = container(r.GetContainerId()), "stop"
 	case *runtimeapi.StopPodSandboxRequest:
-		s.Arg, s.Phase = Short(r.GetPodSandboxId()), "stop"
+		s.Arg, s.Phase = Short(r.GetPodSandboxId()), "stop sandbox"
 	case *runtimeapi.RemoveContainerRequest:
 		s.Arg, s.Phase = container(r.GetContainerId()), "remove"
 	case *runtimeapi.RemovePodSandboxRequest:
-		s.Arg, s.Phase = Short(r.GetPodSandboxId()), "remove"
+		s.Arg, s.Phase = Short(r.GetPodSandboxId()), "remove sandbox"
 	default:
 		if cid, sid := ids(req); cid != "" {
 			s.Arg = container(cid)

@@ -185,3 +185,24 @@ func TestImagePhasesNamed(t *testing.T) {
 		}
 	}
 }
+
+// TestStopPhases checks that a real stop is told in the phases the summary
+// line and diff use: the containers stopped, the sandbox stopped, the
+// containers removed, the sandbox removed (kubelet's garbage collector
+// stops it once more first).
+func TestStopPhases(t *testing.T) {
+	for _, f := range captured(t, "kubelet-pull") {
+		if f.Kind != flow.Stop {
+			continue
+		}
+		var got []string
+		for _, s := range f.Steps {
+			if !s.Inherited && s.Phase != "" && (len(got) == 0 || got[len(got)-1] != s.Phase) {
+				got = append(got, s.Phase)
+			}
+		}
+		if want := "stop,stop sandbox,remove,stop sandbox,remove sandbox"; strings.Join(got, ",") != want {
+			t.Errorf("stop phases %q, want %q", strings.Join(got, ","), want)
+		}
+	}
+}
