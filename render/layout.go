@@ -257,6 +257,17 @@ func layout(d *diagram) (*drawing, error) {
 	}
 	boxR := x[np-1] + hw[np-1]/2 + boxPad
 	cx := math.Round((x[0] + x[np-1]) / 2) // centre of the lifelines
+	// A phase's chip is centred over the CRI lifelines and those its own
+	// calls reach, not over every other service the runtime answered.
+	phaseX := make([]float64, len(d.phases))
+	for p := range phaseX {
+		phaseX[p] = x[min(pImage, np-1)]
+	}
+	for _, c := range d.calls {
+		if c.span > 0 && c.to < np {
+			phaseX[c.span-1] = math.Max(phaseX[c.span-1], x[c.to])
+		}
+	}
 
 	// Title.
 	y := margin
@@ -315,7 +326,7 @@ func layout(d *diagram) (*drawing, error) {
 			phaseLines = append(phaseLines, l.line(layerLines, lc, margin, ly, 0, ly))
 			pl := []string{ph.label()}
 			pw := widest(bold, smallSize, pl)
-			px := math.Max(cx, margin+pw/2+10) // centred, unless too wide for that
+			px := math.Max(math.Round((x[0]+phaseX[c.opens-1])/2), margin+pw/2+10) // centred, unless too wide for that
 			chip := box{px - pw/2 - 10, ly - 10, pw + 20, 20}
 			l.rect(layerShapes, cc, chip, 10)
 			l.text(&textBlock{x: px, y: ly + 4, anchor: "middle", lines: pl, w: pw,

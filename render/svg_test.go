@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -459,5 +460,45 @@ func TestSVGOverlappingCalls(t *testing.T) {
 	}
 	if n[0] != 2 || n[1] != 2 || n[2] != 1 || n[3] != 1 {
 		t.Errorf("click areas per call %v, want 2 2 1 1", n)
+	}
+}
+
+// TestPhaseChipsOverTheirCalls checks that a phase's chip is centred over
+// the lifelines its calls reach: the CRI services, and another service
+// only for the phase that called it.
+func TestPhaseChipsOverTheirCalls(t *testing.T) {
+	d, err := newDiagram(longFlow())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := layout(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var heads, chips []float64 // centres
+	for _, e := range l.layers[layerShapes] {
+		if e.kind != eRect {
+			continue
+		}
+		switch c := e.r.x + e.r.w/2; e.class {
+		case "hd", "hc":
+			if len(heads) < len(d.parts) {
+				heads = append(heads, c)
+			}
+		case "chip", "chip crit":
+			chips = append(chips, c)
+		}
+	}
+	if len(heads) != 4 || len(chips) != len(d.phases) {
+		t.Fatalf("%d headers, %d chips for %d phases", len(heads), len(chips), len(d.phases))
+	}
+	for p, c := range chips {
+		reach := pImage
+		if d.phases[p].name == "start" {
+			reach = 3 // some.other.v1.Service
+		}
+		if want := math.Round((heads[0] + heads[reach]) / 2); math.Abs(c-want) > 0.5 {
+			t.Errorf("phase %s: chip at x %v, want %v (between the client and lifeline %d)", d.phases[p].name, c, want, reach)
+		}
 	}
 }
