@@ -117,7 +117,13 @@ func writeHTML(w io.Writer, title string, flows []*flow.Flow) error {
 			state, cls = "incomplete", "warn"
 		}
 		if d.failed {
-			state += ", errors"
+			n := 0
+			for _, c := range d.calls {
+				if c.failed {
+					n += c.n
+				}
+			}
+			state += ", " + strconv.Itoa(n) + " failed"
 			cls = "bad"
 		}
 		when := ""

@@ -3,6 +3,7 @@ package render
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -153,6 +154,15 @@ func TestHTML(t *testing.T) {
 		}
 		if got := text(buttons[i]); !strings.Contains(got, dg.note) {
 			t.Errorf("%s: list entry %q lacks the total %q", name, got, dg.note)
+		}
+		failed := 0
+		for _, s := range f.Steps {
+			if s.Err != "" {
+				failed++
+			}
+		}
+		if got, want := text(buttons[i]), fmt.Sprintf("%d failed", failed); (failed > 0) != strings.Contains(got, want) {
+			t.Errorf("%s: list entry %q, want %q in it only if a call failed", name, got, want)
 		}
 		_, hidden := attr(sections[i], "hidden")
 		if hidden != (i > 0) {
