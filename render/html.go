@@ -116,14 +116,8 @@ func writeHTML(w io.Writer, title string, flows []*flow.Flow) error {
 		if !f.Complete {
 			state, cls = "incomplete", "warn"
 		}
-		if d.failed {
-			n := 0
-			for _, c := range d.calls {
-				if c.failed {
-					n += c.n
-				}
-			}
-			state += ", " + strconv.Itoa(n) + " failed"
+		if d.failed > 0 {
+			state += ", " + strconv.Itoa(d.failed) + " failed"
 			cls = "bad"
 		}
 		when := ""

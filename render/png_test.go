@@ -149,14 +149,7 @@ func TestPNGStyles(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range cases {
-		d, err := newDiagram(c.flow())
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := layout(d)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, l := laidOut(t, c.flow())
 		for _, e := range l.elems() {
 			if e.kind == eText {
 				st, err := resolveStyle(rs, true, e.text.class)

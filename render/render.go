@@ -172,7 +172,7 @@ type diagram struct {
 	calls    []call
 	phases   []phaseSpan // runs of calls of one phase, in call order
 	note     string      // "pod started in 1.94s"
-	failed   bool        // some call failed
+	failed   int         // calls that failed
 	complete bool        // the flow is complete
 	// timeScale spaces rows in proportion to time: pixels per second of
 	// the gaps between calls and of each call's duration; 0 spaces evenly.
@@ -396,7 +396,6 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 		c.end = c.at + c.dur
 		if s.Err != "" {
 			c.failed = true
-			d.failed = true
 			c.result = cut(clean(s.Err), maxLabel)
 			c.full = cut(clean(s.Err), 4*maxLabel)
 		} else {
@@ -435,7 +434,9 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 			d.note += " · " + fmtDur(total) + " observed"
 		}
 	}
-	d.note += failedNote(f.Steps)
+	note, failed := failedNote(f.Steps)
+	d.note += note
+	d.failed = failed
 	d.phases = phaseSpans(d.calls)
 	longest := -1
 	for i, p := range d.phases {
@@ -469,9 +470,10 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 }
 
 // failedNote says how many calls failed and with which gRPC codes, e.g.
-// " · 6 calls failed (NotFound)": kubelet asking after a container it has
-// just removed reads differently from a pull that was refused.
-func failedNote(steps []flow.Step) string {
+// " · 6 calls failed (NotFound)", and returns their number: kubelet asking
+// after a container it has just removed reads differently from a pull
+// that was refused.
+func failedNote(steps []flow.Step) (string, int) {
 	var codes []string
 	count := map[string]int{}
 	n := 0
@@ -490,21 +492,21 @@ func failedNote(steps []flow.Step) string {
 		count[code]++
 	}
 	if n == 0 {
-		return ""
+		return "", 0
 	}
 	note := " · 1 call failed"
 	if n > 1 {
 		note = " · " + strconv.Itoa(n) + " calls failed"
 	}
 	if len(codes) == 0 {
-		return note
+		return note, n
 	}
 	for k, c := range codes {
 		if len(codes) > 1 || count[c] < n {
 			codes[k] = c + " ×" + strconv.Itoa(count[c])
 		}
 	}
-	return note + " (" + strings.Join(codes, ", ") + ")"
+	return note + " (" + strings.Join(codes, ", ") + ")", n
 }
 
 // phaseSpans splits calls into runs of one phase, times each run, and marks

@@ -221,14 +221,7 @@ func TestSVGTextFits(t *testing.T) {
 
 	for _, name := range names {
 		t.Run(name, func(t *testing.T) {
-			d, err := newDiagram(flows[name])
-			if err != nil {
-				t.Fatal(err)
-			}
-			l, err := layout(d)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, l := laidOut(t, flows[name])
 			const eps = 0.5
 			page := box{0, 0, l.w, l.h}
 			for _, tx := range l.texts {
@@ -401,14 +394,7 @@ func TestTimeScale(t *testing.T) {
 // one lifeline side by side, and replies apart from their request naming
 // their call.
 func TestSVGOverlappingCalls(t *testing.T) {
-	d, err := newDiagram(concurrentFlow())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := layout(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, l := laidOut(t, concurrentFlow())
 	type arrow struct {
 		y, x float64 // the arrow's height and its end at the runtime side
 	}
@@ -467,14 +453,7 @@ func TestSVGOverlappingCalls(t *testing.T) {
 // the lifelines its calls reach: the CRI services, and another service
 // only for the phase that called it.
 func TestPhaseChipsOverTheirCalls(t *testing.T) {
-	d, err := newDiagram(longFlow())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := layout(d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, l := laidOut(t, longFlow())
 	var heads, chips []float64 // centres
 	for _, e := range l.layers[layerShapes] {
 		if e.kind != eRect {
@@ -501,4 +480,18 @@ func TestPhaseChipsOverTheirCalls(t *testing.T) {
 			t.Errorf("phase %s: chip at x %v, want %v (between the client and lifeline %d)", d.phases[p].name, c, want, reach)
 		}
 	}
+}
+
+// laidOut is f's diagram and its layout.
+func laidOut(t *testing.T, f *flow.Flow) (*diagram, *drawing) {
+	t.Helper()
+	d, err := newDiagram(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := layout(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, l
 }

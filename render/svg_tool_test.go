@@ -813,14 +813,7 @@ func TestSVGBrowserCompare(t *testing.T) {
 	}
 	for name, f := range flows {
 		t.Run(name, func(t *testing.T) {
-			d, err := newDiagram(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l, err := layout(d)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, l := laidOut(t, f)
 			var b1, b2 bytes.Buffer
 			if err := pngWith(&b1, f, 1, Options{}); err != nil {
 				t.Fatal(err)
