@@ -90,6 +90,9 @@ type Call struct {
 
 	Requests  []Message
 	Responses []Message
+	// Streamed counts the response messages handed to
+	// Options.OnStreamMessage instead of kept in Responses.
+	Streamed int
 
 	Status  int    // grpc-status; -1 if none was seen
 	Message string // grpc-message

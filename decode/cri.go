@@ -21,6 +21,7 @@ type method struct {
 	known         bool
 	in, out       protoreflect.MessageType // nil unless known
 	skip          bool                     // Options.SkipBodies said so
+	serverStream  bool                     // the server sends a stream of messages
 }
 
 // noMethod stands for a stream whose request headers were not seen.
@@ -85,5 +86,6 @@ func lookupMethod(path string) *method {
 		return m
 	}
 	m.in, m.out, m.known = in, out, true
+	m.serverStream = md.IsStreamingServer()
 	return m
 }

@@ -47,6 +47,13 @@ type Options struct {
 	// stays nil, Size is set). Unmarshalling is most of the decoding cost,
 	// and kubelet's polling is most of the bytes.
 	SkipBodies func(service, method string) bool
+	// OnStreamMessage, if set, receives each response message of a
+	// server-streaming CRI call (GetContainerEvents) as it is decoded,
+	// with the call so far; such messages are then not kept in the Call
+	// (Call.Streamed counts them), so a stream open for the life of a
+	// connection costs no memory. The Message is the callee's; the Call
+	// is still the Decoder's and is handed to OnCall when it ends.
+	OnStreamMessage func(c *Call, m Message)
 }
 
 // clientPreface starts every HTTP/2 connection, client to server.

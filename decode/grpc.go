@@ -394,6 +394,11 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 		c.Flags |= Malformed
 		c.Errors = append(c.Errors, fmt.Sprintf("%s %d: %v", dirNoun[dir], len(*list)+1, err))
 	}
+	if dir == s2c && s.m.serverStream && d.opts.OnStreamMessage != nil {
+		c.Streamed++
+		d.opts.OnStreamMessage(c, m)
+		return
+	}
 	if *list == nil {
 		*list = s.first[dir]
 	}

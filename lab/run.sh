@@ -19,6 +19,9 @@ shift $((OPTIND - 1))
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp direct watch swap)
 [ "$(id -u)" = 0 ] || die "the lab runs containers: run it as root (sudo make lab)"
+# One lab at a time: the registry port, the bridge and kubelet's host changes are shared.
+exec 9>/run/criseq-lab.lock
+flock -w 3600 9 || die "another lab run holds /run/criseq-lab.lock"
 OUT=$(realpath -m "$OUT")
 mkdir -p "$OUT"
 
