@@ -57,6 +57,11 @@ type Chunk struct {
 	Data []byte
 	// Offset is the position of Data[0] in this direction's byte stream.
 	Offset int64
+	// Midway, on an Open chunk, says the connection was already open when
+	// capture began (an attached tracer, a packet capture that missed the
+	// handshake): its first Data is not its first byte, and a decoder must
+	// resynchronise. Offsets then count from the first byte seen.
+	Midway bool
 }
 
 // ConnInfo describes a connection, for error messages and output.
