@@ -55,6 +55,47 @@ type Flow struct {
 	// down (its first StopPodSandbox returned); zero if that was not seen.
 	Done     time.Time
 	Complete bool // every container started (start) / sandbox removed (stop)
+	// Events are the runtime's container events for this pod (the
+	// GetContainerEvents stream of kubelet's Evented PLEG), in time order.
+	Events []Event
+	// OtherPulls are the PullImage calls of other pods (or of no known
+	// pod) that were open during this flow: the image pull queue a start
+	// may have waited in.
+	OtherPulls []Interval
+}
+
+// Interval is a span of time.
+type Interval struct{ Start, End time.Time }
+
+// Event is one container event the runtime sent kubelet on its
+// GetContainerEvents stream.
+type Event struct {
+	Time        time.Time // when the message reached the client (the capture's time)
+	Created     time.Time // the runtime's created_at
+	Type        string    // "CONTAINER_CREATED", "CONTAINER_STARTED", "CONTAINER_STOPPED", "CONTAINER_DELETED"
+	ContainerID string
+	Container   string // the container's name, or its short ID
+	Call        *decode.Call
+}
+
+// How a step was put into its flow: the evidence that ties the call to
+// the pod, strongest first.
+const (
+	ByID            = "id"              // the request names the pod's sandbox or one of its containers
+	BySandboxConfig = "sandbox config"  // PullImage carries the pod's sandbox config
+	ByTraceparent   = "traceparent"     // the request's trace is one of the pod's syncs
+	ByAnnotations   = "annotations"     // the image spec carries the pod's annotations, and no other pod's
+	ByOrder         = "kubelet's order" // the only pod whose sequential start leaves room for the call
+	ByAmbiguous     = "ambiguous"       // more than one pod fits; the call is in each of their flows
+	ByTime          = "time"            // a polling call shown with --all: open while the flow was
+)
+
+// Attribution says why a step is in its flow.
+type Attribution struct {
+	By string // one of the By* constants
+	// Candidates are the pods an ambiguous call may belong to (this
+	// flow's pod among them), sorted; empty unless By is ByAmbiguous.
+	Candidates []Pod
 }
 
 // Duration is how long the pod took to start or stop: until Done, or until
@@ -83,4 +124,8 @@ type Step struct {
 	Start     time.Time
 	Duration  time.Duration // 0 if the call never finished
 	Done      bool          // false if the capture ended before the call did
+	Attr      Attribution
+	// Inferred: the method was inferred from the messages' shape (a
+	// connection caught midway), not read from the request's :path.
+	Inferred bool
 }

@@ -1,0 +1,231 @@
+package flow
+
+import (
+	"sort"
+	"strings"
+	"time"
+)
+
+// Span is one part of a flow's time: a phase (while calls of one kind of
+// the pod's work were open) or a wait between them.
+type Span struct {
+	// Name is the phase ("sandbox", "image", "create", "start", "stop",
+	// "stop sandbox", "remove", "remove sandbox") or the wait ("image pull
+	// queue", "back-off", "init container NAME", "kubelet's clean-up",
+	// "kubelet": kubelet's own work between calls).
+	Name string
+	Dur  time.Duration
+	Wait bool
+}
+
+// Wait names.
+const (
+	WaitPullQueue = "image pull queue"
+	WaitBackOff   = "back-off"
+	WaitCleanUp   = "kubelet's clean-up"
+	WaitKubelet   = "kubelet"
+	waitInit      = "init container "
+)
+
+// Timing splits a flow's time into phases and waits that add up.
+type Timing struct {
+	// Total is the flow's Duration: until the pod was up (down), or until
+	// its last call ended when that was not seen.
+	Total time.Duration
+	// Parts are the phases, then the waits, each in order of first
+	// occurrence. Their durations add up to Total exactly: at each moment
+	// the flow is in the phase of the earliest-started of its work calls
+	// open then, or else waiting.
+	Parts []Span
+	// After is the same from Done to the flow's last call: a stop's
+	// removal at kubelet's next clean-up, up to a minute later.
+	After []Span
+}
+
+// PhaseOf is the phase a call of method belongs to in a flow's timing, or
+// "" for a call that does not do the pod's work (status calls, polling).
+func PhaseOf(method string) string {
+	switch method {
+	case "RunPodSandbox":
+		return "sandbox"
+	case "ImageStatus", "PullImage":
+		return "image"
+	case "CreateContainer":
+		return "create"
+	case "StartContainer":
+		return "start"
+	case "StopContainer":
+		return "stop"
+	case "StopPodSandbox":
+		return "stop sandbox"
+	case "RemoveContainer":
+		return "remove"
+	case "RemovePodSandbox":
+		return "remove sandbox"
+	}
+	return ""
+}
+
+// Timing computes f's phases and waits. Pure: it reads f's steps, events
+// and OtherPulls.
+func (f *Flow) Timing() Timing {
+	t := Timing{Total: f.Duration()}
+	if len(f.Steps) == 0 {
+		return t
+	}
+	type iv struct {
+		a, b time.Time
+		s    *Step
+	}
+	var ivs []iv
+	for i := range f.Steps {
+		s := &f.Steps[i]
+		if !s.Done || PhaseOf(s.Method) == "" || s.Start.IsZero() {
+			continue
+		}
+		ivs = append(ivs, iv{s.Start, s.Start.Add(s.Duration), s})
+	}
+	sort.SliceStable(ivs, func(i, j int) bool { return ivs[i].a.Before(ivs[j].a) })
+	done := f.Start.Add(t.Total)
+	var parts, after spanList
+	// add counts [a, b) to name, split at done.
+	add := func(name string, wait bool, a, b time.Time) {
+		if !b.After(a) {
+			return
+		}
+		if a.Before(done) {
+			parts.add(name, wait, minTime(b, done).Sub(a))
+		}
+		if b.After(done) {
+			after.add(name, wait, b.Sub(maxTime(a, done)))
+		}
+	}
+	cur := f.Start
+	var prev *Step
+	for _, v := range ivs {
+		if v.a.After(cur) {
+			f.gap(prev, v.s, cur, v.a, done, add)
+		}
+		if v.b.After(cur) {
+			add(PhaseOf(v.s.Method), false, maxTime(cur, v.a), v.b)
+			cur = v.b
+		}
+		prev = v.s
+	}
+	if done.After(cur) {
+		add(WaitKubelet, true, cur, done)
+	}
+	t.Parts, t.After = parts.sorted(), after.sorted()
+	return t
+}
+
+// gap names the wait [a, b) between the flow's work calls prev (nil at the
+// start) and next.
+func (f *Flow) gap(prev, next *Step, a, b, done time.Time, add func(string, bool, time.Time, time.Time)) {
+	switch {
+	case next.Method == "PullImage" && f.Kind == Start:
+		// Pulls are queued one at a time (kubelet's serialized puller):
+		// the part of the gap while another pod's pull ran is the queue.
+		q := overlap(f.OtherPulls, a, b)
+		add(WaitPullQueue, true, a, a.Add(q))
+		add(WaitKubelet, true, a.Add(q), b)
+		return
+	case prev != nil && prev.Err != "" && f.Kind == Start:
+		add(WaitBackOff, true, a, b)
+		return
+	case prev != nil && prev.Method == "StartContainer" && next.Arg != prev.Arg && f.exited(prev.Arg, a, b):
+		add(waitInit+prev.Arg, true, a, b)
+		return
+	case f.Kind == Stop && !a.Before(done) && b.Sub(a) > time.Second:
+		add(WaitCleanUp, true, a, b)
+		return
+	}
+	add(WaitKubelet, true, a, b)
+}
+
+// exited reports whether the flow saw container name exit by time b (a
+// status call or an event), after it was started: an init container that
+// the next container waited for.
+func (f *Flow) exited(name string, a, b time.Time) bool {
+	for _, e := range f.Events {
+		if e.Container == name && e.Type == "CONTAINER_STOPPED" && !e.Time.After(b) {
+			return true
+		}
+	}
+	for _, s := range f.Steps {
+		if s.Method == "ContainerStatus" && s.Arg == name && strings.HasPrefix(s.Result, "EXITED") && !s.Start.After(b) {
+			return true
+		}
+	}
+	return false
+}
+
+// overlap is how much of [a, b) the intervals cover (counted once).
+func overlap(ivs []Interval, a, b time.Time) time.Duration {
+	type seg struct{ a, b time.Time }
+	var segs []seg
+	for _, v := range ivs {
+		x, y := maxTime(v.Start, a), minTime(v.End, b)
+		if y.After(x) {
+			segs = append(segs, seg{x, y})
+		}
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].a.Before(segs[j].a) })
+	var sum time.Duration
+	var cur time.Time
+	for _, s := range segs {
+		if s.a.Before(cur) {
+			s.a = cur
+		}
+		if s.b.After(s.a) {
+			sum += s.b.Sub(s.a)
+			cur = s.b
+		}
+	}
+	return sum
+}
+
+// spanList accumulates spans by name, keeping first-occurrence order.
+type spanList struct {
+	spans []Span
+	index map[string]int
+}
+
+func (l *spanList) add(name string, wait bool, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	if l.index == nil {
+		l.index = map[string]int{}
+	}
+	key := name
+	if wait {
+		key = "\x00" + name
+	}
+	if i, ok := l.index[key]; ok {
+		l.spans[i].Dur += d
+		return
+	}
+	l.index[key] = len(l.spans)
+	l.spans = append(l.spans, Span{Name: name, Dur: d, Wait: wait})
+}
+
+// sorted returns the phases, then the waits, each in first-occurrence order.
+func (l *spanList) sorted() []Span {
+	sort.SliceStable(l.spans, func(i, j int) bool { return !l.spans[i].Wait && l.spans[j].Wait })
+	return l.spans
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
