@@ -2,6 +2,7 @@ package flow
 
 import (
 	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -34,6 +35,10 @@ type Options struct {
 	// for a flow spread over more than two connections (kubelet keeps two
 	// long-lived ones; crictl opens one per command).
 	Client string
+	// IgnoreTraceparent attributes image calls without the W3C traceparent
+	// kubelet's tracing puts on each request: to see what kubelet's order
+	// alone decides.
+	IgnoreTraceparent bool
 }
 
 func (o *Options) defaults() {
@@ -87,6 +92,8 @@ func Sort(fs []*Flow) {
 // open is a flow being built.
 type open struct {
 	f          *Flow
+	steps      []Step // the flow's own steps; image calls are added at finish
+	ow         *owner // the pod, for image calls (nil: failed sandbox, stop flows)
 	imageKeys  map[string]bool // image names/IDs its containers use
 	created    map[string]bool // container IDs created
 	started    map[string]bool // container IDs started
@@ -107,7 +114,12 @@ type Grouper struct {
 	stops  map[string]*open // by sandbox ID (or "container:ID" when unknown)
 	order  []*open          // open flows, oldest first
 
-	pending []*decode.Call // image calls not yet linked to a pod
+	images ledger // image calls, and the windows of the pods they may belong to
+	// lastWork is when each sandbox's pod worker last returned from a
+	// call (RunPodSandbox, CreateContainer, StartContainer): the earliest
+	// its next container's image calls may start.
+	lastWork map[string]time.Time
+	phantoms map[string]*owner // sandboxes with no start flow, by ID
 
 	// What the calls told about IDs, learned from any call, polling too.
 	pods       map[string]Pod    // sandbox ID → pod
@@ -116,6 +128,9 @@ type Grouper struct {
 	runtime    string
 	maxPending int
 }
+
+// maxPhantoms bounds the sandboxes without a start flow that are tracked.
+const maxPhantoms = 1024
 
 // NewGrouper returns an empty Grouper.
 func NewGrouper(opts Options) *Grouper {
@@ -127,7 +142,10 @@ func NewGrouper(opts Options) *Grouper {
 		pods:       map[string]Pod{},
 		sandboxOf:  map[string]string{},
 		names:      map[string]string{},
-		maxPending: 512,
+		maxPending: 4096,
+		lastWork:   map[string]time.Time{},
+		phantoms:   map[string]*owner{},
+		images:     ledger{traces: map[string]*owner{}},
 	}
 }
 
@@ -141,8 +159,14 @@ func (g *Grouper) Add(c *decode.Call) []*Flow {
 	if c.Known {
 		g.route(c)
 		g.forgetGone(c)
-	} else if g.opts.All {
-		g.attachAll(c)
+	} else {
+		if c.Method == "" {
+			g.images.unreadable = append(g.images.unreadable, c.Start)
+			g.images.gen++
+		}
+		if g.opts.All {
+			g.attachAll(c)
+		}
 	}
 	return g.expire()
 }
@@ -169,7 +193,7 @@ func (g *Grouper) Flush() []*Flow {
 	g.order = nil
 	g.starts = map[string]*open{}
 	g.stops = map[string]*open{}
-	g.pending = nil
+	g.images = ledger{traces: map[string]*owner{}}
 	return out
 }
 
@@ -185,39 +209,26 @@ func (g *Grouper) route(c *decode.Call) {
 		return
 	case "CreateContainer":
 		r, _ := req.(*runtimeapi.CreateContainerRequest)
-		o := g.startFlow(r.GetPodSandboxId(), c)
+		sid := r.GetPodSandboxId()
+		o := g.startFlow(sid, c)
 		if o == nil {
+			g.phantomCreate(sid, c)
 			return
 		}
 		if cr, ok := resp.(*runtimeapi.CreateContainerResponse); ok && cr.GetContainerId() != "" {
 			o.created[cr.GetContainerId()] = true
 		}
-		keys := imageKeys(r.GetConfig().GetImage())
-		for k := range keys {
+		for k := range imageKeys(r.GetConfig().GetImage()) {
 			o.imageKeys[k] = true
 		}
 		g.add(o, c)
-		g.claimImages(o, keys)
+		g.created(o.ow, c, r.GetConfig().GetImage())
 		return
-	case "PullImage":
-		r, _ := req.(*runtimeapi.PullImageRequest)
-		if o := g.startByPod(r.GetSandboxConfig().GetMetadata()); o != nil {
-			keys := imageKeys(r.GetImage())
-			if pr, ok := resp.(*runtimeapi.PullImageResponse); ok && pr.GetImageRef() != "" {
-				keys[pr.GetImageRef()] = true
-			}
-			for k := range keys {
-				o.imageKeys[k] = true
-			}
-			g.add(o, c)
-			g.claimImages(o, keys)
-			return
-		}
-		g.addPending(c)
+	case "PullImage", "ImageStatus":
+		g.addImageCall(c)
 		return
-	case "ImageStatus", "RemoveImage":
-		g.addPending(c)
-		return
+	case "RemoveImage":
+		return // kubelet's image garbage collection: no pod's work
 	}
 	if polling[c.Name] {
 		if g.opts.All {
@@ -250,8 +261,13 @@ func (g *Grouper) route(c *decode.Call) {
 				o.lastStart = c.End
 			}
 			o.settled = false
+			g.worked(o.ow, c)
 		}
 		g.add(o, c)
+		return
+	}
+	if c.Name == "StartContainer" && sid != "" {
+		g.work(sid, c)
 	}
 }
 
@@ -267,6 +283,15 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 	if sid != "" {
 		g.pods[sid] = pod
 		g.starts[sid] = o
+		ann := r.GetConfig().GetAnnotations()
+		if ann == nil {
+			ann = map[string]string{}
+		}
+		o.ow = &owner{pod: pod, sid: sid, o: o, annotations: ann, kubelet: true, conn: c.Conn}
+		g.images.owners = append(g.images.owners, o.ow)
+		g.images.gen++
+		g.worked(o.ow, c)
+		g.openSlot(o.ow, c)
 	} else {
 		// Failed sandbox: a flow of its own, keyed so later retries get new ones.
 		g.starts["failed:"+c.Method+":"+c.Start.String()] = o
@@ -296,25 +321,6 @@ func (g *Grouper) reopen(o *open) {
 	}
 }
 
-// startByPod finds the open start flow of a pod named in a sandbox config.
-func (g *Grouper) startByPod(md *runtimeapi.PodSandboxMetadata) *open {
-	if md == nil {
-		return nil
-	}
-	for i := len(g.order) - 1; i >= 0; i-- {
-		o := g.order[i]
-		p := o.f.Pod
-		if o.f.Kind != Start {
-			continue
-		}
-		if (md.GetUid() != "" && p.UID == md.GetUid()) ||
-			(md.GetUid() == "" && p.Name == md.GetName() && p.Namespace == md.GetNamespace()) {
-			return o
-		}
-	}
-	return nil
-}
-
 func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 	key := stopKey(cid, sid)
 	o := g.stops[key]
@@ -324,6 +330,7 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 			s.settled = true
 			s.lastStart = time.Time{}
 			delete(g.starts, sid)
+			g.closeSlot(s.ow, c.Start)
 		}
 		pod, ok := g.pods[sid]
 		if !ok {
@@ -364,40 +371,20 @@ func (g *Grouper) newOpen(k Kind, pod Pod, sid string) *open {
 }
 
 func (g *Grouper) add(o *open, c *decode.Call) {
-	o.f.Steps = append(o.f.Steps, g.step(c))
+	st := g.step(c)
+	st.Attr.By = ByID
+	o.steps = append(o.steps, st)
 }
 
 // attachAll adds a polling or foreign call to every flow open at its time.
 func (g *Grouper) attachAll(c *decode.Call) {
 	for _, o := range g.order {
-		if len(o.f.Steps) > 0 && !o.settled && !o.f.Complete {
-			g.add(o, c)
+		if len(o.steps) > 0 && !o.settled && !o.f.Complete {
+			st := g.step(c)
+			st.Attr.By = ByTime
+			o.steps = append(o.steps, st)
 		}
 	}
-}
-
-func (g *Grouper) addPending(c *decode.Call) {
-	g.pending = append(g.pending, c)
-	if len(g.pending) > g.maxPending {
-		g.pending = g.pending[len(g.pending)-g.maxPending:]
-	}
-}
-
-// claimImages moves pending image calls that name one of keys into o.
-func (g *Grouper) claimImages(o *open, keys map[string]bool) {
-	start := o.f.Steps[0].Start
-	kept := g.pending[:0]
-	for _, c := range g.pending {
-		if !c.Start.Before(start) && matchesImage(c, keys) {
-			g.add(o, c)
-			continue
-		}
-		kept = append(kept, c)
-	}
-	for i := len(kept); i < len(g.pending); i++ {
-		g.pending[i] = nil
-	}
-	g.pending = kept
 }
 
 // imageSpec is the image a CRI request names, or nil.
@@ -413,21 +400,6 @@ func imageSpec(req any) *runtimeapi.ImageSpec {
 		return r.GetImage()
 	}
 	return nil
-}
-
-func matchesImage(c *decode.Call, keys map[string]bool) bool {
-	for k := range imageKeys(imageSpec(c.Request())) {
-		if keys[k] {
-			return true
-		}
-	}
-	switch r := c.Response().(type) {
-	case *runtimeapi.ImageStatusResponse:
-		return r.GetImage().GetId() != "" && keys[r.GetImage().GetId()]
-	case *runtimeapi.PullImageResponse:
-		return keys[r.GetImageRef()]
-	}
-	return false
 }
 
 func imageKeys(s *runtimeapi.ImageSpec) map[string]bool {
@@ -473,11 +445,7 @@ func (g *Grouper) expire() []*Flow {
 			delete(g.starts, sid)
 		}
 	}
-	// Image calls nobody claimed within InitWait are noise.
-	for len(g.pending) > 0 && g.now.Sub(g.pending[0].Start) > g.opts.InitWait {
-		g.pending[0] = nil
-		g.pending = g.pending[1:]
-	}
+	g.pruneImages()
 	return out
 }
 
@@ -488,14 +456,14 @@ func (g *Grouper) done(o *open) bool {
 	if o.lastStart.IsZero() {
 		// Closed by a stop, or a sandbox that never got a container: wait
 		// InitWait from its first call.
-		last := o.f.Steps[len(o.f.Steps)-1].Start
-		return o.settled && g.now.Sub(last) > 0 || g.now.Sub(o.f.Steps[0].Start) > 10*g.opts.InitWait
+		last := o.steps[len(o.steps)-1].Start
+		return o.settled && g.now.Sub(last) > 0 || g.now.Sub(o.steps[0].Start) > 10*g.opts.InitWait
 	}
 	if g.opts.Live {
 		for id := range o.created {
 			if !o.started[id] {
 				// A container created but never started: give up after InitWait.
-				return g.now.Sub(o.f.Steps[len(o.f.Steps)-1].Start) > g.opts.InitWait
+				return g.now.Sub(o.steps[len(o.steps)-1].Start) > g.opts.InitWait
 			}
 		}
 		return g.now.Sub(o.lastStart) > g.opts.Grace
@@ -504,6 +472,10 @@ func (g *Grouper) done(o *open) bool {
 }
 
 func (g *Grouper) forget(o *open) {
+	if o.ow != nil && len(o.steps) > 0 {
+		last := o.steps[len(o.steps)-1]
+		g.closeSlot(o.ow, last.Start.Add(last.Duration))
+	}
 	for k, v := range g.starts {
 		if v == o {
 			delete(g.starts, k)
@@ -519,7 +491,10 @@ func (g *Grouper) forget(o *open) {
 // finish orders a flow's steps and fills in its totals.
 func (g *Grouper) finish(o *open) *Flow {
 	f := o.f
+	f.Steps = append([]Step(nil), o.steps...)
+	g.attribute(o)
 	sort.SliceStable(f.Steps, func(i, j int) bool { return f.Steps[i].Start.Before(f.Steps[j].Start) })
+	sort.SliceStable(f.Events, func(i, j int) bool { return f.Events[i].Time.Before(f.Events[j].Time) })
 	inheritPhases(f.Steps)
 	nameImagePhases(f.Steps)
 	if f.Runtime == "" {
@@ -581,4 +556,59 @@ func ids(m interface{ ProtoReflect() protoreflect.Message }) (cid, sid string) {
 		sid = r.Get(fd).String()
 	}
 	return cid, sid
+}
+
+// SkipBody reports whether a grouper without Options.All can do without
+// the decoded messages of a method (decode.Options.SkipBodies): kubelet's
+// polling, but for Version (the runtime's name) and GetContainerEvents
+// (the runtime's events).
+func SkipBody(_, method string) bool {
+	return IsPolling(method) && method != "Version" && method != "GetContainerEvents"
+}
+
+// Event takes one message of a GetContainerEvents stream (see
+// decode.Options.OnStreamMessage): the runtime telling kubelet that a
+// container was created, started, stopped or deleted. It joins the flow of
+// its pod being built, the stop for a stop or deletion if there is one.
+func (g *Grouper) Event(c *decode.Call, m decode.Message) {
+	ev, ok := m.Proto.(*runtimeapi.ContainerEventResponse)
+	if !ok {
+		return
+	}
+	cid := ev.GetContainerId()
+	st := ev.GetPodSandboxStatus()
+	sid := st.GetId()
+	g.learnPod(sid, st.GetMetadata())
+	for _, cs := range ev.GetContainersStatuses() {
+		if cs.GetId() != "" && cs.GetMetadata().GetName() != "" {
+			g.learnContainer(cs.GetId(), sid, cs.GetMetadata().GetName())
+		}
+	}
+	if sid == "" {
+		sid = g.sandboxOf[cid]
+	}
+	if sid == "" {
+		return
+	}
+	name := g.names[cid]
+	if name == "" {
+		name = Short(cid)
+	}
+	typ := strings.TrimSuffix(ev.GetContainerEventType().String(), "_EVENT")
+	first, second := g.starts[sid], g.stops[sid]
+	if typ == "CONTAINER_STOPPED" || typ == "CONTAINER_DELETED" {
+		first, second = second, first
+	}
+	o := first
+	if o == nil {
+		o = second
+	}
+	if o == nil {
+		return
+	}
+	e := Event{Time: m.Time, Type: typ, ContainerID: cid, Container: name, Call: c}
+	if ns := ev.GetCreatedAt(); ns > 0 {
+		e.Created = time.Unix(0, ns).UTC()
+	}
+	o.f.Events = append(o.f.Events, e)
 }

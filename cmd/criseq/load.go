@@ -25,8 +25,9 @@ func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.
 		calls++
 		flows = append(flows, g.Add(c)...)
 	}
+	dopts.OnStreamMessage = g.Event
 	if !fopts.All {
-		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) && method != "Version" }
+		dopts.SkipBodies = flow.SkipBody
 	}
 	d := decode.New(dopts)
 	for {

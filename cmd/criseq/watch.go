@@ -171,9 +171,9 @@ func newWatcher(o renderOptions, formats []string, ns string, want int, out io.W
 	dopts := decode.Options{NoRedact: o.noRedact, OnCall: func(c *decode.Call) {
 		w.calls++
 		w.emit(w.g.Add(c))
-	}}
+	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }}
 	if !o.all {
-		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) && method != "Version" }
+		dopts.SkipBodies = flow.SkipBody
 	}
 	w.dec = decode.New(dopts)
 	return w

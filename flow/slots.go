@@ -1,0 +1,278 @@
+package flow
+
+import (
+	"sort"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/criseq/criseq/decode"
+)
+
+// endOf is when a call returned, or when it started if it never did.
+func endOf(c *decode.Call) time.Time {
+	if c.End.IsZero() {
+		return c.Start
+	}
+	return c.End
+}
+
+// worked notes that ow's pod worker returned from c: its next image calls
+// come after, and the trace c carries is the pod's.
+func (g *Grouper) worked(ow *owner, c *decode.Call) {
+	if ow == nil {
+		return
+	}
+	g.lastWork[ow.sid] = endOf(c)
+	if t := traceID(c); t != "" {
+		g.images.addTrace(t, ow)
+	}
+	if c.Conn != ow.conn && ow.kubelet {
+		ow.kubelet = false // crictl: a connection per command
+		g.images.gen++
+	}
+}
+
+// work is worked for a sandbox with no start flow.
+func (g *Grouper) work(sid string, c *decode.Call) {
+	if sid != "" {
+		g.lastWork[sid] = endOf(c)
+	}
+}
+
+// openSlot opens the window of ow's next container's image calls, from c's
+// end until its CreateContainer.
+func (g *Grouper) openSlot(ow *owner, c *decode.Call) {
+	if ow == nil || ow.pending != nil {
+		return
+	}
+	ow.pending = &slot{ow: ow, lo: endOf(c)}
+	g.images.slots = append(g.images.slots, ow.pending)
+	g.images.gen++
+}
+
+// closeSlot ends ow's open window at hi with no container created: the pod
+// is stopping, or its flow is done.
+func (g *Grouper) closeSlot(ow *owner, hi time.Time) {
+	if ow == nil || ow.pending == nil {
+		return
+	}
+	ow.pending.hi = hi
+	if ow.pending.hi.Before(ow.pending.lo) {
+		ow.pending.hi = ow.pending.lo
+	}
+	ow.pending = nil
+	g.images.gen++
+}
+
+// created closes the window of the container c creates: its image calls
+// lie between the pod's previous work call and c.
+func (g *Grouper) created(ow *owner, c *decode.Call, spec *runtimeapi.ImageSpec) {
+	if ow == nil {
+		return
+	}
+	s := ow.pending
+	if s == nil {
+		s = &slot{ow: ow, lo: g.lastWork[ow.sid]}
+		g.images.slots = append(g.images.slots, s)
+	}
+	ow.pending = nil
+	s.hi, s.create, s.names = c.Start, true, containerImages(spec)
+	g.images.gen++
+	g.worked(ow, c)
+	if !c.OK() {
+		// kubelet tries again at the pod's next sync: image calls, then
+		// another CreateContainer.
+		g.openSlot(ow, c)
+	}
+}
+
+// containerImages are the names a container's image goes by: the image
+// ID kubelet resolved, the name the user gave, with kubelet's default tag.
+func containerImages(spec *runtimeapi.ImageSpec) map[string]bool {
+	m := imageKeys(spec)
+	for k := range m {
+		m[withDefaultTag(k)] = true
+	}
+	return m
+}
+
+// phantomCreate records the window of a container created in a sandbox
+// with no start flow (a pod started before the capture, or a container
+// restarted long after): its image calls must not be taken for another
+// pod's.
+func (g *Grouper) phantomCreate(sid string, c *decode.Call) {
+	if sid == "" {
+		return
+	}
+	r, _ := c.Request().(*runtimeapi.CreateContainerRequest)
+	ow := g.phantoms[sid]
+	if ow == nil {
+		if len(g.phantoms) >= maxPhantoms {
+			return
+		}
+		md := r.GetSandboxConfig().GetMetadata()
+		pod, ok := g.pods[sid]
+		switch {
+		case ok:
+		case md.GetName() != "":
+			pod = Pod{Namespace: md.GetNamespace(), Name: md.GetName(), UID: md.GetUid()}
+		default:
+			pod = Pod{Name: "sandbox " + Short(sid)}
+		}
+		ow = &owner{pod: pod, sid: sid, annotations: r.GetSandboxConfig().GetAnnotations()}
+		g.phantoms[sid] = ow
+		g.images.owners = append(g.images.owners, ow)
+	}
+	g.images.gen++
+	g.images.slots = append(g.images.slots, &slot{ow: ow, lo: g.lastWork[sid], hi: c.Start, names: containerImages(r.GetConfig().GetImage()), create: true})
+	g.work(sid, c)
+}
+
+// addImageCall puts an ImageStatus or PullImage call in the ledger.
+func (g *Grouper) addImageCall(c *decode.Call) {
+	ic := newImageCall(c)
+	l := &g.images
+	l.gen++
+	l.calls = append(l.calls, ic)
+	if len(l.calls) > g.maxPending {
+		l.calls[0] = nil
+		l.calls = l.calls[1:]
+	}
+	// A pull names its pod: the pod's open window is for that image.
+	if ow := l.exact(ic, true); ow != nil && ow.pending != nil && ic.pod != nil {
+		if ow.pending.names == nil {
+			ow.pending.names = map[string]bool{}
+		}
+		l.gen++
+		for k := range ic.names {
+			ow.pending.names[k] = true
+		}
+	}
+}
+
+// addTrace ties a trace id to a pod; a trace seen with two pods ties none.
+func (l *ledger) addTrace(t string, ow *owner) {
+	prev, ok := l.traces[t]
+	switch {
+	case !ok:
+		l.traces[t] = ow
+	case prev != ow && prev != nil:
+		l.traces[t] = nil
+	default:
+		return
+	}
+	l.gen++
+}
+
+// attribute adds to o's flow the image calls that belong to its pod (or
+// may: ambiguous ones are in each candidate's flow), and notes the pulls
+// of other pods it may have queued behind.
+func (g *Grouper) attribute(o *open) {
+	f := o.f
+	f.OtherPulls = nil
+	if o.ow == nil || len(o.steps) == 0 {
+		return
+	}
+	v := g.images.solve(o.ow, g.opts.IgnoreTraceparent)
+	start := o.steps[0].Start
+	for _, ic := range g.images.calls {
+		if ic == nil {
+			continue
+		}
+		vd := v[ic]
+		mine := false
+		for _, ow := range vd.owners {
+			mine = mine || ow == o.ow
+		}
+		if mine {
+			st := g.step(ic.c)
+			st.Attr.By = vd.by
+			if vd.by == ByAmbiguous {
+				for _, ow := range vd.owners {
+					st.Attr.Candidates = append(st.Attr.Candidates, ow.pod)
+				}
+				sort.Slice(st.Attr.Candidates, func(i, j int) bool {
+					return st.Attr.Candidates[i].String() < st.Attr.Candidates[j].String()
+				})
+			}
+			f.Steps = append(f.Steps, st)
+			continue
+		}
+		if !ic.status && ic.b.After(start) {
+			f.OtherPulls = append(f.OtherPulls, Interval{ic.a, ic.b})
+		}
+	}
+}
+
+// pruneImages forgets the image calls and windows no open flow can use.
+func (g *Grouper) pruneImages() {
+	l := &g.images
+	if g.now.Sub(l.pruned) < time.Second {
+		return
+	}
+	l.pruned = g.now
+	cutoff := g.now.Add(-g.opts.InitWait)
+	for _, o := range g.order {
+		if len(o.steps) > 0 && o.steps[0].Start.Before(cutoff) {
+			cutoff = o.steps[0].Start
+		}
+	}
+	for _, o := range g.starts {
+		if len(o.steps) > 0 && o.steps[0].Start.Before(cutoff) {
+			cutoff = o.steps[0].Start
+		}
+	}
+	calls := l.calls[:0]
+	for _, ic := range l.calls {
+		if ic != nil && !ic.b.Before(cutoff) {
+			calls = append(calls, ic)
+		}
+	}
+	if len(calls) < len(l.calls) {
+		l.gen++
+	}
+	clear(l.calls[len(calls):])
+	l.calls = calls
+	keep := map[*owner]bool{}
+	slots := l.slots[:0]
+	for _, s := range l.slots {
+		if s.hi.IsZero() || !s.hi.Before(cutoff) {
+			slots = append(slots, s)
+			keep[s.ow] = true
+		}
+	}
+	if len(slots) < len(l.slots) {
+		l.gen++
+	}
+	clear(l.slots[len(slots):])
+	l.slots = slots
+	owners := l.owners[:0]
+	for _, ow := range l.owners {
+		if keep[ow] || ow.o != nil && g.starts[ow.sid] == ow.o {
+			owners = append(owners, ow)
+			continue
+		}
+		if g.phantoms[ow.sid] == ow {
+			delete(g.phantoms, ow.sid)
+		}
+	}
+	clear(l.owners[len(owners):])
+	l.owners = owners
+	kept := map[*owner]bool{}
+	for _, ow := range owners {
+		kept[ow] = true
+	}
+	for t, ow := range l.traces {
+		if !kept[ow] {
+			delete(l.traces, t)
+		}
+	}
+	un := l.unreadable[:0]
+	for _, t := range l.unreadable {
+		if !t.Before(cutoff) {
+			un = append(un, t)
+		}
+	}
+	l.unreadable = un
+}
