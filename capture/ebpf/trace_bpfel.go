@@ -36,7 +36,7 @@ type traceEvent struct {
 	Kind   uint8
 	Dir    uint8
 	Last   uint8
-	Pad    uint8
+	Sys    uint8
 	Aux    [3]uint64
 }
 
@@ -47,7 +47,8 @@ type traceIo struct {
 	Fd  uint32
 	Vec uint8
 	Dir uint8
-	_   [2]byte
+	Sys uint8
+	_   [1]byte
 }
 
 type traceScratch struct {

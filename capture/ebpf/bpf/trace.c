@@ -26,6 +26,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 enum kind { EV_DATA = 0, EV_CONNECT = 1, EV_CLOSE = 2, EV_EXEC = 3 };
 enum dir { DIR_OUT = 0, DIR_IN = 1 }; // written by the traced process, read by it
+enum sys { S_WRITE, S_READ, S_WRITEV, S_READV, S_SENDMSG, S_RECVMSG, S_SENDTO, S_RECVFROM };
 
 // event heads every ring record; DATA records carry len payload bytes after it.
 struct event {
@@ -38,7 +39,7 @@ struct event {
 	__u8 kind;
 	__u8 dir;
 	__u8 last; // last record of one syscall
-	__u8 pad;
+	__u8 sys;  // DATA: which syscall (enum sys)
 	__u64 aux[3]; // CONNECT: socket inode, peer's bound dev, ino; CLOSE: final offsets
 };
 
@@ -59,6 +60,7 @@ struct io {
 	__u32 fd;
 	__u8 vec;
 	__u8 dir;
+	__u8 sys;
 };
 
 struct scratch {
@@ -147,13 +149,13 @@ static __always_inline void count(__u32 c, __u64 n)
 		__sync_fetch_and_add(v, n);
 }
 
-static __always_inline void enter(__u32 fd, __u64 ptr, __u64 cnt, __u8 vec, __u8 dir)
+static __always_inline void enter(__u32 fd, __u64 ptr, __u64 cnt, __u8 vec, __u8 dir, __u8 sys)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct conn_key k = {.tgid = id >> 32, .fd = fd};
 	if (!bpf_map_lookup_elem(&conns, &k))
 		return;
-	struct io io = {.ptr = ptr, .cnt = cnt, .fd = fd, .vec = vec, .dir = dir};
+	struct io io = {.ptr = ptr, .cnt = cnt, .fd = fd, .vec = vec, .dir = dir, .sys = sys};
 	bpf_map_update_elem(&inflight, &id, &io, BPF_ANY);
 }
 
@@ -268,7 +270,7 @@ static __always_inline void leave(long ret)
 	s->hdr.fd = k.fd;
 	s->hdr.kind = EV_DATA;
 	s->hdr.dir = dir;
-	s->hdr.pad = 0;
+	s->hdr.sys = cur.sys;
 	s->hdr.aux[0] = s->hdr.aux[1] = s->hdr.aux[2] = 0;
 
 	struct copy c = {.s = s, .rem = ret, .start = start, .vec = cur.vec};
@@ -292,29 +294,29 @@ static __always_inline void leave(long ret)
 
 // write, read, sendto, recvfrom: (fd, buf, len, ...)
 SEC("tracepoint/syscalls/sys_enter_write")
-int cq_write_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_OUT); return 0; }
+int cq_write_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_OUT, S_WRITE); return 0; }
 SEC("tracepoint/syscalls/sys_exit_write")
 int cq_write_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 SEC("tracepoint/syscalls/sys_enter_read")
-int cq_read_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_IN); return 0; }
+int cq_read_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_IN, S_READ); return 0; }
 SEC("tracepoint/syscalls/sys_exit_read")
 int cq_read_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int cq_sendto_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_OUT); return 0; }
+int cq_sendto_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_OUT, S_SENDTO); return 0; }
 SEC("tracepoint/syscalls/sys_exit_sendto")
 int cq_sendto_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int cq_recvfrom_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_IN); return 0; }
+int cq_recvfrom_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_IN, S_RECVFROM); return 0; }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int cq_recvfrom_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 
 // writev, readv: (fd, iov, iovcnt)
 SEC("tracepoint/syscalls/sys_enter_writev")
-int cq_writev_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], ctx->args[2], 1, DIR_OUT); return 0; }
+int cq_writev_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], ctx->args[2], 1, DIR_OUT, S_WRITEV); return 0; }
 SEC("tracepoint/syscalls/sys_exit_writev")
 int cq_writev_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 SEC("tracepoint/syscalls/sys_enter_readv")
-int cq_readv_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], ctx->args[2], 1, DIR_IN); return 0; }
+int cq_readv_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], ctx->args[2], 1, DIR_IN, S_READV); return 0; }
 SEC("tracepoint/syscalls/sys_exit_readv")
 int cq_readv_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 
@@ -326,7 +328,7 @@ struct user_msghdr {
 	__u64 iovlen;
 };
 
-static __always_inline void enter_msg(struct sys_enter *ctx, __u8 dir)
+static __always_inline void enter_msg(struct sys_enter *ctx, __u8 dir, __u8 sys)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct conn_key k = {.tgid = id >> 32, .fd = ctx->args[0]};
@@ -335,15 +337,15 @@ static __always_inline void enter_msg(struct sys_enter *ctx, __u8 dir)
 	struct user_msghdr m;
 	if (bpf_probe_read_user(&m, sizeof(m), (void *)ctx->args[1]) < 0)
 		m.iov = m.iovlen = 0;
-	enter(ctx->args[0], m.iov, m.iovlen, 1, dir);
+	enter(ctx->args[0], m.iov, m.iovlen, 1, dir, sys);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int cq_sendmsg_in(struct sys_enter *ctx) { enter_msg(ctx, DIR_OUT); return 0; }
+int cq_sendmsg_in(struct sys_enter *ctx) { enter_msg(ctx, DIR_OUT, S_SENDMSG); return 0; }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int cq_sendmsg_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int cq_recvmsg_in(struct sys_enter *ctx) { enter_msg(ctx, DIR_IN); return 0; }
+int cq_recvmsg_in(struct sys_enter *ctx) { enter_msg(ctx, DIR_IN, S_RECVMSG); return 0; }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
 int cq_recvmsg_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 
