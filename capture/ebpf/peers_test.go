@@ -221,6 +221,7 @@ func (c *child) stop() {
 //	calls I N           N unary calls on connection I, one after another
 //	big I SIZE          a Version call answered with SIZE bytes
 //	streams I N         N calls at once on connection I
+//	attach SOCK         traces this process's connections to SOCK
 //	close I             closes connection I
 //	exit
 func childMain(in io.Reader, out io.Writer) int {
@@ -269,6 +270,13 @@ func childMain(in io.Reader, out io.Writer) int {
 			}
 			wg.Wait()
 			err = errors.Join(errs...)
+		case "attach":
+			// A tracer on this very process, until killed.
+			tr := &Tracer{PID: os.Getpid(), Socket: f[1], Recorder: capture.NewRecorder(&memSink{}, capture.RecorderOptions{})}
+			ready := make(chan error, 1)
+			tr.Ready = func(Attached) { ready <- nil }
+			go func() { ready <- tr.Run(ctx) }()
+			err = <-ready
 		case "close":
 			err = conns[arg(1)].Close()
 		default:
