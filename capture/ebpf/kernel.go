@@ -52,6 +52,10 @@ type kernel struct {
 // hint ends every error that keeps attach mode from working.
 const hint = "; or record through criseq's relay instead: criseq record --swap SOCKET (needs a kubelet restart)"
 
+// Check reports whether attach mode can work here (root, BTF, ring
+// buffer, bpf_loop), with the fix in the error; it loads nothing that stays.
+func Check() error { return preflight() }
+
 // preflight checks what loading needs, so that the common failures get a
 // clear message rather than a verifier log.
 func preflight() error {

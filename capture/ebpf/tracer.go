@@ -56,16 +56,20 @@ type Tracer struct {
 	// Ready, if set, is called once attached, with what is traced.
 	Ready func(Attached)
 
-	k       *kernel
-	files   map[fileID]string
-	procs   map[int]uint64 // traced tgid → start time
-	conns   map[uint64]*conn
-	refused map[uint64]bool // cookies of connections to other sockets
-	nextID  uint64
-	cookie  uint64 // next cookie for connections found by scanning
-	clock   int64  // wall clock minus monotonic clock, ns
-	stats   stats
-	lastLog [cMax]uint64
+	k        *kernel
+	rd       *ringbuf.Reader
+	attached Attached
+	pending  []capture.Chunk // Open chunks found by Attach, before Run
+	running  bool
+	files    map[fileID]string
+	procs    map[int]uint64 // traced tgid → start time
+	conns    map[uint64]*conn
+	refused  map[uint64]bool // cookies of connections to other sockets
+	nextID   uint64
+	cookie   uint64 // next cookie for connections found by scanning
+	clock    int64  // wall clock minus monotonic clock, ns
+	stats    stats
+	lastLog  [cMax]uint64
 }
 
 // Attached says what a Tracer traces.
@@ -128,20 +132,12 @@ func (t *Tracer) logf(format string, args ...any) {
 	}
 }
 
-// Run finds the process and its runtime connections, attaches, and records
-// until ctx ends; then it detaches (every BPF program and map is released;
-// a SIGKILL releases them too, with the process) and closes the Recorder.
-// Errors before attaching leave the Recorder untouched but closed.
-func (t *Tracer) Run(ctx context.Context) (err error) {
-	defer func() {
-		if t.Recorder != nil {
-			if rerr := t.Recorder.Close(); rerr != nil && err == nil {
-				err = fmt.Errorf("attach: %w", rerr)
-			}
-		}
-	}()
-	if t.Recorder == nil {
-		return errors.New("attach: no recorder")
+// Attach finds the process and its runtime connections and starts tracing
+// them; what it sees waits in the kernel's ring buffer until Run. Call Run
+// or Close after it. Run calls it if it was not called.
+func (t *Tracer) Attach() (a Attached, err error) {
+	if t.k != nil {
+		return t.attached, nil
 	}
 	if t.Comm == "" {
 		t.Comm = DefaultComm
@@ -151,53 +147,95 @@ func (t *Tracer) Run(ctx context.Context) (err error) {
 		ring = DefaultRingSize
 	}
 	if ring < os.Getpagesize() || ring&(ring-1) != 0 {
-		return fmt.Errorf("attach: ring buffer size %d is not a power of two of at least a page", ring)
+		return a, fmt.Errorf("attach: ring buffer size %d is not a power of two of at least a page", ring)
 	}
 	pids, err := t.target()
 	if err != nil {
-		return err
+		return a, err
 	}
 	if t.files, err = runtimeFiles(pids[0], t.Socket); err != nil {
-		return err
+		return a, err
 	}
 	follow := ""
 	if t.PID == 0 {
 		follow = t.Comm
 	}
-	t.k, err = loadKernel(ring, follow, t.logf)
+	k, err := loadKernel(ring, follow, t.logf)
 	if err != nil {
-		return err
+		return a, err
 	}
-	defer t.k.close()
-	rd, err := ringbuf.NewReader(t.k.objs.Events)
-	if err != nil {
-		return fmt.Errorf("attach: ring buffer: %w", err)
+	t.k = k
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+	if t.rd, err = ringbuf.NewReader(k.objs.Events); err != nil {
+		return a, fmt.Errorf("attach: ring buffer: %w", err)
 	}
-	defer rd.Close()
-
 	t.conns, t.refused, t.procs = map[uint64]*conn{}, map[uint64]bool{}, map[int]uint64{}
 	t.cookie = 1
 	var mono unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono)
 	t.clock = time.Now().UnixNano() - mono.Nano()
 
-	midway := 0
+	a.PIDs = pids
 	for _, pid := range pids {
 		n, err := t.trace(pid)
 		if err != nil {
-			return err
+			return a, err
 		}
-		midway += n
+		a.Midway += n
 	}
-	if t.Ready != nil {
-		a := Attached{PIDs: pids, Midway: midway}
-		for _, p := range t.files {
-			a.Sockets = append(a.Sockets, p)
+	for _, p := range t.files {
+		a.Sockets = append(a.Sockets, p)
+	}
+	sort.Strings(a.Sockets)
+	t.attached = a
+	return a, nil
+}
+
+// Close detaches: every BPF program and map is released (a SIGKILL
+// releases them too, with the process). Run closes by itself.
+func (t *Tracer) Close() error {
+	var err error
+	if t.rd != nil {
+		t.rd.Close()
+		t.rd = nil
+	}
+	if t.k != nil {
+		err = t.k.close()
+	}
+	return err
+}
+
+// Run attaches (if Attach was not called) and records until ctx ends; then
+// it detaches and closes the Recorder.
+func (t *Tracer) Run(ctx context.Context) (err error) {
+	defer func() {
+		if t.Recorder != nil {
+			if rerr := t.Recorder.Close(); rerr != nil && err == nil {
+				err = fmt.Errorf("attach: %w", rerr)
+			}
 		}
-		sort.Strings(a.Sockets)
+	}()
+	if t.Recorder == nil {
+		t.Close()
+		return errors.New("attach: no recorder")
+	}
+	a, err := t.Attach()
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	for _, c := range t.pending {
+		t.Recorder.Record(c)
+	}
+	t.pending, t.running = nil, true
+	if t.Ready != nil {
 		t.Ready(a)
 	}
-	return t.loop(ctx, rd)
+	return t.loop(ctx, t.rd)
 }
 
 // target is the process to trace: PID, or the one process named Comm.
@@ -277,7 +315,12 @@ func (t *Tracer) open(cookie uint64, tgid, fd int, at time.Time, midway bool) {
 	c := &conn{id: t.nextID, tgid: tgid, fd: fd}
 	t.conns[cookie] = c
 	t.stats.conns.Add(1)
-	t.Recorder.Record(capture.Chunk{Conn: c.id, Dir: capture.ClientToServer, Kind: capture.Open, Time: at, Midway: midway})
+	ch := capture.Chunk{Conn: c.id, Dir: capture.ClientToServer, Kind: capture.Open, Time: at, Midway: midway}
+	if !t.running {
+		t.pending = append(t.pending, ch) // Attach, before Run
+		return
+	}
+	t.Recorder.Record(ch)
 }
 
 // housekeeping interval: drop counters, processes gone.
