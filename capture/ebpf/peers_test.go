@@ -176,7 +176,7 @@ func startChild(t testing.TB, exe string) *child {
 		t.Fatal(err)
 	}
 	c := &child{t: t, cmd: cmd, in: in, out: bufio.NewScanner(out), Pid: cmd.Process.Pid}
-	c.out.Buffer(nil, 1<<20)
+	c.out.Buffer(nil, 16<<20)
 	t.Cleanup(func() { c.stop() })
 	return c
 }
@@ -222,6 +222,8 @@ func (c *child) stop() {
 //	big I SIZE          a Version call answered with SIZE bytes
 //	streams I N         N calls at once on connection I
 //	attach SOCK         traces this process's connections to SOCK
+//	serve SOCK          serves the CRI services on SOCK
+//	lat I N             N small calls on I, one after another: their latencies
 //	close I             closes connection I
 //	exit
 func childMain(in io.Reader, out io.Writer) int {
@@ -277,6 +279,28 @@ func childMain(in io.Reader, out io.Writer) int {
 			tr.Ready = func(Attached) { ready <- nil }
 			go func() { ready <- tr.Run(ctx) }()
 			err = <-ready
+		case "serve":
+			// A CRI runtime in this process, on SOCK.
+			var ln net.Listener
+			if ln, err = net.Listen("unix", f[1]); err == nil {
+				srv := grpc.NewServer(grpc.MaxSendMsgSize(maxMsg), grpc.MaxRecvMsgSize(maxMsg))
+				runtimeapi.RegisterRuntimeServiceServer(srv, criServer{})
+				runtimeapi.RegisterImageServiceServer(srv, imageServer{})
+				go srv.Serve(ln)
+			}
+		case "lat":
+			// N Version calls one after another; the reply lists each one's
+			// latency in nanoseconds.
+			rt := runtimeapi.NewRuntimeServiceClient(conns[arg(1)])
+			lat := make([]string, 0, arg(2))
+			for range arg(2) {
+				t0 := time.Now()
+				if _, err = rt.Version(ctx, &runtimeapi.VersionRequest{Version: "16"}); err != nil {
+					break
+				}
+				lat = append(lat, strconv.FormatInt(int64(time.Since(t0)), 10))
+			}
+			reply = strings.Join(lat, " ")
 		case "close":
 			err = conns[arg(1)].Close()
 		default:

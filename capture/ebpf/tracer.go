@@ -323,14 +323,19 @@ func (t *Tracer) open(cookie uint64, tgid, fd int, at time.Time, midway bool) {
 	t.Recorder.Record(ch)
 }
 
-// housekeeping interval: drop counters, processes gone.
-const tick = 250 * time.Millisecond
+const (
+	// poll is how often the ring is read: the kernel wakes criseq only
+	// when the ring fills up (see wakeup in bpf/trace.c).
+	poll = 5 * time.Millisecond
+	// tick is the housekeeping interval: drop counters, processes gone.
+	tick = 250 * time.Millisecond
+)
 
 func (t *Tracer) loop(ctx context.Context, rd *ringbuf.Reader) error {
 	var rec ringbuf.Record
 	last := time.Now()
 	for {
-		rd.SetDeadline(time.Now().Add(tick))
+		rd.SetDeadline(time.Now().Add(poll))
 		err := rd.ReadInto(&rec)
 		switch {
 		case err == nil:

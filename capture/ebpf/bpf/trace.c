@@ -142,6 +142,16 @@ struct sys_exit {
 	long ret;
 };
 
+// wakeup lets records wait in the ring until user space's next poll (every
+// few milliseconds), unless the ring is filling: a wakeup per record would
+// cost the traced process a context switch of criseq's per syscall.
+static __always_inline __u64 wakeup(void)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	return avail > size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void count(__u32 c, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &c);
@@ -183,7 +193,7 @@ static __always_inline void flush(struct copy *c)
 	s->hdr.len = n;
 	s->hdr.offset = c->start + c->pos - n;
 	s->hdr.last = c->rem == 0;
-	if (bpf_ringbuf_output(&events, s, sizeof(struct event) + n, 0) < 0) {
+	if (bpf_ringbuf_output(&events, s, sizeof(struct event) + n, wakeup()) < 0) {
 		count(C_DROP_EVENTS, 1);
 		count(C_DROP_BYTES, n);
 	}
@@ -425,7 +435,7 @@ int cq_connect_out(struct sys_exit *ctx)
 			}
 		}
 	}
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup());
 	return 0;
 }
 
@@ -447,7 +457,7 @@ int cq_close_in(struct sys_enter *ctx)
 		e->kind = EV_CLOSE;
 		e->aux[0] = cn->off[0];
 		e->aux[1] = cn->off[1];
-		bpf_ringbuf_submit(e, 0);
+		bpf_ringbuf_submit(e, wakeup());
 	} else {
 		count(C_CTRL_LOST, 1);
 	}
@@ -481,6 +491,6 @@ int cq_exec(void *ctx)
 	e->ts = bpf_ktime_get_ns();
 	e->tgid = tgid;
 	e->kind = EV_EXEC;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup());
 	return 0;
 }
