@@ -56,20 +56,21 @@ type Tracer struct {
 	// Ready, if set, is called once attached, with what is traced.
 	Ready func(Attached)
 
-	k        *kernel
-	rd       *ringbuf.Reader
-	attached Attached
-	pending  []capture.Chunk // Open chunks found by Attach, before Run
-	running  bool
-	files    map[fileID]string
-	procs    map[int]uint64 // traced tgid → start time
-	conns    map[uint64]*conn
-	refused  map[uint64]bool // cookies of connections to other sockets
-	nextID   uint64
-	cookie   uint64 // next cookie for connections found by scanning
-	clock    int64  // wall clock minus monotonic clock, ns
-	stats    stats
-	lastLog  [cMax]uint64
+	k         *kernel
+	rd        *ringbuf.Reader
+	attached  Attached
+	pending   []capture.Chunk // Open chunks found by Attach, before Run
+	running   bool
+	files     map[fileID]string
+	procs     map[int]uint64 // traced tgid → start time
+	conns     map[uint64]*conn
+	refused   map[uint64]bool // cookies of connections to other sockets
+	nextID    uint64
+	cookie    uint64 // next cookie for connections found by scanning
+	clock     int64  // wall clock minus monotonic clock, ns
+	stats     stats
+	lastLog   [cMax + 1]uint64
+	lastLogAt time.Time
 }
 
 // Attached says what a Tracer traces.
@@ -379,13 +380,20 @@ func (t *Tracer) drain(rd *ringbuf.Reader) {
 	t.counters(true)
 }
 
-// counters reads the kernel's drop counters and logs new drops.
+// counters reads the kernel's drop counters and logs new drops, at most
+// every logEvery while they go on, and once more at the end.
 func (t *Tracer) counters(final bool) {
-	c := t.k.counters()
+	var c [cMax + 1]uint64 // the kernel's counters, then missed runs
+	k := t.k.counters()
+	copy(c[:], k[:])
 	t.stats.ring.Store(c[cDropEvents])
 	t.stats.fault.Store(c[cFaultBytes])
 	m := t.k.missed()
 	t.stats.missed.Store(m)
+	c[cMax] = m
+	if c == t.lastLog || !final && time.Since(t.lastLogAt) < logEvery {
+		return
+	}
 	if c[cDropEvents] > t.lastLog[cDropEvents] {
 		t.logf("ring buffer full: %d records (%d bytes) lost so far; marked as gaps in the capture (a larger --ring-size helps)",
 			c[cDropEvents], c[cDropBytes])
@@ -396,12 +404,14 @@ func (t *Tracer) counters(final bool) {
 	if c[cFaultBytes] > t.lastLog[cFaultBytes] {
 		t.logf("%d bytes could not be read from the traced process's memory; marked as gaps", c[cFaultBytes])
 	}
-	if m > t.lastLog[cMax-1] && m > 0 {
+	if m > t.lastLog[cMax] {
 		t.logf("the kernel skipped %d runs of criseq's programs (another BPF program ran on that CPU): bytes may be missing without a gap mark", m)
 	}
-	t.lastLog = c
-	t.lastLog[cMax-1] = m
+	t.lastLog, t.lastLogAt = c, time.Now()
 }
+
+// logEvery spaces the messages about drops.
+const logEvery = 5 * time.Second
 
 // checkProcs notices traced processes that exited: their connections end.
 func (t *Tracer) checkProcs() error {
