@@ -92,15 +92,17 @@ struct {
 	__type(value, __u8);
 } procs SEC(".maps");
 
+// Syscalls in flight, by thread. LRU: a thread killed inside a syscall never
+// reaches its exit, and its entry must not stay for good.
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct io);
 } inflight SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u64);
 	__type(value, __u32);
