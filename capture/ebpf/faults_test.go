@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -133,15 +135,19 @@ func TestAttachErrors(t *testing.T) {
 // behind (they go with its file descriptors).
 func TestAttachSIGKILL(t *testing.T) {
 	needBPF(t)
-	if n := ourPrograms(t); n > 0 {
-		t.Fatalf("%d criseq BPF programs loaded before the test", n)
-	}
 	dir := t.TempDir()
 	sock := startServer(t, dir)
 	ch := startChild(t, "")
-	ch.do("attach %s", sock)
-	if n := ourPrograms(t); n == 0 {
-		t.Fatal("the child's tracer has no BPF program loaded: the check below could not fail")
+	var ids []ebpf.ProgramID
+	for _, s := range ch.do("attach %s", sock) {
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			t.Fatalf("child's program IDs: %v", err)
+		}
+		ids = append(ids, ebpf.ProgramID(n))
+	}
+	if len(ids) == 0 || loaded(t, ids) != len(ids) {
+		t.Fatalf("the child's tracer has %d programs, %d of them loaded: the check below could not fail", len(ids), loaded(t, ids))
 	}
 	if err := ch.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -149,22 +155,20 @@ func TestAttachSIGKILL(t *testing.T) {
 	ch.cmd.Wait()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		n := ourPrograms(t)
+		n := loaded(t, ids)
 		if n == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d criseq BPF programs still loaded 10s after SIGKILL", n)
+			t.Fatalf("%d of the killed tracer's %d BPF programs still loaded 10s after SIGKILL", n, len(ids))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if mounted, ours := tracefsMounted(); ours {
-		t.Errorf("criseq's tracefs mount left behind (mounted %v)", mounted)
-	}
 }
 
-// ourPrograms counts the loaded BPF programs named like criseq's.
-func ourPrograms(t testing.TB) int {
+// loaded counts the programs of ids still loaded, going through every
+// loaded program by ID as bpftool does.
+func loaded(t testing.TB, ids []ebpf.ProgramID) int {
 	t.Helper()
 	n := 0
 	id := ebpf.ProgramID(0)
@@ -177,6 +181,9 @@ func ourPrograms(t testing.TB) int {
 			t.Fatalf("list BPF programs: %v", err)
 		}
 		id = next
+		if !slices.Contains(ids, id) {
+			continue
+		}
 		p, err := ebpf.NewProgramFromID(id)
 		if err != nil {
 			continue // gone meanwhile

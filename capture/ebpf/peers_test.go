@@ -221,7 +221,8 @@ func (c *child) stop() {
 //	calls I N           N unary calls on connection I, one after another
 //	big I SIZE          a Version call answered with SIZE bytes
 //	streams I N         N calls at once on connection I
-//	attach SOCK         traces this process's connections to SOCK
+//	attach SOCK         traces this process's connections to SOCK; the reply
+//	                    lists its BPF programs' IDs
 //	serve SOCK          serves the CRI services on SOCK
 //	lat I N             N small calls on I, one after another: their latencies
 //	close I             closes connection I
@@ -278,7 +279,16 @@ func childMain(in io.Reader, out io.Writer) int {
 			ready := make(chan error, 1)
 			tr.Ready = func(Attached) { ready <- nil }
 			go func() { ready <- tr.Run(ctx) }()
-			err = <-ready
+			if err = <-ready; err == nil {
+				progs, _ := programs(&tr.k.objs.tracePrograms)
+				for _, p := range progs {
+					if info, ierr := p.Info(); ierr == nil {
+						if id, ok := info.ID(); ok {
+							reply += fmt.Sprint(id, " ")
+						}
+					}
+				}
+			}
 		case "serve":
 			// A CRI runtime in this process, on SOCK.
 			var ln net.Listener
