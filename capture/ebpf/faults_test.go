@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -193,5 +194,44 @@ func loaded(t testing.TB, ids []ebpf.ProgramID) int {
 		if err == nil && strings.HasPrefix(info.Name, ProgPrefix) {
 			n++
 		}
+	}
+}
+
+// TestAttachNotRoot: without root, attach says so, with the fix and the
+// fallback, before touching anything.
+func TestAttachNotRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		err := Check()
+		if err == nil || !strings.Contains(err.Error(), "needs root") || !strings.Contains(err.Error(), "--swap") {
+			t.Errorf("Check as a user: %v, want a message asking for root, with --swap as the fallback", err)
+		}
+		return
+	}
+	// As root: run a copy of this test as nobody.
+	dir := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "ebpf.test")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestAttachNotRoot$", "-test.count=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Env = append(os.Environ(), "CI=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("as nobody: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "PASS") {
+		t.Errorf("as nobody:\n%s", out)
 	}
 }
