@@ -2,7 +2,7 @@
 GO ?= go
 OUT ?= out
 
-.PHONY: all build demo docs test test-deps e2e race bench lab fmt vet clean
+.PHONY: all build demo docs test test-deps e2e race bench lab fmt vet clean generate
 
 all: build
 
@@ -42,6 +42,11 @@ race:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./capture ./decode ./render ./cmd/criseq
+	$(GO) test -run '^$$' -bench . -benchtime=1x ./capture/ebpf
+
+# Rebuilds the committed BPF objects of capture/ebpf (Debian: clang llvm libbpf-dev).
+generate:
+	$(GO) generate ./capture/ebpf
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')

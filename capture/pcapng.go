@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -56,6 +57,8 @@ type Sink interface {
 // advances the sequence number, so Wireshark shows "previous segment not
 // captured", and the packet after it carries a comment saying how many bytes
 // were lost. Data without a preceding Open opens the connection implicitly.
+// A connection whose Open is Midway has no handshake, and its first packet
+// carries a comment saying capture began mid-connection.
 type PcapngWriter struct {
 	dst   io.Writer     // what the caller gave
 	out   *bufio.Writer // batches pcapgo's small writes into few syscalls
@@ -76,7 +79,11 @@ type synFlow struct {
 	port   uint16
 	seq    [2]uint32 // next sequence number per Dir
 	closed [2]bool
+	midway bool // opened before capture began: no handshake, first packet says so
 }
+
+// midwayComment is on the first packet of a connection caught midway.
+const midwayComment = "criseq: capture began mid-connection: this connection was already open, its earlier bytes were not seen"
 
 // NewPcapngWriter starts a pcapng file on w. Errors of the header write are
 // returned by the first Write or Close.
@@ -149,6 +156,10 @@ func (w *PcapngWriter) write(c Chunk) error {
 			f.seq[d] += uint32(skip)
 			comment = fmt.Sprintf("criseq: %s of %s lost before this segment", lost, d)
 		}
+		if f.midway {
+			comment = strings.TrimPrefix(comment+"; "+midwayComment, "; ")
+			f.midway = false
+		}
 		data := c.Data
 		for len(data) > 0 {
 			n := min(len(data), maxSegment)
@@ -167,7 +178,11 @@ func (w *PcapngWriter) write(c Chunk) error {
 		if c.Gap > 0 {
 			f.seq[d] += uint32(c.Gap)
 		}
-		if err := w.packet(c.Time, f, d, true, false, true, f.seq[d], f.seq[o], nil, ""); err != nil {
+		comment := ""
+		if f.midway {
+			comment, f.midway = midwayComment, false
+		}
+		if err := w.packet(c.Time, f, d, true, false, true, f.seq[d], f.seq[o], nil, comment); err != nil {
 			return err
 		}
 		f.seq[d]++
@@ -180,7 +195,8 @@ func (w *PcapngWriter) write(c Chunk) error {
 	return fmt.Errorf("chunk of connection %d has unknown kind %d", c.Conn, c.Kind)
 }
 
-// open writes the three-way handshake of a new connection.
+// open writes the three-way handshake of a new connection. A connection
+// caught midway gets none: a reader then knows its start was not seen.
 func (w *PcapngWriter) open(c Chunk) (*synFlow, error) {
 	f := &synFlow{}
 	f.ip, f.port = ClientEndpoint(c.Conn)
@@ -189,6 +205,12 @@ func (w *PcapngWriter) open(c Chunk) (*synFlow, error) {
 	f.seq[ClientToServer] = 0x10000000 + uint32(c.Conn)<<8
 	f.seq[ServerToClient] = 0x20000000 + uint32(c.Conn)<<8
 	w.conns[c.Conn] = f
+	if c.Kind == Open && c.Midway {
+		f.midway = true
+		f.seq[ClientToServer]++
+		f.seq[ServerToClient]++
+		return f, nil
+	}
 	cs, sc := f.seq[ClientToServer], f.seq[ServerToClient]
 	if err := w.packet(c.Time, f, ClientToServer, false, true, false, cs, 0, nil, ""); err != nil {
 		return nil, err

@@ -69,8 +69,10 @@ func OpenFile(path string) (Source, error) {
 // Chunks come in the order their bytes became available in sequence, which is
 // capture order unless segments were reordered; Time is the capture time of
 // the packet that carried a chunk's first byte. Open comes first for each
-// connection, Close only for a direction that ended with FIN or RST (a capture
-// that stops mid-connection ends without Close). Connection IDs are 1, 2, ... in
+// connection, with Midway set if the connection's first packet is not a SYN
+// (its start was not captured, as in criseq's files of attached captures);
+// Close only for a direction that ended with FIN or RST (a capture that
+// stops mid-connection ends without Close). Connection IDs are 1, 2, ... in
 // order of first appearance. A direction seen from its middle starts with
 // Gap == -1.
 //
@@ -377,12 +379,13 @@ func (s *fileSource) New(netFlow, tcpFlow gopacket.Flow, tcp *layers.TCP, ac rea
 	return c
 }
 
-// register gives the connection its ID and queues its Open chunk.
-func (c *tcpConn) register(ts time.Time) {
+// register gives the connection its ID and queues its Open chunk; midway
+// if its handshake was not seen.
+func (c *tcpConn) register(ts time.Time, midway bool) {
 	s := c.s
 	c.id = uint64(len(s.conns) + 1)
 	s.conns = append(s.conns, c)
-	s.enqueue(c, 0, Chunk{Conn: c.id, Kind: Open, Time: ts}, nil)
+	s.enqueue(c, 0, Chunk{Conn: c.id, Kind: Open, Time: ts, Midway: midway}, nil)
 }
 
 func hostPort(ip []byte, port uint16) string {
@@ -417,7 +420,7 @@ func (c *tcpConn) Accept(tcp *layers.TCP, ci gopacket.CaptureInfo, dir reassembl
 			// or a keepalive: not a connection worth an ID.
 			return false
 		}
-		c.register(ci.Timestamp)
+		c.register(ci.Timestamp, !tcp.SYN)
 	}
 	h := halfIndex(dir)
 	if tcp.SYN && !tcp.ACK && c.synSender < 0 {

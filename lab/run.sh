@@ -7,6 +7,7 @@
 # the pod, so its capture holds a start and a stop flow.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/attach.sh" # scenario attach (not in the default list: sudo lab/run.sh attach)
 
 OUT=lab-out
 while getopts o: opt; do

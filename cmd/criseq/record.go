@@ -15,6 +15,7 @@ import (
 
 const recordUsage = `Usage: criseq record --upstream SOCKET --listen SOCKET -w FILE
        criseq record --swap SOCKET -w FILE
+       criseq record --attach [--pid N] [--socket SOCKET] -w FILE
 
 Relays a CRI unix socket and records every connection's bytes, both ways, to a
 pcapng file (0600). Point kubelet or crictl at the listen socket; the bytes
@@ -40,6 +41,17 @@ If the runtime restarts meanwhile, it recreates SOCKET itself: criseq sees its
 socket replaced, leaves the new one alone, removes the stale moved-aside one
 and stops recording.
 
+--attach records a running kubelet with eBPF, touching nothing: no restart,
+no socket moved. criseq finds kubelet (or --pid N) and its connections to the
+runtime socket (--socket, else kubelet's --container-runtime-endpoint or
+config, else /run/containerd/containerd.sock), and copies every byte kubelet
+writes to and reads from them, in the kernel, from syscall tracepoints.
+Connections already open are recorded from the moment criseq attaches (the
+file marks them as caught mid-connection); new ones from their first byte.
+If kubelet restarts, its new process is followed (not with --pid). Needs root
+and Linux 5.17+ with BTF. Bytes the kernel could not hand over in time are
+counted, reported and marked as gaps in the file, never silently lost.
+
 Examples:
   sudo criseq record --upstream /run/containerd/containerd.sock \
       --listen /run/criseq.sock -w cri.pcapng
@@ -54,6 +66,10 @@ Examples:
   sudo systemctl restart kubelet   # so that kubelet reconnects through criseq
   # after a "kill -9" of criseq:
   sudo criseq restore /run/containerd/containerd.sock
+
+  # attach to the running kubelet: nothing restarted or reconfigured
+  sudo criseq record --attach -w cri.pcapng
+  sudo criseq record --attach --pid 1234 --socket /run/containerd/containerd.sock -w cri.pcapng
 `
 
 func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -63,6 +79,8 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	swap := fs.String("swap", "", "the runtime's socket to swap in place: record without changing kubelet's configuration")
 	out := fs.String("w", "", "pcapng file to write, created 0600 (required)")
 	quiet := fs.Bool("q", false, "print only errors")
+	var at attachFlags
+	at.register(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -72,6 +90,19 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	switch {
 	case len(pos) != 0:
 		return fmt.Errorf("%w: record takes no arguments (got %q)", errUsage, pos)
+	case *out == "" && at.on:
+		return fmt.Errorf("%w: record needs -w FILE, the pcapng file to write", errUsage)
+	}
+	if err := at.check(set); err != nil {
+		return err
+	}
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(stderr, "criseq record: "+format+"\n", args...)
+	}
+	if at.on {
+		return recordAttached(ctx, &at, *out, *quiet, logf)
+	}
+	switch {
 	case *swap != "" && (set["listen"] || set["upstream"]):
 		return fmt.Errorf("%w: --swap replaces --listen and --upstream; give either --swap SOCKET or both of those", errUsage)
 	case *swap == "" && *listen == "":
@@ -81,9 +112,7 @@ func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case *swap == "" && *listen == *upstream:
 		return fmt.Errorf("%w: --listen and --upstream are the same socket; to record in place use --swap %s", errUsage, *upstream)
 	}
-	r := &recording{out: *out, quiet: *quiet, logf: func(format string, args ...any) {
-		fmt.Fprintf(stderr, "criseq record: "+format+"\n", args...)
-	}}
+	r := &recording{out: *out, quiet: *quiet, logf: logf}
 	if *swap != "" {
 		return r.swapped(ctx, *swap)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/criseq/criseq/capture"
+	"github.com/criseq/criseq/capture/ebpf"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
 	"github.com/criseq/criseq/render"
@@ -28,6 +30,8 @@ Capture modes:
   --listen SOCK [--upstream SOCK]   relay a second socket (point kubelet or crictl at it)
   --swap SOCK                       take over the runtime's socket in place, as
                                     criseq record --swap does (see its -h), and put it back
+  --attach [--pid N] [--socket SOCK]  trace the running kubelet with eBPF, as
+                                    criseq record --attach does (see its -h)
   -r FILE                           replay a capture file as if live
 
 Exit codes: 0 done (Ctrl-C, or --pods flows written); 1 error; 2 bad usage;
@@ -38,6 +42,7 @@ Examples:
   # CI: wait for the pod start, at most 2 minutes, then exit
   sudo criseq watch --listen /run/criseq.sock --pods 1 --pod nginx --timeout 2m -o artifacts
   criseq watch -r cri.pcapng --format svg
+  sudo criseq watch --attach -o diagrams     # nothing restarted or reconfigured
 `
 
 // maxRecentFlows bounds the flows watch remembers to rewrite them.
@@ -64,15 +69,22 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	pods := fs.Int("pods", 0, "exit after this many flows are written (0: run until Ctrl-C)")
 	timeout := fs.Duration("timeout", 0, "with --pods: give up after this long, exit code 3")
 	namespace := fs.String("namespace", "", "only flows of pods in this namespace")
+	var at attachFlags
+	at.register(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := at.check(set); err != nil {
 		return err
 	}
 	switch {
 	case len(pos) != 0:
 		return fmt.Errorf("%w: watch takes no arguments (got %q)", errUsage, pos)
-	case btoi(*listen != "")+btoi(*replay != "")+btoi(*swap != "") != 1:
-		return fmt.Errorf("%w: watch needs exactly one of --listen SOCKET, --swap SOCKET or -r FILE", errUsage)
+	case btoi(*listen != "")+btoi(*replay != "")+btoi(*swap != "")+btoi(at.on) != 1:
+		return fmt.Errorf("%w: watch needs exactly one of --listen SOCKET, --swap SOCKET, --attach or -r FILE", errUsage)
 	case *timeout > 0 && *pods == 0:
 		return fmt.Errorf("%w: --timeout needs --pods N, the number of flows to wait for", errUsage)
 	}
@@ -83,10 +95,23 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return fmt.Errorf("watch: %w", err)
 	}
+	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "criseq watch: "+format+"\n", args...) }
+	var tr *ebpf.Tracer
+	if at.on {
+		tr = at.tracer(nil, logf)
+		a, err := tr.Attach()
+		if err != nil {
+			return fmt.Errorf("watch: %w", err)
+		}
+		logf("%s", attachedMessage(a, "drawn into "+o.out))
+	}
 	w := newWatcher(o, formats, *namespace, *pods, stdout)
 	if *record != "" {
 		f, err := capture.CreateFile(*record)
 		if err != nil {
+			if tr != nil {
+				tr.Close()
+			}
 			return fmt.Errorf("watch: %w", err)
 		}
 		w.file = capture.NewPcapngWriter(f)
@@ -107,13 +132,21 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer stopT()
 	}
 
-	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "criseq watch: "+format+"\n", args...) }
 	newProxy := func() (*capture.Proxy, error) {
 		return &capture.Proxy{Log: logf, Recorder: capture.NewRecorder(w, capture.RecorderOptions{Log: logf})}, nil
 	}
 	switch {
 	case *replay != "":
 		err = w.replay(runCtx, *replay)
+	case at.on:
+		go w.ticker(runCtx, stderr)
+		tr.Recorder = capture.NewRecorder(w, capture.RecorderOptions{Log: logf})
+		start := time.Now()
+		err = tr.Run(runCtx) // closes the Recorder, which closes w
+		reportTracer(tr, true, start, logf)
+		if err != nil {
+			err = fmt.Errorf("watch: %w", err)
+		}
 	case *swap != "":
 		go w.ticker(runCtx, stderr)
 		_, err = swapRelay(runCtx, "watch", *swap, "drawn into "+o.out, false, logf, newProxy)

@@ -1,0 +1,102 @@
+package ebpf
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestAttachLarge: a 16 MiB response read with readv, and 200 calls at once,
+// traced whole.
+func TestAttachLarge(t *testing.T) {
+	needBPF(t)
+	dir := t.TempDir()
+	sock := startServer(t, dir)
+	relay, relayed, stopRelay := startRelay(t, dir, sock)
+	ch := startChild(t, "")
+	tr := attach(t, &Tracer{PID: ch.Pid, Socket: relay})
+	c := ch.do("dial %s vec", relay)[0]
+	ch.do("big %s %d", c, 16<<20)
+	ch.do("streams %s 200", c)
+	ch.do("close %s", c)
+	time.Sleep(100 * time.Millisecond)
+	chunks := tr.stop(t)
+	stopRelay()
+
+	traced := splitConns(t, chunks, false)
+	pairs := matchRelay(t, traced, splitConns(t, relayed.all(), false))
+	if len(traced) != 1 || len(pairs) != 1 {
+		t.Fatalf("%d connections traced, %d matched, want 1", len(traced), len(pairs))
+	}
+	for id, tc := range traced {
+		if len(tc.data[1]) < 16<<20 {
+			t.Errorf("conn %d: %d bytes read, want the 16 MiB response", id, len(tc.data[1]))
+		}
+		calls, errs := decodeConn(t, chunks, id)
+		if len(errs) > 0 {
+			t.Errorf("decode: %v", errs)
+		}
+		if len(calls) != 202 {
+			t.Errorf("%d calls decoded, want 202", len(calls))
+		}
+	}
+	if st := tr.tr.Stats(); st.LostBytes != 0 {
+		t.Errorf("stats %+v, want no loss", st)
+	}
+}
+
+// TestAttachOverload: a ring buffer far too small for a 16 MiB response
+// loses records; every loss is counted and marked as a gap, and every byte
+// that did arrive is where the relay saw it.
+func TestAttachOverload(t *testing.T) {
+	needBPF(t)
+	dir := t.TempDir()
+	sock := startServer(t, dir)
+	relay, relayed, stopRelay := startRelay(t, dir, sock)
+	ch := startChild(t, "")
+	tr := attach(t, &Tracer{PID: ch.Pid, Socket: relay, RingSize: 64 << 10})
+	c := ch.do("dial %s rw", relay)[0]
+	for range 3 {
+		ch.do("big %s %d", c, 16<<20)
+	}
+	ch.do("close %s", c)
+	time.Sleep(100 * time.Millisecond)
+	chunks := tr.stop(t)
+	stopRelay()
+
+	st := tr.tr.Stats()
+	t.Logf("stats: %+v", st)
+	if st.RingDrops == 0 || st.LostBytes == 0 {
+		t.Fatalf("stats %+v: no drops with a 64 KiB ring and 48 MiB of responses", st)
+	}
+	traced := splitConns(t, chunks, true)
+	rel := splitConns(t, relayed.all(), false)
+	if len(traced) != 1 || len(rel) != 1 {
+		t.Fatalf("%d traced, %d relayed connections, want 1", len(traced), len(rel))
+	}
+	tc, rc := traced[1], rel[1]
+	if tc.gaps == 0 {
+		t.Error("no chunk marks a gap")
+	}
+	var lost int64
+	for d := range 2 {
+		// Gaps stand as zeros: same length as the relay's, equal wherever data arrived.
+		if len(tc.data[d]) != len(rc.data[d]) {
+			t.Errorf("%d: %d bytes with gaps, relay %d", d, len(tc.data[d]), len(rc.data[d]))
+			continue
+		}
+		for _, c := range tc.chunks[d] {
+			if string(rc.data[d][c.Offset:c.Offset+int64(len(c.Data))]) != string(c.Data) {
+				t.Errorf("dir %d: bytes at offset %d differ from the relay's", d, c.Offset)
+				break
+			}
+			lost += int64(max(c.Gap, 0))
+		}
+	}
+	if !strings.Contains(tr.logs.String(), "ring buffer full") {
+		t.Errorf("drops not reported; log:\n%s", tr.logs.String())
+	}
+	if lost > st.LostBytes || lost == 0 {
+		t.Errorf("gaps add up to %d bytes, stats say %d lost", lost, st.LostBytes)
+	}
+}
