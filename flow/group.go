@@ -92,8 +92,8 @@ func Sort(fs []*Flow) {
 // open is a flow being built.
 type open struct {
 	f          *Flow
-	steps      []Step // the flow's own steps; image calls are added at finish
-	ow         *owner // the pod, for image calls (nil: failed sandbox, stop flows)
+	steps      []Step          // the flow's own steps; image calls are added at finish
+	ow         *owner          // the pod, for image calls (nil: failed sandbox, stop flows)
 	imageKeys  map[string]bool // image names/IDs its containers use
 	created    map[string]bool // container IDs created
 	started    map[string]bool // container IDs started
