@@ -611,19 +611,7 @@ func svgTextLines(src string) []string {
 // ("start setup", "start web") add up to that phase of flow.Timing ("start"),
 // on every case and every recorded flow.
 func TestChipsAddUpToTiming(t *testing.T) {
-	flows := map[string]*flow.Flow{}
-	for _, c := range cases {
-		flows[c.name] = c.flow()
-	}
-	captures, err := filepath.Glob(filepath.Join("..", "testdata", "*", "capture.pcapng"))
-	if err != nil || len(captures) == 0 {
-		t.Fatalf("no testdata captures: %v", err)
-	}
-	for _, c := range captures {
-		for i, f := range loadCapture(t, c) {
-			flows[filepath.Base(filepath.Dir(c))+"/"+strconv.Itoa(i)+"-"+f.Kind.String()] = f
-		}
-	}
+	flows := allFlows(t)
 	several := 0 // phases shown as several chips
 	for name, f := range flows {
 		d, err := newDiagram(f)
@@ -660,4 +648,24 @@ func TestChipsAddUpToTiming(t *testing.T) {
 	if several == 0 {
 		t.Error("no flow shows a phase in several chips: the sums are not exercised")
 	}
+}
+
+// allFlows is every case and every flow of the recorded captures, by name
+// ("start", "kubelet-init/1-stop").
+func allFlows(t *testing.T) map[string]*flow.Flow {
+	t.Helper()
+	flows := map[string]*flow.Flow{}
+	for _, c := range cases {
+		flows[c.name] = c.flow()
+	}
+	captures, err := filepath.Glob(filepath.Join("..", "testdata", "*", "capture.pcapng"))
+	if err != nil || len(captures) == 0 {
+		t.Fatalf("no testdata captures: %v", err)
+	}
+	for _, c := range captures {
+		for i, f := range loadCapture(t, c) {
+			flows[filepath.Base(filepath.Dir(c))+"/"+strconv.Itoa(i)+"-"+f.Kind.String()] = f
+		}
+	}
+	return flows
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -503,19 +502,7 @@ func laidOut(t *testing.T, f *flow.Flow) (*diagram, *drawing) {
 // ImageStatus replies) must not hide a piece of it. The browser test checks
 // the same on Chromium's screenshots of the SVG.
 func TestBarsUncut(t *testing.T) {
-	flows := map[string]*flow.Flow{}
-	for _, c := range cases {
-		flows[c.name] = c.flow()
-	}
-	captures, err := filepath.Glob(filepath.Join("..", "testdata", "*", "capture.pcapng"))
-	if err != nil || len(captures) == 0 {
-		t.Fatalf("no testdata captures: %v", err)
-	}
-	for _, c := range captures {
-		for i, f := range loadCapture(t, c) {
-			flows[fmt.Sprintf("%s/%d-%s", filepath.Base(filepath.Dir(c)), i, f.Kind)] = f
-		}
-	}
+	flows := allFlows(t)
 	crossed := 0 // labels drawn across a bar
 	for name, f := range flows {
 		_, l := laidOut(t, f)

@@ -26,6 +26,7 @@ Examples:
   criseq render -o site/img --format svg cri.pcapng
   criseq render --format html cri.pcapng            # one page, out/cri.html, to browse every flow
   criseq render --pod default/nginx --all cri.pcapng  # one pod, with kubelet's polling
+  criseq render --format json cri.pcapng            # each flow as data: phases, waits, calls, events
 `
 
 // renderOptions are the flags render and demo share.
