@@ -69,10 +69,10 @@ func PhaseOf(method string) string {
 // Timing computes f's phases and waits. Pure: it reads f's steps, events
 // and OtherPulls.
 func (f *Flow) Timing() Timing {
-	t := Timing{Total: f.Duration()}
-	if len(f.Steps) == 0 {
-		return t
+	if len(f.Steps) == 0 || f.Start.IsZero() || f.End.IsZero() && f.Done.IsZero() {
+		return Timing{} // no time to split (Duration would be from the year 1)
 	}
+	t := Timing{Total: f.Duration()}
 	type iv struct {
 		a, b time.Time
 		s    *Step

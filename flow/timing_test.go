@@ -122,3 +122,12 @@ func TestTiming(t *testing.T) {
 		})
 	}
 }
+
+// TestTimingEmpty: a flow without calls has no time to split, not the time
+// since the year 1.
+func TestTimingEmpty(t *testing.T) {
+	f := &Flow{Kind: Start, Start: time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)}
+	if tm := f.Timing(); tm.Total != 0 || len(tm.Parts) != 0 || len(tm.After) != 0 {
+		t.Errorf("timing of an empty flow: %+v", tm)
+	}
+}

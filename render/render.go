@@ -826,7 +826,7 @@ func cut(s string, n int) string {
 // "105ms", "1.94s", "12.5s", "2m05s".
 func fmtDur(d time.Duration) string {
 	if d < 0 {
-		return "-" + fmtDur(-d)
+		return "-" + fmtDur(-max(d, -math.MaxInt64))
 	}
 	switch {
 	case d < time.Millisecond:
