@@ -44,6 +44,13 @@ type viewerResult struct {
 		Title    string `json:"title"`
 		Selected []int  `json:"selected"`
 	} `json:"apart"`
+	Event *struct {
+		Flow     int    `json:"flow"`
+		Title    string `json:"title"`
+		Text     string `json:"text"`
+		Selected []int  `json:"selected"`
+		Calls    []int  `json:"calls"`
+	} `json:"event"`
 	Blocked       []string `json:"blocked"`
 	PageErrors    []string `json:"pageErrors"`
 	ConsoleErrors []string `json:"consoleErrors"`
@@ -106,6 +113,10 @@ func TestHTMLViewerTool(t *testing.T) {
 	if len(flows) < 2 || len(flows[0].Steps) < 2 {
 		t.Fatalf("kubelet-pull: %d flows, want a start and a stop", len(flows))
 	}
+	// A flow with the runtime's events (kubelet's Evented PLEG), which
+	// the recorded captures lack.
+	burst := burstFlow()
+	flows = append(flows, burst)
 	dir := t.TempDir()
 	page := filepath.Join(dir, "capture.html")
 	if err := os.WriteFile(page, viewer(t, "capture.pcapng", flows), 0o644); err != nil {
@@ -177,7 +188,21 @@ func TestHTMLViewerTool(t *testing.T) {
 	if len(r.PageErrors)+len(r.ConsoleErrors) > 0 {
 		t.Errorf("page errors %v, console errors %v", r.PageErrors, r.ConsoleErrors)
 	}
-	if len(r.Shots) != 5 {
-		t.Errorf("%d screenshots, want 5", len(r.Shots))
+	switch e := r.Event; {
+	case e == nil:
+		t.Error("no event arrow clicked")
+	case e.Flow != len(flows)-1 || e.Title != burst.Events[0].Type || len(e.Selected) != 1 || e.Selected[0] != 0 || len(e.Calls) != 0:
+		t.Errorf("after clicking the first event of flow %d the panel shows %q, events %v and calls %v selected; want %s, [0] and none",
+			e.Flow, e.Title, e.Selected, e.Calls, burst.Events[0].Type)
+	default:
+		for _, want := range []string{burst.Events[0].ContainerID, "web", "connection 1, stream 5",
+			"/runtime.v1.RuntimeService/GetContainerEvents", "Created at", burst.Events[0].Created.UTC().Format(timeFormat)} {
+			if !strings.Contains(e.Text, want) {
+				t.Errorf("event panel lacks %q:\n%s", want, e.Text)
+			}
+		}
+	}
+	if len(r.Shots) != 6 {
+		t.Errorf("%d screenshots, want 6", len(r.Shots))
 	}
 }

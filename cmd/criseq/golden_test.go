@@ -33,7 +33,8 @@ func captures(t *testing.T) []string {
 }
 
 // TestGolden runs calls and render on every testdata case and compares the
-// output with the golden files next to the capture.
+// output with the golden files next to the capture: the diagrams and the
+// flows as JSON.
 func TestGolden(t *testing.T) {
 	for _, capPath := range captures(t) {
 		dir := filepath.Dir(capPath)
@@ -52,7 +53,7 @@ func TestGolden(t *testing.T) {
 
 			out := t.TempDir()
 			stdout.Reset()
-			if err := run(context.Background(), []string{"render", "-o", out, capPath}, &stdout, &stderr); err != nil {
+			if err := run(context.Background(), []string{"render", "-o", out, "--format", "svg,puml,mmd,json", capPath}, &stdout, &stderr); err != nil {
 				t.Fatalf("render: %v\n%s", err, stderr.String())
 			}
 			golden(t, filepath.Join(dir, "render.golden"), []byte(strings.ReplaceAll(stdout.String(), out, "OUT")))

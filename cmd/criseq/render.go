@@ -26,6 +26,7 @@ Examples:
   criseq render -o site/img --format svg cri.pcapng
   criseq render --format html cri.pcapng            # one page, out/cri.html, to browse every flow
   criseq render --pod default/nginx --all cri.pcapng  # one pod, with kubelet's polling
+  criseq render --format json cri.pcapng            # each flow as data: phases, waits, calls, events
 `
 
 // renderOptions are the flags render and demo share.
@@ -174,19 +175,13 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, ro render.Opti
 	return nil
 }
 
-func summary(f *flow.Flow) string {
-	verb := "started in"
-	if f.Kind == flow.Stop {
-		verb = "stopped in"
-	}
-	if !f.Complete {
-		verb = f.Kind.String() + " incomplete after"
-	}
-	return fmt.Sprintf("%s %s  (%s)", verb, fmtDuration(f.Duration()), phases(f))
-}
+// summary is the line printed for each flow (render, watch, demo): its
+// time split into phases and waits that add up (render.Summary).
+func summary(f *flow.Flow) string { return render.Summary(f) }
 
-// phases gives the time of the calls that do the work, e.g.
-// "sandbox 105ms, pull 887ms, create 29ms, start 54ms".
+// phases gives the time of the calls that do the work, per method, as
+// criseq diff lists them, e.g. "sandbox 105ms, pull 887ms, create 29ms,
+// start 54ms".
 func phases(f *flow.Flow) string {
 	var parts []string
 	for _, p := range phaseMethods {
