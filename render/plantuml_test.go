@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // pumlStatement matches every line PlantUML output may have; named groups
@@ -80,7 +81,7 @@ func TestPlantUMLSyntax(t *testing.T) {
 func TestPlantUMLTool(t *testing.T) {
 	bin, err := exec.LookPath("plantuml")
 	if err != nil {
-		t.Skip("plantuml not installed (apt-get install -y plantuml): PlantUML output not checked with the real tool")
+		testpeer.Missing(t, "plantuml not installed (apt-get install -y plantuml): PlantUML output not checked with the real tool")
 	}
 	if testing.Short() {
 		t.Skip("-short: PlantUML (Java) not run")
@@ -182,7 +183,7 @@ func svgTexts(t *testing.T, svg []byte) string {
 func TestPlantUMLPages(t *testing.T) {
 	bin, err := exec.LookPath("plantuml")
 	if err != nil {
-		t.Skip("plantuml not installed (apt-get install -y plantuml): PlantUML pages not checked with the real tool")
+		testpeer.Missing(t, "plantuml not installed (apt-get install -y plantuml): PlantUML pages not checked with the real tool")
 	}
 	if testing.Short() {
 		t.Skip("-short: PlantUML (Java) not run")
