@@ -23,10 +23,11 @@ lab:
 	./lab/run.sh -o lab-out
 
 # Installs what the tests use (Debian packages, as root) and runs them.
-# Tests whose peer is missing skip with the reason.
+# Tests whose peer is missing skip with the reason, listed at the end (SKIP
+# lines); with CI=true they fail instead.
 test: test-deps
 	$(GO) vet ./...
-	$(GO) test ./...
+	$(GO) test -json ./... | $(GO) run ./internal/testsum
 
 test-deps:
 	@./lab/test-deps.sh

@@ -95,6 +95,24 @@ func TestPlantUMLTool(t *testing.T) {
 		}
 		files = append(files, p)
 	}
+	// And the diagrams committed with the recorded scenarios, copied so
+	// that PlantUML's SVGs do not land beside them.
+	committed, _ := filepath.Glob(filepath.Join("..", "testdata", "*", "diagrams", "*.puml"))
+	if len(committed) == 0 {
+		t.Fatal("no committed diagrams under ../testdata/*/diagrams")
+	}
+	var copies []string
+	for _, src := range committed {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.Base(filepath.Dir(filepath.Dir(src)))+"_"+filepath.Base(src))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files, copies = append(files, p), append(copies, p)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// One JVM for every file. PlantUML exits 0 on most errors and draws the
@@ -108,6 +126,23 @@ func TestPlantUMLTool(t *testing.T) {
 	}
 	if s := strings.TrimSpace(filterJavaNoise(stderr.String())); s != "" {
 		t.Errorf("plantuml printed:\n%s", s)
+	}
+	for _, p := range copies {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			svg, err := os.ReadFile(strings.TrimSuffix(p, ".puml") + ".svg")
+			if err != nil {
+				t.Fatalf("plantuml wrote no SVG: %v", err)
+			}
+			texts := svgTexts(t, svg)
+			for _, bad := range []string{"Syntax Error", "An error has occured", "Exception", "cannot parse"} {
+				if strings.Contains(texts, bad) {
+					t.Fatalf("PlantUML drew an error: %q in\n%s", bad, texts)
+				}
+			}
+			if !strings.Contains(texts, "pod st") {
+				t.Errorf("PlantUML's drawing lacks the closing note (pod started/stopped in):\n%s", texts)
+			}
+		})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -205,6 +240,24 @@ func TestPlantUMLPages(t *testing.T) {
 			t.Fatal(err)
 		}
 		files = append(files, p)
+	}
+	// And the diagrams committed with the recorded scenarios, copied so
+	// that PlantUML's SVGs do not land beside them.
+	committed, _ := filepath.Glob(filepath.Join("..", "testdata", "*", "diagrams", "*.puml"))
+	if len(committed) == 0 {
+		t.Fatal("no committed diagrams under ../testdata/*/diagrams")
+	}
+	var copies []string
+	for _, src := range committed {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.Base(filepath.Dir(filepath.Dir(src)))+"_"+filepath.Base(src))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files, copies = append(files, p), append(copies, p)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
