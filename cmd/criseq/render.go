@@ -189,9 +189,9 @@ func summary(f *flow.Flow) string {
 // "sandbox 105ms, pull 887ms, create 29ms, start 54ms".
 func phases(f *flow.Flow) string {
 	var parts []string
-	for _, p := range phaseMethods {
-		if d, ok := phaseTime(f, p.method); ok {
-			parts = append(parts, p.label+" "+fmtDuration(d))
+	for _, p := range flow.PhaseMethods {
+		if d, ok := flow.PhaseTime(f, p.Method); ok {
+			parts = append(parts, p.Label+" "+fmtDuration(d))
 		}
 	}
 	parts = append(parts, fmt.Sprintf("%d calls", len(f.Steps)))
