@@ -14,6 +14,7 @@ import (
 
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 const diffUsage = `Usage: criseq diff [flags] SPEC_A SPEC_B
@@ -156,11 +157,11 @@ func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case "md":
 		d.writeMarkdown(bw)
 	case "json":
-		enc := json.NewEncoder(bw)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(d.json()); err != nil {
+		b, err := json.MarshalIndent(d.json(), "", "  ")
+		if err != nil {
 			return err
 		}
+		bw.Write(termtext.JSON(append(b, '\n')))
 	default:
 		d.writeText(bw)
 	}
@@ -292,7 +293,7 @@ func pickFlow(s diffSpec, flows []*flow.Flow, calls int) (*flow.Flow, error) {
 		if n := seen[spec]; n > 1 {
 			spec += "#" + strconv.Itoa(n)
 		}
-		fmt.Fprintf(&b, "\n  %-32s %-5s %s", f.Pod.String(), f.Kind, spec)
+		fmt.Fprintf(&b, "\n  %-32s %-5s %s", termtext.String(f.Pod.String()), f.Kind, termtext.String(spec))
 	}
 	return nil, fmt.Errorf("%s", b.String())
 }
@@ -316,6 +317,7 @@ func callName(c *flow.Unmatched) string {
 	if c.Step.Err != "" {
 		s += " ✗ " + flow.ErrCode(c.Step.Err)
 	}
+	s = termtext.String(s)
 	return s
 }
 
@@ -391,7 +393,7 @@ func (s diffSide) describe() string {
 		extra = append(extra, s.f.Runtime)
 	}
 	extra = append(extra, "at "+s.f.Start.UTC().Format("15:04:05.000")+" UTC")
-	return fmt.Sprintf("%s %s, %s (%s)", s.f.Pod, s.f.Kind, s.spec.file, strings.Join(extra, ", "))
+	return termtext.String(fmt.Sprintf("%s %s, %s (%s)", s.f.Pod, s.f.Kind, s.spec.file, strings.Join(extra, ", ")))
 }
 
 // rows is the table both text formats print: label, A, B, Δ.

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 func main() {
@@ -19,7 +21,7 @@ func main() {
 	stop()
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errReported) {
-			fmt.Fprintln(os.Stderr, "criseq:", err)
+			fmt.Fprintln(os.Stderr, "criseq:", termtext.Lines(err.Error()))
 		}
 		var ee *exitError
 		switch {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 	"github.com/criseq/criseq/render"
 )
 
@@ -166,10 +167,10 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, ro render.Opti
 			}
 		}
 		if len(names) == 0 { // html only: the viewer is written after
-			fmt.Fprintf(stdout, "%-32s %s\n", f.Pod.String(), summary(f))
+			fmt.Fprintf(stdout, "%-32s %s\n", termtext.String(f.Pod.String()), summary(f))
 			continue
 		}
-		fmt.Fprintf(stdout, "%-32s %s  → %s\n", f.Pod.String(), summary(f), strings.Join(names, ", "))
+		fmt.Fprintf(stdout, "%-32s %s  → %s\n", termtext.String(f.Pod.String()), summary(f), strings.Join(names, ", "))
 	}
 	return nil
 }
