@@ -2,12 +2,11 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -179,15 +178,12 @@ func dirFiles(t *testing.T, dir string) map[string][]byte {
 		t.Fatal(err)
 	}
 	m := map[string][]byte{}
-	var names []string
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
 		m[e.Name()] = b
-		names = append(names, e.Name())
 	}
-	sort.Strings(names)
 	return m
 }
