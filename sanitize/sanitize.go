@@ -125,7 +125,7 @@ type rewriter struct {
 	red   decode.Redaction
 	conns map[uint64]*conn
 	gone  map[uint64]bool // connections over: later chunks of them are left out
-	seq   uint64 // input chunks so far
+	seq   uint64          // input chunks so far
 	q     outQueue
 	order uint64 // items queued so far, to keep order within a key
 	werr  error
