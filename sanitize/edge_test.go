@@ -36,7 +36,7 @@ const (
 )
 
 // grpcMessage frames a protobuf message (5-byte prefix).
-func grpcMessage(t *testing.T, m proto.Message) []byte {
+func grpcMessage(t testing.TB, m proto.Message) []byte {
 	t.Helper()
 	b, err := proto.Marshal(m)
 	if err != nil {
@@ -47,7 +47,7 @@ func grpcMessage(t *testing.T, m proto.Message) []byte {
 	return append(out, b...)
 }
 
-func block(t *testing.T, enc *hpack.Encoder, buf *bytes.Buffer, fields ...hpack.HeaderField) []byte {
+func block(t testing.TB, enc *hpack.Encoder, buf *bytes.Buffer, fields ...hpack.HeaderField) []byte {
 	t.Helper()
 	buf.Reset()
 	for _, f := range fields {
@@ -61,7 +61,7 @@ func block(t *testing.T, enc *hpack.Encoder, buf *bytes.Buffer, fields ...hpack.
 // edgeCapture builds four connections' chunks: an HTTP/2 PullImage with
 // every unusual framing, an HTTP/1 request, a connection with bytes lost
 // on the server side, and one caught midway.
-func edgeCapture(t *testing.T) []capture.Chunk {
+func edgeCapture(t testing.TB) []capture.Chunk {
 	t.Helper()
 	var cs, sc bytes.Buffer
 	cfr, sfr := http2.NewFramer(&cs, nil), http2.NewFramer(&sc, nil)

@@ -126,6 +126,7 @@ type rewriter struct {
 	conns map[uint64]*conn
 	gone  map[uint64]bool // connections over: later chunks of them are left out
 	seq   uint64          // input chunks so far
+	cur   key             // the input chunk being read
 	q     outQueue
 	order uint64 // items queued so far, to keep order within a key
 	werr  error
@@ -212,9 +213,17 @@ type half struct {
 	// Writing: the encoder of this direction's header blocks (a fresh one,
 	// bounded by what the peer's SETTINGS allow) and a framer into wbuf.
 	enc    *hpack.Encoder
+	limits []limit // table size bounds from the peer's SETTINGS, not yet applied
 	encBuf bytes.Buffer
 	wbuf   bytes.Buffer
 	wfr    *http2.Framer
+}
+
+// limit is a peer's SETTINGS_HEADER_TABLE_SIZE, complete in input chunk
+// after: it bounds the header blocks that begin in later chunks.
+type limit struct {
+	after uint64
+	size  uint32
 }
 
 type sliceReader struct{ b []byte }
@@ -254,6 +263,7 @@ func (rw *rewriter) conn(id uint64) *conn {
 func (rw *rewriter) feed(c capture.Chunk) {
 	rw.seq++
 	k := key{seq: rw.seq, t: c.Time}
+	rw.cur = k
 	if c.Dir > capture.ServerToClient || rw.gone[c.Conn] {
 		return
 	}
@@ -263,7 +273,7 @@ func (rw *rewriter) feed(c capture.Chunk) {
 	case capture.Open:
 		rw.push(k, cn.id, capture.ClientToServer, capture.Open, nil)
 		if c.Midway {
-			rw.kill(cn, nil, k, "was open before the capture began: its HTTP/2 and HPACK state are unknown")
+			rw.kill(cn, nil, "was open before the capture began: its HTTP/2 and HPACK state are unknown")
 		}
 	case capture.Close:
 		if h.dead {
@@ -281,7 +291,7 @@ func (rw *rewriter) feed(c capture.Chunk) {
 			break
 		}
 		if c.Gap != 0 || c.Offset > h.next {
-			rw.kill(cn, h, k, fmt.Sprintf("bytes lost at offset %d: what follows cannot be read", h.next))
+			rw.kill(cn, h, fmt.Sprintf("bytes lost at offset %d: what follows cannot be read", h.next))
 			break
 		}
 		h.next += int64(len(c.Data))
@@ -298,7 +308,7 @@ func (rw *rewriter) data(cn *conn, h *half, data []byte, k key) {
 		at := len(http2.ClientPreface) - h.preface
 		n := min(h.preface, len(data))
 		if !bytes.Equal(data[:n], []byte(http2.ClientPreface[at:at+n])) {
-			rw.kill(cn, nil, k, "does not start with the HTTP/2 client preface (not gRPC)")
+			rw.kill(cn, nil, "does not start with the HTTP/2 client preface (not gRPC)")
 			return
 		}
 		rw.push(k, cn.id, h.dir, capture.Data, data[:n])
@@ -358,7 +368,7 @@ func (rw *rewriter) frame(cn *conn, h *half, b []byte, k key) {
 	typ := http2.FrameType(b[3])
 	if !h.settled {
 		if typ != http2.FrameSettings || b[4]&byte(http2.FlagSettingsAck) != 0 {
-			rw.kill(cn, nil, k, fmt.Sprintf("%s: first frame is %v, not SETTINGS (not gRPC)", h.dir, typ))
+			rw.kill(cn, nil, fmt.Sprintf("%s: first frame is %v, not SETTINGS (not gRPC)", h.dir, typ))
 			return
 		}
 		h.settled = true
@@ -366,20 +376,23 @@ func (rw *rewriter) frame(cn *conn, h *half, b []byte, k key) {
 	h.rd.b = b
 	f, err := h.fr.ReadFrame()
 	if err != nil {
-		rw.kill(cn, h, k, fmt.Sprintf("frame at offset %d: %v", h.next-int64(len(h.buf)), frameErr(h.fr, err)))
+		rw.kill(cn, h, fmt.Sprintf("frame at offset %d: %v", h.next-int64(len(h.buf)), frameErr(h.fr, err)))
 		return
 	}
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
+		// Written where it was complete, not where it began: a header
+		// block of the other direction begun before that was encoded
+		// without it, and one begun after is encoded with it (limits).
 		if !f.IsAck() {
 			if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
 				// The peer of this direction encodes under this bound.
 				o := cn.half[1-h.dir]
-				o.enc.SetMaxDynamicTableSizeLimit(v)
+				o.limits = append(o.limits, limit{after: rw.cur.seq, size: v})
 				o.hdec.SetAllowedMaxDynamicTableSize(min(max(v, minTableSize), maxTableSize))
 			}
 		}
-		rw.push(k, cn.id, h.dir, capture.Data, b)
+		rw.push(rw.cur, cn.id, h.dir, capture.Data, b)
 	case *http2.PingFrame, *http2.WindowUpdateFrame, *http2.PriorityFrame:
 		rw.push(k, cn.id, h.dir, capture.Data, b)
 	case *http2.RSTStreamFrame:
@@ -402,7 +415,7 @@ func (rw *rewriter) frame(cn *conn, h *half, b []byte, k key) {
 		}
 	case *http2.ContinuationFrame:
 		if len(h.block)+len(f.HeaderBlockFragment()) > maxBlock {
-			rw.kill(cn, h, k, fmt.Sprintf("header block of stream %d larger than %d bytes", f.StreamID, maxBlock))
+			rw.kill(cn, h, fmt.Sprintf("header block of stream %d larger than %d bytes", f.StreamID, maxBlock))
 			return
 		}
 		h.block = append(h.block, f.HeaderBlockFragment()...)
@@ -411,7 +424,7 @@ func (rw *rewriter) frame(cn *conn, h *half, b []byte, k key) {
 		}
 	case *http2.PushPromiseFrame:
 		// Its header block would change the HPACK state; gRPC never sends one.
-		rw.kill(cn, nil, k, "sent PUSH_PROMISE, which gRPC does not use")
+		rw.kill(cn, nil, "sent PUSH_PROMISE, which gRPC does not use")
 	default:
 		rw.stats.DroppedFrames++
 		rw.logf("connection %d %s: frame of unknown type %v left out", cn.id, h.dir, typ)
@@ -437,7 +450,7 @@ func (rw *rewriter) headerBlock(cn *conn, h *half) {
 		err = h.hdec.Close()
 	}
 	if err != nil {
-		rw.kill(cn, h, k, fmt.Sprintf("header block of stream %d: %v", sid, err))
+		rw.kill(cn, h, fmt.Sprintf("header block of stream %d: %v", sid, err))
 		return
 	}
 	s := cn.streams[sid]
@@ -465,10 +478,14 @@ func (rw *rewriter) headerBlock(cn *conn, h *half) {
 	}
 	rw.stats.HeaderFields += n
 
+	for len(h.limits) > 0 && h.limits[0].after < k.seq {
+		h.enc.SetMaxDynamicTableSizeLimit(h.limits[0].size)
+		h.limits = h.limits[1:]
+	}
 	h.encBuf.Reset()
 	for _, f := range h.fields {
 		if err := h.enc.WriteField(f); err != nil {
-			rw.kill(cn, h, k, fmt.Sprintf("encoding the header block of stream %d: %v", sid, err))
+			rw.kill(cn, h, fmt.Sprintf("encoding the header block of stream %d: %v", sid, err))
 			return
 		}
 	}
@@ -489,7 +506,7 @@ func (rw *rewriter) headerBlock(cn *conn, h *half) {
 			err = h.wfr.WriteContinuation(sid, end, frag)
 		}
 		if err != nil {
-			rw.kill(cn, h, k, fmt.Sprintf("writing the header block of stream %d: %v", sid, err))
+			rw.kill(cn, h, fmt.Sprintf("writing the header block of stream %d: %v", sid, err))
 			return
 		}
 	}
@@ -526,7 +543,7 @@ func (rw *rewriter) dataFrame(cn *conn, h *half, f *http2.DataFrame, k key) {
 			}
 			a.want = binary.BigEndian.Uint32(a.hdr[1:5])
 			if a.want > maxMessage {
-				rw.kill(cn, h, k, fmt.Sprintf("stream %d: message of %d bytes, larger than %d", sid, a.want, maxMessage))
+				rw.kill(cn, h, fmt.Sprintf("stream %d: message of %d bytes, larger than %d", sid, a.want, maxMessage))
 				return
 			}
 		}
@@ -724,8 +741,10 @@ func (rw *rewriter) endHalf(cn *conn, h *half) {
 }
 
 // kill stops writing a direction (h), or the whole connection (h nil): it
-// ends there in the output, with what was rewritten before.
-func (rw *rewriter) kill(cn *conn, h *half, k key, why string) {
+// ends there in the output, with what was rewritten before, at the input
+// chunk being read (after everything queued for it).
+func (rw *rewriter) kill(cn *conn, h *half, why string) {
+	k := rw.cur
 	halves := cn.half[:]
 	what := "connection"
 	if h != nil {
