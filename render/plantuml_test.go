@@ -129,16 +129,7 @@ func TestPlantUMLTool(t *testing.T) {
 	}
 	for _, p := range copies {
 		t.Run(filepath.Base(p), func(t *testing.T) {
-			svg, err := os.ReadFile(strings.TrimSuffix(p, ".puml") + ".svg")
-			if err != nil {
-				t.Fatalf("plantuml wrote no SVG: %v", err)
-			}
-			texts := svgTexts(t, svg)
-			for _, bad := range []string{"Syntax Error", "An error has occured", "Exception", "cannot parse"} {
-				if strings.Contains(texts, bad) {
-					t.Fatalf("PlantUML drew an error: %q in\n%s", bad, texts)
-				}
-			}
+			texts := plantUMLTexts(t, strings.TrimSuffix(p, ".puml")+".svg")
 			if !strings.Contains(texts, "pod st") {
 				t.Errorf("PlantUML's drawing lacks the closing note (pod started/stopped in):\n%s", texts)
 			}
@@ -146,16 +137,7 @@ func TestPlantUMLTool(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			svg, err := os.ReadFile(filepath.Join(dir, c.name+".svg"))
-			if err != nil {
-				t.Fatalf("plantuml wrote no SVG: %v", err)
-			}
-			texts := svgTexts(t, svg)
-			for _, bad := range []string{"Syntax Error", "An error has occured", "Exception", "cannot parse"} {
-				if strings.Contains(texts, bad) {
-					t.Fatalf("PlantUML drew an error: %q in\n%s", bad, texts)
-				}
-			}
+			texts := plantUMLTexts(t, filepath.Join(dir, c.name+".svg"))
 			if c.name != "hostile" {
 				return
 			}
@@ -170,6 +152,23 @@ func TestPlantUMLTool(t *testing.T) {
 			}
 		})
 	}
+}
+
+// plantUMLTexts reads the texts of an SVG PlantUML drew, failing if it
+// drew an error instead of the diagram.
+func plantUMLTexts(t *testing.T, path string) string {
+	t.Helper()
+	svg, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("plantuml wrote no SVG: %v", err)
+	}
+	texts := svgTexts(t, svg)
+	for _, bad := range []string{"Syntax Error", "An error has occured", "Exception", "cannot parse"} {
+		if strings.Contains(texts, bad) {
+			t.Fatalf("PlantUML drew an error: %q in\n%s", bad, texts)
+		}
+	}
+	return texts
 }
 
 // filterJavaNoise drops the JVM's notice about JAVA_TOOL_OPTIONS.

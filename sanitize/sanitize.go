@@ -196,8 +196,8 @@ type half struct {
 	buf     []byte
 	marks   []mark // chunk starts within buf, in order
 
-	rd   sliceReader
-	fr   *http2.Framer // reads the frames of this direction
+	rd   bytes.Reader
+	fr   *http2.Framer // reads the frames of this direction, one at a time from rd
 	hdec *hpack.Decoder
 	// fields of the header block being decoded
 	fields []hpack.HeaderField
@@ -224,17 +224,6 @@ type half struct {
 type limit struct {
 	after uint64
 	size  uint32
-}
-
-type sliceReader struct{ b []byte }
-
-func (r *sliceReader) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
 }
 
 func (rw *rewriter) conn(id uint64) *conn {
@@ -373,7 +362,7 @@ func (rw *rewriter) frame(cn *conn, h *half, b []byte, k key) {
 		}
 		h.settled = true
 	}
-	h.rd.b = b
+	h.rd.Reset(b)
 	f, err := h.fr.ReadFrame()
 	if err != nil {
 		rw.kill(cn, h, fmt.Sprintf("frame at offset %d: %v", h.next-int64(len(h.buf)), frameErr(h.fr, err)))
