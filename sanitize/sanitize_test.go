@@ -306,6 +306,15 @@ func TestSanitizeTestdata(t *testing.T) {
 			name = "demo"
 		}
 		t.Run(name, func(t *testing.T) {
+			// The lab's pulled and crictl pods carry the secret: the
+			// search below finds it in the original.
+			orig, err := os.ReadFile(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if has := bytes.Contains(orig, []byte(labSecret)); has != (name != "kubelet-init" && name != "kubelet-missing") {
+				t.Errorf("the original holds %q: %v", labSecret, has)
+			}
 			out, st, notes := sanitized(t, in)
 			calls, flows := checkSanitized(t, in, out, []string{labSecret})
 			t.Logf("%d calls, %d flows equal; %d messages, %d rewritten, %d sent empty; %d notes", calls, flows, st.Messages, st.Rewritten, st.Blanked, len(notes))
