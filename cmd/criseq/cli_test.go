@@ -200,6 +200,7 @@ func recordSession(t *testing.T, dir, upstream string,
 	if _, err := os.Stat(listen); !os.IsNotExist(err) {
 		t.Errorf("listen socket left behind: %v", err)
 	}
+	checkTimeOrder(t, file)
 	return file
 }
 
