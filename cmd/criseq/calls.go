@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"container/heap"
 	"context"
 	"encoding/base64"
@@ -264,17 +263,15 @@ type jsonCall struct {
 	Errors     []string          `json:"errors,omitempty"`
 }
 
-// jsonWriter prints one JSON object per call.
+// jsonWriter prints one JSON object per call, valid JSON with what a
+// terminal would act on escaped.
 type jsonWriter struct {
-	out io.Writer
-	buf bytes.Buffer
-	enc *json.Encoder // into buf
+	enc *json.Encoder
 	raw bool
 }
 
 func newJSONWriter(out io.Writer, raw bool) *jsonWriter {
-	w := &jsonWriter{out: out, raw: raw}
-	w.enc = json.NewEncoder(&w.buf)
+	w := &jsonWriter{enc: json.NewEncoder(termtext.JSONWriter(out)), raw: raw}
 	w.enc.SetEscapeHTML(false)
 	return w
 }
@@ -302,13 +299,7 @@ func (w *jsonWriter) write(c *decode.Call, s flow.Step) error {
 	if j.Responses, err = messagesJSON(c.Responses, w.raw); err != nil {
 		return err
 	}
-	w.buf.Reset()
-	if err := w.enc.Encode(j); err != nil {
-		return err
-	}
-	// Valid JSON, with what a terminal would act on escaped.
-	_, err = w.out.Write(termtext.JSON(w.buf.Bytes()))
-	return err
+	return w.enc.Encode(j)
 }
 
 func (w *jsonWriter) flush() error { return nil }

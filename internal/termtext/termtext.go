@@ -11,6 +11,8 @@
 package termtext
 
 import (
+	"encoding/binary"
+	"io"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -100,10 +102,7 @@ const hex = "0123456789abcdef"
 // the same). encoding/json already escapes the C0 controls, U+2028 and
 // U+2029, and replaces bytes that are not UTF-8.
 func JSON(b []byte) []byte {
-	i := 0
-	for i < len(b) && b[i] != 0x7f && b[i] < utf8.RuneSelf {
-		i++
-	}
+	i := plainASCII(b)
 	if i == len(b) {
 		return b
 	}
@@ -125,6 +124,37 @@ func JSON(b []byte) []byte {
 		i += n
 	}
 	return out
+}
+
+// plainASCII is the length of b's prefix of ASCII other than DEL, read
+// eight bytes at a time: JSON output is mostly that.
+func plainASCII(b []byte) int {
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		// A byte >= 0x80 sets its high bit in x; a byte of 0x7f, and no
+		// other below 0x80, sets it in x+0x01…01, without a carry.
+		if (x|(x+0x0101010101010101))&0x8080808080808080 != 0 {
+			break
+		}
+	}
+	for i < len(b) && b[i] != 0x7f && b[i] < utf8.RuneSelf {
+		i++
+	}
+	return i
+}
+
+// JSONWriter writes to w what is written to it with JSON applied. Each
+// Write must hold whole runes, as json.Encoder's do (one value each).
+func JSONWriter(w io.Writer) io.Writer { return jsonWriter{w} }
+
+type jsonWriter struct{ w io.Writer }
+
+func (j jsonWriter) Write(p []byte) (int, error) {
+	if _, err := j.w.Write(JSON(p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func appendU(b []byte, r rune) []byte {

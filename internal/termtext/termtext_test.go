@@ -70,3 +70,28 @@ func TestJSON(t *testing.T) {
 		t.Error("clean JSON copied")
 	}
 }
+
+func TestPlainASCII(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+	}{
+		{"", 0}, {"abc", 3}, {"0123456789abcdef", 16}, {"0123456\x7f89", 7}, {"01234567\x7f", 8},
+		{"0123456789é", 10}, {"~~~~~~~~~~~~~~~~\x80", 16}, {"\xff", 0}, {"a\x7e\x7e\x7e\x7e\x7e\x7e\x7e\x7e", 9},
+	} {
+		if got := plainASCII([]byte(tc.in)); got != tc.want {
+			t.Errorf("plainASCII(%q) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestJSONWriter(t *testing.T) {
+	var b strings.Builder
+	enc := json.NewEncoder(JSONWriter(&b))
+	if err := enc.Encode(map[string]string{"a": "x\u202ey"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.String(); got != `{"a":"x\u202ey"}`+"\n" {
+		t.Errorf("got %q", got)
+	}
+}
