@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -276,7 +277,9 @@ func checkSanitized(t *testing.T, in, out string, secrets []string) (calls, flow
 		t.Errorf("connection errors %v, sanitized %v", ea, eb)
 	}
 	flows = compareFlows(t, a, b)
-	if _, err := os.Stat("/usr/bin/tshark"); err == nil || testpeer.InCI() {
+	if _, err := exec.LookPath("tshark"); err != nil && !testpeer.InCI() {
+		t.Log("tshark not installed (apt-get install tshark): its reading of the sanitized capture not checked")
+	} else {
 		ta, tb := tsharkByConn(t, in, ca), tsharkByConn(t, out, cb)
 		n := 0
 		for id, r := range ta {
