@@ -240,24 +240,6 @@ func TestPlantUMLPages(t *testing.T) {
 		}
 		files = append(files, p)
 	}
-	// And the diagrams committed with the recorded scenarios, copied so
-	// that PlantUML's SVGs do not land beside them.
-	committed, _ := filepath.Glob(filepath.Join("..", "testdata", "*", "diagrams", "*.puml"))
-	if len(committed) == 0 {
-		t.Fatal("no committed diagrams under ../testdata/*/diagrams")
-	}
-	var copies []string
-	for _, src := range committed {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dir, filepath.Base(filepath.Dir(filepath.Dir(src)))+"_"+filepath.Base(src))
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		files, copies = append(files, p), append(copies, p)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, append([]string{"-tpng", "-charset", "UTF-8", "-failfast2"}, files...)...)
