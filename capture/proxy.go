@@ -271,7 +271,7 @@ func (p *Proxy) serve(client *net.UnixConn) {
 	p.nextID++
 	r.id = p.nextID
 	if p.Recorder != nil {
-		p.Recorder.Record(Chunk{Conn: r.id, Dir: ClientToServer, Kind: Open, Time: time.Now()})
+		p.Recorder.Record(Chunk{Conn: r.id, Dir: ClientToServer, Kind: Open}) // timed by the Recorder
 	}
 	p.mu.Unlock()
 	defer func() {
@@ -313,10 +313,11 @@ func (p *Proxy) pump(r *relay, src, dst *net.UnixConn, dir Dir) {
 		if n > 0 {
 			if rec != nil {
 				// Recorded before relaying, so that a reply is never queued
-				// ahead of the request it answers.
+				// ahead of the request it answers; timed by the Recorder as
+				// it is queued, so the file is in time order.
 				data := make([]byte, n)
 				copy(data, buf[:n])
-				c := Chunk{Conn: r.id, Dir: dir, Kind: Data, Time: time.Now(), Gap: gap, Data: data, Offset: off}
+				c := Chunk{Conn: r.id, Dir: dir, Kind: Data, Gap: gap, Data: data, Offset: off}
 				if rec.Record(c) {
 					gap = 0
 				} else {
@@ -346,7 +347,7 @@ func (p *Proxy) pump(r *relay, src, dst *net.UnixConn, dir Dir) {
 		}
 	}
 	if rec != nil {
-		rec.Record(Chunk{Conn: r.id, Dir: dir, Kind: Close, Time: time.Now(), Gap: gap, Offset: off})
+		rec.Record(Chunk{Conn: r.id, Dir: dir, Kind: Close, Gap: gap, Offset: off})
 	}
 }
 

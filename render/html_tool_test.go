@@ -16,6 +16,7 @@ import (
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // viewerResult is what mermaid-check/viewer.mjs prints.
@@ -96,17 +97,17 @@ func TestHTMLViewerTool(t *testing.T) {
 	const deps = "run lab/test-deps.sh as root"
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skipf("node not installed (Node.js 20 or later with npm, then %s): HTML viewer not checked in a browser", deps)
+		testpeer.Missing(t, "node not installed (Node.js 20 or later with npm, then %s): HTML viewer not checked in a browser", deps)
 	}
 	if _, err := os.Stat(filepath.Join(mermaidCheck, "node_modules", "playwright-core", "package.json")); err != nil {
-		t.Skipf("render/%s/node_modules/playwright-core missing (%s, or npm ci there): HTML viewer not checked in a browser", mermaidCheck, deps)
+		testpeer.Missing(t, "render/%s/node_modules/playwright-core missing (%s, or npm ci there): HTML viewer not checked in a browser", mermaidCheck, deps)
 	}
 	chromium := os.Getenv("CHROMIUM")
 	if chromium == "" {
 		chromium = "/usr/bin/chromium"
 	}
 	if _, err := os.Stat(chromium); err != nil {
-		t.Skipf("%s missing (%s, or apt-get install -y chromium): HTML viewer not checked in a browser", chromium, deps)
+		testpeer.Missing(t, "%s missing (%s, or apt-get install -y chromium): HTML viewer not checked in a browser", chromium, deps)
 	}
 
 	flows := loadCapture(t, filepath.Join("..", "testdata", "kubelet-pull", "capture.pcapng"))

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // pumlStatement matches every line PlantUML output may have; named groups
@@ -87,7 +88,7 @@ func TestPlantUMLSyntax(t *testing.T) {
 func TestPlantUMLTool(t *testing.T) {
 	bin, err := exec.LookPath("plantuml")
 	if err != nil {
-		t.Skip("plantuml not installed (apt-get install -y plantuml): PlantUML output not checked with the real tool")
+		testpeer.Missing(t, "plantuml not installed (apt-get install -y plantuml): PlantUML output not checked with the real tool")
 	}
 	if testing.Short() {
 		t.Skip("-short: PlantUML (Java) not run")
@@ -100,6 +101,24 @@ func TestPlantUMLTool(t *testing.T) {
 			t.Fatal(err)
 		}
 		files = append(files, p)
+	}
+	// And the diagrams committed with the recorded scenarios, copied so
+	// that PlantUML's SVGs do not land beside them.
+	committed, _ := filepath.Glob(filepath.Join("..", "testdata", "*", "diagrams", "*.puml"))
+	if len(committed) == 0 {
+		t.Fatal("no committed diagrams under ../testdata/*/diagrams")
+	}
+	var copies []string
+	for _, src := range committed {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.Base(filepath.Dir(filepath.Dir(src)))+"_"+filepath.Base(src))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files, copies = append(files, p), append(copies, p)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -115,18 +134,17 @@ func TestPlantUMLTool(t *testing.T) {
 	if s := strings.TrimSpace(filterJavaNoise(stderr.String())); s != "" {
 		t.Errorf("plantuml printed:\n%s", s)
 	}
+	for _, p := range copies {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			texts := plantUMLTexts(t, strings.TrimSuffix(p, ".puml")+".svg")
+			if !strings.Contains(texts, "pod st") {
+				t.Errorf("PlantUML's drawing lacks the closing note (pod started/stopped in):\n%s", texts)
+			}
+		})
+	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			svg, err := os.ReadFile(filepath.Join(dir, c.name+".svg"))
-			if err != nil {
-				t.Fatalf("plantuml wrote no SVG: %v", err)
-			}
-			texts := svgTexts(t, svg)
-			for _, bad := range []string{"Syntax Error", "An error has occured", "Exception", "cannot parse"} {
-				if strings.Contains(texts, bad) {
-					t.Fatalf("PlantUML drew an error: %q in\n%s", bad, texts)
-				}
-			}
+			texts := plantUMLTexts(t, filepath.Join(dir, c.name+".svg"))
 			if c.name != "hostile" {
 				return
 			}
@@ -141,6 +159,23 @@ func TestPlantUMLTool(t *testing.T) {
 			}
 		})
 	}
+}
+
+// plantUMLTexts reads the texts of an SVG PlantUML drew, failing if it
+// drew an error instead of the diagram.
+func plantUMLTexts(t *testing.T, path string) string {
+	t.Helper()
+	svg, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("plantuml wrote no SVG: %v", err)
+	}
+	texts := svgTexts(t, svg)
+	for _, bad := range []string{"Syntax Error", "An error has occured", "Exception", "cannot parse"} {
+		if strings.Contains(texts, bad) {
+			t.Fatalf("PlantUML drew an error: %q in\n%s", bad, texts)
+		}
+	}
+	return texts
 }
 
 // filterJavaNoise drops the JVM's notice about JAVA_TOOL_OPTIONS.
@@ -189,7 +224,7 @@ func svgTexts(t *testing.T, svg []byte) string {
 func TestPlantUMLPages(t *testing.T) {
 	bin, err := exec.LookPath("plantuml")
 	if err != nil {
-		t.Skip("plantuml not installed (apt-get install -y plantuml): PlantUML pages not checked with the real tool")
+		testpeer.Missing(t, "plantuml not installed (apt-get install -y plantuml): PlantUML pages not checked with the real tool")
 	}
 	if testing.Short() {
 		t.Skip("-short: PlantUML (Java) not run")

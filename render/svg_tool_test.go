@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // The browser check of plain SVG files: criseq's SVG of every flow of the
@@ -302,17 +303,17 @@ func TestSVGBrowserTool(t *testing.T) {
 	const deps = "run lab/test-deps.sh as root"
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skipf("node not installed (Node.js 20 or later with npm, then %s): SVG files not looked at in a browser", deps)
+		testpeer.Missing(t, "node not installed (Node.js 20 or later with npm, then %s): SVG files not looked at in a browser", deps)
 	}
 	if _, err := os.Stat(filepath.Join(mermaidCheck, "node_modules", "playwright-core", "package.json")); err != nil {
-		t.Skipf("render/%s/node_modules/playwright-core missing (%s, or npm ci there): SVG files not looked at in a browser", mermaidCheck, deps)
+		testpeer.Missing(t, "render/%s/node_modules/playwright-core missing (%s, or npm ci there): SVG files not looked at in a browser", mermaidCheck, deps)
 	}
 	chromium := os.Getenv("CHROMIUM")
 	if chromium == "" {
 		chromium = "/usr/bin/chromium"
 	}
 	if _, err := os.Stat(chromium); err != nil {
-		t.Skipf("%s missing (%s, or apt-get install -y chromium): SVG files not looked at in a browser", chromium, deps)
+		testpeer.Missing(t, "%s missing (%s, or apt-get install -y chromium): SVG files not looked at in a browser", chromium, deps)
 	}
 
 	dir := os.Getenv("SVG_SHOTS")

@@ -20,6 +20,7 @@ import (
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 const callsUsage = `Usage: criseq calls [flags] FILE
@@ -52,7 +53,7 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	labels := flow.NewLabeler(flow.Options{})
 	var out callWriter = &tableWriter{tw: tabwriter.NewWriter(bw, 0, 0, 2, ' ', 0)}
 	if *asJSON {
-		out = &jsonWriter{enc: json.NewEncoder(bw), raw: *noRedact}
+		out = newJSONWriter(bw, *noRedact)
 	}
 	err = streamCalls(pos[0], decode.Options{NoRedact: *noRedact}, stderr, func(c *decode.Call) error {
 		if *hide && c.Known && flow.IsPolling(c.Name) {
@@ -97,7 +98,7 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
 		dur = fmtDuration(s.Duration)
 	}
 	fmt.Fprintf(w.tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n",
-		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, method, dur, statusText(c), detail(s, c))
+		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, termtext.String(method), dur, statusText(c), termtext.String(detail(s, c)))
 	w.rows++
 	if w.rows%tableBlock == 0 {
 		return w.tw.Flush()
@@ -162,7 +163,7 @@ func streamCalls(path string, dopts decode.Options, stderr io.Writer, emit func(
 		return err
 	}
 	// A truncated file: what was read before the damage is shown.
-	fmt.Fprintf(stderr, "criseq: %v (showing what was read before it)\n", err)
+	fmt.Fprintf(stderr, "criseq: %s (showing what was read before it)\n", termtext.String(err.Error()))
 	return nil
 }
 
@@ -262,14 +263,20 @@ type jsonCall struct {
 	Errors     []string          `json:"errors,omitempty"`
 }
 
-// jsonWriter prints one JSON object per call.
+// jsonWriter prints one JSON object per call, valid JSON with what a
+// terminal would act on escaped.
 type jsonWriter struct {
 	enc *json.Encoder
 	raw bool
 }
 
-func (w *jsonWriter) write(c *decode.Call, s flow.Step) error {
+func newJSONWriter(out io.Writer, raw bool) *jsonWriter {
+	w := &jsonWriter{enc: json.NewEncoder(termtext.JSONWriter(out)), raw: raw}
 	w.enc.SetEscapeHTML(false)
+	return w
+}
+
+func (w *jsonWriter) write(c *decode.Call, s flow.Step) error {
 	j := jsonCall{
 		Time: c.Start.UTC(), Conn: c.Conn, Stream: c.Stream, Method: c.Method,
 		Message: c.Message, Arg: s.Arg, Result: s.Full,

@@ -8,6 +8,7 @@ import (
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 // loadFlows decodes and groups a capture file as a stream, so memory
@@ -48,12 +49,12 @@ func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.
 	if calls == 0 {
 		return nil, 0, err
 	}
-	fmt.Fprintf(stderr, "criseq: %v (showing what was read before it)\n", err)
+	fmt.Fprintf(stderr, "criseq: %s (showing what was read before it)\n", termtext.String(err.Error()))
 	return flows, calls, nil
 }
 
 func report(path string, errs []*decode.ConnError, stderr io.Writer) {
 	for _, e := range errs {
-		fmt.Fprintf(stderr, "criseq: %s: %v\n", path, e)
+		fmt.Fprintf(stderr, "criseq: %s: %s\n", path, termtext.String(e.Error()))
 	}
 }
