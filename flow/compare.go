@@ -1,7 +1,6 @@
 package flow
 
 import (
-	"slices"
 	"strings"
 	"time"
 )
@@ -17,11 +16,14 @@ type Comparison struct {
 	OnlyA, OnlyB []*Unmatched
 }
 
-// PhaseTimes is one phase's time in A and in B (nil when that flow has no
-// such call).
+// PhaseTimes is one phase's or wait's time in A and in B (nil when that
+// flow has none). Like Timing, the rows of a side add up to its total;
+// rows of After (a stop's removal at kubelet's next clean-up) are labelled
+// "later: …".
 type PhaseTimes struct {
 	Label string
 	A, B  *time.Duration
+	Wait  bool
 }
 
 // Unmatched is a call only one flow made; identical ones are counted once.
@@ -29,46 +31,6 @@ type Unmatched struct {
 	Step  Step
 	Count int
 	Total time.Duration
-}
-
-// PhaseMethods are the calls that do a pod's work, in the order render's
-// summary line and diff's table list them, with the phase each names.
-var PhaseMethods = []struct{ Method, Label string }{
-	{"RunPodSandbox", "sandbox"}, {"PullImage", "pull"}, {"CreateContainer", "create"},
-	{"StartContainer", "start"}, {"StopContainer", "stop"}, {"StopPodSandbox", "stop sandbox"},
-	{"RemoveContainer", "remove"}, {"RemovePodSandbox", "remove sandbox"},
-}
-
-// PhaseTime is the time during which a flow had a call of method open: two
-// StopContainer calls made together count once, as they took the pod's
-// time once. ok is false if the flow made none.
-func PhaseTime(f *Flow, method string) (sum time.Duration, ok bool) {
-	var spans [][2]time.Time
-	for _, s := range f.Steps {
-		if s.Method != method {
-			continue
-		}
-		ok = true
-		if s.Start.IsZero() {
-			sum += s.Duration
-			continue
-		}
-		spans = append(spans, [2]time.Time{s.Start, s.Start.Add(s.Duration)})
-	}
-	slices.SortFunc(spans, func(a, b [2]time.Time) int { return a[0].Compare(b[0]) })
-	var start, end time.Time
-	for i, sp := range spans {
-		switch {
-		case i == 0:
-			start, end = sp[0], sp[1]
-		case sp[0].After(end): // a gap: the interval before is counted
-			sum += end.Sub(start)
-			start, end = sp[0], sp[1]
-		case sp[1].After(end):
-			end = sp[1]
-		}
-	}
-	return sum + end.Sub(start), ok
 }
 
 // Compare puts two flows side by side.
@@ -81,24 +43,48 @@ func Compare(a, b *Flow) *Comparison {
 			d.Total = "total (to stopped)"
 		}
 	}
-	for _, p := range PhaseMethods {
-		ta, okA := PhaseTime(a, p.Method)
-		tb, okB := PhaseTime(b, p.Method)
-		if !okA && !okB {
-			continue
-		}
-		row := PhaseTimes{Label: p.Label}
-		if okA {
-			row.A = &ta
-		}
-		if okB {
-			row.B = &tb
-		}
-		d.Phases = append(d.Phases, row)
-	}
+	d.Phases = timeRows(a.Timing(), b.Timing())
 	ua, ub := unmatchedSteps(a.Steps, b.Steps)
 	d.OnlyA, d.OnlyB = collapse(ua), collapse(ub)
 	return d
+}
+
+// phaseOrder is the order phases are listed in, as a pod goes through them.
+var phaseOrder = []string{"sandbox", "image", "create", "start", "stop", "stop sandbox", "remove", "remove sandbox"}
+
+// timeRows lines up two timings: phases in the order a pod goes through
+// them, then waits in the order they first came; then the same for the
+// parts after Done.
+func timeRows(ta, tb Timing) []PhaseTimes {
+	var rows []PhaseTimes
+	for _, part := range []struct {
+		prefix string
+		a, b   []Span
+	}{{"", ta.Parts, tb.Parts}, {"later: ", ta.After, tb.After}} {
+		get := func(spans []Span, name string, wait bool) *time.Duration {
+			for _, s := range spans {
+				if s.Name == name && s.Wait == wait {
+					d := s.Dur
+					return &d
+				}
+			}
+			return nil
+		}
+		for _, name := range phaseOrder {
+			if x, y := get(part.a, name, false), get(part.b, name, false); x != nil || y != nil {
+				rows = append(rows, PhaseTimes{Label: part.prefix + name, A: x, B: y})
+			}
+		}
+		seen := map[string]bool{}
+		for _, s := range append(append([]Span(nil), part.a...), part.b...) {
+			if !s.Wait || seen[s.Name] {
+				continue
+			}
+			seen[s.Name] = true
+			rows = append(rows, PhaseTimes{Label: part.prefix + "waiting: " + s.Name, A: get(part.a, s.Name, true), B: get(part.b, s.Name, true), Wait: true})
+		}
+	}
+	return rows
 }
 
 // callKeys gives each step the key calls are matched by: service and

@@ -40,10 +40,11 @@ func hasMethod(f *Flow, method string) bool {
 	return slices.ContainsFunc(f.Steps, func(s Step) bool { return s.Method == method })
 }
 
-// TestPhaseTimeIsWallTime: a phase's time is the time its calls were open,
-// at least its longest call and at most their sum, for every flow of every
-// capture; kubelet stops two containers together, which counts once.
-func TestPhaseTimeIsWallTime(t *testing.T) {
+// TestTimingAddsUpOnCaptures: in every flow of every capture, phases and
+// waits add up to the total; a phase is at least its longest call and at
+// most the sum of its calls (kubelet stops two containers together, which
+// counts once); and Compare's rows are the same times.
+func TestTimingAddsUpOnCaptures(t *testing.T) {
 	dirs, _ := filepath.Glob(filepath.Join("..", "testdata", "*", "capture.pcapng"))
 	if len(dirs) == 0 {
 		t.Fatal("no testdata captures")
@@ -51,33 +52,48 @@ func TestPhaseTimeIsWallTime(t *testing.T) {
 	overlapped := false
 	for _, c := range dirs {
 		for _, f := range captureFlows(t, filepath.Base(filepath.Dir(c))) {
-			for _, p := range PhaseMethods {
-				var sum, longest time.Duration
+			tm := f.Timing()
+			var total time.Duration
+			for _, p := range tm.Parts {
+				total += p.Dur
+			}
+			if total != tm.Total || tm.Total != f.Duration() {
+				t.Errorf("%s %s %s: parts add up to %v, total %v, duration %v", c, f.Pod, f.Kind, total, tm.Total, f.Duration())
+			}
+			all := append(append([]Span(nil), tm.Parts...), tm.After...)
+			for _, name := range phaseOrder {
+				var sum, longest, got time.Duration
 				for _, s := range f.Steps {
-					if s.Method == p.Method {
+					if s.Done && PhaseOf(s.Method) == name {
 						sum += s.Duration
 						longest = max(longest, s.Duration)
 					}
 				}
-				got, ok := PhaseTime(f, p.Method)
-				if ok != hasMethod(f, p.Method) {
-					t.Errorf("%s %s %s %s: ok=%v", c, f.Pod, f.Kind, p.Label, ok)
+				for _, p := range all {
+					if p.Name == name && !p.Wait {
+						got += p.Dur
+					}
 				}
-				if got < longest || got > sum {
-					t.Errorf("%s %s %s %s: %v, want between the longest call %v and the sum %v", c, f.Pod, f.Kind, p.Label, got, longest, sum)
+				if sum == 0 {
+					continue
+				}
+				if got > sum || got < longest {
+					t.Errorf("%s %s %s %s: %v, want between the longest call %v and the sum %v", c, f.Pod, f.Kind, name, got, longest, sum)
 				}
 				if got < sum {
 					overlapped = true
+				}
+			}
+			d := Compare(f, f)
+			for _, r := range d.Phases {
+				if r.A == nil || r.B == nil || *r.A != *r.B {
+					t.Errorf("%s %s %s: compared with itself, row %s = %v / %v", c, f.Pod, f.Kind, r.Label, r.A, r.B)
 				}
 			}
 		}
 	}
 	if !overlapped {
 		t.Error("no capture has calls of one phase open together (kubelet-init's stop has)")
-	}
-	f := firstFlow(t, "kubelet-init", Stop)
-	if stop, _ := PhaseTime(f, "StopContainer"); stop > f.Duration() {
-		t.Errorf("stop phase %v longer than the pod's stop %v", stop, f.Duration())
 	}
 }
 
@@ -106,11 +122,11 @@ func TestCompare(t *testing.T) {
 	var labels []string
 	for _, p := range d.Phases {
 		labels = append(labels, p.Label)
-		if p.Label == "pull" && (p.A == nil || p.B != nil) {
-			t.Errorf("pull phase: A %v, B %v; want only A", p.A, p.B)
+		if p.Label == "image" && (p.A == nil || p.B == nil || *p.A <= *p.B) {
+			t.Errorf("image phase: A %v, B %v; want the pull to make A's longer", p.A, p.B)
 		}
 	}
-	if want := []string{"sandbox", "pull", "create", "start"}; !slices.Equal(labels, want) {
+	if want := []string{"sandbox", "image", "create", "start", "waiting: kubelet"}; !slices.Equal(labels, want) {
 		t.Errorf("phases %v, want %v", labels, want)
 	}
 	if len(d.OnlyA) != 1 || d.OnlyA[0].Step.Method != "PullImage" || d.OnlyA[0].Count != 1 || len(d.OnlyB) != 0 {

@@ -492,6 +492,7 @@ type jsonDiffFlow struct {
 
 type jsonDiffPhase struct {
 	Phase   string   `json:"phase"`
+	Wait    bool     `json:"wait,omitempty"`
 	AMS     *float64 `json:"a_ms"`
 	BMS     *float64 `json:"b_ms"`
 	DeltaMS *float64 `json:"delta_ms"`
@@ -541,7 +542,7 @@ func (d *flowDiff) json() jsonDiff {
 	da, db := d.a.f.Duration(), d.b.f.Duration()
 	rows := append([]flow.PhaseTimes{{Label: "total", A: &da, B: &db}}, d.Phases...)
 	for _, p := range rows {
-		jp := jsonDiffPhase{Phase: p.Label, AMS: msPtr(p.A), BMS: msPtr(p.B)}
+		jp := jsonDiffPhase{Phase: p.Label, Wait: p.Wait, AMS: msPtr(p.A), BMS: msPtr(p.B)}
 		if p.A != nil && p.B != nil {
 			delta := *p.B - *p.A
 			jp.DeltaMS = msPtr(&delta)

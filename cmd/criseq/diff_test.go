@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
@@ -46,13 +47,16 @@ func firstFlow(t *testing.T, name string, kind flow.Kind) *flow.Flow {
 	return nil
 }
 
-// phaseMap splits phases(f), "sandbox 217ms, pull 31ms, …", into label →
-// printed duration.
+// phaseMap is f's Timing (what render's summary line prints) as label →
+// printed duration, waits labelled "waiting: NAME".
 func phaseMap(f *flow.Flow) map[string]string {
 	m := map[string]string{}
-	for _, p := range strings.Split(phases(f), ", ") {
-		i := strings.LastIndex(p, " ")
-		m[p[:i]] = p[i+1:]
+	for _, p := range f.Timing().Parts {
+		label := p.Name
+		if p.Wait {
+			label = "waiting: " + label
+		}
+		m[label] = fmtDuration(p.Dur)
 	}
 	return m
 }
@@ -92,7 +96,7 @@ func TestDiffPullWarm(t *testing.T) {
 		t.Errorf("total row = %q, want %s and %s (as render prints)", got, fmtDuration(a.Duration()), fmtDuration(b.Duration()))
 	}
 	pa, pb := phaseMap(a), phaseMap(b)
-	for _, label := range []string{"sandbox", "pull", "create", "start"} {
+	for _, label := range []string{"sandbox", "image", "create", "start", "waiting: kubelet"} {
 		want := []string{pa[label], pb[label]}
 		for i := range want {
 			if want[i] == "" {
@@ -103,8 +107,8 @@ func TestDiffPullWarm(t *testing.T) {
 			t.Errorf("%s row = %q, want %q", label, got, want)
 		}
 	}
-	if got := rows["pull"]; len(got) != 3 || got[2] != "only A" {
-		t.Errorf("pull row = %q, want Δ only A", got)
+	if a, b := rows["sandbox"], rows["image"]; len(a) != 3 || len(b) != 3 {
+		t.Errorf("sandbox row %q, image row %q: want both flows' times", a, b)
 	}
 	if got := rows["calls"]; len(got) != 3 || got[0] != strconv.Itoa(len(a.Steps)) || got[1] != strconv.Itoa(len(b.Steps)) {
 		t.Errorf("calls row = %q, want %d and %d", got, len(a.Steps), len(b.Steps))
@@ -115,17 +119,29 @@ func TestDiffPullWarm(t *testing.T) {
 	}
 }
 
-// TestSummaryPhaseTimes: the summary line uses the phase times diff
-// compares (flow.PhaseTime): kubelet-init's stop phase counts two
-// StopContainer calls made together once.
+// TestSummaryPhaseTimes: the summary line and diff's rows come from one
+// Timing: kubelet-init's stop phase counts two StopContainer calls made
+// together once, and each side's rows add up to its total.
 func TestSummaryPhaseTimes(t *testing.T) {
 	f := firstFlow(t, "kubelet-init", flow.Stop)
-	d, ok := flow.PhaseTime(f, "StopContainer")
-	if !ok {
-		t.Fatalf("%s %s has no StopContainer", f.Pod, f.Kind)
+	stop := phaseMap(f)["stop"]
+	if stop == "" || !strings.Contains(summary(f), "stop "+stop) {
+		t.Errorf("summary %q lacks the stop phase %q", summary(f), stop)
 	}
-	if want := "stop " + fmtDuration(d); !strings.Contains(phases(f), want) {
-		t.Errorf("phases %q lacks %q", phases(f), want)
+	var sum time.Duration
+	for _, s := range f.Steps {
+		if s.Method == "StopContainer" {
+			sum += s.Duration
+		}
+	}
+	for _, p := range f.Timing().Parts {
+		if p.Name == "stop" && p.Dur >= sum {
+			t.Errorf("stop phase %v not less than the sum of its overlapping calls %v", p.Dur, sum)
+		}
+	}
+	out := diffOut(t, capturePath("kubelet-init")+"@stop", capturePath("kubelet-init")+"@stop")
+	if rows := tableRows(out); len(rows["stop"]) < 2 || rows["stop"][0] != stop {
+		t.Errorf("diff's stop row %q, want %s", rows["stop"], stop)
 	}
 }
 
@@ -184,7 +200,7 @@ func TestDiffMarkdownAndJSON(t *testing.T) {
 	for _, want := range []string{
 		"| | A | B | Δ |\n|---|---:|---:|---:|\n",
 		"| total (to running) | " + fmtDuration(a.Duration()) + " | " + fmtDuration(b.Duration()) + " | +27ms |",
-		"| pull | " + phaseMap(a)["pull"] + " | — | only A |",
+		"| image | " + phaseMap(a)["image"] + " | " + phaseMap(b)["image"] + " | −29ms |",
 		"**Only in A**\n\n- `PullImage(127.0.0.1:5000/criseq/app:1)`",
 		"**Only in B**: none",
 	} {
@@ -206,10 +222,21 @@ func TestDiffMarkdownAndJSON(t *testing.T) {
 	if len(j.Phases) == 0 || j.Phases[0].Phase != "total" || *j.Phases[0].AMS != ms(a.Duration()) || *j.Phases[0].BMS != ms(b.Duration()) {
 		t.Errorf("total = %+v", j.Phases)
 	}
+	// A wait only one flow had: kubelet-init's waiting for its init container.
+	if err := json.Unmarshal([]byte(diffOut(t, "--json", capturePath("kubelet-pull"), capturePath("kubelet-init"))), &j); err != nil {
+		t.Fatal(err)
+	}
+	found := false
 	for _, p := range j.Phases {
-		if p.Phase == "pull" && (p.AMS == nil || p.BMS != nil || p.DeltaMS != nil) {
-			t.Errorf("pull = %+v, want a_ms only", p)
+		if p.Phase == "waiting: init container setup" {
+			found = true
+			if !p.Wait || p.AMS != nil || p.BMS == nil || p.DeltaMS != nil {
+				t.Errorf("init wait = %+v, want b_ms only, marked a wait", p)
+			}
 		}
+	}
+	if !found {
+		t.Errorf("no init container wait in %+v", j.Phases)
 	}
 }
 

@@ -184,20 +184,6 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, ro render.Opti
 // time split into phases and waits that add up (render.Summary).
 func summary(f *flow.Flow) string { return render.Summary(f) }
 
-// phases gives the time of the calls that do the work, per method, as
-// criseq diff lists them, e.g. "sandbox 105ms, pull 887ms, create 29ms,
-// start 54ms".
-func phases(f *flow.Flow) string {
-	var parts []string
-	for _, p := range flow.PhaseMethods {
-		if d, ok := flow.PhaseTime(f, p.Method); ok {
-			parts = append(parts, p.Label+" "+fmtDuration(d))
-		}
-	}
-	parts = append(parts, fmt.Sprintf("%d calls", len(f.Steps)))
-	return strings.Join(parts, ", ")
-}
-
 // fileWriter writes the files of writeFlows. Each is drawn into memory
 // first, so a failed drawing leaves no file, then written with one open:
 // thousands of small files cost three system calls each.
