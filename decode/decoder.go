@@ -226,7 +226,16 @@ func (d *Decoder) Feed(c capture.Chunk) {
 		at := len(clientPreface) - fs.preface
 		for i := range n {
 			if data[i] != clientPreface[at+i] {
-				d.lose(cn, h, int64(at+i), fmt.Errorf("%w (got %q)", ErrPreface, data[i]), false, c.Time)
+				err := fmt.Errorf("%w (got %q)", ErrPreface, data[i])
+				if at+i == 0 {
+					err = fmt.Errorf("%w (got %q): the connection was caught midway, or is not HTTP/2", ErrPreface, data[i])
+					// The server's side then began before the capture too.
+					if o := &cn.half[s2c]; !o.begun && o.pending == nil {
+						o.fs.buf, o.fs.marks = o.fs.buf[:0], o.fs.marks[:0]
+						d.resync(cn, o)
+					}
+				}
+				d.lose(cn, h, int64(at+i), err, false, c.Time)
 				n = i
 				break
 			}

@@ -123,6 +123,9 @@ type partialTable struct {
 	slots   map[int32]*slotState
 	// filledMethods are the methods of the slots filled by inference.
 	filledMethods methodSet
+	// statuses maps trailers made of unknown fields (unknownKey) to the
+	// grpc-status they were found to carry.
+	statuses map[string]int
 	maxStr        int
 }
 

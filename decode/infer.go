@@ -558,14 +558,39 @@ func (d *Decoder) resolve(s *stream) {
 
 // inferStatus handles a call whose trailers were not known: a unary
 // call that got its response message got status OK (a gRPC server sends
-// a unary response only with OK); otherwise the status stays unknown.
+// a unary response only with OK); and trailers made of the same unknown
+// fields as those of a call whose status is known carry that status.
+// Otherwise the status stays unknown.
 func (d *Decoder) inferStatus(s *stream) {
 	c := s.call
+	if s.stab != nil {
+		if st, ok := s.stab.statuses[s.trailerKey]; ok {
+			c.Status = st
+			c.Flags |= InferredStatus
+			return
+		}
+	}
 	if c.Known && !s.m.serverStream && len(c.Responses) == 1 && c.Responses[0].Err == "" &&
 		c.Flags&(Reset|Malformed|Gap|Incomplete) == 0 && !c.End.IsZero() {
 		c.Status = 0
 		c.Flags |= InferredStatus
+		if s.stab != nil {
+			if s.stab.statuses == nil {
+				s.stab.statuses = make(map[string]int)
+			}
+			s.stab.statuses[s.trailerKey] = 0
+		}
 		return
 	}
 	c.Errors = append(c.Errors, "grpc-status not read: its header table entry predates decoding")
+}
+
+// unknownKey names a block's unknown fields: equal keys in one table are
+// equal fields.
+func unknownKey(bf *blockFields) string {
+	var b []byte
+	for _, u := range bf.unknown {
+		b = fmt.Appendf(b, "%d/%d/%d/%q;", u.at, u.slot, u.nameSlot, u.value)
+	}
+	return string(b)
 }

@@ -42,8 +42,11 @@ type stream struct {
 	via      *method       // the method of the filled slot, if so
 	notPaths methodSet     // methods whose :path was a known entry then
 	raw      [2][][]byte   // deferred: message bytes (nil if not readable)
-	// statusUnknown: the trailers held fields not known.
+	// statusUnknown: the trailers held fields not known; trailerKey
+	// names those fields in stab, the server's table.
 	statusUnknown bool
+	trailerKey    string
+	stab          *partialTable
 	// viaErr is the error counting calls left unnamed.
 	viaErr *ConnError
 }
@@ -162,7 +165,8 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 	}
 	c.Trailers = h.keep(1, fields, scratch)
 	if v, ok := headerLookup(fields, "grpc-status"); !ok && unknown {
-		s.statusUnknown = true // resolve may tell
+		s.statusUnknown = true // inferStatus may tell
+		s.stab, s.trailerKey = h.hb.part, unknownKey(bf)
 	} else if !ok {
 		c.Errors = append(c.Errors, "trailers without grpc-status")
 	} else if n, err := strconv.ParseUint(v, 10, 31); err != nil {
