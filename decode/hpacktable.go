@@ -126,7 +126,7 @@ type partialTable struct {
 	// statuses maps trailers made of unknown fields (unknownKey) to the
 	// grpc-status they were found to carry.
 	statuses map[string]int
-	maxStr        int
+	maxStr   int
 }
 
 // newPartialTable returns a table with nothing known, for an encoder
