@@ -307,14 +307,14 @@ func (d *Decoder) bytesLost(cn *conn, h *half, c capture.Chunk) {
 func (d *Decoder) frames(cn *conn, h *half, in []byte, buffered bool, t time.Time) int {
 	fs := &h.fs
 	base := fs.next - int64(len(in)) // offset of in[0]
+	if h.dir == s2c {
+		if c := &cn.half[c2s].fs; c.hunting && len(c.buf) > 0 && len(in) < maxHeld {
+			h.held = true
+			return 0
+		}
+	}
 	p := 0
 	for {
-		if h.dir == s2c {
-			if c := &cn.half[c2s].fs; c.hunting && len(c.buf) > 0 && len(in)-p < maxHeld {
-				h.held = true
-				return p
-			}
-		}
 		if fs.hunting {
 			at, ok := findSync(in[p:], fs.maxFrame, false, fs.chunkStarts(in, p, base, buffered))
 			d.searched(h, int64(at))
@@ -337,12 +337,18 @@ func (d *Decoder) frames(cn *conn, h *half, in []byte, buffered bool, t time.Tim
 			}
 			fs.settled = true
 		}
-		end, ok, tooBig := unitEnd(in, p, fh)
-		if tooBig {
-			d.lose(cn, h, base+int64(p), fmt.Errorf("%w: header block of stream %d larger than %d bytes", ErrFrame, fh.StreamID, maxHeaderBlock), false, t)
-			continue
-		}
-		if !ok {
+		end := p + frameHeaderLen + int(fh.Length)
+		if fh.Type == http2.FrameHeaders && !fh.Flags.Has(http2.FlagHeadersEndHeaders) {
+			var ok, tooBig bool
+			end, ok, tooBig = unitEnd(in, p, fh)
+			if tooBig {
+				d.lose(cn, h, base+int64(p), fmt.Errorf("%w: header block of stream %d larger than %d bytes", ErrFrame, fh.StreamID, maxHeaderBlock), false, t)
+				continue
+			}
+			if !ok {
+				return p
+			}
+		} else if end > len(in) {
 			return p
 		}
 		ft := t

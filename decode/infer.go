@@ -413,7 +413,8 @@ func (f *fieldShape) value(b []byte, typ protowire.Type, defaults bool, depth in
 // regular field, or in a block whose :path is known, is not a :path.
 func (d *Decoder) pathSlots(cn *conn, h *half, s *stream, path string, fields []hpack.HeaderField, bf *blockFields) string {
 	tab := h.hb.part
-	s.tab, s.viaErr = tab, h.lastErr
+	rs := s.resync()
+	rs.tab, rs.viaErr = tab, h.lastErr
 	if path != "" {
 		for _, u := range bf.unknown {
 			if u.slot >= 0 {
@@ -423,7 +424,7 @@ func (d *Decoder) pathSlots(cn *conn, h *half, s *stream, path string, fields []
 		if bf.filled {
 			// The :path came from a slot filled by inference: checked
 			// against the messages when the call ends.
-			s.deferred, s.via = true, methodByPath[path]
+			rs.deferred, rs.via = true, methodByPath[path]
 		}
 		return path
 	}
@@ -431,7 +432,7 @@ func (d *Decoder) pathSlots(cn *conn, h *half, s *stream, path string, fields []
 	for i := range tab.ents {
 		if e := &tab.ents[i]; e.name == ":path" {
 			if pm := methodByPath[e.value]; pm != nil {
-				s.notPaths |= 1 << pm.index
+				rs.notPaths |= 1 << pm.index
 			}
 		}
 	}
@@ -450,11 +451,11 @@ func (d *Decoder) pathSlots(cn *conn, h *half, s *stream, path string, fields []
 		if u.at > firstRegular {
 			st.notPath = true
 		}
-		if !st.notPath && !slices.Contains(s.slots, u.slot) {
-			s.slots = append(s.slots, u.slot)
+		if !st.notPath && !slices.Contains(rs.slots, u.slot) {
+			rs.slots = append(rs.slots, u.slot)
 		}
 	}
-	s.deferred = true
+	rs.deferred = true
 	return ""
 }
 
@@ -471,25 +472,25 @@ var methodByPath = func() map[string]*method {
 // its :path slots have learnt, fills the slot when it is known to be the
 // :path, and unmarshals the messages kept.
 func (d *Decoder) resolve(s *stream) {
-	c := s.call
+	c, rs := s.call, s.rs
 	var fs fitScores
-	fs.compute(s.raw[c2s], s.raw[s2c])
+	fs.compute(rs.raw[c2s], rs.raw[s2c])
 	var m *method
 	switch {
-	case s.via != nil:
-		if fs.fit&(1<<s.via.index) != 0 {
-			m = s.via
+	case rs.via != nil:
+		if fs.fit&(1<<rs.via.index) != 0 {
+			m = rs.via
 		} else {
-			c.Errors = append(c.Errors, fmt.Sprintf("messages do not fit %s, inferred for its :path from an earlier call", s.via.name))
+			c.Errors = append(c.Errors, fmt.Sprintf("messages do not fit %s, inferred for its :path from an earlier call", rs.via.name))
 		}
-	case s.tab != nil:
+	case rs.tab != nil:
 		// A table holds a field once (encoders index an exact match rather
 		// than insert it again): methods whose :path is in another entry
 		// are not this call's.
-		near := fs.near() &^ s.tab.filledMethods &^ s.notPaths
+		near := fs.near() &^ rs.tab.filledMethods &^ rs.notPaths
 		var live []*slotState
-		for _, k := range s.slots {
-			st := s.tab.slot(k)
+		for _, k := range rs.slots {
+			st := rs.tab.slot(k)
 			if st.filled {
 				// Filled since, by a call whose only :path it could be: it
 				// is this block's :path too.
@@ -510,7 +511,7 @@ func (d *Decoder) resolve(s *stream) {
 			}
 			live = append(live, st)
 		}
-		within := allMethods &^ s.tab.filledMethods &^ s.notPaths
+		within := allMethods &^ rs.tab.filledMethods &^ rs.notPaths
 		if len(live) == 1 {
 			if st := live[0]; st.filled {
 				within = 0
@@ -525,22 +526,22 @@ func (d *Decoder) resolve(s *stream) {
 		if m != nil && len(live) == 1 && !live[0].filled {
 			live[0].filled = true
 			live[0].field = hpack.HeaderField{Name: ":path", Value: m.path}
-			s.tab.filledMethods |= 1 << m.index
+			rs.tab.filledMethods |= 1 << m.index
 		}
 	default:
 		m = fs.best(allMethods)
 	}
 	if m == nil {
 		c.Method, c.Service, c.Name, c.Known = "", "", "", false
-		if s.viaErr != nil {
-			s.viaErr.Unknown++
+		if rs.viaErr != nil {
+			rs.viaErr.Unknown++
 		}
 		return
 	}
 	s.m = d.method(m.path)
 	c.Method, c.Service, c.Name, c.Known = m.path, m.service, m.name, true
 	c.Flags |= Inferred
-	for dir, raws := range s.raw {
+	for dir, raws := range rs.raw {
 		list := c.Requests
 		if capture.Dir(dir) == s2c {
 			list = c.Responses
@@ -562,9 +563,9 @@ func (d *Decoder) resolve(s *stream) {
 // fields as those of a call whose status is known carry that status.
 // Otherwise the status stays unknown.
 func (d *Decoder) inferStatus(s *stream) {
-	c := s.call
-	if s.stab != nil {
-		if st, ok := s.stab.statuses[s.trailerKey]; ok {
+	c, rs := s.call, s.rs
+	if rs.stab != nil {
+		if st, ok := rs.stab.statuses[rs.trailerKey]; ok {
 			c.Status = st
 			c.Flags |= InferredStatus
 			return
@@ -574,11 +575,11 @@ func (d *Decoder) inferStatus(s *stream) {
 		c.Flags&(Reset|Malformed|Gap|Incomplete) == 0 && !c.End.IsZero() {
 		c.Status = 0
 		c.Flags |= InferredStatus
-		if s.stab != nil {
-			if s.stab.statuses == nil {
-				s.stab.statuses = make(map[string]int)
+		if rs.stab != nil {
+			if rs.stab.statuses == nil {
+				rs.stab.statuses = make(map[string]int)
 			}
-			s.stab.statuses[s.trailerKey] = 0
+			rs.stab.statuses[rs.trailerKey] = 0
 		}
 		return
 	}

@@ -107,14 +107,14 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 	}
 	if err == nil {
 		m.Size = len(raw)
-		if s.deferred {
+		if s.deferred() {
 			// Kept for inference, unmarshalled when the call ends.
-			if len(s.raw[dir]) < maxDeferred {
+			if rs := s.rs; len(rs.raw[dir]) < maxDeferred {
 				k := bytes.Clone(raw)
 				if k == nil {
 					k = []byte{}
 				}
-				s.raw[dir] = append(s.raw[dir], k)
+				rs.raw[dir] = append(rs.raw[dir], k)
 				if d.opts.NoRedact {
 					m.Raw = k
 				}
@@ -124,13 +124,13 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 		} else {
 			err = d.unmarshal(s, dir, &m, raw)
 		}
-	} else if s.deferred && len(s.raw[dir]) < maxDeferred {
-		s.raw[dir] = append(s.raw[dir], nil) // not readable: no evidence
+	} else if s.deferred() && len(s.rs.raw[dir]) < maxDeferred {
+		s.rs.raw[dir] = append(s.rs.raw[dir], nil) // not readable: no evidence
 	}
 	if err != nil {
 		d.messageError(c, dir, &m, len(*list)+1, err)
 	}
-	if dir == s2c && s.m.serverStream && d.opts.OnStreamMessage != nil && !s.deferred {
+	if dir == s2c && s.m.serverStream && d.opts.OnStreamMessage != nil && !s.deferred() {
 		c.Streamed++
 		d.opts.OnStreamMessage(c, m)
 		return

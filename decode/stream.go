@@ -32,6 +32,13 @@ type stream struct {
 	clientDone bool         // the client ended its side (END_STREAM)
 	lost       [2]bool      // bytes of a direction were lost: its DATA is not read
 	first      [2][]Message // room for the first message, by direction
+	// rs is what a call decoded with a partial table needs; nil otherwise.
+	rs *resyncState
+}
+
+// resyncState is the state of a call whose headers were decoded with a
+// partial table.
+type resyncState struct {
 	// deferred: the :path was not read (an HPACK entry older than the
 	// table known) or came from a slot filled by inference: messages are
 	// kept raw until the call ends, then the method is inferred (or the
@@ -50,6 +57,17 @@ type stream struct {
 	// viaErr is the error counting calls left unnamed.
 	viaErr *ConnError
 }
+
+// resync returns s.rs, made if needed.
+func (s *stream) resync() *resyncState {
+	if s.rs == nil {
+		s.rs = &resyncState{}
+	}
+	return s.rs
+}
+
+// deferred reports whether the call's method is told when it ends.
+func (s *stream) deferred() bool { return s.rs != nil && s.rs.deferred }
 
 // maxDeferred bounds the messages kept raw for inference, per direction.
 const maxDeferred = 16
@@ -118,7 +136,7 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 		if bf != nil && len(bf.unknown) > 0 || bf != nil && bf.filled {
 			path = d.pathSlots(cn, h, s, path, fields, bf)
 		}
-		if path == "" && !s.deferred {
+		if path == "" && !s.deferred() {
 			c.Errors = append(c.Errors, "request headers without :path")
 		}
 		s.m = d.method(path)
@@ -148,7 +166,7 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 		c.Errors = append(c.Errors, "response header block truncated")
 	}
 	unknown := bf != nil && len(bf.unknown) > 0
-	first := c.ResponseHeaders == nil && c.Trailers == nil && !s.statusUnknown
+	first := c.ResponseHeaders == nil && c.Trailers == nil
 	if first {
 		if st := pseudoValue(fields, "status"); st != "200" && (st != "" || !unknown) {
 			c.Errors = append(c.Errors, fmt.Sprintf("http status %q", st))
@@ -165,8 +183,9 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 	}
 	c.Trailers = h.keep(1, fields, scratch)
 	if v, ok := headerLookup(fields, "grpc-status"); !ok && unknown {
-		s.statusUnknown = true // inferStatus may tell
-		s.stab, s.trailerKey = h.hb.part, unknownKey(bf)
+		rs := s.resync()
+		rs.statusUnknown = true // inferStatus may tell
+		rs.stab, rs.trailerKey = h.hb.part, unknownKey(bf)
 	} else if !ok {
 		c.Errors = append(c.Errors, "trailers without grpc-status")
 	} else if n, err := strconv.ParseUint(v, 10, 31); err != nil {
@@ -211,7 +230,7 @@ func (d *Decoder) onData(cn *conn, h *half, sid uint32, data []byte, ended bool,
 // onReset ends a call reset by either side.
 func (d *Decoder) onReset(cn *conn, h *half, sid uint32, code http2.ErrCode, t time.Time) {
 	s := cn.streams[sid]
-	if s == nil {
+	if s == nil || s.call.Start.After(t) {
 		return
 	}
 	who := "server"
@@ -231,7 +250,9 @@ func (d *Decoder) onGoAway(cn *conn, h *half, last uint32, code http2.ErrCode, t
 		return
 	}
 	for _, s := range cn.sorted() {
-		if s.call.Stream <= last || s.call.Stream&1 == 0 {
+		// (A call begun after the GOAWAY was seen is read before it only
+		// when the server's bytes were held during a resync.)
+		if s.call.Stream <= last || s.call.Stream&1 == 0 || s.call.Start.After(t) {
 			continue
 		}
 		s.call.Flags |= Reset
@@ -281,12 +302,17 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 	c := s.call
 	if !t.IsZero() {
 		c.End = t
+		if t.Before(c.Start) {
+			c.End = c.Start // frames held during a resync, read late
+		}
 	}
-	if s.deferred {
-		d.resolve(s)
-	}
-	if s.statusUnknown && c.Status < 0 {
-		d.inferStatus(s)
+	if rs := s.rs; rs != nil {
+		if rs.deferred {
+			d.resolve(s)
+		}
+		if rs.statusUnknown && c.Status < 0 {
+			d.inferStatus(s)
+		}
 	}
 	for dir := range s.asm {
 		a := &s.asm[dir]
@@ -301,8 +327,7 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 	delete(cn.streams, c.Stream)
 	// The stream is reused: callers touch neither it nor its call after
 	// finish.
-	slots := s.slots[:0]
-	*s = stream{slots: slots}
+	*s = stream{}
 	if len(d.freeStreams) < maxFreeStreams {
 		d.freeStreams = append(d.freeStreams, s)
 	}
