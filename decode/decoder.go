@@ -256,7 +256,9 @@ func (d *Decoder) Feed(c capture.Chunk) {
 			fs.marks = append(fs.marks[:0], mark{fs.next - int64(len(data)-n), c.Time})
 		}
 	} else {
-		fs.marks = append(fs.marks, mark{fs.next - int64(len(data)), c.Time})
+		if !fs.hunting || len(fs.marks) < maxHuntMarks {
+			fs.marks = append(fs.marks, mark{fs.next - int64(len(data)), c.Time})
+		}
 		fs.buf = append(fs.buf, data...)
 		d.drain(cn, h, c.Time)
 	}
@@ -332,6 +334,8 @@ func (d *Decoder) frames(cn *conn, h *half, in []byte, buffered bool, t time.Tim
 			// Each side's first frame is SETTINGS: this catches garbage
 			// before waiting for megabytes of a nonsense length.
 			if fh.Type != http2.FrameSettings || fh.StreamID != 0 || fh.Flags.Has(http2.FlagSettingsAck) {
+				// (The frame may be sound, of a connection caught midway: the
+				// resync may take it.)
 				d.lose(cn, h, base+int64(p), fmt.Errorf("%w: first frame is %v on stream %d, not SETTINGS", ErrFrame, fh.Type, fh.StreamID), false, t)
 				continue
 			}
@@ -343,6 +347,7 @@ func (d *Decoder) frames(cn *conn, h *half, in []byte, buffered bool, t time.Tim
 			end, ok, tooBig = unitEnd(in, p, fh)
 			if tooBig {
 				d.lose(cn, h, base+int64(p), fmt.Errorf("%w: header block of stream %d larger than %d bytes", ErrFrame, fh.StreamID, maxHeaderBlock), false, t)
+				p++
 				continue
 			}
 			if !ok {

@@ -1,6 +1,8 @@
 package decode
 
 import (
+	"cmp"
+	"slices"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -60,12 +62,14 @@ type mark struct {
 // timeAt returns when the byte at stream offset off was seen, off being
 // in buf.
 func (fs *frameStream) timeAt(off int64) time.Time {
-	i := len(fs.marks) - 1
-	for i > 0 && fs.marks[i].off > off {
-		i--
-	}
-	return fs.marks[i].t
+	i, _ := slices.BinarySearchFunc(fs.marks, off, func(m mark, off int64) int { return cmp.Compare(m.off, off+1) })
+	return fs.marks[max(i-1, 0)].t
 }
+
+// maxHuntMarks bounds the chunks told apart in bytes held by a resync:
+// past it, a chunk's bytes count as seen with the one before (tiny
+// chunks, such as TCP segments, are no writes anyway).
+const maxHuntMarks = 512
 
 // chunkStarts returns where chunks start in in[p:], in being buf (when
 // buffered) or a chunk, at stream offset base.
@@ -247,6 +251,14 @@ func plausiblePayload(fh http2.FrameHeader, p []byte) bool {
 func findSync(b []byte, maxFrame uint32, final bool, starts []int) (at int, ok bool) {
 	keep := -1 // the first chain that more bytes may confirm
 	for i := 0; i < len(b); i++ {
+		if keep >= 0 {
+			// An earlier chain waits for more bytes: only a chunk start
+			// may overtake it.
+			if len(starts) == 0 {
+				break
+			}
+			i = max(i, starts[0])
+		}
 		start := len(starts) > 0 && starts[0] == i
 		for len(starts) > 0 && starts[0] <= i {
 			starts = starts[1:]
@@ -258,9 +270,7 @@ func findSync(b []byte, maxFrame uint32, final bool, starts []int) (at int, ok b
 			// (An uncertain chain before it is no frame: a real one would
 			// have to hold this chunk start in its payload.)
 			return i, true
-		case !start && keep >= 0:
-			// An earlier chain waits for more bytes: only a chunk start
-			// may overtake it.
+		case keep >= 0:
 		case r == chainConfirmed, r == chainExactEnd && final && n >= syncFrames:
 			return i + frameHeaderLen + int(readFrameHeader(b[i:]).Length), true
 		case !final:
