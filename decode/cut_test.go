@@ -407,62 +407,24 @@ func (p *capturePlan) insertedAfter(conn uint64, seq int64, at pos) bool {
 
 func TestCutCaptures(t *testing.T) {
 	files := kubeletCaptures(t)
-	var rows []string
-	var all, allRand cutCounts
-	var minNamed = 1.0
-	for _, file := range files {
-		name := captureName(file)
-		t.Run(name, func(t *testing.T) {
-			p := planCapture(t, readChunks(t, file))
-			p.name = name
-			var dataBytes []pos // every byte, to draw random cuts from
-			for k, c := range p.chunks {
-				if c.Kind == capture.Data {
-					for j := range c.Data {
-						dataBytes = append(dataBytes, pos{k, j})
-					}
-				}
-			}
-			rng := rand.New(rand.NewPCG(1, uint64(len(dataBytes))))
-			cuts := map[string][]pos{"boundaries": p.bounds}
-			if testing.Short() {
-				cuts["boundaries"] = nil
-				for i, b := range p.bounds {
-					if i%20 == 0 {
-						cuts["boundaries"] = append(cuts["boundaries"], b)
-					}
-				}
-			}
-			nRand := randomCuts
-			if testing.Short() {
-				nRand = 100
-			}
-			for range nRand {
-				cuts["random"] = append(cuts["random"], dataBytes[rng.IntN(len(dataBytes))])
-			}
-			for _, kind := range []string{"boundaries", "random"} {
-				var sum cutCounts
-				worst, worstAt := 1.0, pos{}
-				for _, at := range cuts[kind] {
-					n := p.cutAt(t, at)
-					sum.add(n)
-					if n.total() >= 20 {
-						if f := named(n); f < worst {
-							worst, worstAt = f, at
-						}
-					}
-				}
-				minNamed = min(minNamed, worst)
-				if kind == "random" {
-					allRand.add(sum)
-				}
-				all.add(sum)
-				rows = append(rows, cutRow(name, kind, len(cuts[kind]), sum, worst))
-				t.Logf("%s: worst cut at %v", kind, worstAt)
-			}
-		})
+	rows := make([][]string, len(files))
+	sums := make([]cutCounts, len(files))
+	t.Run("captures", func(t *testing.T) {
+		for i, file := range files {
+			name := captureName(file)
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				rows[i], sums[i] = cutCapture(t, name, file)
+			})
+		}
+	})
+	var all cutCounts
+	var table []string
+	for i := range files {
+		all.add(sums[i])
+		table = append(table, rows[i]...)
 	}
-	t.Logf("\n%s", cutTable(rows, all))
+	t.Logf("\n%s", cutTable(table, all))
 	if all.wrong > 0 {
 		t.Errorf("%d calls wrong", all.wrong)
 	}
@@ -477,6 +439,54 @@ func TestCutCaptures(t *testing.T) {
 	if f := named(all); f < minNamedShare {
 		t.Errorf("%.2f%% of calls named, want at least %.0f%%", 100*f, 100*minNamedShare)
 	}
+}
+
+// cutCapture cuts one capture everywhere: its table rows and its sum.
+func cutCapture(t *testing.T, name, file string) (rows []string, all cutCounts) {
+	p := planCapture(t, readChunks(t, file))
+	p.name = name
+	var dataBytes []pos // every byte, to draw random cuts from
+	for k, c := range p.chunks {
+		if c.Kind == capture.Data {
+			for j := range c.Data {
+				dataBytes = append(dataBytes, pos{k, j})
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, uint64(len(dataBytes))))
+	cuts := map[string][]pos{"boundaries": p.bounds}
+	if testing.Short() {
+		cuts["boundaries"] = nil
+		for i, b := range p.bounds {
+			if i%20 == 0 {
+				cuts["boundaries"] = append(cuts["boundaries"], b)
+			}
+		}
+	}
+	nRand := randomCuts
+	if testing.Short() {
+		nRand = 100
+	}
+	for range nRand {
+		cuts["random"] = append(cuts["random"], dataBytes[rng.IntN(len(dataBytes))])
+	}
+	for _, kind := range []string{"boundaries", "random"} {
+		var sum cutCounts
+		worst, worstAt := 1.0, pos{}
+		for _, at := range cuts[kind] {
+			n := p.cutAt(t, at)
+			sum.add(n)
+			if n.total() >= 20 {
+				if f := named(n); f < worst {
+					worst, worstAt = f, at
+				}
+			}
+		}
+		all.add(sum)
+		rows = append(rows, cutRow(name, kind, len(cuts[kind]), sum, worst))
+		t.Logf("%s: worst cut at %v", kind, worstAt)
+	}
+	return rows, all
 }
 
 func named(n cutCounts) float64 {

@@ -559,6 +559,15 @@ func (d *Decoder) endHalf(cn *conn, h *half, t time.Time, what string) {
 		n := d.frames(cn, h, fs.buf[at:], true, t)
 		fs.buf = fs.buf[at+n:]
 	}
+	if !h.begun && fs.next > 0 && h.pending == nil && h.lastErr == nil {
+		// Caught midway, and no frame was ever found: not HTTP/2, or too
+		// few bytes to tell.
+		ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: 0, Time: t, Resumed: -1,
+			Err: fmt.Errorf("%w: no HTTP/2 frame found in the %d bytes seen of a connection caught midway", ErrFrame, fs.next)}
+		d.errs = append(d.errs, ce)
+		d.reportErr(ce)
+		fs.buf = nil
+	}
 	if !fs.hunting && len(fs.buf) > 0 {
 		if h.pending != nil {
 			d.reportErr(h.pending)

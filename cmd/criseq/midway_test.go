@@ -15,12 +15,11 @@ import (
 	"github.com/criseq/criseq/capture"
 )
 
-// midwayCapture writes the calls of a real capture from its middle on, as
-// a capture that began then would hold them: each direction's first byte
-// is not its connection's first byte.
-func midwayCapture(t *testing.T, from string) string {
+// readChunks reads every chunk of a capture file, with its own copy of
+// the bytes.
+func readChunks(t testing.TB, path string) []capture.Chunk {
 	t.Helper()
-	src, err := capture.OpenFile(from)
+	src, err := capture.OpenFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +28,7 @@ func midwayCapture(t *testing.T, from string) string {
 	for {
 		c, err := src.Next()
 		if errors.Is(err, io.EOF) {
-			break
+			return chunks
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -37,6 +36,14 @@ func midwayCapture(t *testing.T, from string) string {
 		c.Data = append([]byte(nil), c.Data...)
 		chunks = append(chunks, c)
 	}
+}
+
+// midwayCapture writes the calls of a real capture from its middle on, as
+// a capture that began then would hold them: each direction's first byte
+// is not its connection's first byte.
+func midwayCapture(t *testing.T, from string) string {
+	t.Helper()
+	chunks := readChunks(t, from)
 	path := filepath.Join(t.TempDir(), "midway.pcapng")
 	f, err := capture.CreateFile(path)
 	if err != nil {
