@@ -143,8 +143,13 @@ func FuzzDecoder(f *testing.F) {
 				t.Fatalf("bad error %v", e)
 			}
 		}
-		// With the same order across directions, the chunk size changes nothing.
+		// With the same order across directions, the chunk size changes
+		// nothing, unless bytes had to be skipped: a resync trusts a frame
+		// that starts a chunk (a write), so there chunks matter.
 		whole := decodeStreams(c, s, len(c)+len(s)+1, false)
+		if strings.Contains(whole, "connerror") {
+			return
+		}
 		if bytewise := decodeStreams(c, s, 1, false); bytewise != whole {
 			t.Fatalf("bytewise decode differs:\n%s\nwhole:\n%s", bytewise, whole)
 		}
