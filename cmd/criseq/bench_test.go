@@ -24,23 +24,7 @@ import (
 // node recorded for hours would give.
 func largeCapture(b *testing.B, from string, size int64) string {
 	b.Helper()
-	src, err := capture.OpenFile(from)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var chunks []capture.Chunk
-	for {
-		c, err := src.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		c.Data = append([]byte(nil), c.Data...)
-		chunks = append(chunks, c)
-	}
-	src.Close()
+	chunks := readChunks(b, from)
 	if len(chunks) == 0 {
 		b.Fatalf("%s holds no chunks", from)
 	}

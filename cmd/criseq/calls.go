@@ -29,6 +29,12 @@ Lists every gRPC call in a capture (pcap or pcapng, criseq's own or made by
 tcpdump/tshark): when it started relative to the first call, its connection and
 stream, the method, how long it took, its status, and what it was about.
 
+A connection caught midway (criseq record --attach), or whose bytes were
+lost, is decoded from the next frame found. A method whose :path cannot be read
+then is inferred from the shape of the messages and marked ~ (in JSON, the flag
+"inferred"); "(unknown)" when no single method fits. A status marked ~ was not
+read either: a unary call that got its response is OK.
+
 Examples:
   criseq calls cri.pcapng
   criseq calls --hide-polling cri.pcapng        # without kubelet's periodic calls
@@ -77,9 +83,10 @@ type callWriter interface {
 // memory stays bounded (columns align within a block, and CRI method
 // names are short enough that blocks rarely differ).
 type tableWriter struct {
-	tw   *tabwriter.Writer
-	t0   time.Time
-	rows int
+	tw       *tabwriter.Writer
+	t0       time.Time
+	rows     int
+	inferred bool // a row was marked ~
 }
 
 const tableBlock = 4096
@@ -93,12 +100,23 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
 	if c.Known {
 		method = s.Service + "/" + s.Method
 	}
+	switch {
+	case method == "":
+		method = "(unknown)"
+	case c.Flags&decode.Inferred != 0:
+		method += "~"
+	}
+	status := statusText(c)
+	if c.Flags&decode.InferredStatus != 0 {
+		status += "~"
+	}
+	w.inferred = w.inferred || c.Flags&(decode.Inferred|decode.InferredStatus) != 0
 	dur := "-"
 	if s.Done {
 		dur = fmtDuration(s.Duration)
 	}
 	fmt.Fprintf(w.tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n",
-		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, termtext.String(method), dur, statusText(c), termtext.String(detail(s, c)))
+		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, termtext.String(method), dur, status, termtext.String(detail(s, c)))
 	w.rows++
 	if w.rows%tableBlock == 0 {
 		return w.tw.Flush()
@@ -106,7 +124,19 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
 	return nil
 }
 
-func (w *tableWriter) flush() error { return w.tw.Flush() }
+func (w *tableWriter) flush() error {
+	if err := w.tw.Flush(); err != nil {
+		return err
+	}
+	if w.inferred {
+		_, err := fmt.Fprintln(w.tw, "~ inferred from the messages: the :path or grpc-status was in a header table entry older than the capture")
+		if err != nil {
+			return err
+		}
+		return w.tw.Flush()
+	}
+	return nil
+}
 
 // streamCalls decodes a capture file and hands each call to emit in start
 // order (then connection, stream), holding only the calls that a call
@@ -339,7 +369,7 @@ func flagNames(f decode.Flags) []string {
 		f    decode.Flags
 		name string
 	}{{decode.Incomplete, "incomplete"}, {decode.Reset, "reset"}, {decode.Compressed, "compressed"},
-		{decode.Gap, "gap"}, {decode.Malformed, "malformed"}} {
+		{decode.Gap, "gap"}, {decode.Malformed, "malformed"}, {decode.Inferred, "inferred"}, {decode.InferredStatus, "inferred-status"}} {
 		if f&x.f != 0 {
 			out = append(out, x.name)
 		}

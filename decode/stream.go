@@ -1,13 +1,8 @@
 package decode
 
 import (
-	"bytes"
 	"cmp"
-	"compress/gzip"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,8 +11,11 @@ import (
 	"github.com/criseq/criseq/capture"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-	"google.golang.org/protobuf/proto"
 )
+
+// The call layer: each HTTP/2 stream of a connection is a gRPC call,
+// opened by the client's header block, carrying messages both ways, ended
+// by the server's trailers (or a reset).
 
 const (
 	c2s = capture.ClientToServer
@@ -32,18 +30,47 @@ type stream struct {
 	asm        [2]assembler // messages being reassembled, by direction
 	enc        [2]string    // grpc-encoding, by direction
 	clientDone bool         // the client ended its side (END_STREAM)
+	lost       [2]bool      // bytes of a direction were lost: its DATA is not read
 	first      [2][]Message // room for the first message, by direction
+	// rs is what a call decoded with a partial table needs; nil otherwise.
+	rs *resyncState
 }
 
-// assembler rebuilds gRPC messages (1-byte flag, 4-byte length, payload)
-// from the DATA frames of one direction of a stream.
-type assembler struct {
-	hdr  [5]byte
-	nhdr int
-	want uint32 // payload length, once nhdr == 5
-	buf  []byte // payload so far
-	t    time.Time
+// resyncState is the state of a call whose headers were decoded with a
+// partial table.
+type resyncState struct {
+	// deferred: the :path was not read (an HPACK entry older than the
+	// table known) or came from a slot filled by inference: messages are
+	// kept raw until the call ends, then the method is inferred (or the
+	// slot's checked) and they are unmarshalled.
+	deferred bool
+	tab      *partialTable // the client's table, holding the slots
+	slots    []int32       // unknown slots that may be the :path
+	via      *method       // the method of the filled slot, if so
+	notPaths methodSet     // methods whose :path was a known entry then
+	raw      [2][][]byte   // deferred: message bytes (nil if not readable)
+	// statusUnknown: the trailers held fields not known; trailerKey
+	// names those fields in stab, the server's table.
+	statusUnknown bool
+	trailerKey    string
+	stab          *partialTable
+	// viaErr is the error counting calls left unnamed.
+	viaErr *ConnError
 }
+
+// resync returns s.rs, made if needed.
+func (s *stream) resync() *resyncState {
+	if s.rs == nil {
+		s.rs = &resyncState{}
+	}
+	return s.rs
+}
+
+// deferred reports whether the call's method is told when it ends.
+func (s *stream) deferred() bool { return s.rs != nil && s.rs.deferred }
+
+// maxDeferred bounds the messages kept raw for inference, per direction.
+const maxDeferred = 16
 
 // sorted returns the open streams of cn by stream ID.
 func (cn *conn) sorted() []*stream {
@@ -86,8 +113,9 @@ const maxFreeStreams = 256
 // answer (trailers-only); its second holds the trailers and ends the call.
 //
 // fields are the block's fields, truncated if the block was larger than
-// the limit; scratch says they are a reused slice, to copy if kept.
-func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool, fields []hpack.HeaderField, scratch bool, t time.Time) {
+// the limit; scratch says they are a reused slice, to copy if kept. bf,
+// for a block decoded with a partial table, tells what was not known.
+func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool, fields []hpack.HeaderField, scratch bool, bf *blockFields, t time.Time) {
 	if !d.opts.NoRedact {
 		redactHeaders(fields)
 	}
@@ -105,7 +133,10 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 		c := s.call
 		c.RequestHeaders = ownFields(fields, scratch)
 		path := pseudoValue(fields, "path")
-		if path == "" {
+		if bf != nil && len(bf.unknown) > 0 || bf != nil && bf.filled {
+			path = d.pathSlots(cn, h, s, path, fields, bf)
+		}
+		if path == "" && !s.deferred() {
 			c.Errors = append(c.Errors, "request headers without :path")
 		}
 		s.m = d.method(path)
@@ -122,7 +153,9 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 	if s == nil {
 		// Frames for streams already ended are expected; a response to a
 		// request never seen is worth showing, unless requests are lost.
-		if sid <= cn.maxStream || cn.half[c2s].dead {
+		// (Until the client's side shows a request, the streams seen began
+		// before decoding did.)
+		if sid <= cn.maxStream || cn.maxStream == 0 && cn.half[c2s].hb.part != nil {
 			return
 		}
 		s = d.newStream(cn, sid, t)
@@ -132,20 +165,28 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 	if truncated {
 		c.Errors = append(c.Errors, "response header block truncated")
 	}
+	unknown := bf != nil && len(bf.unknown) > 0
 	first := c.ResponseHeaders == nil && c.Trailers == nil
 	if first {
-		if st := pseudoValue(fields, "status"); st != "200" {
+		if st := pseudoValue(fields, "status"); st != "200" && (st != "" || !unknown) {
 			c.Errors = append(c.Errors, fmt.Sprintf("http status %q", st))
 		}
 		if !ended {
 			c.ResponseHeaders = h.keep(0, fields, scratch)
 			s.enc[s2c] = headerValue(fields, "grpc-encoding")
+			if unknown && c.ResponseHeaders == nil {
+				c.ResponseHeaders = []hpack.HeaderField{} // seen, though not known
+			}
 			return
 		}
 		c.Flags |= TrailersOnly
 	}
 	c.Trailers = h.keep(1, fields, scratch)
-	if v, ok := headerLookup(fields, "grpc-status"); !ok {
+	if v, ok := headerLookup(fields, "grpc-status"); !ok && unknown {
+		rs := s.resync()
+		rs.statusUnknown = true // inferStatus may tell
+		rs.stab, rs.trailerKey = h.hb.part, unknownKey(bf)
+	} else if !ok {
 		c.Errors = append(c.Errors, "trailers without grpc-status")
 	} else if n, err := strconv.ParseUint(v, 10, 31); err != nil {
 		c.Errors = append(c.Errors, fmt.Sprintf("invalid grpc-status %q", v))
@@ -161,18 +202,9 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 	d.finish(cn, s, t)
 }
 
-// clientDone notes the end of the request side; with the responses lost
-// the call cannot progress further, so it ends here.
-func (d *Decoder) clientDone(cn *conn, s *stream) {
+// clientDone notes the end of the request side.
+func (d *Decoder) clientDone(_ *conn, s *stream) {
 	s.clientDone = true
-	if h := &cn.half[s2c]; h.dead {
-		s.call.Flags |= Incomplete
-		if h.gap {
-			s.call.Flags |= Gap
-		}
-		s.call.Errors = append(s.call.Errors, "responses not decoded: server→client decoding stopped")
-		d.finish(cn, s, time.Time{})
-	}
 }
 
 // onData adds a DATA frame's payload to its call's messages.
@@ -181,7 +213,7 @@ func (d *Decoder) onData(cn *conn, h *half, sid uint32, data []byte, ended bool,
 	if s == nil {
 		return
 	}
-	if len(data) > 0 {
+	if len(data) > 0 && !s.lost[h.dir] {
 		d.assemble(s, h.dir, data, t)
 	}
 	if !ended {
@@ -198,7 +230,7 @@ func (d *Decoder) onData(cn *conn, h *half, sid uint32, data []byte, ended bool,
 // onReset ends a call reset by either side.
 func (d *Decoder) onReset(cn *conn, h *half, sid uint32, code http2.ErrCode, t time.Time) {
 	s := cn.streams[sid]
-	if s == nil {
+	if s == nil || s.call.Start.After(t) {
 		return
 	}
 	who := "server"
@@ -218,7 +250,9 @@ func (d *Decoder) onGoAway(cn *conn, h *half, last uint32, code http2.ErrCode, t
 		return
 	}
 	for _, s := range cn.sorted() {
-		if s.call.Stream <= last || s.call.Stream&1 == 0 {
+		// (A call begun after the GOAWAY was seen is read before it only
+		// when the server's bytes were held during a resync.)
+		if s.call.Stream <= last || s.call.Stream&1 == 0 || s.call.Start.After(t) {
 			continue
 		}
 		s.call.Flags |= Reset
@@ -268,6 +302,17 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 	c := s.call
 	if !t.IsZero() {
 		c.End = t
+		if t.Before(c.Start) {
+			c.End = c.Start // frames held during a resync, read late
+		}
+	}
+	if rs := s.rs; rs != nil {
+		if rs.deferred {
+			d.resolve(s)
+		}
+		if rs.statusUnknown && c.Status < 0 {
+			d.inferStatus(s)
+		}
 	}
 	for dir := range s.asm {
 		a := &s.asm[dir]
@@ -292,162 +337,6 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 }
 
 var dirNoun = [2]string{"request", "response"}
-
-// assemble adds a DATA frame's payload to a direction of a stream.
-func (d *Decoder) assemble(s *stream, dir capture.Dir, data []byte, t time.Time) {
-	a := &s.asm[dir]
-	for len(data) > 0 {
-		if a.nhdr == 0 && len(data) >= 5 {
-			// Fast path: a whole message in the frame is decoded in place.
-			n := binary.BigEndian.Uint32(data[1:5])
-			if uint64(len(data)-5) >= uint64(n) {
-				d.message(s, dir, data[0], data[5:5+n], t)
-				data = data[5+n:]
-				continue
-			}
-		}
-		if a.nhdr < 5 {
-			if a.nhdr == 0 {
-				a.t = t
-			}
-			k := copy(a.hdr[a.nhdr:], data)
-			a.nhdr += k
-			data = data[k:]
-			if a.nhdr < 5 {
-				return
-			}
-			a.want = binary.BigEndian.Uint32(a.hdr[1:5])
-			if a.buf == nil {
-				a.buf = d.buffer(a.want)
-			}
-		}
-		k := min(uint64(a.want)-uint64(len(a.buf)), uint64(len(data)))
-		a.buf = append(a.buf, data[:k]...)
-		data = data[k:]
-		if uint64(len(a.buf)) == uint64(a.want) {
-			d.message(s, dir, a.hdr[0], a.buf, a.t)
-			d.release(a)
-		}
-	}
-}
-
-// buffer returns an empty buffer for a message of n bytes; the capacity
-// is bounded since n comes from the wire.
-func (d *Decoder) buffer(n uint32) []byte {
-	if k := len(d.free); k > 0 {
-		b := d.free[k-1]
-		d.free = d.free[:k-1]
-		return b
-	}
-	return make([]byte, 0, min(n, 1<<20))
-}
-
-func (d *Decoder) release(a *assembler) {
-	// Keep a few small buffers: large ones would pin memory for nothing.
-	if a.buf != nil && cap(a.buf) <= 64<<10 && len(d.free) < 64 {
-		d.free = append(d.free, a.buf[:0])
-	}
-	a.buf = nil
-	a.nhdr = 0
-	a.want = 0
-}
-
-// message decodes one gRPC message. payload is only valid during the call.
-func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte, t time.Time) {
-	c := s.call
-	list := &c.Requests
-	typ := s.m.in
-	if dir == s2c {
-		list, typ = &c.Responses, s.m.out
-	}
-	m := Message{Time: t}
-	raw := payload
-	var err error
-	switch flag {
-	case 0:
-	case 1:
-		m.Compressed = true
-		c.Flags |= Compressed
-		raw, err = d.decompress(s.enc[dir], payload)
-	default:
-		err = fmt.Errorf("invalid compressed flag %d", flag)
-	}
-	if err == nil {
-		m.Size = len(raw)
-		if typ != nil && !d.noProto && !s.m.skip {
-			msg := typ.New().Interface()
-			if err = proto.Unmarshal(raw, msg); err != nil {
-				err = fmt.Errorf("unmarshal %s: %w", typ.Descriptor().FullName(), err)
-			} else {
-				if !d.opts.NoRedact {
-					d.red.redact(msg.ProtoReflect())
-				}
-				m.Proto = msg
-			}
-		}
-		if d.opts.NoRedact {
-			m.Raw = bytes.Clone(raw)
-		}
-	}
-	if err != nil {
-		m.Err = err.Error()
-		c.Flags |= Malformed
-		c.Errors = append(c.Errors, fmt.Sprintf("%s %d: %v", dirNoun[dir], len(*list)+1, err))
-	}
-	if dir == s2c && s.m.serverStream && d.opts.OnStreamMessage != nil {
-		c.Streamed++
-		d.opts.OnStreamMessage(c, m)
-		return
-	}
-	if *list == nil {
-		*list = s.first[dir]
-	}
-	*list = append(*list, m)
-}
-
-func (d *Decoder) decompress(enc string, p []byte) ([]byte, error) {
-	switch enc {
-	case "gzip":
-		return d.gz.gunzip(p)
-	case "", "identity":
-		return nil, errors.New("compressed message without grpc-encoding")
-	}
-	return nil, fmt.Errorf("unsupported grpc-encoding %q", enc)
-}
-
-// gunzipper reuses its reader and output buffer across messages.
-type gunzipper struct {
-	zr  *gzip.Reader
-	br  bytes.Reader
-	out bytes.Buffer
-}
-
-// gunzip returns the decompressed p, valid until the next call.
-func (g *gunzipper) gunzip(p []byte) ([]byte, error) {
-	g.br.Reset(p)
-	var err error
-	if g.zr == nil {
-		g.zr, err = gzip.NewReader(&g.br)
-	} else {
-		err = g.zr.Reset(&g.br)
-	}
-	if err != nil {
-		g.zr = nil
-		return nil, fmt.Errorf("gzip: %w", err)
-	}
-	if g.out.Cap() > 16<<20 {
-		g.out = bytes.Buffer{}
-	}
-	g.out.Reset()
-	n, err := g.out.ReadFrom(io.LimitReader(g.zr, maxMessage+1))
-	if err != nil {
-		return nil, fmt.Errorf("gzip: %w", err)
-	}
-	if n > maxMessage {
-		return nil, fmt.Errorf("gzip: message larger than %d bytes", maxMessage)
-	}
-	return g.out.Bytes(), nil
-}
 
 func headerLookup(fields []hpack.HeaderField, name string) (string, bool) {
 	for _, f := range fields {
