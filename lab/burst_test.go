@@ -19,7 +19,7 @@ import (
 const (
 	burstPods     = 20
 	registryImage = "127.0.0.1:5000/criseq/app:1"
-	localImage    = "criseq.local/app:1"
+	localImage    = "criseq.local/burst:1"
 )
 
 // TestBurstCaptures runs the burst checks on the committed burst captures

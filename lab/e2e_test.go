@@ -49,12 +49,23 @@ func labRuntime(t *testing.T, rt string) {
 	if dir := os.Getenv("CRISEQ_LAB_OUT"); dir != "" {
 		out = filepath.Join(dir, rt)
 	} else {
-		out = t.TempDir()
+		var err error
+		if out, err = os.MkdirTemp("", "criseq-e2e-"+rt+"-"); err != nil {
+			t.Fatal(err)
+		}
+		// The lab's logs stay for a look when a check fails.
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("the lab's captures and logs are kept in %s", out)
+			} else {
+				os.RemoveAll(out)
+			}
+		})
 		cmd := exec.Command("./run.sh", "-o", out)
 		cmd.Env = append(os.Environ(), "RUNTIME="+rt)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		start := time.Now()
-		err := cmd.Run()
+		err = cmd.Run()
 		t.Logf("lab/run.sh on %s: %v", rt, time.Since(start).Round(time.Second))
 		if err != nil {
 			t.Fatalf("RUNTIME=%s lab/run.sh: %v", rt, err)

@@ -7,6 +7,10 @@ LAB_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${CRISEQ_CACHE:=/var/cache/criseq}"
 APP_IMAGE=criseq.local/app:1
 PAUSE_IMAGE=criseq.local/pause:1
+# The image burst's IfNotPresent pods run: present, and with an ID of its
+# own (the registry's app image shares APP_IMAGE's ID, and kubelet 1.37
+# re-pulls a present image whose ID it has pulled under another name).
+BURST_IMAGE=criseq.local/burst:1
 REGISTRY=127.0.0.1:5000
 # The runtime: Debian's containerd 1.6 (containerd), or containerd 2.x
 # built from the Go module proxy (containerd2).
@@ -41,6 +45,7 @@ lab_build() {
 		go build -o "$LAB/bin/mkimage" ./lab/mkimage) || die "build failed"
 	"$LAB/bin/mkimage" -bin "$LAB/bin/app" -name "$APP_IMAGE" -o "$LAB/images/app.tar"
 	"$LAB/bin/mkimage" -bin "$LAB/bin/app" -name "$PAUSE_IMAGE" -o "$LAB/images/pause.tar"
+	"$LAB/bin/mkimage" -bin "$LAB/bin/app" -name "$BURST_IMAGE" -o "$LAB/images/burst.tar"
 }
 
 # wait_socket waits for a unix socket, or fails with the daemon's log tail.
@@ -80,7 +85,7 @@ containerd_start() {
 		echo "lab: containerd did not take its whole config (above)" >&2
 		return 1
 	fi
-	for img in pause app; do
+	for img in pause app burst; do
 		ctr -a "$LAB/containerd.sock" -n k8s.io images import "$LAB/images/$img.tar" >/dev/null ||
 			die "importing $img image failed"
 	done
@@ -349,5 +354,7 @@ outcome() {
 running() { [ -n "$(direct ps -q --name "^$1\$" --state running)" ]; }
 # running_count N: N containers run.
 running_count() { [ "$(direct ps -q --state running | wc -l)" -eq "$1" ]; }
+# pods_stopped: no container runs and no sandbox is ready (kubelet stopped its pods).
+pods_stopped() { [ -z "$(direct ps -q --state running)" ] && [ -z "$(direct pods -q --state ready)" ]; }
 # no_pods: no sandbox left in containerd.
 no_pods() { [ -z "$(direct pods -q)" ]; }
