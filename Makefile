@@ -33,7 +33,7 @@ test-deps:
 
 # Real-peer end-to-end tests (root): containerd + crictl through criseq record.
 e2e: test-deps
-	CRISEQ_E2E=1 $(GO) test -count=1 -v -timeout 40m -run 'E2E' ./lab/
+	CRISEQ_E2E=1 $(GO) test -count=1 -v -timeout 80m -run 'E2E' ./lab/
 
 # The unit tests under the race detector (not in .ci/run: it would add
 # minutes to a cold CI run).

@@ -153,14 +153,29 @@ containerd_stop() {
 	pid=$(cat "$LAB/containerd.pid" 2>/dev/null) || return 0
 	if kill "$pid" 2>/dev/null; then for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi
 	kill -9 "$pid" 2>/dev/null || true
-	# Shims outlive containerd; each wrote its PID under containerd's state dir.
-	local f
-	for f in "$LAB"/containerd/state/io.containerd.runtime.v2.task/*/*/shim.pid; do
-		[ -s "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
+	# Containers and their shims outlive containerd (when the pods could
+	# not be removed first): kill the containers through runc's state here,
+	# which also removes their cgroups, then the shims. containerd 2.x writes
+	# no shim.pid: find them by this lab's containerd address.
+	local id shims
+	for id in $(runc --root "$LAB/runc/k8s.io" list -q 2>/dev/null); do
+		runc --root "$LAB/runc/k8s.io" delete -f "$id" 2>/dev/null
 	done
+	shims=$(lab_shims)
+	[ -z "$shims" ] || kill -9 $shims 2>/dev/null
 	sleep 0.2
 	grep " $LAB/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
 	rm -f "$LAB/containerd.pid"
+}
+
+# lab_shims prints the PIDs of the runc shims of this lab's containerd.
+lab_shims() {
+	local f pid
+	for f in /proc/[0-9]*/cmdline; do
+		pid=${f#/proc/} && pid=${pid%/cmdline}
+		tr '\0' ' ' 2>/dev/null <"$f" | grep -q "^[^ ]*containerd-shim-runc-v2 .*-address $LAB/containerd.sock " && echo "$pid"
+	done
+	return 0
 }
 
 # recorder_start runs criseq record between a client socket and containerd.
