@@ -39,6 +39,10 @@ func TestGolden(t *testing.T) {
 	for _, capPath := range captures(t) {
 		dir := filepath.Dir(capPath)
 		t.Run(filepath.Base(dir), func(t *testing.T) {
+			// A case committed before its goldens (they come with -update).
+			if _, err := os.Stat(filepath.Join(dir, "calls.golden")); err != nil && !*update {
+				t.Skipf("%s has no golden files yet (go test ./cmd/criseq -update writes them)", dir)
+			}
 			var stdout, stderr bytes.Buffer
 			if err := run(context.Background(), []string{"calls", capPath}, &stdout, &stderr); err != nil {
 				t.Fatalf("calls: %v\n%s", err, stderr.String())
