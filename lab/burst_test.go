@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/criseq/criseq/decode"
@@ -152,30 +153,95 @@ func annotationOwner(spec *runtimeapi.ImageSpec, sandboxes map[flow.Pod]map[stri
 // ground truth: every image call drawn in the diagram of the pod
 // ImageOwners names, and in no other.
 //
-// TODO(lead): compare the flows (or `criseq render --format json`, with
-// each call's connection and stream) with ImageOwners(calls) once the new
-// attribution lands; also run it with the traceparent ignored and report
-// how many calls come out ambiguous.
+// checkAttribution checks that every image call whose pod its trace names
+// is drawn in that pod's diagram: attributed to it alone, or marked
+// ambiguous with it among the candidates, and never in another pod's
+// diagram alone. With the traceparent used, none may be ambiguous; then the
+// same again with the traceparent ignored (kubelet without tracing), where
+// kubelet's order, the sandbox config and the annotations must be enough
+// to be never wrong; the ambiguous ones are counted.
 func checkAttribution(t *testing.T, calls []*decode.Call, flows []*flow.Flow, owners map[CallID]flow.Pod) {
 	t.Helper()
-	// For now only measured: where today's flows draw the image calls.
-	drawn := map[CallID]int{}
-	wrong := 0
-	for _, f := range flows {
-		for _, s := range f.Steps {
-			id := idOf(s.Call)
-			p, ok := owners[id]
-			if !ok {
-				continue
-			}
-			drawn[id]++
-			if p.String() != f.Pod.String() {
-				wrong++
+	for _, mode := range []string{"traceparent", "no traceparent", "no traceparent, no annotations"} {
+		ignore := mode != "traceparent"
+		switch mode {
+		case "no traceparent":
+			flows = flow.Group(calls, flow.Options{IgnoreTraceparent: true})
+		case "no traceparent, no annotations":
+			// As an older kubelet sends them: image specs without the pod's annotations.
+			flows = flow.Group(withoutImageAnnotations(calls), flow.Options{IgnoreTraceparent: true})
+		}
+		drawn := map[CallID][]flow.Step{}
+		in := map[CallID][]flow.Pod{}
+		for _, f := range flows {
+			for _, s := range f.Steps {
+				id := idOf(s.Call)
+				if _, ok := owners[id]; ok {
+					drawn[id] = append(drawn[id], s)
+					in[id] = append(in[id], f.Pod)
+				}
 			}
 		}
+		by := map[string]int{}
+		wrong, missing, ambiguous := 0, 0, 0
+		for id, p := range owners {
+			steps := drawn[id]
+			if len(steps) == 0 {
+				missing++
+				t.Errorf("%s: image call (conn %d, stream %d) of %s is in no diagram", mode, id.Conn, id.Stream, p)
+				continue
+			}
+			mine := false
+			for _, q := range in[id] {
+				mine = mine || q == p
+			}
+			if !mine {
+				wrong++
+				t.Errorf("%s: image call (conn %d, stream %d) of %s drawn in %v (%s)", mode, id.Conn, id.Stream, p, in[id], steps[0].Attr.By)
+				continue
+			}
+			if steps[0].Attr.By == flow.ByAmbiguous {
+				ambiguous++
+				for _, s := range steps {
+					if len(s.Attr.Candidates) != len(steps) {
+						t.Errorf("ambiguous call (conn %d, stream %d) in %d diagrams, %d candidates", id.Conn, id.Stream, len(steps), len(s.Attr.Candidates))
+					}
+				}
+			} else if len(steps) != 1 {
+				t.Errorf("call (conn %d, stream %d) attributed %q but in %d diagrams", id.Conn, id.Stream, steps[0].Attr.By, len(steps))
+			}
+			by[steps[0].Attr.By]++
+		}
+		t.Logf("%s: %d image calls whose pod the trace names: %d wrong, %d in no diagram, %d ambiguous; attributed by %v",
+			mode, len(owners), wrong, missing, ambiguous, by)
+		if !ignore && ambiguous > 0 {
+			t.Errorf("with the traceparent, %d image calls are ambiguous", ambiguous)
+		}
 	}
-	t.Logf("today's flows: of %d image calls whose pod the trace names, %d are drawn, %d in another pod's diagram; %d in none",
-		len(owners), len(drawn), wrong, len(owners)-len(drawn))
+}
+
+// withoutImageAnnotations returns calls with the annotations taken out of
+// every image spec (the calls and their requests are copies).
+func withoutImageAnnotations(calls []*decode.Call) []*decode.Call {
+	out := make([]*decode.Call, len(calls))
+	for i, c := range calls {
+		out[i] = c
+		if imageSpec(c) == nil || len(imageSpec(c).GetAnnotations()) == 0 {
+			continue
+		}
+		cc := *c
+		cc.Requests = append([]decode.Message(nil), c.Requests...)
+		req := proto.Clone(c.Request())
+		switch r := req.(type) {
+		case *runtimeapi.ImageStatusRequest:
+			r.Image.Annotations = nil
+		case *runtimeapi.PullImageRequest:
+			r.Image.Annotations = nil
+		}
+		cc.Requests[0].Proto = req
+		out[i] = &cc
+	}
+	return out
 }
 
 // checkBurst checks the burst scenario on runtime rt: all 20 pods ran and
