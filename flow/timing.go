@@ -40,6 +40,35 @@ type Timing struct {
 	// After is the same from Done to the flow's last call: a stop's
 	// removal at kubelet's next clean-up, up to a minute later.
 	After []Span
+	// Segments is the timeline behind Parts and After: each stretch of
+	// time with its phase or wait, in time order.
+	Segments []Segment
+}
+
+// Segment is one stretch of a flow's timeline.
+type Segment struct {
+	Name       string
+	Wait       bool
+	Start, End time.Time
+}
+
+// WaitDuring is the wait that covers most of [a, b), and how much of it;
+// "" if no wait does.
+func (t Timing) WaitDuring(a, b time.Time) (string, time.Duration) {
+	cover := map[string]time.Duration{}
+	best := ""
+	for _, s := range t.Segments {
+		if !s.Wait {
+			continue
+		}
+		if x, y := maxTime(s.Start, a), minTime(s.End, b); y.After(x) {
+			cover[s.Name] += y.Sub(x)
+			if best == "" || cover[s.Name] > cover[best] {
+				best = s.Name
+			}
+		}
+	}
+	return best, cover[best]
 }
 
 // PhaseOf is the phase a call of method belongs to in a flow's timing, or
@@ -93,6 +122,7 @@ func (f *Flow) Timing() Timing {
 		if !b.After(a) {
 			return
 		}
+		t.Segments = append(t.Segments, Segment{name, wait, a, b})
 		if a.Before(done) {
 			parts.add(name, wait, minTime(b, done).Sub(a))
 		}

@@ -220,8 +220,9 @@ func svgStory(t *testing.T, src []byte) []string {
 	return out
 }
 
-// breakText is the time of a break marker: SVG and Mermaid write
-// "… 6.9s …", PlantUML's delay "...6.9s...".
+// breakText is the time of a break marker, and the wait it names: SVG and
+// Mermaid write "… 6.9s: kubelet's clean-up …", PlantUML's delay
+// "...6.9s: kubelet's clean-up...".
 func breakText(s string) string { return strings.Trim(s, "… ") }
 
 // norm drops spaces, where the formats wrap lines differently.

@@ -214,7 +214,7 @@ func layout(d *diagram) (*drawing, error) {
 	}
 	cls := make([]callLayout, len(d.calls))
 	evs := make([]callLayout, len(d.events)) // req: an event's label
-	rs := rows(d.calls, d.events)
+	rs := d.rows(d.calls)
 	away := apart(rs, len(d.calls))
 	need := make([]float64, np)
 	busy := make([][]bool, np) // per lifeline, the bar slots in use
@@ -334,7 +334,7 @@ func layout(d *diagram) (*drawing, error) {
 			gapBands = append(gapBands, l.rect(layerPlates, "gap", band, 0))
 			gapLines = append(gapLines, l.line(layerShapes, "gapl", margin, y, 0, y),
 				l.line(layerShapes, "gapl", margin, y+band.h, 0, y+band.h))
-			bl := []string{breakLabel(r.gap)}
+			bl := []string{breakLabel(r)}
 			bw := widest(regular, smallSize, bl)
 			tb := box{brkX - bw/2 - 4, y, bw + 8, band.h}
 			l.text(&textBlock{x: brkX, y: y + 16, anchor: "middle", lines: bl, w: bw, size: smallSize, class: "bk", in: &tb})
@@ -364,6 +364,13 @@ func layout(d *diagram) (*drawing, error) {
 			pl := []string{ph.label()}
 			pw := widest(bold, smallSize, pl)
 			px := math.Max(math.Round((x[0]+phaseX[c.opens-1])/2), margin+pw/2+10) // centred, unless too wide for that
+			// Bars of calls still open cross the separator: the chip keeps
+			// left of them, so it hides none of their edges.
+			for p := range open {
+				if barL := x[p] - actW/2 - 4; open[p] > 0 && px+pw/2+10 > barL {
+					px = math.Max(math.Min(px, math.Floor(barL-pw/2-10)), margin+pw/2+10)
+				}
+			}
 			chip := box{px - pw/2 - 10, ly - 10, pw + 20, 20}
 			l.rect(layerShapes, cc, chip, 10)
 			l.text(&textBlock{x: px, y: ly + 4, anchor: "middle", lines: pl, w: pw,

@@ -54,12 +54,12 @@ func PartExt(format string, k int) string {
 // (a part holds at least one arrow).
 func mermaidFit(d *diagram, limit int) [][]byte {
 	calls := d.calls
-	rs := rows(calls, d.events)
+	rs := d.rows(calls)
 	if out := mermaidPage(d, calls, rs, 0, len(rs), 1, 1); len(out) < limit {
 		return [][]byte{out}
 	}
 	calls = folded(d.calls)
-	rs = rows(calls, d.events)
+	rs = d.rows(calls)
 	if out := mermaidPage(d, calls, rs, 0, len(rs), 1, 1); len(out) < limit {
 		return [][]byte{out}
 	}
@@ -86,7 +86,7 @@ func mermaidFit(d *diagram, limit int) [][]byte {
 			}
 		}
 		if r.gap > 0 {
-			cost[k] += 40 + len(mmdLines(breakLabel(r.gap)))
+			cost[k] += 40 + len(mmdLines(breakLabel(r)))
 		}
 	}
 	for budget := limit - fixed - 200; ; budget = budget * 3 / 4 {
@@ -211,7 +211,7 @@ func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, rs []row, from, to,
 	for k := from; k < to; k++ {
 		r := rs[k]
 		if r.gap > 0 {
-			str(indent, "Note over ", client, ",", last, ": ", mmdLines(breakLabel(r.gap)), "\n")
+			str(indent, "Note over ", client, ",", last, ": ", mmdLines(breakLabel(r)), "\n")
 		}
 		if r.event() {
 			// The runtime's event: an asynchronous arrow.

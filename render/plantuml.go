@@ -46,7 +46,7 @@ skinparam NoteBackgroundColor #FFFDE7
 `
 
 func writePlantUML(w errWriter, d *diagram) {
-	rs := rows(d.calls, d.events)
+	rs := d.rows(d.calls)
 	away := apart(rs, len(d.calls))
 	breaks := pumlBreaks(d, rs, away)
 	pages := len(breaks) + 1
@@ -75,7 +75,7 @@ func writePlantUML(w errWriter, d *diagram) {
 		}
 		if r.gap > 0 {
 			// A delay: PlantUML draws the lifelines dotted, with the time.
-			w.str("...", pumlEsc(fmtDur(r.gap)), "...\n")
+			w.str("...", pumlEsc(strings.Trim(breakLabel(r), "… ")), "...\n")
 		}
 		if r.event() {
 			// The runtime's event: an asynchronous arrow.

@@ -34,7 +34,7 @@ var pumlStatement = regexp.MustCompile(`^(` +
 	`Client -\[#90A4AE\]-> (RS|IS|S\d+) : <color:#90A4AE><size:11>(?P<t14>[-+.0-9a-z]*)</size></color>  <color:#78909C>(?P<t15>.*)</color>|` +
 	`Client -\[#7B1FA2\]> (RS|IS|S\d+) : <color:#90A4AE><size:11>(?P<t16>[-+.0-9a-z]*)</size></color>  <color:#7B1FA2>(?P<t17>.*)</color>|` +
 	`RS -\[#00897B\]>> Client : <color:#90A4AE><size:11>(?P<t18>[-+.0-9a-z]*)</size></color>  <color:#00796B>(?P<t19>.*)</color>|` +
-	`\.\.\.(?P<t20>[.0-9a-zµ]+)\.\.\.|` +
+	`\.\.\.(?P<t20>[.0-9a-zµ]+(: .+?)?)\.\.\.|` +
 	`(RS|IS|S\d+) --> Client : (?P<t8>.*)|` +
 	`(RS|IS|S\d+) -\[#C62828\]-> Client : <color:#C62828>(?P<t9>.*)</color>|` +
 	`(de)?activate (RS|IS|S\d+)|` +

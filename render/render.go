@@ -181,6 +181,10 @@ type diagram struct {
 	// timeScale spaces rows in proportion to time: pixels per second of
 	// the gaps between calls and of each call's duration; 0 spaces evenly.
 	timeScale float64
+	// timing and t0 name the waits behind breaks.
+	timing flow.Timing
+	t0     time.Time
+	client string // the client's name, for its own time between calls
 }
 
 type participant struct {
@@ -254,6 +258,7 @@ type row struct {
 	// gap is the time since the row before, when it is more than
 	// breakMin: a break marker with its length comes before the row.
 	gap time.Duration
+	why string // the wait that took most of gap, if one did
 }
 
 func (r row) event() bool { return r.call < 0 }
@@ -344,8 +349,32 @@ func rowAt(calls []call, events []event, r row) time.Duration {
 	return calls[r.call].at
 }
 
-// breakLabel is the text of a break marker: "… 6.9s …".
-func breakLabel(gap time.Duration) string { return "… " + fmtDur(gap) + " …" }
+// breakLabel is the text of a break marker: "… 6.9s …", with the wait
+// that took most of it: "… 1.31s: image pull queue …".
+func breakLabel(r row) string {
+	if r.why != "" {
+		return "… " + fmtDur(r.gap) + ": " + r.why + " …"
+	}
+	return "… " + fmtDur(r.gap) + " …"
+}
+
+// rows is rows(calls, d.events), each break named after the wait that
+// took most of it.
+func (d *diagram) rows(calls []call) []row {
+	rs := rows(calls, d.events)
+	for k := range rs {
+		r := &rs[k]
+		if r.gap <= 0 || d.t0.IsZero() {
+			continue
+		}
+		end := d.t0.Add(rowAt(calls, d.events, *r))
+		name, cover := d.timing.WaitDuring(end.Add(-r.gap), end)
+		if name != "" && 2*cover >= r.gap {
+			r.why = clean(waitName(name, d.client))
+		}
+	}
+	return rs
+}
 
 // callRows orders the arrows of calls (see rows).
 func callRows(calls []call) []row {
@@ -535,6 +564,7 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 	}
 	d.complete = f.Complete
 	t := f.Timing()
+	d.timing, d.t0, d.client = t, f.Start, waitClient(f)
 	d.phases = phaseSpans(d.calls)
 	// The chips of the longest phase are marked, when there are several.
 	longest := longestSpan(t.Parts, false)

@@ -439,7 +439,7 @@ func TestLabels(t *testing.T) {
 			"longest: back-off 9.67s"}},
 		{"stop", stopFlow(), []string{"default/nginx — pod stop", "StopContainer(web (grace 30s))",
 			"pod stopped in 365ms (stop 310ms, stop sandbox 45ms; waiting: kubelet 10ms) · removed 1.68s later (remove 12ms, remove sandbox 31ms; waiting: kubelet's clean-up 1.64s, kubelet 1ms)",
-			"… 1.64s …"}},
+			"… 1.64s: kubelet's clean-up …"}},
 		{"incomplete", incompleteFlow(), []string{noReply, "Check()", "SERVING · 1ms",
 			"pod start incomplete after 401ms (sandbox 105ms, image 900µs; waiting: kubelet 295ms)"}},
 		{"burst", burstFlow(), []string{
@@ -447,10 +447,10 @@ func TestLabels(t *testing.T) {
 			"ImageStatus(busybox:1.36) · ambiguous: one of web-2, default/web-3, other/web-3",
 			"ImageStatus(nginx:1.25) +215ms: not present · 3.2ms", // two identical calls open at once
 			"ImageStatus(nginx:1.25) +216ms: not present · 3ms",
-			"~ImageStatus(nginx:1.25)", "CONTAINER_CREATED web", "CONTAINER_STARTED web", "… 1.48s …",
+			"~ImageStatus(nginx:1.25)", "CONTAINER_CREATED web", "CONTAINER_STARTED web", "… 1.48s: image pull queue …",
 			"pod started in 2.87s (sandbox 210ms, image 736ms, create 195ms, start 225ms; waiting: kubelet 39ms, image pull queue 1.46s)",
 			"2 ambiguous calls", "longest: waiting for the image pull queue 1.46s", "~ method inferred from message shape"}},
-		{"burst-stop", burstStopFlow(), []string{"CONTAINER_STOPPED web", "CONTAINER_DELETED web", "… 8.23s …",
+		{"burst-stop", burstStopFlow(), []string{"CONTAINER_STOPPED web", "CONTAINER_DELETED web", "… 8.23s: kubelet's clean-up …",
 			"removed 8.25s later (remove 12ms, remove sandbox 5.3ms; waiting: kubelet's clean-up 8.23s, kubelet 3ms)"}},
 	} {
 		for _, format := range Formats() {
@@ -608,7 +608,7 @@ func TestNoteCountsFailures(t *testing.T) {
 
 // pumlDelayLine is a PlantUML delay, "...1.48s...", once pumlText dropped
 // the spaces around it.
-var pumlDelayLine = regexp.MustCompile(`\.\.\.([0-9.]+[µmins]+)\.\.\.`)
+var pumlDelayLine = regexp.MustCompile(`\.\.\.([0-9.]+[µmins]+(:[^.]+)?)\.\.\.`)
 
 var svgText = regexp.MustCompile(`<text[^>]*>([^<]*)</text>`)
 
