@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -454,18 +455,21 @@ func cutCapture(t *testing.T, name, file string) (rows []string, all cutCounts) 
 		}
 	}
 	rng := rand.New(rand.NewPCG(1, uint64(len(dataBytes))))
-	cuts := map[string][]pos{"boundaries": p.bounds}
-	if testing.Short() {
-		cuts["boundaries"] = nil
-		for i, b := range p.bounds {
-			if i%20 == 0 {
-				cuts["boundaries"] = append(cuts["boundaries"], b)
-			}
-		}
+	// Every boundary and randomCuts offsets with CRISEQ_CUT=full (the
+	// README's table, minutes); a sample of them otherwise, so that the
+	// test suite stays quick.
+	every, nRand := 10, randomCuts/5
+	switch {
+	case os.Getenv("CRISEQ_CUT") == "full":
+		every, nRand = 1, randomCuts
+	case testing.Short():
+		every, nRand = 20, 100
 	}
-	nRand := randomCuts
-	if testing.Short() {
-		nRand = 100
+	cuts := map[string][]pos{}
+	for i, b := range p.bounds {
+		if i%every == 0 {
+			cuts["boundaries"] = append(cuts["boundaries"], b)
+		}
 	}
 	for range nRand {
 		cuts["random"] = append(cuts["random"], dataBytes[rng.IntN(len(dataBytes))])

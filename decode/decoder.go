@@ -243,6 +243,8 @@ func (d *Decoder) Feed(c capture.Chunk) {
 		fs.preface = max(fs.preface-n, 0)
 		if fs.hunting {
 			fs.preface = 0
+		} else if fs.preface == 0 {
+			h.begun = true // the connection's first bytes: not caught midway
 		}
 		data = data[n:]
 	}
