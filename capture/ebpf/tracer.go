@@ -11,7 +11,10 @@
 // of HTTP/2.
 //
 // Needs root and Linux 5.17+ with BTF; only syscall tracepoints are used
-// (no kprobes, no fentry), so hardened kernels without kprobes work.
+// (no kprobes, no fentry), so hardened kernels without kprobes work: the
+// perf syscall tracepoints, or where those cannot be attached (no tracefs,
+// perf events denied, no syscall events) the raw tracepoints sys_enter and
+// sys_exit, which cost every other process more (see bench_test.go).
 package ebpf
 
 import (
