@@ -33,6 +33,27 @@ func needBPF(t testing.TB) {
 	t.Skipf("attach mode cannot run here: %v", err)
 }
 
+// attachments are the ways of attaching this machine can run, to test each.
+func attachments(t testing.TB) []attachment {
+	t.Helper()
+	spec, err := loadTrace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rawBuilt(spec) {
+		t.Logf("no raw tracepoint programs for this machine: perf tracepoints only")
+		return []attachment{perfTracepoints}
+	}
+	return []attachment{perfTracepoints, rawTracepoints}
+}
+
+// eachAttachment runs f as a subtest per attachment.
+func eachAttachment(t *testing.T, f func(t *testing.T, via attachment)) {
+	for _, via := range attachments(t) {
+		t.Run(strings.Fields(via.String())[0], func(t *testing.T) { f(t, via) })
+	}
+}
+
 // tracing is a Tracer running in the background.
 type tracing struct {
 	tr     *Tracer
@@ -236,6 +257,10 @@ func decodeConn(t testing.TB, chunks []capture.Chunk, id uint64) ([]*decode.Call
 // same time; connections opened after attaching decode completely.
 func TestAttachMatchesRelay(t *testing.T) {
 	needBPF(t)
+	eachAttachment(t, testMatchesRelay)
+}
+
+func testMatchesRelay(t *testing.T, via attachment) {
 	for _, mode := range []string{"rw", "vec", "msg", "to"} {
 		t.Run(mode, func(t *testing.T) {
 			dir := t.TempDir()
@@ -245,7 +270,7 @@ func TestAttachMatchesRelay(t *testing.T) {
 			old := ch.do("dial %s rw", relay)[0]
 			ch.do("calls %s 30", old)
 
-			tr := attach(t, &Tracer{PID: ch.Pid, Socket: relay})
+			tr := attach(t, &Tracer{PID: ch.Pid, Socket: relay, via: via})
 			ch.do("calls %s 20", old)
 			c := ch.do("dial %s %s", relay, mode)[0]
 			ch.do("calls %s 60", c)

@@ -23,6 +23,10 @@ import (
 // (exec): its new connection is traced from its first byte.
 func TestAttachFollowsRestart(t *testing.T) {
 	needBPF(t)
+	eachAttachment(t, testFollowsRestart)
+}
+
+func testFollowsRestart(t *testing.T, via attachment) {
 	dir := t.TempDir()
 	sock := startServer(t, dir)
 	exe, err := os.Executable()
@@ -38,7 +42,7 @@ func TestAttachFollowsRestart(t *testing.T) {
 	first := startChild(t, link)
 	c := first.do("dial %s rw", sock)[0]
 	first.do("calls %s 5", c)
-	tr := attach(t, &Tracer{Comm: name, Socket: sock})
+	tr := attach(t, &Tracer{Comm: name, Socket: sock, via: via})
 	first.do("calls %s 5", c)
 	first.stop()
 
@@ -136,17 +140,58 @@ func TestAttachErrors(t *testing.T) {
 // behind (they go with its file descriptors).
 func TestAttachSIGKILL(t *testing.T) {
 	needBPF(t)
+	eachAttachment(t, func(t *testing.T, via attachment) {
+		dir := t.TempDir()
+		sock := startServer(t, dir)
+		ch := startChild(t, "")
+		got, ids := childAttach(t, ch, "attach %s %d", sock, via)
+		if got != via {
+			t.Fatalf("attached via %v, want %v", got, via)
+		}
+		killLeavesNothing(t, ch, ids)
+	})
+}
+
+// TestAttachFallback: where the perf syscall tracepoints cannot be attached
+// (here: perf_event_open denied to the tracer by seccomp, as some container
+// runtimes and security policies do), the raw tracepoints take over, say
+// so, and go with the process too.
+func TestAttachFallback(t *testing.T) {
+	needBPF(t)
+	if len(attachments(t)) < 2 {
+		t.Skip("no raw tracepoint programs for this machine")
+	}
 	dir := t.TempDir()
 	sock := startServer(t, dir)
 	ch := startChild(t, "")
+	got, ids := childAttach(t, ch, "noperf attach %s %d", sock, anyAttachment)
+	if got != rawTracepoints {
+		t.Fatalf("attached via %v with perf_event_open denied, want %v", got, rawTracepoints)
+	}
+	killLeavesNothing(t, ch, ids)
+}
+
+// childAttach has the child trace itself; it returns how it attached and
+// its programs' IDs.
+func childAttach(t *testing.T, ch *child, format string, args ...any) (attachment, []ebpf.ProgramID) {
+	t.Helper()
+	reply := ch.do(format, args...)
+	via, _ := strconv.Atoi(reply[0])
 	var ids []ebpf.ProgramID
-	for _, s := range ch.do("attach %s", sock) {
+	for _, s := range reply[1:] {
 		n, err := strconv.ParseUint(s, 10, 32)
 		if err != nil {
 			t.Fatalf("child's program IDs: %v", err)
 		}
 		ids = append(ids, ebpf.ProgramID(n))
 	}
+	return attachment(via), ids
+}
+
+// killLeavesNothing kills the child with SIGKILL and waits until none of
+// its programs ids is loaded.
+func killLeavesNothing(t *testing.T, ch *child, ids []ebpf.ProgramID) {
+	t.Helper()
 	if len(ids) == 0 || loaded(t, ids) != len(ids) {
 		t.Fatalf("the child's tracer has %d programs, %d of them loaded: the check below could not fail", len(ids), loaded(t, ids))
 	}

@@ -10,11 +10,15 @@ import (
 // traced whole.
 func TestAttachLarge(t *testing.T) {
 	needBPF(t)
+	eachAttachment(t, testLarge)
+}
+
+func testLarge(t *testing.T, via attachment) {
 	dir := t.TempDir()
 	sock := startServer(t, dir)
 	relay, relayed, stopRelay := startRelay(t, dir, sock)
 	ch := startChild(t, "")
-	tr := attach(t, &Tracer{PID: ch.Pid, Socket: relay})
+	tr := attach(t, &Tracer{PID: ch.Pid, Socket: relay, via: via})
 	c := ch.do("dial %s vec", relay)[0]
 	ch.do("big %s %d", c, 16<<20)
 	ch.do("streams %s 200", c)
@@ -50,11 +54,15 @@ func TestAttachLarge(t *testing.T) {
 // that did arrive is where the relay saw it.
 func TestAttachOverload(t *testing.T) {
 	needBPF(t)
+	eachAttachment(t, testOverload)
+}
+
+func testOverload(t *testing.T, via attachment) {
 	dir := t.TempDir()
 	sock := startServer(t, dir)
 	relay, relayed, stopRelay := startRelay(t, dir, sock)
 	ch := startChild(t, "")
-	tr := attach(t, &Tracer{PID: ch.Pid, Socket: relay, RingSize: 64 << 10})
+	tr := attach(t, &Tracer{PID: ch.Pid, Socket: relay, RingSize: 64 << 10, via: via})
 	c := ch.do("dial %s rw", relay)[0]
 	for range 3 {
 		ch.do("big %s %d", c, 16<<20)

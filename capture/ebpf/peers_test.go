@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -221,10 +224,13 @@ func (c *child) stop() {
 //	calls I N           N unary calls on connection I, one after another
 //	big I SIZE          a Version call answered with SIZE bytes
 //	streams I N         N calls at once on connection I
-//	attach SOCK         traces this process's connections to SOCK; the reply
-//	                    lists its BPF programs' IDs
+//	attach SOCK VIA     traces this process's connections to SOCK, attached
+//	                    via VIA (an attachment); the reply: the attachment
+//	                    used, then its BPF programs' IDs
+//	noperf attach ...   the same, with perf_event_open denied
 //	serve SOCK          serves the CRI services on SOCK
 //	lat I N             N small calls on I, one after another: their latencies
+//	http                serves HTTP on a free local port: its address
 //	close I             closes connection I
 //	exit
 func childMain(in io.Reader, out io.Writer) int {
@@ -273,15 +279,26 @@ func childMain(in io.Reader, out io.Writer) int {
 			}
 			wg.Wait()
 			err = errors.Join(errs...)
+		case "noperf":
+			// Denies perf_event_open to this process from now on, then
+			// runs the rest of the line.
+			if err = denyPerfEvents(); err == nil {
+				f = f[1:]
+			}
+			if err != nil || len(f) == 0 || f[0] != "attach" {
+				err = errors.Join(err, errors.New("noperf: want noperf attach SOCK VIA"))
+				break
+			}
+			fallthrough
 		case "attach":
 			// A tracer on this very process, until killed.
-			tr := &Tracer{PID: os.Getpid(), Socket: f[1], Recorder: capture.NewRecorder(&memSink{}, capture.RecorderOptions{})}
+			tr := &Tracer{PID: os.Getpid(), Socket: f[1], via: attachment(arg(2)), Recorder: capture.NewRecorder(&memSink{}, capture.RecorderOptions{})}
 			ready := make(chan error, 1)
 			tr.Ready = func(Attached) { ready <- nil }
 			go func() { ready <- tr.Run(ctx) }()
 			if err = <-ready; err == nil {
-				progs, _ := programs(&tr.k.objs.tracePrograms)
-				for _, p := range progs {
+				reply = fmt.Sprint(int(tr.k.via), " ")
+				for _, p := range tr.k.progs {
 					if info, ierr := p.Info(); ierr == nil {
 						if id, ok := info.ID(); ok {
 							reply += fmt.Sprint(id, " ")
@@ -297,6 +314,14 @@ func childMain(in io.Reader, out io.Writer) int {
 				runtimeapi.RegisterRuntimeServiceServer(srv, criServer{})
 				runtimeapi.RegisterImageServiceServer(srv, imageServer{})
 				go srv.Serve(ln)
+			}
+		case "http":
+			// A plain HTTP server, for load that criseq does not trace.
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", "127.0.0.1:0"); err == nil {
+				body := []byte(pattern(512))
+				go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))
+				reply = ln.Addr().String()
 			}
 		case "lat":
 			// N Version calls one after another; the reply lists each one's
@@ -426,4 +451,30 @@ func (c *sysConn) Write(b []byte) (int, error) {
 		done += n
 	}
 	return done, nil
+}
+
+// denyPerfEvents makes perf_event_open fail with EACCES for this process
+// (every thread) from now on, with a seccomp filter.
+func denyPerfEvents() error {
+	prog, err := bpf.Assemble([]bpf.Instruction{
+		bpf.LoadAbsolute{Off: 0, Size: 4}, // seccomp_data.nr
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(unix.SYS_PERF_EVENT_OPEN), SkipFalse: 1},
+		bpf.RetConstant{Val: unix.SECCOMP_RET_ERRNO | uint32(unix.EACCES)},
+		bpf.RetConstant{Val: unix.SECCOMP_RET_ALLOW},
+	})
+	if err != nil {
+		return err
+	}
+	filter := make([]unix.SockFilter, len(prog))
+	for i, in := range prog {
+		filter[i] = unix.SockFilter{Code: in.Op, Jt: in.Jt, Jf: in.Jf, K: in.K}
+	}
+	fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog))); errno != 0 {
+		return fmt.Errorf("seccomp: %w", errno)
+	}
+	return nil
 }

@@ -11,7 +11,10 @@
 // of HTTP/2.
 //
 // Needs root and Linux 5.17+ with BTF; only syscall tracepoints are used
-// (no kprobes, no fentry), so hardened kernels without kprobes work.
+// (no kprobes, no fentry), so hardened kernels without kprobes work: the
+// perf syscall tracepoints, or where those cannot be attached (no tracefs,
+// perf events denied, no syscall events) the raw tracepoints sys_enter and
+// sys_exit, which cost every other process more (see bench_test.go).
 package ebpf
 
 import (
@@ -55,6 +58,8 @@ type Tracer struct {
 	Log func(format string, args ...any)
 	// Ready, if set, is called once attached, with what is traced.
 	Ready func(Attached)
+
+	via attachment // the benchmark compares them
 
 	k         *kernel
 	rd        *ringbuf.Reader
@@ -161,7 +166,7 @@ func (t *Tracer) Attach() (a Attached, err error) {
 	if t.PID == 0 {
 		follow = t.Comm
 	}
-	k, err := loadKernel(ring, follow, t.logf)
+	k, err := loadKernel(ring, follow, t.via, t.logf)
 	if err != nil {
 		return a, err
 	}
@@ -171,7 +176,7 @@ func (t *Tracer) Attach() (a Attached, err error) {
 			t.Close()
 		}
 	}()
-	if t.rd, err = ringbuf.NewReader(k.objs.Events); err != nil {
+	if t.rd, err = ringbuf.NewReader(k.maps.Events); err != nil {
 		return a, fmt.Errorf("attach: ring buffer: %w", err)
 	}
 	t.conns, t.refused, t.procs = map[uint64]*conn{}, map[uint64]bool{}, map[int]uint64{}
@@ -273,7 +278,7 @@ func (t *Tracer) trace(pid int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("attach: process %d: %w", pid, err)
 	}
-	if err := t.k.objs.Procs.Put(uint32(pid), uint8(1)); err != nil {
+	if err := t.k.maps.Procs.Put(uint32(pid), uint8(1)); err != nil {
 		return 0, fmt.Errorf("attach: %w", err)
 	}
 	t.procs[pid] = st
@@ -298,7 +303,7 @@ func (t *Tracer) trace(pid int) (int, error) {
 		cookie := t.cookie
 		t.cookie++
 		key := traceConnKey{Tgid: uint32(pid), Fd: uint32(fd)}
-		err := t.k.objs.Conns.Update(key, traceConn{Cookie: cookie}, ebpf.UpdateNoExist)
+		err := t.k.maps.Conns.Update(key, traceConn{Cookie: cookie}, ebpf.UpdateNoExist)
 		if errors.Is(err, ebpf.ErrKeyExist) {
 			continue // connected just now: its connect record is on its way
 		}
@@ -364,10 +369,7 @@ func (t *Tracer) loop(ctx context.Context, rd *ringbuf.Reader) error {
 
 // drain detaches the programs and records what the ring still holds.
 func (t *Tracer) drain(rd *ringbuf.Reader) {
-	for _, l := range t.k.links {
-		l.Close()
-	}
-	t.k.links = nil
+	t.k.detach()
 	var rec ringbuf.Record
 	for {
 		rd.SetDeadline(time.Now())
@@ -420,7 +422,7 @@ func (t *Tracer) checkProcs() error {
 			continue
 		}
 		delete(t.procs, pid)
-		t.k.objs.Procs.Delete(uint32(pid))
+		t.k.maps.Procs.Delete(uint32(pid))
 		n := 0
 		for cookie, c := range t.conns {
 			if c.tgid != pid {
@@ -429,9 +431,9 @@ func (t *Tracer) checkProcs() error {
 			var kc traceConn
 			key := traceConnKey{Tgid: uint32(pid), Fd: uint32(c.fd)}
 			final := c.next
-			if t.k.objs.Conns.Lookup(key, &kc) == nil && kc.Cookie == cookie {
+			if t.k.maps.Conns.Lookup(key, &kc) == nil && kc.Cookie == cookie {
 				final = kc.Off
-				t.k.objs.Conns.Delete(key)
+				t.k.maps.Conns.Delete(key)
 			}
 			t.close(cookie, c, final, time.Now())
 			n++
@@ -526,8 +528,8 @@ func (t *Tracer) connect(cookie uint64, tgid, fd int, ino, peerDev uint32, peerI
 	if !ok {
 		key := traceConnKey{Tgid: uint32(tgid), Fd: uint32(fd)}
 		var kc traceConn
-		if t.k.objs.Conns.Lookup(key, &kc) == nil && kc.Cookie == cookie {
-			t.k.objs.Conns.Delete(key)
+		if t.k.maps.Conns.Lookup(key, &kc) == nil && kc.Cookie == cookie {
+			t.k.maps.Conns.Delete(key)
 		}
 		t.refused[cookie] = true
 		return nil

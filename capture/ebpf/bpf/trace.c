@@ -4,6 +4,11 @@
 // from chosen file descriptors into a ring buffer, from syscall tracepoints
 // only (no kprobes, no fentry). It knows nothing of HTTP/2.
 //
+// Two attachments run the same handlers: the perf syscall tracepoints
+// syscalls/sys_{enter,exit}_NAME (a program per syscall; used where they
+// work), and the raw tracepoints sys_enter and sys_exit (one program each,
+// run by every syscall; x86-64 and arm64 only). User space chooses.
+//
 // Which (tgid, fd) pairs are traced is the user space's choice (map conns),
 // except at connect(2): an AF_UNIX connect by a traced process (map procs) is
 // marked here at once, so the bytes written right after it are not lost, and
@@ -161,12 +166,17 @@ static __always_inline void count(__u32 c, __u64 n)
 		__sync_fetch_and_add(v, n);
 }
 
+// traced says whether fd of the current process is traced.
+static __always_inline int traced(__u32 fd)
+{
+	struct conn_key k = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = fd};
+	return bpf_map_lookup_elem(&conns, &k) != NULL;
+}
+
+// enter keeps a syscall on a traced fd for its exit.
 static __always_inline void enter(__u32 fd, __u64 ptr, __u64 cnt, __u8 vec, __u8 dir, __u8 sys)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct conn_key k = {.tgid = id >> 32, .fd = fd};
-	if (!bpf_map_lookup_elem(&conns, &k))
-		return;
 	struct io io = {.ptr = ptr, .cnt = cnt, .fd = fd, .vec = vec, .dir = dir, .sys = sys};
 	bpf_map_update_elem(&inflight, &id, &io, BPF_ANY);
 }
@@ -304,35 +314,7 @@ static __always_inline void leave(long ret)
 	}
 }
 
-// write, read, sendto, recvfrom: (fd, buf, len, ...)
-SEC("tracepoint/syscalls/sys_enter_write")
-int cq_write_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_OUT, S_WRITE); return 0; }
-SEC("tracepoint/syscalls/sys_exit_write")
-int cq_write_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
-SEC("tracepoint/syscalls/sys_enter_read")
-int cq_read_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_IN, S_READ); return 0; }
-SEC("tracepoint/syscalls/sys_exit_read")
-int cq_read_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int cq_sendto_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_OUT, S_SENDTO); return 0; }
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int cq_sendto_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int cq_recvfrom_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], 0, 0, DIR_IN, S_RECVFROM); return 0; }
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int cq_recvfrom_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
-
-// writev, readv: (fd, iov, iovcnt)
-SEC("tracepoint/syscalls/sys_enter_writev")
-int cq_writev_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], ctx->args[2], 1, DIR_OUT, S_WRITEV); return 0; }
-SEC("tracepoint/syscalls/sys_exit_writev")
-int cq_writev_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
-SEC("tracepoint/syscalls/sys_enter_readv")
-int cq_readv_in(struct sys_enter *ctx) { enter(ctx->args[0], ctx->args[1], ctx->args[2], 1, DIR_IN, S_READV); return 0; }
-SEC("tracepoint/syscalls/sys_exit_readv")
-int cq_readv_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
-
-// sendmsg, recvmsg: (fd, msghdr, flags); the iovecs are in the msghdr.
+// sendmsg, recvmsg: the iovecs are in the msghdr.
 struct user_msghdr {
 	__u64 name;
 	__u64 namelen;
@@ -340,26 +322,13 @@ struct user_msghdr {
 	__u64 iovlen;
 };
 
-static __always_inline void enter_msg(struct sys_enter *ctx, __u8 dir, __u8 sys)
+static __always_inline void enter_msg(__u32 fd, __u64 msg, __u8 dir, __u8 sys)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct conn_key k = {.tgid = id >> 32, .fd = ctx->args[0]};
-	if (!bpf_map_lookup_elem(&conns, &k))
-		return;
 	struct user_msghdr m;
-	if (bpf_probe_read_user(&m, sizeof(m), (void *)ctx->args[1]) < 0)
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)msg) < 0)
 		m.iov = m.iovlen = 0;
-	enter(ctx->args[0], m.iov, m.iovlen, 1, dir, sys);
+	enter(fd, m.iov, m.iovlen, 1, dir, sys);
 }
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int cq_sendmsg_in(struct sys_enter *ctx) { enter_msg(ctx, DIR_OUT, S_SENDMSG); return 0; }
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int cq_sendmsg_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int cq_recvmsg_in(struct sys_enter *ctx) { enter_msg(ctx, DIR_IN, S_RECVMSG); return 0; }
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int cq_recvmsg_out(struct sys_exit *ctx) { leave(ctx->ret); return 0; }
 
 // Kernel types, relocated by name against the running kernel's BTF (CO-RE).
 struct super_block { __u32 s_dev; } __attribute__((preserve_access_index));
@@ -374,32 +343,28 @@ struct fdtable { unsigned int max_fds; struct file **fd; } __attribute__((preser
 struct files_struct { struct fdtable *fdt; } __attribute__((preserve_access_index));
 struct task_struct { struct files_struct *files; } __attribute__((preserve_access_index));
 
-SEC("tracepoint/syscalls/sys_enter_connect")
-int cq_connect_in(struct sys_enter *ctx)
+static __always_inline void connect_in(__u32 fd, __u64 addr)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
 	if (!bpf_map_lookup_elem(&procs, &tgid))
-		return 0;
+		return;
 	__u16 family = 0;
-	if (bpf_probe_read_user(&family, sizeof(family), (void *)ctx->args[1]) < 0 || family != AF_UNIX)
-		return 0;
-	__u32 fd = ctx->args[0];
+	if (bpf_probe_read_user(&family, sizeof(family), (void *)addr) < 0 || family != AF_UNIX)
+		return;
 	bpf_map_update_elem(&connecting, &id, &fd, BPF_ANY);
-	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_connect")
-int cq_connect_out(struct sys_exit *ctx)
+static __always_inline void connect_out(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 *fdp = bpf_map_lookup_elem(&connecting, &id);
 	if (!fdp)
-		return 0;
+		return;
 	__u32 fd = *fdp;
 	bpf_map_delete_elem(&connecting, &id);
-	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
-		return 0;
+	if (ret != 0 && ret != -EINPROGRESS)
+		return;
 	struct conn cn = {.cookie = __sync_fetch_and_add(&next_cookie, 1)};
 	struct conn_key k = {.tgid = id >> 32, .fd = fd};
 	bpf_map_update_elem(&conns, &k, &cn, BPF_ANY);
@@ -407,7 +372,7 @@ int cq_connect_out(struct sys_exit *ctx)
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(C_CTRL_LOST, 1);
-		return 0;
+		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts = bpf_ktime_get_ns();
@@ -438,17 +403,15 @@ int cq_connect_out(struct sys_exit *ctx)
 		}
 	}
 	bpf_ringbuf_submit(e, wakeup());
-	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_close")
-int cq_close_in(struct sys_enter *ctx)
+static __always_inline void close_in(__u32 fd)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct conn_key k = {.tgid = id >> 32, .fd = ctx->args[0]};
+	struct conn_key k = {.tgid = id >> 32, .fd = fd};
 	struct conn *cn = bpf_map_lookup_elem(&conns, &k);
 	if (!cn)
-		return 0;
+		return;
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (e) {
 		__builtin_memset(e, 0, sizeof(*e));
@@ -464,20 +427,18 @@ int cq_close_in(struct sys_enter *ctx)
 		count(C_CTRL_LOST, 1);
 	}
 	bpf_map_delete_elem(&conns, &k);
-	return 0;
 }
 
 // A new program of the followed name (kubelet restarted): trace it.
-SEC("tracepoint/sched/sched_process_exec")
-int cq_exec(void *ctx)
+static __always_inline void exec(void)
 {
 	if (follow_comm[0] == 0)
-		return 0;
+		return;
 	char comm[16];
 	bpf_get_current_comm(comm, sizeof(comm));
 	for (int i = 0; i < 16; i++) {
 		if (comm[i] != follow_comm[i])
-			return 0;
+			return;
 		if (comm[i] == 0)
 			break;
 	}
@@ -487,12 +448,150 @@ int cq_exec(void *ctx)
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(C_CTRL_LOST, 1);
-		return 0;
+		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts = bpf_ktime_get_ns();
 	e->tgid = tgid;
 	e->kind = EV_EXEC;
 	bpf_ringbuf_submit(e, wakeup());
+}
+
+// The data syscalls, and what each one's entry does on a traced fd, given
+// its arguments FD, A1, A2; each one's exit is leave(ret).
+#define DATA_SYSCALLS(X)                                      \
+	X(write, enter(FD, A1, 0, 0, DIR_OUT, S_WRITE))       \
+	X(read, enter(FD, A1, 0, 0, DIR_IN, S_READ))          \
+	X(sendto, enter(FD, A1, 0, 0, DIR_OUT, S_SENDTO))     \
+	X(recvfrom, enter(FD, A1, 0, 0, DIR_IN, S_RECVFROM))  \
+	X(writev, enter(FD, A1, A2, 1, DIR_OUT, S_WRITEV))    \
+	X(readv, enter(FD, A1, A2, 1, DIR_IN, S_READV))       \
+	X(sendmsg, enter_msg(FD, A1, DIR_OUT, S_SENDMSG))     \
+	X(recvmsg, enter_msg(FD, A1, DIR_IN, S_RECVMSG))
+
+#if defined(__TARGET_ARCH_x86) || defined(__TARGET_ARCH_arm64)
+// Raw tracepoints sys_enter and sys_exit, user space's fallback where the
+// perf syscall tracepoints cannot be attached (no tracefs, no syscall events):
+// no perf record is built, but every syscall of every process runs both
+// programs, so each returns at once unless the syscall is one of ours (its
+// number), then unless the fd or the process is traced. Compat (32-bit)
+// syscalls have other numbers and are left out, as the perf tracepoints do.
+#if defined(__TARGET_ARCH_x86)
+enum { NR_read = 0, NR_write = 1, NR_close = 3, NR_readv = 19, NR_writev = 20, NR_connect = 42,
+       NR_sendto = 44, NR_recvfrom = 45, NR_sendmsg = 46, NR_recvmsg = 47 };
+struct pt_regs { unsigned long di, si, dx, orig_ax; } __attribute__((preserve_access_index));
+#define SYS_ARG0(r) BPF_CORE_READ(r, di)
+#define SYS_ARG1(r) BPF_CORE_READ(r, si)
+#define SYS_ARG2(r) BPF_CORE_READ(r, dx)
+#define SYS_NR(r) BPF_CORE_READ(r, orig_ax)
+struct thread_info { __u32 status; } __attribute__((preserve_access_index));
+struct task_struct___ti { struct thread_info thread_info; } __attribute__((preserve_access_index));
+#define TS_COMPAT 0x0002
+static __always_inline int compat(struct pt_regs *regs)
+{
+	struct task_struct___ti *t = (struct task_struct___ti *)bpf_get_current_task();
+	return BPF_CORE_READ(t, thread_info.status) & TS_COMPAT;
+}
+#else
+enum { NR_close = 57, NR_read = 63, NR_write = 64, NR_readv = 65, NR_writev = 66, NR_connect = 203,
+       NR_sendto = 206, NR_recvfrom = 207, NR_sendmsg = 211, NR_recvmsg = 212 };
+struct pt_regs { __u64 regs[31]; __u64 pstate; __u64 orig_x0; __s32 syscallno; } __attribute__((preserve_access_index));
+#define SYS_ARG0(r) BPF_CORE_READ(r, orig_x0) // x0 is the return value by exit
+#define SYS_ARG1(r) BPF_CORE_READ(r, regs[1])
+#define SYS_ARG2(r) BPF_CORE_READ(r, regs[2])
+#define SYS_NR(r) BPF_CORE_READ(r, syscallno)
+#define PSR_MODE32_BIT 0x10 // the caller runs AArch32
+static __always_inline int compat(struct pt_regs *regs) { return BPF_CORE_READ(regs, pstate) & PSR_MODE32_BIT; }
+#endif
+
+#define FD fd
+#define A1 SYS_ARG1(regs)
+#define A2 SYS_ARG2(regs)
+#define RAW_ENTER(name, in)                            \
+	case NR_##name:                                \
+		fd = SYS_ARG0(regs);                   \
+		if (traced(fd) && !compat(regs))       \
+			in;                            \
+		return 0;
+#define RAW_EXIT(name, in) case NR_##name:
+
+// sys_enter(struct pt_regs *regs, long id)
+SEC("raw_tracepoint/sys_enter")
+int cq_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	__u32 fd, tgid;
+	switch (ctx->args[1]) {
+	DATA_SYSCALLS(RAW_ENTER)
+	case NR_connect:
+		tgid = bpf_get_current_pid_tgid() >> 32;
+		if (bpf_map_lookup_elem(&procs, &tgid) && !compat(regs))
+			connect_in(SYS_ARG0(regs), A1);
+		return 0;
+	case NR_close:
+		fd = SYS_ARG0(regs);
+		if (traced(fd) && !compat(regs))
+			close_in(fd);
+		return 0;
+	}
 	return 0;
 }
+
+// sys_exit(struct pt_regs *regs, long ret): only syscalls kept by
+// sys_enter (in inflight or connecting) go further.
+SEC("raw_tracepoint/sys_exit")
+int cq_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long ret = ctx->args[1];
+	switch (SYS_NR(regs)) {
+	DATA_SYSCALLS(RAW_EXIT)
+		leave(ret);
+		return 0;
+	case NR_connect:
+		connect_out(ret);
+		return 0;
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exec")
+int cq_exec_raw(void *ctx) { exec(); return 0; }
+#undef FD
+#undef A1
+#undef A2
+#endif
+
+// Perf syscall tracepoints (see /sys/kernel/tracing/events/syscalls/*/format):
+// the kernel builds a perf record of the arguments before each run, but
+// syscalls without a program of criseq's pay almost nothing: cheaper in all
+// for a node's usual mix of syscalls than the raw tracepoints (see the
+// benchmark in bench_test.go).
+#define FD fd
+#define A1 ctx->args[1]
+#define A2 ctx->args[2]
+#define PERF(name, in)                                  \
+	SEC("tracepoint/syscalls/sys_enter_" #name)     \
+	int cq_##name##_in(struct sys_enter *ctx)       \
+	{                                               \
+		__u32 fd = ctx->args[0];                \
+		if (traced(fd))                         \
+			in;                             \
+		return 0;                               \
+	}                                               \
+	SEC("tracepoint/syscalls/sys_exit_" #name)      \
+	int cq_##name##_out(struct sys_exit *ctx)       \
+	{                                               \
+		leave(ctx->ret);                        \
+		return 0;                               \
+	}
+DATA_SYSCALLS(PERF)
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int cq_connect_in(struct sys_enter *ctx) { connect_in(ctx->args[0], ctx->args[1]); return 0; }
+SEC("tracepoint/syscalls/sys_exit_connect")
+int cq_connect_out(struct sys_exit *ctx) { connect_out(ctx->ret); return 0; }
+SEC("tracepoint/syscalls/sys_enter_close")
+int cq_close_in(struct sys_enter *ctx) { close_in(ctx->args[0]); return 0; }
+SEC("tracepoint/sched/sched_process_exec")
+int cq_exec(void *ctx) { exec(); return 0; }
