@@ -287,7 +287,7 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 		if ann == nil {
 			ann = map[string]string{}
 		}
-		o.ow = &owner{pod: pod, sid: sid, o: o, annotations: ann, kubelet: true, conn: c.Conn}
+		o.ow = &owner{pod: pod, sid: sid, o: o, annotations: ann, kubelet: true, conn: c.Conn, since: c.Start}
 		g.images.owners = append(g.images.owners, o.ow)
 		g.images.gen++
 		g.worked(o.ow, c)
