@@ -122,8 +122,8 @@ type fileSource struct {
 	// gave up on every hole older than it. Time-based flushes visit every
 	// connection, so they happen only while a hole may be waiting.
 	lastOOO, flushedTo time.Time
-	atEOF     bool
-	finalErr  error // returned after the queue drains; io.EOF at a clean end
+	atEOF              bool
+	finalErr           error // returned after the queue drains; io.EOF at a clean end
 }
 
 type flowKey struct{ net, tcp gopacket.Flow }

@@ -6,4 +6,4 @@ import (
 )
 
 func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) error { return nil }
-func runCRIServer(ctx context.Context, args []string) error            { return nil }
+func runCRIServer(ctx context.Context, args []string) error                       { return nil }

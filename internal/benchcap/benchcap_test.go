@@ -2,8 +2,8 @@ package benchcap
 
 import (
 	"path/filepath"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
@@ -62,7 +62,7 @@ func TestWrite(t *testing.T) {
 		t.Errorf("%d events decoded, %d sent", events, st.Events)
 	}
 	last := calls[len(calls)-1]
-	if r := stream.Responses[len(stream.Responses)-1].Time; r.Before(last.Start.Add(-60*time.Second)) {
+	if r := stream.Responses[len(stream.Responses)-1].Time; r.Before(last.Start.Add(-60 * time.Second)) {
 		t.Errorf("last event at %v, last call at %v: the stream should carry events to the end", r, last.Start)
 	}
 }

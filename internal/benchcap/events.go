@@ -106,8 +106,8 @@ func (s *eventServer) GetContainerEvents(_ *runtimeapi.GetEventsRequest, stream 
 type tee struct {
 	tag *atomic.Int64
 
-	mu     sync.Mutex
-	chunks []streamChunk
+	mu      sync.Mutex
+	chunks  []streamChunk
 	off     [2]int64
 	opened  bool
 	stopped bool
