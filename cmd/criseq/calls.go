@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"container/heap"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,9 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
@@ -52,13 +48,18 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	labels := flow.NewLabeler(flow.Options{})
 	var out callWriter = &tableWriter{tw: tabwriter.NewWriter(bw, 0, 0, 2, ' ', 0)}
 	if *asJSON {
-		out = &jsonWriter{enc: json.NewEncoder(bw), raw: *noRedact}
+		out = &jsonWriter{w: bw, raw: *noRedact}
 	}
-	err = streamCalls(pos[0], decode.Options{NoRedact: *noRedact}, stderr, func(c *decode.Call) error {
-		if *hide && c.Known && flow.IsPolling(c.Name) {
-			return nil
-		}
-		return out.write(c, labels.Label(c))
+	dopts := decode.Options{NoRedact: *noRedact}
+	var keep func(*decode.Call) bool
+	if *hide {
+		keep = func(c *decode.Call) bool { return !c.Known || !flow.IsPolling(c.Name) }
+		// Polling calls are not printed, and the labels learn only from
+		// what is printed: their bodies are not needed.
+		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
+	}
+	err = streamCalls(pos[0], dopts, keep, stderr, func(c *decode.Call, late bool) error {
+		return out.write(c, labels.Label(c), late)
 	})
 	if ferr := out.flush(); err == nil {
 		err = ferr
@@ -68,7 +69,7 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // callWriter prints calls one at a time.
 type callWriter interface {
-	write(c *decode.Call, s flow.Step) error
+	write(c *decode.Call, s flow.Step, late bool) error
 	flush() error
 }
 
@@ -83,7 +84,7 @@ type tableWriter struct {
 
 const tableBlock = 4096
 
-func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
+func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	if w.rows == 0 {
 		w.t0 = c.Start
 		fmt.Fprintln(w.tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL")
@@ -96,8 +97,12 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
 	if s.Done {
 		dur = fmtDuration(s.Duration)
 	}
+	det := detail(s, c)
+	if late {
+		det = strings.TrimSuffix("late · "+det, " · ")
+	}
 	fmt.Fprintf(w.tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n",
-		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, method, dur, statusText(c), detail(s, c))
+		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, method, dur, statusText(c), det)
 	w.rows++
 	if w.rows%tableBlock == 0 {
 		return w.tw.Flush()
@@ -107,31 +112,73 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
 
 func (w *tableWriter) flush() error { return w.tw.Flush() }
 
-// streamCalls decodes a capture file and hands each call to emit in start
-// order (then connection, stream), holding only the calls that a call
-// still open could precede: memory follows the open calls, not the length
-// of the capture.
-func streamCalls(path string, dopts decode.Options, stderr io.Writer, emit func(*decode.Call) error) error {
+// Calls are printed in start order (then connection, stream): each is held
+// until no call still open, nor any call not yet seen, can start before it.
+// A call open for longer than lateAfter (capture time; a server stream
+// open for a connection's life, a call that never returns) no longer
+// holds back the calls after it: they are printed, and it is printed when
+// it ends (or when the capture does), out of order, marked late. The held
+// calls are bounded too, by heldCalls and heldBytes: past them the oldest
+// is printed, and a call that started before it comes late.
+const (
+	lateAfter = time.Minute
+	heldCalls = 16384
+	heldBytes = 16 << 20
+)
+
+// streamCalls decodes a capture file and hands each call to emit, in start
+// order but for the late ones (see lateAfter); keep says which calls to
+// print at all. Memory follows the calls held back, not the length of the
+// capture.
+func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool, stderr io.Writer, emit func(c *decode.Call, late bool) error) error {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
 	var held callHeap
-	dopts.OnCall = func(c *decode.Call) { heap.Push(&held, c) }
+	size := 0 // message bytes held, roughly
+	dopts.OnCall = func(c *decode.Call) {
+		if keep == nil || keep(c) {
+			heap.Push(&held, c)
+			size += callSize(c)
+		}
+	}
 	d := decode.New(dopts)
 	var last time.Time
 	var emitErr error
+	var printed *decode.Call // the last call printed in order
+	pop := func() {
+		c := heap.Pop(&held).(*decode.Call)
+		size -= callSize(c)
+		late := printed != nil && held.less(c, printed)
+		if !late {
+			printed = c
+		}
+		emitErr = emit(c, late)
+	}
 	release := func(all bool) {
-		barrier, open := d.Oldest()
-		for held.Len() > 0 && emitErr == nil {
-			c := held[0]
-			// A call not yet decoded starts at or after the last chunk's
-			// time, and after the oldest open call.
-			if !all && (!c.Start.Before(last) || open && !c.Start.Before(barrier)) {
-				break
+		if all {
+			for held.Len() > 0 && emitErr == nil {
+				pop()
 			}
-			emitErr = emit(heap.Pop(&held).(*decode.Call))
+			return
+		}
+		// A call not yet decoded starts at or after the last chunk's
+		// time, and after the oldest open call, unless that one is late.
+		barrier := last.Add(-lateAfter)
+		if held.Len() > 0 && !held[0].Start.Before(barrier) {
+			if t, open := d.Oldest(); !open {
+				barrier = last
+			} else if t.After(barrier) {
+				barrier = t
+				if last.Before(t) {
+					barrier = last
+				}
+			}
+		}
+		for held.Len() > 0 && emitErr == nil && (held[0].Start.Before(barrier) || held.Len() > heldCalls || size > heldBytes) {
+			pop()
 		}
 	}
 	n := 0
@@ -145,7 +192,7 @@ func streamCalls(path string, dopts decode.Options, stderr io.Writer, emit func(
 			last = c.Time
 		}
 		d.Feed(c)
-		if n++; n%64 == 0 || held.Len() > 1024 {
+		if n++; n%256 == 0 || held.Len() > heldCalls || size > heldBytes {
 			release(false)
 		}
 	}
@@ -166,12 +213,24 @@ func streamCalls(path string, dopts decode.Options, stderr io.Writer, emit func(
 	return nil
 }
 
+// callSize is about what a held call costs.
+func callSize(c *decode.Call) int {
+	n := 512
+	for _, m := range c.Requests {
+		n += m.Size
+	}
+	for _, m := range c.Responses {
+		n += m.Size
+	}
+	return n
+}
+
 // callHeap orders calls like decode.SortCalls.
 type callHeap []*decode.Call
 
-func (h callHeap) Len() int { return len(h) }
-func (h callHeap) Less(i, j int) bool {
-	a, b := h[i], h[j]
+func (h callHeap) Len() int           { return len(h) }
+func (h callHeap) Less(i, j int) bool { return h.less(h[i], h[j]) }
+func (callHeap) less(a, b *decode.Call) bool {
 	if !a.Start.Equal(b.Start) {
 		return a.Start.Before(b.Start)
 	}
@@ -240,90 +299,6 @@ func fmtDuration(d time.Duration) string {
 		return d.Round(100 * time.Microsecond).String()
 	}
 	return d.Round(time.Microsecond).String()
-}
-
-type jsonCall struct {
-	Time       time.Time         `json:"time"`
-	Conn       uint64            `json:"conn"`
-	Stream     uint32            `json:"stream"`
-	Method     string            `json:"method"`
-	DurationMS *float64          `json:"duration_ms,omitempty"`
-	Status     *int              `json:"status,omitempty"`
-	Code       string            `json:"code,omitempty"`
-	Message    string            `json:"message,omitempty"`
-	Arg        string            `json:"arg,omitempty"`
-	Result     string            `json:"result,omitempty"`
-	Headers    [][2]string       `json:"request_headers,omitempty"`
-	RespHdrs   [][2]string       `json:"response_headers,omitempty"`
-	Trailers   [][2]string       `json:"trailers,omitempty"`
-	Requests   []json.RawMessage `json:"requests,omitempty"`
-	Responses  []json.RawMessage `json:"responses,omitempty"`
-	Flags      []string          `json:"flags,omitempty"`
-	Errors     []string          `json:"errors,omitempty"`
-}
-
-// jsonWriter prints one JSON object per call.
-type jsonWriter struct {
-	enc *json.Encoder
-	raw bool
-}
-
-func (w *jsonWriter) write(c *decode.Call, s flow.Step) error {
-	w.enc.SetEscapeHTML(false)
-	j := jsonCall{
-		Time: c.Start.UTC(), Conn: c.Conn, Stream: c.Stream, Method: c.Method,
-		Message: c.Message, Arg: s.Arg, Result: s.Full,
-		Flags: flagNames(c.Flags), Errors: c.Errors,
-		Headers: pairs(c.RequestHeaders), RespHdrs: pairs(c.ResponseHeaders), Trailers: pairs(c.Trailers),
-	}
-	if !c.End.IsZero() {
-		ms := float64(c.Duration().Microseconds()) / 1000
-		j.DurationMS = &ms
-		if c.Status >= 0 {
-			st := c.Status
-			j.Status = &st
-			j.Code = codes.Code(c.Status).String()
-		}
-	}
-	var err error
-	if j.Requests, err = messagesJSON(c.Requests, w.raw); err != nil {
-		return err
-	}
-	if j.Responses, err = messagesJSON(c.Responses, w.raw); err != nil {
-		return err
-	}
-	return w.enc.Encode(j)
-}
-
-func (w *jsonWriter) flush() error { return nil }
-
-func pairs(hs []hpack.HeaderField) [][2]string {
-	out := make([][2]string, len(hs))
-	for i, h := range hs {
-		out[i] = [2]string{h.Name, h.Value}
-	}
-	return out
-}
-
-func messagesJSON(ms []decode.Message, raw bool) ([]json.RawMessage, error) {
-	var out []json.RawMessage
-	for _, m := range ms {
-		var b []byte
-		var err error
-		switch {
-		case m.Proto != nil:
-			b, err = protojson.MarshalOptions{UseProtoNames: true}.Marshal(m.Proto)
-		case raw && m.Raw != nil:
-			b, err = json.Marshal(map[string]string{"raw_base64": base64.StdEncoding.EncodeToString(m.Raw)})
-		default:
-			b, err = json.Marshal(map[string]any{"bytes": len(m.Raw), "error": m.Err})
-		}
-		if err != nil {
-			return nil, fmt.Errorf("calls: encoding a message as JSON: %w", err)
-		}
-		out = append(out, b)
-	}
-	return out, nil
 }
 
 func flagNames(f decode.Flags) []string {
