@@ -103,8 +103,8 @@ func TestJSONLineLikeEncodingJSON(t *testing.T) {
 		raw  bool
 	}{
 		{c: &decode.Call{Conn: 1, Stream: 3, Method: "/runtime.v1.RuntimeService/Version", Start: t0, End: t0.Add(1234567 * time.Nanosecond), Status: 0,
-			Requests:  []decode.Message{{Proto: &runtimeapi.VersionRequest{Version: "v1"}}},
-			Responses: []decode.Message{{Proto: &runtimeapi.VersionResponse{RuntimeName: "containerd", RuntimeVersion: hostile[:10] + "ok"}}},
+			Requests:       []decode.Message{{Proto: &runtimeapi.VersionRequest{Version: "v1"}}},
+			Responses:      []decode.Message{{Proto: &runtimeapi.VersionResponse{RuntimeName: "containerd", RuntimeVersion: hostile[:10] + "ok"}}},
 			RequestHeaders: []hpack.HeaderField{{Name: ":path", Value: "/x"}, {Name: "x-evil", Value: hostile}},
 			Trailers:       []hpack.HeaderField{{Name: "grpc-status", Value: "0"}}}},
 		{c: &decode.Call{Conn: 1 << 40, Stream: 1<<31 - 1, Method: hostile, Start: t0, Status: -1, Flags: decode.Incomplete | decode.Gap,
