@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/criseq/criseq/internal/benchcap"
+)
+
+// TestCallsLate: on a capture with a GetContainerEvents stream open from
+// its first byte to its last and calls that never return, calls prints
+// every call, in start order but for those open over a minute, which come
+// where they ended (or at the end), marked late; the table says so too.
+func TestCallsLate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "late.pcapng")
+	st, err := benchcap.Write(path, benchcap.DefaultSources(filepath.Join("..", "..")), 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"calls", "--json", path}, &stdout, &stderr); err != nil {
+		t.Fatalf("calls: %v\n%s", err, stderr.String())
+	}
+	type line struct {
+		Time       time.Time
+		Method     string
+		DurationMS *float64 `json:"duration_ms"`
+		Late       bool
+	}
+	var lines []line
+	dec := json.NewDecoder(&stdout)
+	for dec.More() {
+		var l line
+		if err := dec.Decode(&l); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, l)
+	}
+	var last time.Time
+	late := 0
+	for i, l := range lines {
+		if l.Late {
+			late++
+			// Late: it started before calls printed above it, and was open
+			// for over a minute (or never ended).
+			if !l.Time.Before(last) {
+				t.Errorf("line %d (%s) marked late but in order", i+1, l.Method)
+			}
+			if l.DurationMS != nil && *l.DurationMS < 60e3 {
+				t.Errorf("line %d (%s) late after %.0fms", i+1, l.Method, *l.DurationMS)
+			}
+			continue
+		}
+		if l.Time.Before(last) {
+			t.Fatalf("line %d (%s at %v) before the line above it (%v) and not marked late", i+1, l.Method, l.Time, last)
+		}
+		last = l.Time
+	}
+	first := lines[0].Time
+	for _, l := range lines {
+		if l.Time.Before(first) {
+			first = l.Time
+		}
+	}
+	streams := 0
+	for _, l := range lines {
+		if strings.HasSuffix(l.Method, "/GetContainerEvents") {
+			streams++
+			if !l.Late || l.DurationMS != nil || !l.Time.Equal(first) {
+				t.Errorf("event stream %+v: want it from the first call, open to the end, late", l)
+			}
+		}
+	}
+	if streams != 1 {
+		t.Errorf("%d event streams listed, want 1", streams)
+	}
+	// Each copy's StopContainer (or StopPodSandbox) left open is late too.
+	if late < 1+st.Rounds {
+		t.Errorf("%d late lines, want the event stream and at least one open stop per copy (%d copies)", late, st.Rounds)
+	}
+
+	stdout.Reset()
+	if err := run(context.Background(), []string{"calls", path}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(rows) != len(lines)+1 {
+		t.Fatalf("table: %d rows for %d calls", len(rows)-1, len(lines))
+	}
+	if n := strings.Count(stdout.String(), "late"); n != late {
+		t.Errorf("table marks %d rows late, JSON %d", n, late)
+	}
+}
