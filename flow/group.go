@@ -184,6 +184,20 @@ func (g *Grouper) Tick(now time.Time) []*Flow {
 // Open is the number of flows being built.
 func (g *Grouper) Open() int { return len(g.order) }
 
+// Oldest is the earliest start of a flow being built: every flow handed out
+// later starts then or after, unless a call that starts one is still to
+// come. ok is false when no flow is being built.
+func (g *Grouper) Oldest() (t time.Time, ok bool) {
+	for _, o := range g.order {
+		for _, st := range o.steps {
+			if !ok || st.Start.Before(t) {
+				t, ok = st.Start, true
+			}
+		}
+	}
+	return t, ok
+}
+
 // Flush returns every flow still open, complete or not.
 func (g *Grouper) Flush() []*Flow {
 	var out []*Flow
