@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -80,6 +81,7 @@ type tableWriter struct {
 	tw   *tabwriter.Writer
 	t0   time.Time
 	rows int
+	buf  []byte
 }
 
 const tableBlock = 4096
@@ -87,22 +89,42 @@ const tableBlock = 4096
 func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	if w.rows == 0 {
 		w.t0 = c.Start
-		fmt.Fprintln(w.tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL")
+		io.WriteString(w.tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL\n")
 	}
-	method := s.Method
+	b := appendOffset(w.buf[:0], c.Start.Sub(w.t0))
+	b = append(b, '\t')
+	b = strconv.AppendUint(b, c.Conn, 10)
+	b = append(b, '\t')
+	b = strconv.AppendUint(b, uint64(c.Stream), 10)
+	b = append(b, '\t')
 	if c.Known {
-		method = s.Service + "/" + s.Method
+		b = append(b, s.Service...)
+		b = append(b, '/')
 	}
-	dur := "-"
+	b = append(b, s.Method...)
+	b = append(b, '\t')
 	if s.Done {
-		dur = fmtDuration(s.Duration)
+		b = append(b, fmtDuration(s.Duration)...)
+	} else {
+		b = append(b, '-')
 	}
-	det := detail(s, c)
+	b = append(b, '\t')
+	b = append(b, statusText(c)...)
+	b = append(b, '\t')
 	if late {
-		det = strings.TrimSuffix("late · "+det, " · ")
+		b = append(b, "late"...)
 	}
-	fmt.Fprintf(w.tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n",
-		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, method, dur, statusText(c), det)
+	if det := detail(s, c); det != "" {
+		if late {
+			b = append(b, " · "...)
+		}
+		b = append(b, det...)
+	}
+	b = append(b, '\n')
+	w.buf = b
+	if _, err := w.tw.Write(b); err != nil {
+		return err
+	}
 	w.rows++
 	if w.rows%tableBlock == 0 {
 		return w.tw.Flush()
@@ -281,9 +303,14 @@ func oneLine(s string) string {
 	return s
 }
 
-// fmtOffset prints a time offset as seconds with milliseconds: "+12.345s".
-func fmtOffset(d time.Duration) string {
-	return fmt.Sprintf("+%.3fs", d.Seconds())
+// appendOffset prints a time offset as seconds with milliseconds:
+// "+12.345s" (a late call may start before the first row: "-0.500s").
+func appendOffset(b []byte, d time.Duration) []byte {
+	if d >= 0 {
+		b = append(b, '+')
+	}
+	b = strconv.AppendFloat(b, d.Seconds(), 'f', 3, 64)
+	return append(b, 's')
 }
 
 // fmtDuration rounds a call's duration for people: 105ms, 1.94s, 812µs.
