@@ -40,8 +40,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runTable(ctx, args, stdout, stderr)
 	case "capture":
 		return runCapture(args, stdout, stderr)
+	case "relay":
+		return runRelay(ctx, args, stdout, stderr)
 	case "cri-server":
 		return runCRIServer(ctx, args)
 	}
-	return fmt.Errorf("unknown command %q (table, capture, cri-server)", cmd)
+	return fmt.Errorf("unknown command %q (table, capture, relay, cri-server)", cmd)
 }
