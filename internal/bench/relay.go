@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -96,7 +97,9 @@ type relayBench struct {
 	dir                     string
 	// extra relays to compare, "NAME=COMMAND ARGS" with {listen} and
 	// {upstream} in ARGS.
-	extra []string
+	extra     []string
+	record    *exec.Cmd // criseq record
+	recordRSS int64     // its peak RSS, bytes, once stopped
 }
 
 func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
@@ -117,6 +120,7 @@ func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
 	if err := rb.spawn(ctx, rec, criseq, "record", "--upstream", upstream, "--listen", rec, "-w", filepath.Join(dir, "rec.pcapng")); err != nil {
 		return err
 	}
+	rb.record = rb.procs[len(rb.procs)-1]
 	paths := []struct{ name, sock string }{{"direct", upstream}, {"socat", socat}, {"criseq record", rec}}
 	for i, x := range rb.extra {
 		name, command, ok := strings.Cut(x, "=")
@@ -173,6 +177,9 @@ func (rb *relayBench) stop() {
 		case <-time.After(5 * time.Second):
 			p.Process.Kill()
 			<-done
+		}
+		if ru, ok := p.ProcessState.SysUsage().(*syscall.Rusage); ok && p == rb.record {
+			rb.recordRSS = ru.Maxrss << 10
 		}
 	}
 	if rb.dir != "" {

@@ -77,5 +77,3 @@ func (l *stringList) String() string     { return fmt.Sprint(*l) }
 func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) }
-
-func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) error { return nil }
