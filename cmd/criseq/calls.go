@@ -214,7 +214,8 @@ func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool
 			last = c.Time
 		}
 		d.Feed(c)
-		if n++; n%256 == 0 || held.Len() > heldCalls || size > heldBytes {
+		// The barrier visits every open connection: not too often.
+		if n++; n%4096 == 0 || held.Len() > heldCalls || size > heldBytes {
 			release(false)
 		}
 	}

@@ -66,7 +66,9 @@ func streamFlows(path string, dopts decode.Options, fopts flow.Options, stderr i
 			last = c.Time
 		}
 		d.Feed(c)
-		if n++; n%256 == 0 && held.Len() > 0 {
+		// The barrier visits every open connection and flow: not too
+		// often.
+		if n++; n%4096 == 0 && held.Len() > 0 {
 			// A flow still to come starts after the last chunk, the oldest
 			// call still open and the oldest flow being built, unless those
 			// are late.
