@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
 	"github.com/criseq/criseq/internal/benchcap"
 )
 
@@ -94,5 +97,54 @@ func TestCallsLate(t *testing.T) {
 	}
 	if n := strings.Count(stdout.String(), "late"); n != late {
 		t.Errorf("table marks %d rows late, JSON %d", n, late)
+	}
+}
+
+// TestFlowsStreamed: on the same kind of capture, flows come out in
+// start order but for those still open after lateFlow (stops cut by the
+// capture's end, handed out when it ends), and diff keeps whole the flow
+// it picks while only listing the others.
+func TestFlowsStreamed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.pcapng")
+	st, err := benchcap.Write(path, benchcap.DefaultSources(filepath.Join("..", "..")), 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flows []*flow.Flow
+	var maxStart time.Time
+	late := 0
+	if _, err := streamFlows(path, decode.Options{}, flow.Options{}, io.Discard, func(f *flow.Flow) error {
+		flows = append(flows, f)
+		if f.Start.Before(maxStart) {
+			late++
+			if f.Complete && f.End.Sub(f.Start) <= lateFlow {
+				t.Errorf("%s %s from %v handed out after a flow from %v, though complete within %v", f.Pod, f.Kind, f.Start, maxStart, lateFlow)
+			}
+		} else {
+			maxStart = f.Start
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) < st.Rounds*5 || late == 0 {
+		t.Fatalf("%d flows, %d late, from %d copies: want the cut stops late", len(flows), late, st.Rounds)
+	}
+
+	spec := diffSpec{file: path, pod: "warm-criseq-lab", kind: flow.Start, n: 2}
+	picked, _, err := diffFlows(path, []diffSpec{spec}, false, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := pickFlow(spec, picked, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Steps) == 0 || f.Pod.Name != "warm-criseq-lab" {
+		t.Errorf("picked %s with %d steps, want warm-criseq-lab's second start, whole", f.Pod, len(f.Steps))
+	}
+	spec.n = 999
+	if _, err := pickFlow(spec, picked, 0); err == nil || strings.Count(err.Error(), "\n") != len(flows) {
+		t.Errorf("#999: want an error listing the %d flows, got %v", len(flows), err)
 	}
 }
