@@ -271,7 +271,7 @@ func (p *Proxy) serve(client *net.UnixConn) {
 	p.nextID++
 	r.id = p.nextID
 	if p.Recorder != nil {
-		p.Recorder.Record(Chunk{Conn: r.id, Dir: ClientToServer, Kind: Open, Time: time.Now()})
+		p.Recorder.Record(Chunk{Conn: r.id, Dir: ClientToServer, Kind: Open}) // timed by the Recorder
 	}
 	p.mu.Unlock()
 	defer func() {
@@ -314,11 +314,12 @@ func (p *Proxy) pump(r *relay, src, dst *net.UnixConn, dir Dir) {
 			wake := false
 			if rec != nil {
 				// Queued before relaying, so that a reply is never queued
-				// ahead of the request it answers; the recorder is woken
-				// after, off the bytes' way.
+				// ahead of the request it answers; timed by the Recorder as
+				// it is queued, so the file is in time order; the recorder
+				// is woken after, off the bytes' way.
 				data := make([]byte, n)
 				copy(data, buf[:n])
-				c := Chunk{Conn: r.id, Dir: dir, Kind: Data, Time: time.Now(), Gap: gap, Data: data, Offset: off}
+				c := Chunk{Conn: r.id, Dir: dir, Kind: Data, Gap: gap, Data: data, Offset: off}
 				var ok bool
 				if ok, wake = rec.enqueue(c); ok {
 					gap = 0
@@ -353,7 +354,7 @@ func (p *Proxy) pump(r *relay, src, dst *net.UnixConn, dir Dir) {
 		}
 	}
 	if rec != nil {
-		rec.Record(Chunk{Conn: r.id, Dir: dir, Kind: Close, Time: time.Now(), Gap: gap, Offset: off})
+		rec.Record(Chunk{Conn: r.id, Dir: dir, Kind: Close, Gap: gap, Offset: off})
 	}
 }
 

@@ -34,6 +34,7 @@ type Recorder struct {
 	dropping bool // in a burst of drops, logged once
 	awake    bool // the writer is taking the queue: no need to wake it
 	err      error
+	last     time.Time // Time of the last chunk queued
 
 	wake chan struct{}
 	done chan struct{}
@@ -83,6 +84,14 @@ func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
 // Recorder owns c.Data from then on. Open and Close chunks are tiny and are
 // queued even when the queue is full, so connection boundaries survive
 // overload; they are dropped only once the Recorder failed or closed.
+//
+// A chunk with a zero Time is timed here, as it is queued: chunks leave
+// the Recorder in time order whatever goroutines recorded them. Times are
+// wall-clock only (no monotonic reading), as a file stores them, so that a
+// live reader of the chunks measures the same durations as a reader of the
+// file. A time earlier than the last queued one (a wall clock stepped
+// back, a source timing its chunks itself) is raised to it, keeping the
+// file in time order.
 func (r *Recorder) Record(c Chunk) bool {
 	ok, wake := r.enqueue(c)
 	if wake {
@@ -97,6 +106,15 @@ func (r *Recorder) Record(c Chunk) bool {
 // is not on the way of the bytes). wake says a kick is due.
 func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 	r.mu.Lock()
+	if c.Time.IsZero() {
+		c.Time = time.Now().Round(0)
+	} else {
+		c.Time = c.Time.Round(0)
+	}
+	if c.Time.Before(r.last) {
+		c.Time = r.last
+	}
+	r.last = c.Time
 	full := len(r.queue) >= r.maxChunks || r.inFlight+len(c.Data) > r.maxBytes
 	if r.closed || r.failed || (c.Kind == Data && full) {
 		logIt := !r.dropping && !r.closed && !r.failed

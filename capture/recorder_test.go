@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // checkSink verifies every chunk it gets against what its Offset says it holds.
@@ -188,5 +189,45 @@ func TestRecorderBatchesDoNotAlias(t *testing.T) {
 	go func() { done <- rec.Close() }()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRecorderTimesInOrder: chunks recorded from many goroutines leave the
+// Recorder timed in the order they are written, with wall-clock times only
+// (a live reader then measures what a reader of the file measures); a
+// chunk timed before the last is raised to it.
+func TestRecorderTimesInOrder(t *testing.T) {
+	sink := &memSink{}
+	r := NewRecorder(sink, RecorderOptions{MaxChunks: 1 << 20})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 2000 {
+				r.Record(Chunk{Conn: uint64(g + 1), Kind: Data, Data: []byte{byte(i)}})
+			}
+		}()
+	}
+	wg.Wait()
+	late := time.Now().Add(-time.Hour)
+	r.Record(Chunk{Conn: 9, Kind: Data, Time: late, Data: []byte{1}})
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := sink.all()
+	if len(got) != 8*2000+1 {
+		t.Fatalf("%d chunks written", len(got))
+	}
+	for i, c := range got {
+		if c.Time.IsZero() || c.Time != c.Time.Round(0) {
+			t.Fatalf("chunk %d timed %v: want a wall-clock time without a monotonic reading", i, c.Time)
+		}
+		if i > 0 && c.Time.Before(got[i-1].Time) {
+			t.Fatalf("chunk %d timed %v before chunk %d", i, got[i-1].Time.Sub(c.Time), i-1)
+		}
+	}
+	if last := got[len(got)-1]; !last.Time.Equal(got[len(got)-2].Time) {
+		t.Errorf("a chunk timed an hour back was written at %v, want raised to the last time %v", last.Time, got[len(got)-2].Time)
 	}
 }

@@ -9,13 +9,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 func needTshark(t *testing.T) string {
 	t.Helper()
 	p, err := exec.LookPath("tshark")
 	if err != nil {
-		t.Skip("tshark not installed: apt-get install tshark")
+		testpeer.Missing(t, "tshark not installed: apt-get install tshark")
 	}
 	return p
 }

@@ -8,6 +8,13 @@
 // It knows HTTP/2, HPACK, gRPC and the CRI protobuf types; nothing of
 // sockets or pcap files.
 //
+// Decoding is layered as HTTP/2 is: frames (frame.go: boundaries, and
+// the resync of a stream cut anywhere), header blocks (headers.go, and
+// hpacktable.go for a table whose older entries are unknown), gRPC
+// messages (message.go), CRI types (cri.go, redact.go, and infer.go,
+// which names a call by the shape of its messages), and the calls and
+// connections that hold them together (stream.go, decoder.go).
+//
 // Message types come from the CRI descriptors registered by
 // k8s.io/cri-api (runtime.v1; runtime.v1alpha2 paths decode with them);
 // calls of other services are kept with Known false and undecoded bodies.
@@ -19,6 +26,7 @@ package decode
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"golang.org/x/net/http2/hpack"
@@ -35,16 +43,26 @@ const (
 	Reset
 	// Compressed: at least one message was compressed.
 	Compressed
-	// Gap: bytes were lost on the connection while the call was open.
+	// Gap: bytes were lost on the connection while the call was open, or
+	// skipped because they could not be decoded: its messages in that
+	// direction from then on are not read.
 	Gap
 	// Malformed: a message of the call could not be decoded.
 	Malformed
 	// TrailersOnly: the server answered with a single HEADERS frame
 	// holding the status (no response headers, no messages).
 	TrailersOnly
+	// Inferred: the method was not read from the :path (its HPACK entry
+	// predates decoding: a connection caught midway, or bytes lost) but
+	// inferred from the shape of the call's messages.
+	Inferred
+	// InferredStatus: the grpc-status could not be read (same cause) and
+	// is 0 because a unary call got its response message: a gRPC server
+	// sends one only with OK.
+	InferredStatus
 )
 
-var flagNames = [...]string{"incomplete", "reset", "compressed", "gap", "malformed", "trailers-only"}
+var flagNames = [...]string{"incomplete", "reset", "compressed", "gap", "malformed", "trailers-only", "inferred", "inferred-status"}
 
 // String lists the set flags as "a|b", in bit order; "" for none.
 func (f Flags) String() string {
@@ -78,9 +96,13 @@ type Message struct {
 
 // Call is one gRPC call (one HTTP/2 stream).
 type Call struct {
-	Conn    uint64
-	Stream  uint32
-	Method  string // the :path, e.g. "/runtime.v1.RuntimeService/RunPodSandbox"
+	Conn   uint64
+	Stream uint32
+	// Method is the :path, e.g. "/runtime.v1.RuntimeService/RunPodSandbox",
+	// or, with Flags Inferred, the path of the method inferred; Method,
+	// Service and Name are empty when the :path could not be read (see
+	// Inferred) and inference found no single method.
+	Method  string
 	Service string // e.g. "runtime.v1.RuntimeService"
 	Name    string // e.g. "RunPodSandbox"
 	Known   bool   // request/response types found in the CRI descriptors
@@ -94,7 +116,7 @@ type Call struct {
 	// Options.OnStreamMessage instead of kept in Responses.
 	Streamed int
 
-	Status  int    // grpc-status; -1 if none was seen
+	Status  int    // grpc-status; -1 if none was seen (or it could not be read)
 	Message string // grpc-message
 
 	// Header lists, redacted unless Options.NoRedact. Calls may share
@@ -135,18 +157,52 @@ func (c *Call) Response() proto.Message {
 	return c.Responses[0].Proto
 }
 
-// ConnError is a connection-level decoding failure: decoding of that
-// connection (in that direction) stops, the others go on.
+// ConnError is a connection-level decoding failure in one direction:
+// bytes lost or not decodable. Decoding of that direction resumes at the
+// next frame boundary found after it, with the HPACK table unknown; the
+// other connections go on.
 type ConnError struct {
 	Conn   uint64
 	Dir    string
 	Offset int64     // byte offset in that direction's stream
 	Time   time.Time // when the bytes were seen; zero if at the end of the capture
 	Err    error
+	// Resumed is the offset where decoding resumed, -1 if it did not.
+	Resumed int64
+	// Lost counts the calls open when it happened (their messages in this
+	// direction may be missing; flagged Gap when bytes were lost).
+	// Unknown counts the calls after it whose method could be neither read
+	// nor inferred; the Decoder updates it as they end.
+	Lost, Unknown int
+	searched      int64 // bytes looked through for a frame boundary
 }
 
 func (e *ConnError) Error() string {
-	return fmt.Sprintf("connection %d %s: offset %d: %v", e.Conn, e.Dir, e.Offset, e.Err)
+	s := fmt.Sprintf("connection %d %s: offset %d: %v", e.Conn, e.Dir, e.Offset, e.Err)
+	switch {
+	case e.Resumed >= 0:
+		s += fmt.Sprintf("; decoding resumed at offset %d", e.Resumed)
+	case e.searched > 0:
+		s += fmt.Sprintf("; no frame boundary found in the %d bytes after it", e.searched)
+	}
+	var counts []string
+	if e.Lost > 0 {
+		counts = append(counts, plural(e.Lost, "call")+" cut")
+	}
+	if e.Unknown > 0 {
+		counts = append(counts, plural(e.Unknown, "call")+" unnamed after it")
+	}
+	if len(counts) > 0 {
+		s += " (" + strings.Join(counts, ", ") + ")"
+	}
+	return s
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 func (e *ConnError) Unwrap() error { return e.Err }

@@ -17,11 +17,16 @@ const criPackage = "runtime.v1"
 
 // method is what a :path resolves to.
 type method struct {
+	path          string
 	service, name string
 	known         bool
 	in, out       protoreflect.MessageType // nil unless known
 	skip          bool                     // Options.SkipBodies said so
 	serverStream  bool                     // the server sends a stream of messages
+	// For inference (criMethods only): the index in criMethods and the
+	// shapes of the types.
+	index             int
+	inShape, outShape *shape
 }
 
 // noMethod stands for a stream whose request headers were not seen.
@@ -51,7 +56,7 @@ func (d *Decoder) method(path string) *method {
 // "/package.Service/Method" in the CRI descriptors. The retired
 // runtime.v1alpha2 package is wire-compatible and decoded as runtime.v1.
 func lookupMethod(path string) *method {
-	m := &method{}
+	m := &method{path: path}
 	rest, ok := strings.CutPrefix(path, "/")
 	i := strings.LastIndexByte(rest, '/')
 	if !ok || i <= 0 || i == len(rest)-1 {

@@ -15,8 +15,9 @@ import (
 
 // Errors a ConnError may wrap.
 var (
-	// ErrBytesLost: the capture missed bytes of the connection, so the
-	// HTTP/2 framing and HPACK state after them cannot be known.
+	// ErrBytesLost: the capture missed bytes of the connection; decoding
+	// resumes at the next frame boundary found, with the HPACK table
+	// unknown.
 	ErrBytesLost = errors.New("decode: bytes lost")
 	// ErrPreface: the client→server stream does not start with the HTTP/2
 	// client preface.
@@ -34,8 +35,10 @@ type Options struct {
 	// reset, GOAWAY above its stream, connection closed, or at Close. The
 	// Call then belongs to the callee; the Decoder keeps no reference.
 	OnCall func(*Call)
-	// OnConnError, if set, receives each connection-level error when it
-	// happens (Errors returns them all too).
+	// OnConnError, if set, receives each connection-level error once it is
+	// known where decoding resumed (or that it did not, at the end); the
+	// Decoder still updates its counts of calls. Errors returns them all
+	// too.
 	OnConnError func(*ConnError)
 	// NoRedact keeps secrets in the output: registry credentials, container
 	// environment values, the verbose info maps of status responses,
@@ -80,6 +83,12 @@ const (
 // It is push-style: Feed it chunks as they come, in order per connection
 // and direction (connections may interleave); Calls are handed to
 // Options.OnCall as they end. A Decoder is not safe for concurrent use.
+//
+// A connection caught midway (capture.Chunk.Midway), or whose bytes were
+// lost or could not be decoded, is resynchronised: decoding resumes at
+// the next frame boundary found, with an HPACK table whose older entries
+// are unknown; calls whose :path is one of those are named by inference
+// (Call.Flags Inferred) or left unnamed.
 type Decoder struct {
 	opts        Options
 	conns       map[uint64]*conn
@@ -116,32 +125,38 @@ type conn struct {
 	half    [2]half // by capture.Dir
 	streams map[uint32]*stream
 	// maxStream is the highest stream the client opened: frames for lower,
-	// unknown streams belong to calls already ended.
+	// unknown streams belong to calls already ended. 0 until a request is
+	// seen (after a resync of the client's side too): the streams seen
+	// before began before decoding did.
 	maxStream uint32
 }
 
 // half is one direction of a connection.
 type half struct {
-	dir     capture.Dir
-	next    int64     // offset of the next byte expected
-	buf     []byte    // bytes of a frame (or header block) not yet complete
-	bufTime time.Time // when buf[0] was seen
-	preface int       // client preface bytes still expected
-	settled bool      // the first frame (SETTINGS) was seen
-	dead    bool      // decoding stopped (ConnError)
-	gap     bool      // ... because bytes were lost
-	closed  bool      // a Close chunk was seen
+	dir    capture.Dir
+	fs     frameStream
+	closed bool // a Close chunk was seen
+	// begun: a frame was decoded; until then a resync is no error.
+	begun bool
 	// slow: the Framer returned a stream error and goes on: from then on
 	// it reads every frame of this direction, so that its state (frame
 	// order) stays its own.
 	slow bool
 	rd   sliceReader
 	fr   *http2.Framer
-	hdec *hpack.Decoder
-	hs   headerSink              // the fast path's header block state
-	emit func(hpack.HeaderField) // hs.emit, made once
-	kept [2][]hpack.HeaderField  // last response headers and trailers kept
+	hb   headerBlocks
+	kept [2][]hpack.HeaderField // last response headers and trailers kept
+	// pending is the error whose resumption is not known yet; lastErr the
+	// latest error, which counts the calls left unknown after it.
+	pending, lastErr *ConnError
+	// held: the server's frames wait while the client's side looks for
+	// a boundary in bytes it holds, so that no response is read before
+	// its request.
+	held bool
 }
+
+// maxHeld bounds the server→client bytes held for the client's resync.
+const maxHeld = 4 << 20
 
 // sliceReader hands the Framer exactly the bytes of one frame.
 type sliceReader struct{ b []byte }
@@ -159,8 +174,11 @@ func (d *Decoder) conn(id uint64) *conn {
 	cn := d.conns[id]
 	if cn == nil {
 		cn = &conn{id: id, streams: make(map[uint32]*stream)}
-		cn.half[capture.ClientToServer] = half{dir: capture.ClientToServer, preface: len(clientPreface)}
-		cn.half[capture.ServerToClient] = half{dir: capture.ServerToClient}
+		for dir := range cn.half {
+			cn.half[dir] = half{dir: capture.Dir(dir), fs: frameStream{maxFrame: defaultMaxFrame}}
+			cn.half[dir].hb.limit = defaultTableSize
+		}
+		cn.half[c2s].fs.preface = len(clientPreface)
 		d.conns[id] = cn
 	}
 	return cn
@@ -168,8 +186,9 @@ func (d *Decoder) conn(id uint64) *conn {
 
 // Feed decodes one chunk. Data is decoded as far as whole frames go (the
 // rest waits for the next chunk); Close ends a direction, and the open
-// calls of the connection once the server side is closed; a Gap, or an
-// Offset beyond the bytes seen, stops decoding of that direction.
+// calls of the connection once the server side is closed. An Open chunk
+// marked Midway, a Gap, or an Offset beyond the bytes seen make decoding
+// of that direction resume at the next frame boundary found.
 // c.Data is not retained.
 func (d *Decoder) Feed(c capture.Chunk) {
 	if c.Dir > capture.ServerToClient {
@@ -179,6 +198,13 @@ func (d *Decoder) Feed(c capture.Chunk) {
 	h := &cn.half[c.Dir]
 	switch c.Kind {
 	case capture.Open:
+		if c.Midway {
+			for dir := range cn.half {
+				if hh := &cn.half[dir]; !hh.begun && hh.fs.next == 0 {
+					d.resync(cn, hh)
+				}
+			}
+		}
 		return
 	case capture.Close:
 		d.closeHalf(cn, h, c.Time)
@@ -187,135 +213,180 @@ func (d *Decoder) Feed(c capture.Chunk) {
 	default:
 		return
 	}
-	if h.dead {
-		return
-	}
+	fs := &h.fs
 	// A source reports lost bytes with Gap, or by an offset beyond the
 	// bytes seen (e.g. a capture that began inside the connection).
-	if c.Gap != 0 || c.Offset > h.next {
-		off := h.next
-		var err error
-		if c.Gap > 0 {
-			err = fmt.Errorf("%w: %d bytes at offset %d; decoding of this connection stops", ErrBytesLost, c.Gap, off)
-		} else {
-			err = fmt.Errorf("%w at offset %d; decoding of this connection stops", ErrBytesLost, off)
-		}
-		d.fail(cn, h, off, err, true, c.Time)
-		return
+	if c.Gap != 0 || c.Offset > fs.next {
+		d.bytesLost(cn, h, c)
 	}
 	data := c.Data
-	h.next += int64(len(data))
-	if h.preface > 0 {
-		n := min(h.preface, len(data))
-		at := len(clientPreface) - h.preface
+	fs.next += int64(len(data))
+	if fs.preface > 0 {
+		n := min(fs.preface, len(data))
+		at := len(clientPreface) - fs.preface
 		for i := range n {
 			if data[i] != clientPreface[at+i] {
-				d.fail(cn, h, int64(at+i), fmt.Errorf("%w (got %q)", ErrPreface, data[i]), false, c.Time)
-				return
+				err := fmt.Errorf("%w (got %q)", ErrPreface, data[i])
+				if at+i == 0 {
+					err = fmt.Errorf("%w (got %q): the connection was caught midway, or is not HTTP/2", ErrPreface, data[i])
+					// The server's side then began before the capture too.
+					if o := &cn.half[s2c]; !o.begun && o.pending == nil {
+						o.fs.buf, o.fs.marks = o.fs.buf[:0], o.fs.marks[:0]
+						d.resync(cn, o)
+					}
+				}
+				d.lose(cn, h, int64(at+i), err, false, c.Time)
+				n = i
+				break
 			}
 		}
-		h.preface -= n
+		fs.preface = max(fs.preface-n, 0)
+		if fs.hunting {
+			fs.preface = 0
+		}
 		data = data[n:]
 	}
 	if len(data) == 0 {
 		return
 	}
-	if len(h.buf) == 0 {
+	if len(fs.buf) == 0 {
 		// Common case: frames straight from the chunk, only the tail is kept.
-		n := d.frames(cn, h, data, c.Time, c.Time)
-		if !h.dead && n < len(data) {
-			h.buf = append(h.buf[:0], data[n:]...)
-			h.bufTime = c.Time
+		if n := d.frames(cn, h, data, false, c.Time); n < len(data) {
+			fs.buf = append(fs.buf[:0], data[n:]...)
+			fs.marks = append(fs.marks[:0], mark{fs.next - int64(len(data)-n), c.Time})
 		}
-		return
+	} else {
+		if !fs.hunting || len(fs.marks) < maxHuntMarks {
+			fs.marks = append(fs.marks, mark{fs.next - int64(len(data)), c.Time})
+		}
+		fs.buf = append(fs.buf, data...)
+		d.drain(cn, h, c.Time)
 	}
-	h.buf = append(h.buf, data...)
-	n := d.frames(cn, h, h.buf, h.bufTime, c.Time)
-	if h.dead {
-		return
-	}
-	rest := copy(h.buf, h.buf[n:])
-	h.buf = h.buf[:rest]
-	if n > 0 {
-		h.bufTime = c.Time
-	}
-	if rest == 0 && cap(h.buf) > 1<<20 {
-		h.buf = nil // don't pin the memory of one huge frame
+	if other := &cn.half[s2c]; h.dir == c2s && other.held {
+		d.drain(cn, other, c.Time)
 	}
 }
 
-// frameAt reads a frame header at b[0:9].
-func frameAt(b []byte) (length int, typ http2.FrameType, flags http2.Flags, stream uint32) {
-	length = int(b[0])<<16 | int(b[1])<<8 | int(b[2])
-	typ = http2.FrameType(b[3])
-	flags = http2.Flags(b[4])
-	stream = (uint32(b[5])<<24 | uint32(b[6])<<16 | uint32(b[7])<<8 | uint32(b[8])) & (1<<31 - 1)
-	return
+// drain decodes the units of a direction's buffered bytes.
+func (d *Decoder) drain(cn *conn, h *half, t time.Time) {
+	fs := &h.fs
+	h.held = false
+	n := d.frames(cn, h, fs.buf, true, t)
+	fs.buf = fs.buf[:copy(fs.buf, fs.buf[n:])]
+	fs.consumed(fs.next - int64(len(fs.buf)))
+	if len(fs.buf) == 0 && cap(fs.buf) > 1<<20 {
+		fs.buf = nil // don't pin the memory of one huge frame
+	}
 }
 
-// frames decodes the whole frames at the start of in (a header block with
-// its CONTINUATION frames counts as one) and returns the bytes consumed.
-// t0 is when in[0] was seen, t when the last byte was.
-func (d *Decoder) frames(cn *conn, h *half, in []byte, t0, t time.Time) int {
-	base := h.next - int64(len(in)) // offset of in[0]
+// bytesLost handles a chunk that comes after a hole in the stream.
+func (d *Decoder) bytesLost(cn *conn, h *half, c capture.Chunk) {
+	fs := &h.fs
+	off := fs.next
+	fs.next = max(fs.next, c.Offset)
+	if !h.begun && (fs.hunting || off == 0) {
+		// Nothing decoded yet: the connection was caught midway, which is
+		// no error.
+		fs.buf, fs.marks = fs.buf[:0], fs.marks[:0]
+		d.resync(cn, h)
+		return
+	}
+	var err error
+	if c.Gap > 0 {
+		err = fmt.Errorf("%w: %d bytes at offset %d", ErrBytesLost, c.Gap, off)
+	} else {
+		err = fmt.Errorf("%w at offset %d", ErrBytesLost, off)
+	}
+	// The bytes kept are of a unit that will never be whole.
+	fs.buf, fs.marks = fs.buf[:0], fs.marks[:0]
+	d.lose(cn, h, off, err, true, c.Time)
+}
+
+// frames decodes the units (frames, header blocks) at the start of in and
+// returns the bytes consumed: the rest is an incomplete unit, or bytes a
+// resync has yet to judge. in is the chunk just seen, at t, or buffered
+// bytes, whose times are in the marks.
+func (d *Decoder) frames(cn *conn, h *half, in []byte, buffered bool, t time.Time) int {
+	fs := &h.fs
+	base := fs.next - int64(len(in)) // offset of in[0]
+	if h.dir == s2c {
+		if c := &cn.half[c2s].fs; c.hunting && len(c.buf) > 0 && len(in) < maxHeld {
+			h.held = true
+			return 0
+		}
+	}
 	p := 0
-	for len(in)-p >= 9 {
-		length, typ, flags, sid := frameAt(in[p:])
-		if !h.settled {
+	for {
+		if fs.hunting {
+			at, ok := findSync(in[p:], fs.maxFrame, false, fs.chunkStarts(in, p, base, buffered))
+			d.searched(h, int64(at))
+			if !ok {
+				return p + at
+			}
+			p += at
+			d.resumed(h, base+int64(p))
+		}
+		if len(in)-p < frameHeaderLen {
+			return p
+		}
+		fh := readFrameHeader(in[p:])
+		if !fs.settled {
 			// Each side's first frame is SETTINGS: this catches garbage
 			// before waiting for megabytes of a nonsense length.
-			if typ != http2.FrameSettings || sid != 0 || flags.Has(http2.FlagSettingsAck) {
-				d.fail(cn, h, base+int64(p), fmt.Errorf("%w: first frame is %v on stream %d, not SETTINGS", ErrFrame, typ, sid), false, t)
+			if fh.Type != http2.FrameSettings || fh.StreamID != 0 || fh.Flags.Has(http2.FlagSettingsAck) {
+				// (The frame may be sound, of a connection caught midway: the
+				// resync may take it.)
+				d.lose(cn, h, base+int64(p), fmt.Errorf("%w: first frame is %v on stream %d, not SETTINGS", ErrFrame, fh.Type, fh.StreamID), false, t)
+				continue
+			}
+			fs.settled = true
+		}
+		end := p + frameHeaderLen + int(fh.Length)
+		if fh.Type == http2.FrameHeaders && !fh.Flags.Has(http2.FlagHeadersEndHeaders) {
+			var ok, tooBig bool
+			end, ok, tooBig = unitEnd(in, p, fh)
+			if tooBig {
+				d.lose(cn, h, base+int64(p), fmt.Errorf("%w: header block of stream %d larger than %d bytes", ErrFrame, fh.StreamID, maxHeaderBlock), false, t)
+				p++
+				continue
+			}
+			if !ok {
 				return p
 			}
-			h.settled = true
-		}
-		end := p + 9 + length
-		if typ == http2.FrameHeaders && !flags.Has(http2.FlagHeadersEndHeaders) {
-			// The Framer reads the CONTINUATION frames itself: hand it the
-			// whole block at once.
-			q := end
-			for {
-				if q-p > maxHeaderBlock {
-					d.fail(cn, h, base+int64(p), fmt.Errorf("%w: header block of stream %d larger than %d bytes", ErrFrame, sid, maxHeaderBlock), false, t)
-					return p
-				}
-				if len(in)-q < 9 {
-					return p
-				}
-				l, ct, cf, _ := frameAt(in[q:])
-				if ct != http2.FrameContinuation {
-					end = q + 9 // the Framer reports the protocol error
-					break
-				}
-				q += 9 + l
-				if cf.Has(http2.FlagContinuationEndHeaders) {
-					end = q
-					break
-				}
-			}
-		}
-		if end > len(in) {
+		} else if end > len(in) {
 			return p
 		}
 		ft := t
-		if p == 0 {
-			ft = t0
+		if buffered {
+			ft = fs.timeAt(base + int64(p))
 		}
-		if !d.frame(cn, h, in[p:end], typ, flags, sid, base+int64(p), ft) {
-			return p
+		if !d.frame(cn, h, in[p:end], fh, base+int64(p), ft) {
+			// Decoding resumes at a boundary found after the bad frame's
+			// first byte.
+			p++
+			continue
 		}
+		h.begun = true
 		p = end
 	}
-	return p
 }
 
-// frame decodes one frame (or header block); false if decoding stopped.
-func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags http2.Flags, sid uint32, off int64, t time.Time) bool {
+// frame decodes one unit (frame or header block); false if it could not
+// be decoded and the direction is resynchronising.
+func (d *Decoder) frame(cn *conn, h *half, b []byte, fh http2.FrameHeader, off int64, t time.Time) bool {
 	if h.fr == nil {
 		d.frameSetup(h)
 	}
-	if !h.slow && !d.noFast {
+	typ, flags, sid := fh.Type, fh.Flags, fh.StreamID
+	if h.hb.part != nil {
+		// The table is partly unknown: header blocks are read here.
+		switch typ {
+		case http2.FrameHeaders:
+			return d.partialHeaders(cn, h, b, fh, off, t)
+		case http2.FrameContinuation:
+			return true // the end of a block begun before the resync
+		}
+	} else if !h.slow && !d.noFast {
 		// Fast path: the frames kubelet and containerd send all the time,
 		// when they are plainly valid, are read here without the Framer
 		// (which allocates a frame each time). Anything else, valid or
@@ -324,19 +395,19 @@ func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags 
 		switch typ {
 		case http2.FrameData:
 			if sid != 0 && !flags.Has(http2.FlagDataPadded) {
-				d.onData(cn, h, sid, b[9:], flags.Has(http2.FlagDataEndStream), t)
+				d.onData(cn, h, sid, b[frameHeaderLen:], flags.Has(http2.FlagDataEndStream), t)
 				return true
 			}
 		case http2.FrameHeaders:
 			if sid != 0 && flags&(http2.FlagHeadersEndHeaders|http2.FlagHeadersPadded|http2.FlagHeadersPriority) == http2.FlagHeadersEndHeaders {
-				return d.fastHeaders(cn, h, b[9:], flags, sid, off, t)
+				return d.fastHeaders(cn, h, b[frameHeaderLen:], flags, sid, off, t)
 			}
 		case http2.FramePing:
-			if len(b) == 9+8 && sid == 0 {
+			if len(b) == frameHeaderLen+8 && sid == 0 {
 				return true
 			}
 		case http2.FrameWindowUpdate:
-			if len(b) == 9+4 && (uint32(b[9])<<24|uint32(b[10])<<16|uint32(b[11])<<8|uint32(b[12]))&(1<<31-1) != 0 {
+			if len(b) == frameHeaderLen+4 && (uint32(b[9])<<24|uint32(b[10])<<16|uint32(b[11])<<8|uint32(b[12]))&(1<<31-1) != 0 {
 				return true
 			}
 		}
@@ -356,32 +427,35 @@ func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags 
 		if detail := h.fr.ErrorDetail(); detail != nil {
 			err = fmt.Errorf("%w (%v)", err, detail)
 		}
-		d.fail(cn, h, off, fmt.Errorf("%w: %v frame on stream %d: %w", ErrFrame, typ, sid, err), false, t)
+		d.lose(cn, h, off, fmt.Errorf("%w: %v frame on stream %d: %w", ErrFrame, typ, sid, err), false, t)
 		return false
 	}
 	switch f := f.(type) {
 	case *http2.DataFrame:
 		d.onData(cn, h, f.StreamID, f.Data(), f.StreamEnded(), t)
 	case *http2.MetaHeadersFrame:
-		d.onHeaders(cn, h, f.StreamID, f.StreamEnded(), f.Truncated, f.Fields, false, t)
+		d.onHeaders(cn, h, f.StreamID, f.StreamEnded(), f.Truncated, f.Fields, false, nil, t)
 	case *http2.RSTStreamFrame:
 		d.onReset(cn, h, f.StreamID, f.ErrCode, t)
 	case *http2.GoAwayFrame:
 		d.onGoAway(cn, h, f.LastStreamID, f.ErrCode, t)
 	case *http2.SettingsFrame:
-		if v, ok := f.Value(http2.SettingHeaderTableSize); ok && !f.IsAck() {
+		if f.IsAck() {
+			break
+		}
+		other := &cn.half[1-h.dir]
+		if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
 			// The peer's table size bounds what the other direction's
 			// encoder may use. Never lower: updates may still be in flight.
-			if other := &cn.half[1-h.dir]; !other.dead {
-				if other.fr == nil {
-					d.frameSetup(other)
-				}
-				other.hdec.SetAllowedMaxDynamicTableSize(min(max(v, minTableSize), maxTableSize))
-			}
+			other.hb.announce(min(v, maxTableSize))
+		}
+		if v, ok := f.Value(http2.SettingMaxFrameSize); ok {
+			// The largest frame the other side may send, for its resync.
+			other.fs.maxFrame = max(other.fs.maxFrame, min(v, 1<<24-1))
 		}
 	case *http2.PushPromiseFrame:
 		// gRPC clients disable push; its header block would desynchronise HPACK.
-		d.fail(cn, h, off, fmt.Errorf("%w: unexpected PUSH_PROMISE on stream %d", ErrFrame, sid), false, t)
+		d.lose(cn, h, off, fmt.Errorf("%w: unexpected PUSH_PROMISE on stream %d", ErrFrame, sid), false, t)
 		return false
 	default:
 		// PING, PRIORITY, WINDOW_UPDATE, unknown types: nothing for calls.
@@ -392,41 +466,122 @@ func (d *Decoder) frame(cn *conn, h *half, b []byte, typ http2.FrameType, flags 
 // frameSetup creates a half's Framer before its first frame.
 func (d *Decoder) frameSetup(h *half) {
 	h.fr = http2.NewFramer(nil, &h.rd)
-	h.hdec = hpack.NewDecoder(4096, nil)
-	h.hdec.SetAllowedMaxDynamicTableSize(minTableSize)
-	h.fr.ReadMetaHeaders = h.hdec
 	h.fr.MaxHeaderListSize = maxHeaderList
 	h.fr.SetMaxReadFrameSize(16 << 20)
 	h.fr.SetReuseFrames()
-	h.hs.hdec = h.hdec
-	h.hs.valid = &d.valid
-	h.emit = h.hs.emit
+	h.hb.setup(h.fr, &d.valid)
 }
 
-// fail stops decoding one direction of a connection.
-func (d *Decoder) fail(cn *conn, h *half, off int64, err error, gap bool, t time.Time) {
-	h.dead = true
-	h.buf = nil
-	h.fr, h.hdec = nil, nil
-	h.hs, h.emit, h.kept = headerSink{}, nil, [2][]hpack.HeaderField{}
-	h.gap = gap
-	ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: off, Time: t, Err: err}
+// resync makes a direction look for the next frame boundary, with the
+// HPACK table unknown from the next header block on.
+func (d *Decoder) resync(cn *conn, h *half) {
+	fs := &h.fs
+	fs.hunting, fs.settled, fs.preface = true, true, 0
+	h.fr, h.slow = nil, false
+	h.kept = [2][]hpack.HeaderField{}
+	h.hb.unknown()
+	if h.dir == c2s {
+		// The streams opened from now on are known by their requests.
+		cn.maxStream = 0
+	}
+}
+
+// lose records a connection-level error in one direction: what was
+// being decoded there is lost, and decoding resumes at the next frame
+// boundary found after off (Feed and frames look for it).
+func (d *Decoder) lose(cn *conn, h *half, off int64, err error, gap bool, t time.Time) {
+	if h.pending != nil {
+		d.reportErr(h.pending)
+	}
+	ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: off, Time: t, Err: err, Resumed: -1}
 	d.errs = append(d.errs, ce)
+	h.pending, h.lastErr = ce, ce
+	maxStream := cn.maxStream
+	d.resync(cn, h)
+	// The requests that follow may be for streams below the last one
+	// seen; keep it so that their responses are not taken for orphans.
+	cn.maxStream = maxStream
+	note := fmt.Sprintf("%s decoding error at offset %d: %v", h.dir, off, err)
+	if gap {
+		note = fmt.Sprintf("%s: %v", h.dir, err)
+	}
+	for _, s := range cn.sorted() {
+		c := s.call
+		ce.Lost++
+		c.Flags |= Gap
+		c.Errors = append(c.Errors, note)
+		// The messages of this direction are lost from here: where the
+		// next one begins cannot be known.
+		if a := &s.asm[h.dir]; a.nhdr > 0 {
+			c.Errors = append(c.Errors, fmt.Sprintf("%s message lost: %d of %d bytes seen", dirNoun[h.dir], len(a.buf), a.want))
+			d.release(a)
+		}
+		s.lost[h.dir] = true
+	}
+}
+
+// searched counts bytes skipped while looking for a frame boundary.
+func (d *Decoder) searched(h *half, n int64) {
+	if h.pending != nil {
+		h.pending.searched += n
+	}
+}
+
+// resumed notes that decoding of a direction resumed at off.
+func (d *Decoder) resumed(h *half, off int64) {
+	h.fs.hunting = false
+	if ce := h.pending; ce != nil {
+		ce.Resumed = off
+		h.pending = nil
+		d.reportErr(ce)
+	}
+}
+
+func (d *Decoder) reportErr(ce *ConnError) {
 	if d.opts.OnConnError != nil {
 		d.opts.OnConnError(ce)
 	}
-	note := fmt.Sprintf("%s decoding stopped at offset %d: %v", h.dir, off, err)
-	for _, s := range cn.sorted() {
-		c := s.call
-		if gap {
-			c.Flags |= Gap
+}
+
+// endHalf is the end of a direction's bytes: a resync in progress gets
+// its last chance, and bytes of an unfinished frame are reported.
+func (d *Decoder) endHalf(cn *conn, h *half, t time.Time, what string) {
+	fs := &h.fs
+	for fs.hunting && len(fs.buf) > 0 {
+		base := fs.next - int64(len(fs.buf))
+		at, ok := findSync(fs.buf, fs.maxFrame, true, fs.chunkStarts(fs.buf, 0, base, true))
+		d.searched(h, int64(at))
+		if !ok {
+			fs.buf = nil
+			break
 		}
-		c.Errors = append(c.Errors, note)
-		if h.dir == capture.ServerToClient {
-			// No response can be seen any more.
-			c.Flags |= Incomplete
-			d.finish(cn, s, time.Time{})
+		d.resumed(h, fs.next-int64(len(fs.buf)-at))
+		n := d.frames(cn, h, fs.buf[at:], true, t)
+		fs.buf = fs.buf[at+n:]
+	}
+	if !h.begun && fs.next > 0 && h.pending == nil && h.lastErr == nil {
+		// Caught midway, and no frame was ever found: not HTTP/2, or too
+		// few bytes to tell.
+		ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: 0, Time: t, Resumed: -1,
+			Err: fmt.Errorf("%w: no HTTP/2 frame found in the %d bytes seen of a connection caught midway", ErrFrame, fs.next)}
+		d.errs = append(d.errs, ce)
+		d.reportErr(ce)
+		fs.buf = nil
+	}
+	if !fs.hunting && len(fs.buf) > 0 {
+		if h.pending != nil {
+			d.reportErr(h.pending)
 		}
+		ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: fs.next - int64(len(fs.buf)), Time: t, Resumed: -1,
+			Err: fmt.Errorf("%w: %s with %d bytes of a frame", ErrTruncated, what, len(fs.buf)), Lost: len(cn.streams)}
+		d.errs = append(d.errs, ce)
+		h.pending = ce
+	}
+	fs.buf, fs.marks = nil, nil
+	fs.hunting = false
+	if h.pending != nil {
+		d.reportErr(h.pending)
+		h.pending = nil
 	}
 }
 
@@ -436,8 +591,16 @@ func (d *Decoder) closeHalf(cn *conn, h *half, t time.Time) {
 		return
 	}
 	h.closed = true
-	if !h.dead && (len(h.buf) > 0 || (h.preface > 0 && h.preface < len(clientPreface))) {
-		d.fail(cn, h, h.next-int64(len(h.buf)), fmt.Errorf("%w: connection closed with %d bytes of a frame", ErrTruncated, len(h.buf)), false, t)
+	if fs := &h.fs; fs.preface > 0 && fs.preface < len(clientPreface) {
+		ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: fs.next, Time: t, Resumed: -1,
+			Err: fmt.Errorf("%w: connection closed with %d bytes of a frame", ErrTruncated, 0)}
+		d.errs = append(d.errs, ce)
+		d.reportErr(ce)
+		fs.preface = 0
+	}
+	d.endHalf(cn, h, t, "connection closed")
+	if other := &cn.half[s2c]; h.dir == c2s && other.held {
+		d.drain(cn, other, t)
 	}
 	both := cn.half[0].closed && cn.half[1].closed
 	if h.dir == capture.ServerToClient || both {
@@ -466,8 +629,11 @@ func (d *Decoder) Close() {
 		cn := d.conns[id]
 		for dir := range cn.half {
 			h := &cn.half[dir]
-			if !h.dead && len(h.buf) > 0 {
-				d.fail(cn, h, h.next-int64(len(h.buf)), fmt.Errorf("%w: capture ended with %d bytes of a frame", ErrTruncated, len(h.buf)), false, time.Time{})
+			if h.held {
+				d.drain(cn, h, time.Time{})
+			}
+			if !h.closed {
+				d.endHalf(cn, h, time.Time{}, "capture ended")
 			}
 		}
 		open = append(open, cn.sorted()...)
@@ -534,8 +700,8 @@ func (d *Decoder) Oldest() (t time.Time, ok bool) {
 				t, ok = s.call.Start, true
 			}
 		}
-		if h := &cn.half[capture.ClientToServer]; len(h.buf) > 0 && (!ok || h.bufTime.Before(t)) {
-			t, ok = h.bufTime, true
+		if fs := &cn.half[capture.ClientToServer].fs; len(fs.buf) > 0 && (!ok || fs.marks[0].t.Before(t)) {
+			t, ok = fs.marks[0].t, true
 		}
 	}
 	return t, ok

@@ -1,9 +1,7 @@
 package decode
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,23 +52,7 @@ func TestFastPathCaptures(t *testing.T) {
 	}
 	for _, file := range files {
 		t.Run(filepath.Base(filepath.Dir(file)), func(t *testing.T) {
-			src, err := capture.OpenFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer src.Close()
-			var chunks []capture.Chunk
-			for {
-				c, err := src.Next()
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				c.Data = append([]byte(nil), c.Data...)
-				chunks = append(chunks, c)
-			}
+			chunks := readChunks(t, file)
 			for _, noRedact := range []bool{false, true} {
 				fast, slow := decodeBoth(t, func(d *Decoder) {
 					for _, c := range chunks {

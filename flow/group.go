@@ -120,6 +120,7 @@ type Grouper struct {
 	// its next container's image calls may start.
 	lastWork map[string]time.Time
 	phantoms map[string]*owner // sandboxes with no start flow, by ID
+	early    []earlyEvent      // runtime events of sandboxes whose flow has not begun
 
 	// What the calls told about IDs, learned from any call, polling too.
 	pods       map[string]Pod    // sandbox ID → pod
@@ -306,6 +307,7 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 		g.images.gen++
 		g.worked(o.ow, c)
 		g.openSlot(o.ow, c)
+		g.takeEarly(o, sid)
 	} else {
 		// Failed sandbox: a flow of its own, keyed so later retries get new ones.
 		g.starts["failed:"+c.Method+":"+c.Start.String()] = o
@@ -605,7 +607,10 @@ func (g *Grouper) Event(c *decode.Call, m decode.Message) {
 		return
 	}
 	name := g.names[cid]
-	if name == "" {
+	switch {
+	case cid == sid:
+		name = "sandbox" // the pod's sandbox itself
+	case name == "":
 		name = Short(cid)
 	}
 	typ := strings.TrimSuffix(ev.GetContainerEventType().String(), "_EVENT")
@@ -617,12 +622,42 @@ func (g *Grouper) Event(c *decode.Call, m decode.Message) {
 	if o == nil {
 		o = second
 	}
-	if o == nil {
-		return
-	}
 	e := Event{Time: m.Time, Type: typ, ContainerID: cid, Container: name, Call: c}
 	if ns := ev.GetCreatedAt(); ns > 0 {
 		e.Created = time.Unix(0, ns).UTC()
 	}
+	if o == nil {
+		// The sandbox's events come while RunPodSandbox is still open: they
+		// wait for its flow.
+		if len(g.early) < maxEarlyEvents {
+			g.early = append(g.early, earlyEvent{sid, e})
+		}
+		return
+	}
 	o.f.Events = append(o.f.Events, e)
+}
+
+// maxEarlyEvents bounds the events kept for flows not begun yet.
+const maxEarlyEvents = 1024
+
+// earlyEvent is an event of a sandbox whose flow has not begun.
+type earlyEvent struct {
+	sid string
+	e   Event
+}
+
+// takeEarly gives o the events of its sandbox that came before it began,
+// and forgets those older than InitWait.
+func (g *Grouper) takeEarly(o *open, sid string) {
+	kept := g.early[:0]
+	for _, x := range g.early {
+		switch {
+		case x.sid == sid:
+			o.f.Events = append(o.f.Events, x.e)
+		case g.now.Sub(x.e.Time) < g.opts.InitWait:
+			kept = append(kept, x)
+		}
+	}
+	clear(g.early[len(kept):])
+	g.early = kept
 }

@@ -88,12 +88,16 @@ func (g *Grouper) step(c *decode.Call) Step {
 		Start:    c.Start,
 		Duration: c.Duration(),
 		Done:     !c.End.IsZero(),
+		Inferred: c.Flags&decode.Inferred != 0,
 	}
 	if i := strings.LastIndexByte(c.Service, '.'); i >= 0 && c.Known {
 		s.Service = c.Service[i+1:]
 	}
 	if s.Method == "" {
 		s.Method = c.Method
+	}
+	if s.Method == "" {
+		s.Method = "(unknown)" // a connection caught midway: no method fits its messages alone
 	}
 	if s.Done && !c.OK() {
 		s.Err = ErrorText(c)

@@ -40,6 +40,35 @@ type Timing struct {
 	// After is the same from Done to the flow's last call: a stop's
 	// removal at kubelet's next clean-up, up to a minute later.
 	After []Span
+	// Segments is the timeline behind Parts and After: each stretch of
+	// time with its phase or wait, in time order.
+	Segments []Segment
+}
+
+// Segment is one stretch of a flow's timeline.
+type Segment struct {
+	Name       string
+	Wait       bool
+	Start, End time.Time
+}
+
+// WaitDuring is the wait that covers most of [a, b), and how much of it;
+// "" if no wait does.
+func (t Timing) WaitDuring(a, b time.Time) (string, time.Duration) {
+	cover := map[string]time.Duration{}
+	best := ""
+	for _, s := range t.Segments {
+		if !s.Wait {
+			continue
+		}
+		if x, y := maxTime(s.Start, a), minTime(s.End, b); y.After(x) {
+			cover[s.Name] += y.Sub(x)
+			if best == "" || cover[s.Name] > cover[best] {
+				best = s.Name
+			}
+		}
+	}
+	return best, cover[best]
 }
 
 // PhaseOf is the phase a call of method belongs to in a flow's timing, or
@@ -69,10 +98,10 @@ func PhaseOf(method string) string {
 // Timing computes f's phases and waits. Pure: it reads f's steps, events
 // and OtherPulls.
 func (f *Flow) Timing() Timing {
-	t := Timing{Total: f.Duration()}
-	if len(f.Steps) == 0 {
-		return t
+	if len(f.Steps) == 0 || f.Start.IsZero() || f.End.IsZero() && f.Done.IsZero() {
+		return Timing{} // no time to split (Duration would be from the year 1)
 	}
+	t := Timing{Total: f.Duration()}
 	type iv struct {
 		a, b time.Time
 		s    *Step
@@ -93,6 +122,7 @@ func (f *Flow) Timing() Timing {
 		if !b.After(a) {
 			return
 		}
+		t.Segments = append(t.Segments, Segment{name, wait, a, b})
 		if a.Before(done) {
 			parts.add(name, wait, minTime(b, done).Sub(a))
 		}
@@ -101,14 +131,20 @@ func (f *Flow) Timing() Timing {
 		}
 	}
 	cur := f.Start
-	var prev *Step
+	var prev, failed *Step // failed: the last failed call not yet made again with success
 	for _, v := range ivs {
 		if v.a.After(cur) {
-			f.gap(prev, v.s, cur, v.a, done, add)
+			f.gap(prev, v.s, failed, cur, v.a, done, add)
 		}
 		if v.b.After(cur) {
 			add(PhaseOf(v.s.Method), false, maxTime(cur, v.a), v.b)
 			cur = v.b
+		}
+		switch {
+		case v.s.Err != "":
+			failed = v.s
+		case failed != nil && v.s.Method == failed.Method && v.s.Arg == failed.Arg:
+			failed = nil
 		}
 		prev = v.s
 	}
@@ -120,17 +156,21 @@ func (f *Flow) Timing() Timing {
 }
 
 // gap names the wait [a, b) between the flow's work calls prev (nil at the
-// start) and next.
-func (f *Flow) gap(prev, next *Step, a, b, done time.Time, add func(string, bool, time.Time, time.Time)) {
+// start) and next. failed is the last call that failed and was not made
+// again with success since: until it is, a start is backing off (kubelet
+// checks the image now and then without pulling it, ErrImagePullBackOff).
+func (f *Flow) gap(prev, next, failed *Step, a, b, done time.Time, add func(string, bool, time.Time, time.Time)) {
 	switch {
 	case next.Method == "PullImage" && f.Kind == Start:
 		// Pulls are queued one at a time (kubelet's serialized puller):
 		// the part of the gap while another pod's pull ran is the queue.
+		// (kubelet checks the image right before it pulls: a back-off
+		// ends before that check, not here.)
 		q := overlap(f.OtherPulls, a, b)
 		add(WaitPullQueue, true, a, a.Add(q))
 		add(WaitKubelet, true, a.Add(q), b)
 		return
-	case prev != nil && prev.Err != "" && f.Kind == Start:
+	case failed != nil && f.Kind == Start:
 		add(WaitBackOff, true, a, b)
 		return
 	case prev != nil && prev.Method == "StartContainer" && next.Arg != prev.Arg && f.exited(prev.Arg, a, b):

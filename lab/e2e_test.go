@@ -18,8 +18,15 @@ import (
 	"github.com/criseq/criseq/flow"
 )
 
+// runtimes are the container runtimes the lab runs every scenario on:
+// Debian's containerd 1.6 and containerd 2.x from the Go module proxy.
+var runtimes = []string{"containerd", "containerd2"}
+
 // TestE2ELab runs the lab (real kubelet, containerd, crictl, registry, with
-// criseq record in between) and checks what criseq made of each scenario.
+// criseq record in between) on each runtime and checks what criseq made of
+// each scenario. CRISEQ_E2E_RUNTIMES (e.g. "containerd2") picks runtimes;
+// CRISEQ_LAB_OUT=DIR checks the output of earlier runs in DIR/<runtime>
+// instead of running the lab.
 func TestE2ELab(t *testing.T) {
 	if os.Getenv("CRISEQ_E2E") != "1" {
 		t.Skip("end-to-end test: run as root with CRISEQ_E2E=1 (make e2e)")
@@ -27,38 +34,58 @@ func TestE2ELab(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("end-to-end test needs root to run containers")
 	}
-	out := os.Getenv("CRISEQ_LAB_OUT")
-	if out == "" {
-		out = t.TempDir()
+	sel := runtimes
+	if v := os.Getenv("CRISEQ_E2E_RUNTIMES"); v != "" {
+		sel = strings.Fields(strings.ReplaceAll(v, ",", " "))
+	}
+	for _, rt := range sel {
+		t.Run(rt, func(t *testing.T) { labRuntime(t, rt) })
+	}
+}
+
+// labRuntime runs every scenario on one runtime and checks them.
+func labRuntime(t *testing.T, rt string) {
+	var out string
+	if dir := os.Getenv("CRISEQ_LAB_OUT"); dir != "" {
+		out = filepath.Join(dir, rt)
+	} else {
+		var err error
+		if out, err = os.MkdirTemp("", "criseq-e2e-"+rt+"-"); err != nil {
+			t.Fatal(err)
+		}
+		// The lab's logs stay for a look when a check fails.
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("the lab's captures and logs are kept in %s", out)
+			} else {
+				os.RemoveAll(out)
+			}
+		})
 		cmd := exec.Command("./run.sh", "-o", out)
+		cmd.Env = append(os.Environ(), "RUNTIME="+rt)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("lab/run.sh: %v", err)
+		start := time.Now()
+		err = cmd.Run()
+		t.Logf("lab/run.sh on %s: %v", rt, time.Since(start).Round(time.Second))
+		if err != nil {
+			t.Fatalf("RUNTIME=%s lab/run.sh: %v", rt, err)
 		}
 	}
 	flowsOf := func(t *testing.T, scenario string) ([]*decode.Call, []*flow.Flow) {
 		t.Helper()
-		path := filepath.Join(out, scenario, "capture.pcapng")
-		st, err := os.Stat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Mode().Perm() != 0o600 {
-			t.Errorf("%s has mode %v, want 0600", path, st.Mode().Perm())
-		}
-		src, err := capture.OpenFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer src.Close()
-		calls, connErrs, err := decode.DecodeAll(src, decode.Options{})
-		if err != nil || len(connErrs) > 0 {
-			t.Fatalf("decoding %s: %v %v", path, err, connErrs)
-		}
-		checkTshark(t, path, calls)
+		calls := decodeCapture(t, filepath.Join(out, scenario, "capture.pcapng"))
 		return calls, flow.Group(calls, flow.Options{})
 	}
 
+	t.Run("runtime", func(t *testing.T) {
+		// The lab really ran the runtime asked for: kubelet's Version call says which.
+		_, flows := flowsOf(t, "warm")
+		f := only(t, flows, flow.Start, "default/warm-criseq-lab")
+		want := map[string]string{"containerd": "containerd 1.6.", "containerd2": "containerd v2.4.2"}[rt]
+		if want == "" || !strings.HasPrefix(f.Runtime, want) {
+			t.Errorf("RUNTIME=%s: the runtime answered Version as %q, want %q…", rt, f.Runtime, want)
+		}
+	})
 	t.Run("warm", func(t *testing.T) {
 		_, flows := flowsOf(t, "warm")
 		f := only(t, flows, flow.Start, "default/warm-criseq-lab")
@@ -187,6 +214,10 @@ func TestE2ELab(t *testing.T) {
 		checkLinks(t, f)
 		only(t, flows, flow.Stop, "default/hello-crictl")
 	})
+	t.Run("burst", func(t *testing.T) {
+		calls, flows := flowsOf(t, "burst")
+		checkBurst(t, rt, calls, flows)
+	})
 	t.Run("crictl", func(t *testing.T) {
 		calls, flows := flowsOf(t, "crictl")
 		f := only(t, flows, flow.Start, "default/hello-crictl")
@@ -202,6 +233,37 @@ func TestE2ELab(t *testing.T) {
 			}
 		}
 	})
+}
+
+// decodeCapture decodes a capture, checks it is private (0600) and that
+// real tshark sees the same calls.
+func decodeCapture(t *testing.T, path string) []*decode.Call {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v, want 0600", path, st.Mode().Perm())
+	}
+	calls := decodeFile(t, path)
+	checkTshark(t, path, calls)
+	return calls
+}
+
+// decodeFile decodes a capture file; any decoding error fails the test.
+func decodeFile(t *testing.T, path string) []*decode.Call {
+	t.Helper()
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	calls, connErrs, err := decode.DecodeAll(src, decode.Options{})
+	if err != nil || len(connErrs) > 0 {
+		t.Fatalf("decoding %s: %v %v", path, err, connErrs)
+	}
+	return calls
 }
 
 // kubeletDurations reads kubelet's own log (cri-client at verbosity 10)

@@ -7,9 +7,23 @@ LAB_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${CRISEQ_CACHE:=/var/cache/criseq}"
 APP_IMAGE=criseq.local/app:1
 PAUSE_IMAGE=criseq.local/pause:1
+# The image burst's IfNotPresent pods run: present, and with an ID of its
+# own (the registry's app image shares APP_IMAGE's ID, and kubelet 1.37
+# re-pulls a present image whose ID it has pulled under another name).
+BURST_IMAGE=criseq.local/burst:1
 REGISTRY=127.0.0.1:5000
+# The runtime: Debian's containerd 1.6 (containerd), or containerd 2.x
+# built from the Go module proxy (containerd2).
+RUNTIME=${RUNTIME:-containerd}
 
 die() { echo "lab: $*" >&2; exit 1; }
+
+# runtime_version names the runtime the lab runs, e.g. "containerd v2.4.2".
+runtime_version() {
+	local bin=containerd
+	[ "$RUNTIME" = containerd2 ] && bin=$CONTAINERD2_DIR/containerd
+	"$bin" --version | awk '{print $1, $3}'
+}
 
 # lab_install installs the Debian packages the lab uses (once).
 lab_install() {
@@ -31,6 +45,7 @@ lab_build() {
 		go build -o "$LAB/bin/mkimage" ./lab/mkimage) || die "build failed"
 	"$LAB/bin/mkimage" -bin "$LAB/bin/app" -name "$APP_IMAGE" -o "$LAB/images/app.tar"
 	"$LAB/bin/mkimage" -bin "$LAB/bin/app" -name "$PAUSE_IMAGE" -o "$LAB/images/pause.tar"
+	"$LAB/bin/mkimage" -bin "$LAB/bin/app" -name "$BURST_IMAGE" -o "$LAB/images/burst.tar"
 }
 
 # wait_socket waits for a unix socket, or fails with the daemon's log tail.
@@ -50,10 +65,35 @@ wait_socket() {
 	return 1
 }
 
-# containerd_start starts a containerd private to $LAB on $LAB/containerd.sock.
+# containerd_start starts a containerd private to $LAB on $LAB/containerd.sock:
+# Debian's containerd 1.6, or with RUNTIME=containerd2 the one in
+# $CONTAINERD2_DIR (lab/build-tools.sh containerd2), first on its PATH so it
+# runs its own shim.
 containerd_start() {
 	mkdir -p "$LAB/containerd" "$LAB/cni" "$LAB/logs" "$LAB/runc"
-	cat >"$LAB/containerd/config.toml" <<TOML
+	local path=$PATH
+	case $RUNTIME in
+	containerd) containerd_config1 ;;
+	containerd2) containerd_config3; path=$CONTAINERD2_DIR:$PATH ;;
+	esac >"$LAB/containerd/config.toml"
+	PATH=$path containerd --config "$LAB/containerd/config.toml" >"$LAB/logs/containerd.log" 2>&1 &
+	CONTAINERD_PID=$!
+	echo "$CONTAINERD_PID" >"$LAB/containerd.pid"
+	wait_socket "$LAB/containerd.sock" "$LAB/logs/containerd.log" "$CONTAINERD_PID" || return 1
+	# A key containerd does not know is only a warning in its log: fail on it.
+	if grep -i "unknown key" "$LAB/logs/containerd.log" >&2; then
+		echo "lab: containerd did not take its whole config (above)" >&2
+		return 1
+	fi
+	for img in pause app burst; do
+		ctr -a "$LAB/containerd.sock" -n k8s.io images import "$LAB/images/$img.tar" >/dev/null ||
+			die "importing $img image failed"
+	done
+}
+
+# containerd_config1 is containerd 1.6's config (version 2, one CRI plugin).
+containerd_config1() {
+	cat <<TOML
 version = 2
 root = "$LAB/containerd/root"
 state = "$LAB/containerd/state"
@@ -74,14 +114,36 @@ state = "$LAB/containerd/state"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$LAB/cni"
 TOML
-	containerd --config "$LAB/containerd/config.toml" >"$LAB/logs/containerd.log" 2>&1 &
-	CONTAINERD_PID=$!
-	echo "$CONTAINERD_PID" >"$LAB/containerd.pid"
-	wait_socket "$LAB/containerd.sock" "$LAB/logs/containerd.log" "$CONTAINERD_PID" || return 1
-	for img in pause app; do
-		ctr -a "$LAB/containerd.sock" -n k8s.io images import "$LAB/images/$img.tar" >/dev/null ||
-			die "importing $img image failed"
-	done
+}
+
+# containerd_config3 is the same for containerd 2.x (version 3): the CRI
+# plugin is split into an image service (snapshotter, the sandbox image as
+# a pinned image) and a runtime service (runtimes, CNI, OOM score).
+containerd_config3() {
+	cat <<TOML
+version = 3
+root = "$LAB/containerd/root"
+state = "$LAB/containerd/state"
+[grpc]
+  address = "$LAB/containerd.sock"
+[ttrpc]
+  address = "$LAB/containerd.sock.ttrpc"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "$PAUSE_IMAGE"
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        Root = "$LAB/runc"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$LAB/cni"
+TOML
 }
 
 # containerd_stop stops containerd and the shims it left, and unmounts what
@@ -91,10 +153,29 @@ containerd_stop() {
 	pid=$(cat "$LAB/containerd.pid" 2>/dev/null) || return 0
 	if kill "$pid" 2>/dev/null; then for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi
 	kill -9 "$pid" 2>/dev/null || true
-	pkill -f "containerd-shim-runc-v2 -namespace k8s.io -address $LAB/containerd.sock" 2>/dev/null || true
+	# Containers and their shims outlive containerd (when the pods could
+	# not be removed first): kill the containers through runc's state here,
+	# which also removes their cgroups, then the shims. containerd 2.x writes
+	# no shim.pid: find them by this lab's containerd address.
+	local id shims
+	for id in $(runc --root "$LAB/runc/k8s.io" list -q 2>/dev/null); do
+		runc --root "$LAB/runc/k8s.io" delete -f "$id" 2>/dev/null
+	done
+	shims=$(lab_shims)
+	[ -z "$shims" ] || kill -9 $shims 2>/dev/null
 	sleep 0.2
 	grep " $LAB/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
 	rm -f "$LAB/containerd.pid"
+}
+
+# lab_shims prints the PIDs of the runc shims of this lab's containerd.
+lab_shims() {
+	local f pid
+	for f in /proc/[0-9]*/cmdline; do
+		pid=${f#/proc/} && pid=${pid%/cmdline}
+		tr '\0' ' ' 2>/dev/null <"$f" | grep -q "^[^ ]*containerd-shim-runc-v2 .*-address $LAB/containerd.sock " && echo "$pid"
+	done
+	return 0
 }
 
 # recorder_start runs criseq record between a client socket and containerd.
@@ -198,6 +279,7 @@ host_restore() {
 
 # kubelet_start runs a real kubelet in standalone mode (static pods from
 # $LAB/manifests), talking to the runtime through $1 (a unix socket path).
+# $KUBELET_EXTRA is appended to its KubeletConfiguration.
 kubelet_start() {
 	local sock=$1
 	mkdir -p "$LAB/manifests" "$LAB/kubelet" "$LAB/pki" "$LAB/pod-logs" "$LAB/volume-plugins" "$LAB/logs"
@@ -223,6 +305,7 @@ authentication:
   anonymous: {enabled: true}
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
+${KUBELET_EXTRA:-}
 YAML
 	"$KUBELET" --config "$LAB/kubelet.yaml" --root-dir "$LAB/kubelet" --cert-dir "$LAB/pki" \
 		--hostname-override criseq-lab --v 2 --vmodule remote_runtime=10,remote_image=10 \
@@ -284,5 +367,9 @@ outcome() {
 
 # running NAME: a container named NAME runs.
 running() { [ -n "$(direct ps -q --name "^$1\$" --state running)" ]; }
+# running_count N: N containers run.
+running_count() { [ "$(direct ps -q --state running | wc -l)" -eq "$1" ]; }
+# pods_stopped: no container runs and no sandbox is ready (kubelet stopped its pods).
+pods_stopped() { [ -z "$(direct ps -q --state running)" ] && [ -z "$(direct pods -q --state ready)" ]; }
 # no_pods: no sandbox left in containerd.
 no_pods() { [ -z "$(direct pods -q)" ]; }

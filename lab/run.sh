@@ -2,9 +2,11 @@
 # The real-node lab: a real kubelet (standalone, static pods) and containerd,
 # with kubelet talking to containerd THROUGH criseq record. Runs the scenarios,
 # writes each capture and its diagrams under OUT, and restores the host.
-# Usage (root): lab/run.sh [-o OUT] [SCENARIO...]
-# Scenarios: warm pull init missing crictl tcp direct watch swap (default: all). "pull" also deletes
-# the pod, so its capture holds a start and a stop flow.
+# Usage (root): [RUNTIME=containerd2] lab/run.sh [-o OUT] [SCENARIO...]
+# Scenarios: warm pull init missing crictl tcp direct watch swap burst (default: all). "pull" also
+# deletes the pod, so its capture holds a start and a stop flow; "burst" starts and removes 20 pods
+# at once. RUNTIME=containerd2 runs them on containerd 2.x (built from the Go module proxy) instead
+# of Debian's containerd 1.6.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/attach.sh" # scenario attach (not in the default list: sudo lab/run.sh attach)
@@ -18,7 +20,12 @@ while getopts o: opt; do
 done
 shift $((OPTIND - 1))
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(warm pull init missing crictl tcp direct watch swap)
+all=(warm pull init missing crictl tcp direct watch swap burst)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=("${all[@]}")
+case $RUNTIME in
+containerd | containerd2) ;;
+*) die "unknown RUNTIME $RUNTIME: containerd (Debian's, the default) or containerd2" ;;
+esac
 [ "$(id -u)" = 0 ] || die "the lab runs containers: run it as root (sudo make lab)"
 # One lab at a time: the registry port, the bridge and kubelet's host changes are shared.
 exec 9>/run/criseq-lab.lock
@@ -27,7 +34,8 @@ OUT=$(realpath -m "$OUT")
 mkdir -p "$OUT"
 
 lab_install
-read -r KUBELET CRICTL < <("$LAB_REPO/lab/build-tools.sh" | paste -sd' ')
+tools=$("$LAB_REPO/lab/build-tools.sh" "$RUNTIME") || die "building the lab's tools failed"
+{ read -r KUBELET; read -r CRICTL; read -r CONTAINERD2_DIR || true; } <<<"$tools"
 LAB=$(mktemp -d /tmp/criseq-lab.XXXXXX)
 export LAB
 
@@ -89,6 +97,10 @@ scenario() {
 	swap) swap_start "$dir" || return 1 ;;
 	*) recorder_start "$dir/capture.pcapng" || return 1 ;;
 	esac
+	# Only burst traces (each CRI request carries its pod's traceparent) and
+	# opens the Evented PLEG stream: the other scenarios' captures are goldens.
+	local KUBELET_EXTRA=
+	[ "$name" = burst ] && KUBELET_EXTRA=$BURST_KUBELET
 	local ok=true
 	if [ "$name" = tcp ]; then
 		scenario_tcp "$dir" || ok=false
@@ -100,9 +112,14 @@ scenario() {
 		case $name in direct | swap) sock=$LAB/containerd.sock ;; esac
 		kubelet_start "$sock" || return 1
 		"scenario_$name" || ok=false
-		outcome >"$dir/outcome.txt" 2>&1 || true
+		# What the pods came to (swap writes it before deleting its pod).
+		[ -s "$dir/outcome.txt" ] || outcome >"$dir/outcome.txt" 2>&1 || true
 		rm -f "$LAB"/manifests/*.yaml
-		WAIT=90 wait_for no_pods || true
+		# kubelet removes a stopped pod's sandbox in its clean-up, once a
+		# minute: only the scenarios whose stop flow is checked wait for it
+		# (pull, watch and burst wait in their steps); the others end once
+		# kubelet has stopped the pod, and the lab removes it.
+		WAIT=30 wait_for pods_stopped || true
 		cp "$LAB/logs/kubelet.log" "$dir/kubelet.log"
 		kubelet_stop
 		rm -rf "$LAB/kubelet" # each scenario's kubelet starts with no pull records
@@ -128,16 +145,32 @@ provenance() {
 	tcp) client="$(basename "$(dirname "$CRICTL")" | tr - " ") (built from the Go module proxy), through socat $(socat -V 2>/dev/null | awk '/socat version/{print $3; exit}')"
 		how="Captured with \`$(tshark --version | head -1)\` on lo: \`tshark -i lo -f 'tcp port 10010' -w capture.pcapng\`." ;;
 	esac
+	local cmd="sudo lab/run.sh $1"
+	[ "$RUNTIME" = containerd ] || cmd="sudo RUNTIME=$RUNTIME lab/run.sh $1"
 	cat >"$2/README.md" <<MD
-# $1 — recorded by criseq's lab (\`sudo lab/run.sh $1\`)
+# $1 — recorded by criseq's lab (\`$cmd\`)
 
 - Date: $(date -u +%Y-%m-%d)
 - Client: $client
-- Runtime: $(containerd --version | awk '{print $1, $3}'), runc $(runc --version | awk 'NR==1{print $3}'), Debian $(cat /etc/debian_version)
+- Runtime: $(runtime_version), runc $(runc --version | awk 'NR==1{print $3}'), Debian $(cat /etc/debian_version)
 - $how
 
 $(scenario_text "$1")
+$(call_counts "$2/capture.pcapng")
 MD
+}
+
+# call_counts prints a Markdown table of the capture's calls per method, by criseq calls.
+call_counts() {
+	[ -e "$1" ] || return 0
+	local rows
+	rows=$("$LAB/bin/criseq" calls "$1" | awk 'NR > 1 {
+		m = $4; sub(/.*\//, "", m); n[m]++
+		if ($6 != "OK") bad[m]++
+	} END { for (m in n) printf "| %s | %d | %d |\n", m, n[m], bad[m] }' | sort)
+	printf '\nCalls per method (`criseq calls`), %d in all (not OK: failed, or still open when the capture ended):\n\n' \
+		"$(awk -F'|' '{s += $3} END {print s}' <<<"$rows")"
+	printf '| method | calls | not OK |\n|---|--:|--:|\n%s\n' "$rows"
 }
 
 scenario_text() {
@@ -150,6 +183,7 @@ scenario_text() {
 	init) echo "A pod with an init container and two app containers on a bridge CNI network (pod IP in 198.18.77.0/24)." ;;
 	missing) echo "A pod whose image does not exist in the registry: PullImage fails and kubelet backs off and retries." ;;
 	crictl) echo "crictl driving a pod lifecycle by hand: runp, pull, create, start, inspect, stop, rm, stopp, rmp." ;;
+	burst) echo "20 static pods dropped at once (their manifests renamed into the static pod directory by one mv): 10 with imagePullPolicy Always on $REGISTRY/criseq/app:1 (a real PullImage each, from a loopback registry) and 10 IfNotPresent on $BURST_IMAGE (already present, imported), all hostNetwork; once all 20 ran, all 20 manifests removed at once (one rm), and the stop flows followed through kubelet's clean-up (RemovePodSandbox). kubelet runs with tracing on (each CRI request carries its pod sync's W3C traceparent; no collector listens) and the EventedPLEG feature gate on (a GetContainerEvents server stream)." ;;
 	tcp) echo "The crictl lifecycle carried over TCP (socat: unix → 127.0.0.1:10010 → containerd's unix socket) and captured by tshark on the loopback interface, not by criseq: a capture made by someone else's tool." ;;
 	esac
 }
@@ -192,6 +226,10 @@ scenario_swap() {
 	[ ! -e "$LAB/containerd.sock.criseq-orig" ] || { echo "lab: the socket was not put back" >&2; return 1; }
 	sleep 3
 	running web || { echo "lab: the pod stopped running after criseq restored the socket" >&2; return 1; }
+	outcome >"$OUT/swap/outcome.txt" 2>&1 || true
+	# kubelet goes on without criseq: the pod's deletion works.
+	rm -f "$LAB/manifests/swapped.yaml"
+	WAIT=30 wait_for pods_stopped || { echo "lab: kubelet did not stop the pod after criseq restored the socket" >&2; return 1; }
 }
 
 # scenario_watch: each diagram must appear while kubelet is still running.
@@ -256,6 +294,32 @@ scenario_tcp() {
 	return $ok
 }
 
+# The KubeletConfiguration lines burst adds: tracing, whose W3C traceparent
+# on every CRI request names the pod sync it belongs to (nothing needs to
+# listen on the endpoint), and the Evented PLEG (a GetContainerEvents stream).
+BURST_KUBELET='tracing: {endpoint: "127.0.0.1:4317", samplingRatePerMillion: 1000000}
+featureGates: {EventedPLEG: true}'
+
+# scenario_burst: 20 static pods at once, half pulling one image (Always),
+# half on another already present; then all 20 removed at once, waiting for
+# kubelet's clean-up to remove every sandbox.
+scenario_burst() {
+	local i stage=$LAB/burst-staging
+	rm -rf "$stage" && mkdir -p "$stage"
+	for i in $(seq -w 1 10); do
+		pod "burst-pull-$i" true "$REGISTRY/criseq/app:1" Always >"$stage/burst-pull-$i.yaml"
+		pod "burst-local-$i" true "$BURST_IMAGE" IfNotPresent >"$stage/burst-local-$i.yaml"
+	done
+	# Renames within one file system, all in one command: kubelet sees 20
+	# whole manifests within a few milliseconds.
+	mv "$stage"/*.yaml "$LAB/manifests/"
+	WAIT=120 wait_for running_count 20 || return 1
+	sleep 2
+	rm -f "$LAB"/manifests/burst-*.yaml
+	WAIT=150 wait_for no_pods || return 1
+	sleep 1
+}
+
 scenario_crictl() {
 	: >"$LAB/crictl.yaml"
 	c() { "$CRICTL" -c "$LAB/crictl.yaml" -r "unix://${CRI_SOCK:-$LAB/criseq.sock}" -i "unix://${CRI_SOCK:-$LAB/criseq.sock}" -t 30s "$@"; }
@@ -283,7 +347,7 @@ JSON
 
 failed=()
 for s in "${scenarios[@]}"; do
-	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: warm pull init missing crictl tcp direct watch swap)"
+	declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: ${all[*]})"
 	scenario "$s" || failed+=("$s")
 done
 echo "lab: captures and diagrams in $OUT" >&2

@@ -19,8 +19,11 @@ import (
 // is read back from the output a user gets, not from render's internals.
 
 // pumlStory reads the phases, arrows and notes of a PlantUML diagram:
-// "phase …", "req PARTICIPANT +TIME label", "ret PARTICIPANT label",
-// "noreply PARTICIPANT text", "note text" (the closing note).
+// "phase …", "req PARTICIPANT +TIME label" (or "reqamb" for an ambiguous
+// call's dashed grey arrow, "reqinf" for an inferred call's purple one),
+// "ret PARTICIPANT label", "event PARTICIPANT +TIME label" (the runtime's
+// events), "break TEXT" (a delay), "noreply PARTICIPANT text", "note text"
+// (the closing note).
 func pumlStory(t *testing.T, src string) []string {
 	t.Helper()
 	var out []string
@@ -28,11 +31,24 @@ func pumlStory(t *testing.T, src string) []string {
 		if m := pumlDivider.FindStringSubmatch(line); m != nil {
 			out = append(out, "phase "+pumlText(m[1]))
 		} else if m := pumlReq.FindStringSubmatch(line); m != nil {
-			out = append(out, "req "+m[1]+" "+pumlText(m[2])+" "+pumlText(m[3]))
+			kind := map[string]string{"": "req", "[#90A4AE]-": "reqamb", "[#7B1FA2]": "reqinf"}[m[1]]
+			label := m[4]
+			if c := map[string]string{"reqamb": "#78909C", "reqinf": "#7B1FA2"}[kind]; c != "" {
+				var ok bool
+				if label, ok = strings.CutPrefix(label, "<color:"+c+">"); !ok || !strings.HasSuffix(label, "</color>") {
+					t.Errorf("PlantUML: %s arrow without its colour: %s", kind, line)
+				}
+				label = strings.TrimSuffix(label, "</color>")
+			}
+			out = append(out, kind+" "+m[2]+" "+pumlText(m[3])+" "+pumlText(label))
+		} else if m := pumlEventLine.FindStringSubmatch(line); m != nil {
+			out = append(out, "event "+m[1]+" "+pumlText(m[2])+" "+pumlText(m[3]))
+		} else if m := pumlDelay.FindStringSubmatch(line); m != nil {
+			out = append(out, "break "+breakText(pumlText(m[1])))
 		} else if m := pumlRet.FindStringSubmatch(line); m != nil {
 			out = append(out, "ret "+m[1]+" "+pumlText(m[2]))
 		} else if m := pumlNote.FindStringSubmatch(line); m != nil {
-			out = append(out, "note "+pumlText(m[1]))
+			out = append(out, "note "+pumlText(strings.ReplaceAll(m[1], `\n`, " ")))
 		} else if m := pumlNoReply.FindStringSubmatch(line); m != nil {
 			out = append(out, "noreply "+m[1]+" "+pumlText(m[2]))
 		}
@@ -41,11 +57,13 @@ func pumlStory(t *testing.T, src string) []string {
 }
 
 var (
-	pumlDivider = regexp.MustCompile(`^== (?:<color:#E65100>)?(.*?)(?:</color>)? ==$`)
-	pumlReq     = regexp.MustCompile(`^Client -> (\w+) : <color:#90A4AE><size:11>(.*?)</size></color>  (.*)$`)
-	pumlRet     = regexp.MustCompile(`^(\w+) -(?:\[#C62828\])?-> Client : (?:<color:#C62828>)?(.*?)(?:</color>)?$`)
-	pumlNote    = regexp.MustCompile(`^note over Client, \w+(?: #FFF3E0)? : (.*)$`)
-	pumlNoReply = regexp.MustCompile(`^hnote over (\w+) #FFF3E0 : (.*)$`)
+	pumlDivider   = regexp.MustCompile(`^== (?:<color:#E65100>)?(.*?)(?:</color>)? ==$`)
+	pumlReq       = regexp.MustCompile(`^Client -(|\[#90A4AE\]-|\[#7B1FA2\])> (\w+) : <color:#90A4AE><size:11>(.*?)</size></color>  (.*)$`)
+	pumlEventLine = regexp.MustCompile(`^(\w+) -\[#00897B\]>> Client : <color:#90A4AE><size:11>(.*?)</size></color>  <color:#00796B>(.*)</color>$`)
+	pumlDelay     = regexp.MustCompile(`^\.\.\.(.*)\.\.\.$`)
+	pumlRet       = regexp.MustCompile(`^(\w+) -(?:\[#C62828\])?-> Client : (?:<color:#C62828>)?(.*?)(?:</color>)?$`)
+	pumlNote      = regexp.MustCompile(`^note over Client, \w+(?: #FFF3E0)? : (.*)$`)
+	pumlNoReply   = regexp.MustCompile(`^hnote over (\w+) #FFF3E0 : (.*)$`)
 )
 
 // pumlText undoes pumlEsc.
@@ -60,19 +78,37 @@ func pumlText(s string) string {
 func mmdStory(t *testing.T, src string) []string {
 	t.Helper()
 	var out []string
+	inferred := false // in the tinted band of an inferred call
 	for _, line := range strings.Split(src, "\n") {
 		line = strings.TrimSpace(line)
 		if m := mmdPhase.FindStringSubmatch(line); m != nil {
-			if strings.HasPrefix(m[1], "pod ") {
+			switch {
+			case strings.HasPrefix(m[1], "pod "):
 				out = append(out, "note "+mmdText(m[1]))
-			} else {
+			case strings.HasPrefix(m[1], "… "):
+				out = append(out, "break "+breakText(mmdText(m[1])))
+			default:
 				out = append(out, "phase "+mmdText(m[1]))
 			}
 		} else if m := mmdNoReply.FindStringSubmatch(line); m != nil {
 			out = append(out, "noreply "+m[1]+" "+mmdText(m[2]))
+		} else if line == "rect "+inferredFill {
+			inferred = true
+		} else if line == "end" {
+			inferred = false
 		} else if m := mmdReq.FindStringSubmatch(line); m != nil {
+			kind := "req"
+			switch {
+			case m[1] == "-->>":
+				kind = "reqamb"
+			case inferred:
+				kind = "reqinf"
+			}
+			at, label, _ := strings.Cut(strings.ReplaceAll(m[3], "<br>", " "), " · ")
+			out = append(out, kind+" "+m[2]+" "+mmdText(at)+" "+mmdText(label))
+		} else if m := mmdEvent.FindStringSubmatch(line); m != nil {
 			at, label, _ := strings.Cut(strings.ReplaceAll(m[2], "<br>", " "), " · ")
-			out = append(out, "req "+m[1]+" "+mmdText(at)+" "+mmdText(label))
+			out = append(out, "event "+m[1]+" "+mmdText(at)+" "+mmdText(label))
 		} else if m := mmdRet.FindStringSubmatch(line); m != nil {
 			out = append(out, "ret "+m[1]+" "+mmdText(m[2]))
 		}
@@ -83,7 +119,8 @@ func mmdStory(t *testing.T, src string) []string {
 var (
 	mmdPhase   = regexp.MustCompile(`^Note over Client,\w+: (.*)$`)
 	mmdNoReply = regexp.MustCompile(`^Note over (\w+): (.*)$`)
-	mmdReq     = regexp.MustCompile(`^Client->>\+?(\w+): (.*)$`)
+	mmdReq     = regexp.MustCompile(`^Client(->>|-->>)\+?(\w+): (.*)$`)
+	mmdEvent   = regexp.MustCompile(`^(\w+)-\)Client: (.*)$`)
 	mmdRet     = regexp.MustCompile(`^(\w+)--(?:>>|x)-Client: (.*)$`)
 	mmdCode    = regexp.MustCompile(`#(\d+|lt|gt|amp|quot);`)
 )
@@ -162,13 +199,16 @@ func svgStory(t *testing.T, src []byte) []string {
 		}
 	}
 	var out []string
+	reqs := map[string]string{"": "req", "amt": "reqamb", "inft": "reqinf", "ev": "event"}
 	for i := 0; i < len(texts); i++ {
 		switch tx := texts[i]; {
 		case strings.HasPrefix(tx.class, "pt"):
 			out = append(out, "phase "+norm(tx.s))
-		case tx.class == "" && i+1 < len(texts) && texts[i+1].class == "g":
-			out = append(out, "req "+norm(texts[i+1].s)+" "+norm(tx.s))
+		case reqs[tx.class] != "" && i+1 < len(texts) && texts[i+1].class == "g":
+			out = append(out, reqs[tx.class]+" "+norm(texts[i+1].s)+" "+norm(tx.s))
 			i++
+		case tx.class == "bk":
+			out = append(out, "break "+breakText(norm(tx.s)))
 		case tx.class == "r" || tx.class == "e":
 			out = append(out, "ret "+norm(tx.s))
 		case tx.class == "":
@@ -179,6 +219,11 @@ func svgStory(t *testing.T, src []byte) []string {
 	}
 	return out
 }
+
+// breakText is the time of a break marker, and the wait it names: SVG and
+// Mermaid write "… 6.9s: kubelet's clean-up …", PlantUML's delay
+// "...6.9s: kubelet's clean-up...".
+func breakText(s string) string { return strings.Trim(s, "… ") }
 
 // norm drops spaces, where the formats wrap lines differently.
 func norm(s string) string {
@@ -196,7 +241,7 @@ func dropParticipants(story []string) []string {
 	out := make([]string, len(story))
 	for i, s := range story {
 		kind, rest, _ := strings.Cut(s, " ")
-		if kind != "phase" && kind != "note" {
+		if kind != "phase" && kind != "note" && kind != "break" {
 			_, rest, _ = strings.Cut(rest, " ")
 		}
 		out[i] = kind + " " + rest
@@ -310,6 +355,6 @@ func mermaidWhole(t *testing.T, f *flow.Flow) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs := rows(d.calls)
+	rs := rows(d.calls, d.events)
 	return len(mermaidPage(d, d.calls, rs, 0, len(rs), 1, 1)) < MermaidLimit
 }

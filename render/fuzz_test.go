@@ -31,6 +31,9 @@ func fuzzFlow(data []byte, text string) *flow.Flow {
 	for i := 0; i+4 <= len(data) && len(f.Steps) < 64; i += 4 {
 		b := data[i : i+4]
 		at += time.Duration(b[2]) * time.Millisecond / 4 // calls in start order
+		if b[2] == 255 {
+			at += 2 * time.Second // a break
+		}
 		s := flow.Step{
 			Service:  services[int(b[0])%len(services)],
 			Method:   "Call" + word(int(b[0])),
@@ -44,6 +47,15 @@ func fuzzFlow(data []byte, text string) *flow.Flow {
 		s.Inherited = b[1]%3 == 0 && len(f.Steps) > 0
 		if b[0]%7 == 0 {
 			s.Err = "Unknown: " + word(int(b[3]))
+		}
+		s.Inferred = b[1]%11 == 5
+		if b[2]%13 == 3 {
+			s.Attr = flow.Attribution{By: flow.ByAmbiguous,
+				Candidates: []flow.Pod{{Namespace: "default", Name: "fuzz"}, {Namespace: word(int(b[1])), Name: word(int(b[3]))}}}
+		}
+		if b[3]%4 == 1 {
+			f.Events = append(f.Events, flow.Event{Time: s.Start.Add(time.Duration(b[0]) * time.Millisecond),
+				Type: "CONTAINER_STARTED", Container: word(int(b[0])), ContainerID: word(int(b[1]))})
 		}
 		if !s.Done {
 			s.Duration = 0
@@ -86,14 +98,24 @@ func FuzzRender(f *testing.F) {
 			t.Fatal(err)
 		}
 		seen := make([]int, len(d.calls)) // 1 after the request, 2 after the reply
-		for _, r := range rows(d.calls) {
+		evs := make([]int, len(d.events))
+		for _, r := range rows(d.calls, d.events) {
 			switch {
+			case r.event():
+				if evs[r.ev]++; evs[r.ev] > 1 {
+					t.Fatalf("event %d drawn twice", r.ev)
+				}
 			case !r.reply && seen[r.call] == 0:
 				seen[r.call] = 1
 			case r.reply && seen[r.call] == 1 && d.calls[r.call].done:
 				seen[r.call] = 2
 			default:
 				t.Fatalf("row %+v out of order", r)
+			}
+		}
+		for i, n := range evs {
+			if n != 1 {
+				t.Fatalf("event %d drawn %d times", i, n)
 			}
 		}
 		for i, s := range seen {

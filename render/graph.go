@@ -1,26 +1,22 @@
 package render
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/render/graphviz"
 )
 
 // The ID-flow graph: calls as nodes, an edge for each ID or digest one call
 // returned and a later call used (flow.Links), labelled with the value. The
 // graph is written as DOT here and laid out and drawn by Graphviz, compiled
-// to WebAssembly and run by github.com/goccy/go-graphviz (no Graphviz
-// install, no cgo) in a helper program, criseq-graphviz: go-graphviz
-// compiles its WebAssembly when a program starts, which would cost every
-// criseq command ~0.7 s and ~40 MB, a relay on a node included.
+// to WebAssembly and run by go-graphviz (no Graphviz install, no cgo), in
+// process (render/graphviz). Its copy under third_party loads the
+// WebAssembly on the first graph drawn, so the other formats and commands
+// pay nothing for it.
 
 // Graph writes f's ID-flow graph as SVG.
 func Graph(w io.Writer, f *flow.Flow) error { return renderGraph(w, f, "svg") }
@@ -38,42 +34,15 @@ func GraphDOT(w io.Writer, f *flow.Flow) error {
 	return err
 }
 
-// GraphvizHelper is the program that lays out DOT text: $CRISEQ_GRAPHVIZ,
-// else criseq-graphviz next to the running program, else on $PATH.
-func GraphvizHelper() (string, error) {
-	if p := os.Getenv("CRISEQ_GRAPHVIZ"); p != "" {
-		return p, nil
-	}
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "criseq-graphviz")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath("criseq-graphviz")
-	if err != nil {
-		return "", errors.New("render graph: criseq-graphviz not found next to criseq or on $PATH; install it with go install ./cmd/criseq-graphviz (make build does), or set CRISEQ_GRAPHVIZ")
-	}
-	return p, nil
-}
-
 func renderGraph(w io.Writer, f *flow.Flow, format string) error {
 	src, err := graphDOT(f)
 	if err != nil {
 		return err
 	}
-	helper, err := GraphvizHelper()
-	if err != nil {
-		return err
+	if err := graphviz.Render(w, []byte(src), format); err != nil {
+		return fmt.Errorf("render graph: %w", err)
 	}
-	var out, stderr bytes.Buffer
-	cmd := exec.Command(helper, "-T", format)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(src), &out, &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("render graph: %s: %w: %s", helper, err, strings.TrimSpace(stderr.String()))
-	}
-	_, err = w.Write(out.Bytes())
-	return err
+	return nil
 }
 
 // Kind colours: sandbox blue, image green, container orange.

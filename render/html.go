@@ -57,11 +57,27 @@ type htmlCall struct {
 	RespHdrs [][2]string `json:"respHeaders"`
 	Trailers [][2]string `json:"trailers"`
 	Errors   []string    `json:"errors,omitempty"` // stream-level problems
+	By       string      `json:"by,omitempty"`     // how the call was put in this flow: "sandbox config", …
+	Inferred bool        `json:"inferred,omitempty"`
+}
+
+// htmlEvent is what the detail panel shows of one of the runtime's events.
+type htmlEvent struct {
+	Type        string `json:"type"`              // "CONTAINER_STARTED"
+	Container   string `json:"container"`         // its name, or short ID
+	ContainerID string `json:"containerId"`       // the full ID
+	Created     string `json:"created,omitempty"` // the runtime's created_at
+	At          string `json:"at"`                // "+412ms"
+	Time        string `json:"time,omitempty"`    // when the client got it
+	Stream      string `json:"stream,omitempty"`  // "connection 1, stream 5"
+	Path        string `json:"path,omitempty"`    // the stream's method
+	Label       string `json:"label"`             // the arrow's text
 }
 
 type htmlFlow struct {
-	Title string     `json:"title"`
-	Calls []htmlCall `json:"calls"`
+	Title  string      `json:"title"`
+	Calls  []htmlCall  `json:"calls"`
+	Events []htmlEvent `json:"events"`
 }
 
 func writeHTML(w io.Writer, title string, flows []*flow.Flow) error {
@@ -80,7 +96,7 @@ func writeHTML(w io.Writer, title string, flows []*flow.Flow) error {
 			return fmt.Errorf("flow %d: %w", i+1, err)
 		}
 		ds[i] = d
-		data.Flows[i] = htmlFlow{Title: d.title, Calls: htmlCalls(f, d)}
+		data.Flows[i] = htmlFlow{Title: d.title, Calls: htmlCalls(f, d), Events: htmlEvents(f, d)}
 		calls += len(f.Steps)
 		if f.Complete {
 			complete++
@@ -130,7 +146,7 @@ func writeHTML(w io.Writer, title string, flows []*flow.Flow) error {
 			`<span class="line"><span class="kind `, f.Kind.String(), `">`, f.Kind.String(), `</span>`,
 			`<span class="state `, cls, `">`, state, `</span></span>`,
 			`<span class="line meta">`, esc(when), ` · `, plural(len(f.Steps), "call"), `</span>`,
-			`<span class="total">`, esc(d.note), `</span></button></li>
+			`<span class="total">`, esc(timeText(f, f.Timing(), "")), `</span></button></li>
 `)
 	}
 	bw.str(`</ol></nav>
@@ -162,14 +178,6 @@ func writeHTML(w io.Writer, title string, flows []*flow.Flow) error {
 	return bw.Flush()
 }
 
-func plural(n int, what string) string {
-	s := strconv.Itoa(n) + " " + what
-	if n != 1 {
-		s += "s"
-	}
-	return s
-}
-
 // htmlCalls is the detail of every call of f, in the order of d.calls
 // (which is f.Steps').
 func htmlCalls(f *flow.Flow, d *diagram) []htmlCall {
@@ -194,7 +202,7 @@ func htmlCalls(f *flow.Flow, d *diagram) []htmlCall {
 			h.Result = c.result
 		}
 		if !s.Start.IsZero() {
-			h.Time = s.Start.UTC().Format("2006-01-02 15:04:05.000000 MST")
+			h.Time = s.Start.UTC().Format(timeFormat)
 		}
 		if c.done && c.hasDur {
 			h.Dur = s.Duration.Round(time.Microsecond).String()
@@ -228,6 +236,13 @@ func htmlCalls(f *flow.Flow, d *diagram) []htmlCall {
 				h.Status = "OK"
 			}
 		}
+		if s.Attr.By != "" {
+			h.By = s.Attr.By
+			if s.Attr.By == flow.ByAmbiguous {
+				h.By = c.mark
+			}
+		}
+		h.Inferred = s.Inferred
 		if h.ReqHdrs == nil {
 			h.ReqHdrs = [][2]string{}
 		}
@@ -238,6 +253,33 @@ func htmlCalls(f *flow.Flow, d *diagram) []htmlCall {
 			h.Trailers = [][2]string{}
 		}
 		out[i] = h
+	}
+	return out
+}
+
+// htmlEvents is the detail of every event of f, in the order of f.Events.
+func htmlEvents(f *flow.Flow, d *diagram) []htmlEvent {
+	out := make([]htmlEvent, len(f.Events))
+	for _, ev := range d.events {
+		e := &f.Events[ev.n]
+		h := htmlEvent{
+			Type:        cut(clean(e.Type), maxName),
+			Container:   cut(clean(e.Container), maxName),
+			ContainerID: cut(clean(e.ContainerID), maxLabel),
+			At:          fmtAt(ev.at),
+			Label:       ev.label,
+		}
+		if !e.Created.IsZero() {
+			h.Created = e.Created.UTC().Format(timeFormat)
+		}
+		if !e.Time.IsZero() {
+			h.Time = e.Time.UTC().Format(timeFormat)
+		}
+		if c := e.Call; c != nil {
+			h.Stream = "connection " + strconv.FormatUint(c.Conn, 10) + ", stream " + strconv.FormatUint(uint64(c.Stream), 10)
+			h.Path = c.Method
+		}
+		out[ev.n] = h
 	}
 	return out
 }
@@ -379,13 +421,45 @@ const htmlScript = `
   // arrows come between them.
   function hits() { return views[cur].querySelectorAll('.hit'); }
   function nCalls() { return cur >= 0 ? data.flows[cur].calls.length : 0; }
-  function showCall(j) {
+  // select marks the click areas of call j, or of event e, and returns the
+  // first.
+  function select(j, e) {
     var hs = cur >= 0 ? hits() : [], first = null;
     for (var k = 0; k < hs.length; k++) {
-      var on = +hs[k].getAttribute('data-step') === j;
+      var s = hs[k].getAttribute('data-step'), v = hs[k].getAttribute('data-event');
+      var on = s !== null ? +s === j : +v === e;
       hs[k].classList.toggle('sel', on);
       if (on && !first) first = hs[k];
     }
+    return first;
+  }
+  function showEvent(e) {
+    var ev = cur >= 0 && data.flows[cur].events[e];
+    if (!ev) return;
+    select(-1, e);
+    call = -1;
+    document.getElementById('d-title').textContent = ev.type;
+    body.textContent = '';
+    var dl = el('dl');
+    function row(k, v) {
+      if (v === undefined || v === '') return;
+      dl.appendChild(el('dt', '', k));
+      dl.appendChild(el('dd', '', v));
+    }
+    row('Event', (e + 1) + ' of ' + data.flows[cur].events.length + ' in ' + data.flows[cur].title);
+    row('Arrow', ev.label);
+    row('Container', ev.container);
+    row('Container ID', ev.containerId);
+    row('Created at', ev.created);
+    row('Received', ev.at + (ev.time ? '  (' + ev.time + ')' : ''));
+    row('Stream', ev.stream + (ev.path ? ' (' + ev.path + ')' : ''));
+    body.appendChild(dl);
+    panel.hidden = false;
+    hint.hidden = true;
+    panel.scrollTop = 0;
+  }
+  function showCall(j) {
+    var first = select(j, -1);
     call = j;
     if (j < 0 || j >= nCalls()) {
       call = -1;
@@ -415,6 +489,8 @@ const htmlScript = `
     row('Method', c.path);
     row('Arrow', c.label);
     row('Phase', c.phase);
+    row('In this flow by', c.by);
+    if (c.inferred) row('Inferred', 'the method, from the messages\' shape (its :path was not seen)');
     row('Start', c.at + (c.time ? '  (' + c.time + ')' : ''));
     row('Duration', c.dur);
     row('Status', c.status, c.failed ? 'err' : '');
@@ -452,8 +528,10 @@ const htmlScript = `
     });
   }
   document.getElementById('view').addEventListener('click', function (e) {
-    var t = e.target.closest && e.target.closest('[data-step]');
-    if (t) showCall(+t.getAttribute('data-step'));
+    var t = e.target.closest && e.target.closest('[data-step],[data-event]');
+    if (!t) return;
+    if (t.hasAttribute('data-event')) showEvent(+t.getAttribute('data-event'));
+    else showCall(+t.getAttribute('data-step'));
   });
   document.getElementById('d-close').addEventListener('click', function () { showCall(-1); });
   document.addEventListener('keydown', function (e) {

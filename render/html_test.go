@@ -104,10 +104,7 @@ func text(n *html.Node) string {
 }
 
 type viewerData struct {
-	Flows []struct {
-		Title string     `json:"title"`
-		Calls []htmlCall `json:"calls"`
-	} `json:"flows"`
+	Flows []htmlFlow `json:"flows"`
 }
 
 // data decodes the page's JSON block, checking there is exactly one, and
@@ -152,8 +149,8 @@ func TestHTML(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := text(buttons[i]); !strings.Contains(got, dg.note) {
-			t.Errorf("%s: list entry %q lacks the total %q", name, got, dg.note)
+		if got, want := text(buttons[i]), timeText(f, f.Timing(), ""); !strings.Contains(got, want) {
+			t.Errorf("%s: list entry %q lacks the time %q", name, got, want)
 		}
 		failed := 0
 		for _, s := range f.Steps {
@@ -169,17 +166,21 @@ func TestHTML(t *testing.T) {
 			t.Errorf("%s: hidden = %v", name, hidden)
 		}
 		svgs := 0
-		var steps []string
+		var steps, events []string
 		for c := sections[i].FirstChild; c != nil; c = c.NextSibling {
 			if c.Type == html.ElementNode && c.Data == "svg" {
 				svgs++
 				sub := page{c}
 				for _, h := range sub.all(func(n *html.Node) bool { return hasClass(n, "hit") }) {
+					if e, ok := attr(h, "data-event"); ok {
+						events = append(events, e)
+						continue
+					}
 					s, _ := attr(h, "data-step")
 					steps = append(steps, s)
 				}
 				for _, want := range []string{dg.title, dg.note} {
-					if !strings.Contains(text(c), want) {
+					if !strings.Contains(norm(text(c)), norm(want)) { // the note is wrapped
 						t.Errorf("%s: diagram lacks %q", name, want)
 					}
 				}
@@ -202,6 +203,16 @@ func TestHTML(t *testing.T) {
 		}
 		if len(seen) > 0 {
 			t.Errorf("%s: click areas of no call: %v", name, seen)
+		}
+		// And every event, once.
+		for j := range f.Events {
+			if j >= len(events) || events[j] != itoa(j) {
+				t.Errorf("%s: events' click areas %v, want one per event in order", name, events)
+				break
+			}
+		}
+		if len(events) != len(f.Events) || len(d.Flows[i].Events) != len(f.Events) {
+			t.Errorf("%s: %d events, %d click areas, %d in the data", name, len(f.Events), len(events), len(d.Flows[i].Events))
 		}
 		if d.Flows[i].Title != dg.title || len(d.Flows[i].Calls) != len(f.Steps) {
 			t.Errorf("%s: data has %q with %d calls, want %q with %d", name, d.Flows[i].Title,

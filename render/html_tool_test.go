@@ -16,6 +16,7 @@ import (
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // viewerResult is what mermaid-check/viewer.mjs prints.
@@ -44,6 +45,13 @@ type viewerResult struct {
 		Title    string `json:"title"`
 		Selected []int  `json:"selected"`
 	} `json:"apart"`
+	Event *struct {
+		Flow     int    `json:"flow"`
+		Title    string `json:"title"`
+		Text     string `json:"text"`
+		Selected []int  `json:"selected"`
+		Calls    []int  `json:"calls"`
+	} `json:"event"`
 	Blocked       []string `json:"blocked"`
 	PageErrors    []string `json:"pageErrors"`
 	ConsoleErrors []string `json:"consoleErrors"`
@@ -89,23 +97,27 @@ func TestHTMLViewerTool(t *testing.T) {
 	const deps = "run lab/test-deps.sh as root"
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skipf("node not installed (Node.js 20 or later with npm, then %s): HTML viewer not checked in a browser", deps)
+		testpeer.Missing(t, "node not installed (Node.js 20 or later with npm, then %s): HTML viewer not checked in a browser", deps)
 	}
 	if _, err := os.Stat(filepath.Join(mermaidCheck, "node_modules", "playwright-core", "package.json")); err != nil {
-		t.Skipf("render/%s/node_modules/playwright-core missing (%s, or npm ci there): HTML viewer not checked in a browser", mermaidCheck, deps)
+		testpeer.Missing(t, "render/%s/node_modules/playwright-core missing (%s, or npm ci there): HTML viewer not checked in a browser", mermaidCheck, deps)
 	}
 	chromium := os.Getenv("CHROMIUM")
 	if chromium == "" {
 		chromium = "/usr/bin/chromium"
 	}
 	if _, err := os.Stat(chromium); err != nil {
-		t.Skipf("%s missing (%s, or apt-get install -y chromium): HTML viewer not checked in a browser", chromium, deps)
+		testpeer.Missing(t, "%s missing (%s, or apt-get install -y chromium): HTML viewer not checked in a browser", chromium, deps)
 	}
 
 	flows := loadCapture(t, filepath.Join("..", "testdata", "kubelet-pull", "capture.pcapng"))
 	if len(flows) < 2 || len(flows[0].Steps) < 2 {
 		t.Fatalf("kubelet-pull: %d flows, want a start and a stop", len(flows))
 	}
+	// A flow with the runtime's events (kubelet's Evented PLEG), which
+	// the recorded captures lack.
+	burst := burstFlow()
+	flows = append(flows, burst)
 	dir := t.TempDir()
 	page := filepath.Join(dir, "capture.html")
 	if err := os.WriteFile(page, viewer(t, "capture.pcapng", flows), 0o644); err != nil {
@@ -177,7 +189,21 @@ func TestHTMLViewerTool(t *testing.T) {
 	if len(r.PageErrors)+len(r.ConsoleErrors) > 0 {
 		t.Errorf("page errors %v, console errors %v", r.PageErrors, r.ConsoleErrors)
 	}
-	if len(r.Shots) != 5 {
-		t.Errorf("%d screenshots, want 5", len(r.Shots))
+	switch e := r.Event; {
+	case e == nil:
+		t.Error("no event arrow clicked")
+	case e.Flow != len(flows)-1 || e.Title != burst.Events[0].Type || len(e.Selected) != 1 || e.Selected[0] != 0 || len(e.Calls) != 0:
+		t.Errorf("after clicking the first event of flow %d the panel shows %q, events %v and calls %v selected; want %s, [0] and none",
+			e.Flow, e.Title, e.Selected, e.Calls, burst.Events[0].Type)
+	default:
+		for _, want := range []string{burst.Events[0].ContainerID, "web", "connection 1, stream 5",
+			"/runtime.v1.RuntimeService/GetContainerEvents", "Created at", burst.Events[0].Created.UTC().Format(timeFormat)} {
+			if !strings.Contains(e.Text, want) {
+				t.Errorf("event panel lacks %q:\n%s", want, e.Text)
+			}
+		}
+	}
+	if len(r.Shots) != 6 {
+		t.Errorf("%d screenshots, want 6", len(r.Shots))
 	}
 }

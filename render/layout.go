@@ -40,12 +40,14 @@ const (
 )
 
 // Layers, drawn in this order; within a layer, elements keep their order.
+// Label plates hide the lifelines behind a label but lie under the
+// activation bars, so that a label crossing a bar does not cut it.
 const (
 	layerBack   = iota // background, runtime box
 	layerLines         // lifelines, phase separators
+	layerPlates        // backgrounds of arrow labels, break bands
 	layerBars          // activation bars, outer ones first
 	layerShapes        // headers, arrows, phase chips
-	layerPlates        // backgrounds of arrow labels
 	layerNotes
 	layerText
 	nLayers
@@ -96,12 +98,14 @@ type elem struct {
 	pts   []float64 // eLine (x1 y1 x2 y2), ePolygon, ePolyline
 	text  *textBlock
 	step  int // 1 + the index of the call an arrow belongs to; 0 for none
+	ev    int // 1 + the index of the event an arrow shows; 0 for none
 }
 
-// hit is the area of one call (its arrows and labels), which the HTML viewer
-// makes clickable; plain SVG and PNG do not draw it.
+// hit is the area of one call (its arrows and labels), or of one event,
+// which the HTML viewer makes clickable; plain SVG and PNG do not draw it.
 type hit struct {
 	step int // index of the call
+	ev   int // 1 + the index of the event (in the flow's Events); 0 for a call
 	r    box
 	tip  string
 }
@@ -209,19 +213,28 @@ func layout(d *diagram) (*drawing, error) {
 		bar        int     // index of the bar in layerBars
 	}
 	cls := make([]callLayout, len(d.calls))
-	rs := rows(d.calls)
+	evs := make([]callLayout, len(d.events)) // req: an event's label
+	rs := d.rows(d.calls)
 	away := apart(rs, len(d.calls))
 	need := make([]float64, np)
 	busy := make([][]bool, np) // per lifeline, the bar slots in use
 	gw := 0.0
 	for _, r := range rs {
+		if r.event() {
+			ev, el := &d.events[r.ev], &evs[r.ev]
+			el.req = ms.wrap(regular, fontSize, ev.label, labelMax)
+			el.reqW = widest(regular, fontSize, el.req)
+			need[pRuntime] = math.Max(need[pRuntime], el.reqW+2*labelPad+actW)
+			gw = math.Max(gw, ms.width(mono, gutterSize, fmtAt(ev.at)))
+			continue
+		}
 		c := &d.calls[r.call]
 		cl := &cls[r.call]
 		if r.reply {
 			busy[c.to][cl.depth] = false
 			continue
 		}
-		cl.req = ms.wrap(regular, fontSize, c.reqLabel(), labelMax)
+		cl.req = ms.wrap(regular, fontSize, c.reqText(), labelMax)
 		cl.reqW = widest(regular, fontSize, cl.req)
 		if c.done {
 			cl.ret = ms.wrap(regular, fontSize, c.replyLabel(away[r.call]), labelMax)
@@ -304,17 +317,41 @@ func layout(d *diagram) (*drawing, error) {
 	y = hdrTop + hdrH + 14
 
 	var phaseLines []int // indexes in layerLines of the separators, whose ends are set last
+	var gapLines []int   // indexes in layerShapes of the edges of break bands, idem
+	var gapBands []int   // indexes in layerPlates of the break bands, whose widths are set last
 	var opens []int      // indexes in layerBars of the bars of calls never answered, whose ends are set last
 	var prevT time.Duration
-	answered := 0 // calls open now that get a reply: time between rows is call time
+	answered := 0                                           // calls open now that get a reply: time between rows is call time
+	open := make([]int, np)                                 // calls open now, per lifeline
+	brkX := math.Round((x[0] + x[min(pRuntime, np-1)]) / 2) // between the client and the runtime: no bar there
 	for k, r := range rs {
+		t := rowAt(d.calls, d.events, r)
+		if r.gap > 0 {
+			// A break: a white band across the lifelines, which only
+			// the bars of calls still open cross, with the time.
+			y += 4
+			band := box{margin, y, 0, 24}
+			gapBands = append(gapBands, l.rect(layerPlates, "gap", band, 0))
+			gapLines = append(gapLines, l.line(layerShapes, "gapl", margin, y, 0, y),
+				l.line(layerShapes, "gapl", margin, y+band.h, 0, y+band.h))
+			bl := []string{breakLabel(r)}
+			bw := widest(regular, smallSize, bl)
+			tb := box{brkX - bw/2 - 4, y, bw + 8, band.h}
+			l.text(&textBlock{x: brkX, y: y + 16, anchor: "middle", lines: bl, w: bw, size: smallSize, class: "bk", in: &tb})
+			grow(tb.right())
+			y += band.h + 8
+		}
+		if r.event() {
+			if d.timeScale > 0 && k > 0 {
+				y += scaled(d.timeScale, t-prevT, maxCallPx)
+			}
+			prevT = t
+			y = l.eventArrow(&d.events[r.ev], evs[r.ev].req, evs[r.ev].reqW, x[0], x[pRuntime], open[pRuntime] > 0, y, gw, ms)
+			continue
+		}
 		i := r.call
 		c := &d.calls[i]
 		cl := &cls[i]
-		t := c.at
-		if r.reply {
-			t = c.end
-		}
 		if !r.reply && c.opens > 0 {
 			ph := &d.phases[c.opens-1]
 			y += 6
@@ -327,6 +364,13 @@ func layout(d *diagram) (*drawing, error) {
 			pl := []string{ph.label()}
 			pw := widest(bold, smallSize, pl)
 			px := math.Max(math.Round((x[0]+phaseX[c.opens-1])/2), margin+pw/2+10) // centred, unless too wide for that
+			// Bars of calls still open cross the separator: the chip keeps
+			// left of them, so it hides none of their edges.
+			for p := range open {
+				if barL := x[p] - actW/2 - 4; open[p] > 0 && px+pw/2+10 > barL {
+					px = math.Max(math.Min(px, math.Floor(barL-pw/2-10)), margin+pw/2+10)
+				}
+			}
 			chip := box{px - pw/2 - 10, ly - 10, pw + 20, 20}
 			l.rect(layerShapes, cc, chip, 10)
 			l.text(&textBlock{x: px, y: ly + 4, anchor: "middle", lines: pl, w: pw,
@@ -357,13 +401,21 @@ func layout(d *diagram) (*drawing, error) {
 
 		if !r.reply {
 			// Request.
+			open[c.to]++
 			ay := y + float64(len(cl.req))*lineH + 3
 			span.h = ay - y
 			reqSpan := span
+			lcls, hcls, tcls := "req", "reqh", ""
+			switch {
+			case c.amb:
+				lcls, hcls, tcls = "req amb", "reqh amb", "amt"
+			case c.inf:
+				lcls, hcls, tcls = "req inf", "reqh inf", "inft"
+			}
 			l.label(&textBlock{x: (xs + xa) / 2, y: y + 12, anchor: "middle", lines: cl.req, w: cl.reqW,
-				size: fontSize, tip: c.reqTip(), in: &reqSpan})
-			l.layers[layerShapes][l.line(layerShapes, "req", xs, ay, xa-headLen+1, ay)].step = i + 1
-			l.add(elem{layer: layerShapes, kind: ePolygon, class: "reqh", step: i + 1,
+				size: fontSize, class: tcls, tip: c.reqTip(), in: &reqSpan})
+			l.layers[layerShapes][l.line(layerShapes, lcls, xs, ay, xa-headLen+1, ay)].step = i + 1
+			l.add(elem{layer: layerShapes, kind: ePolygon, class: hcls, step: i + 1,
 				pts: []float64{xa, ay, xa - headLen, ay - headHalf, xa - headLen, ay + headHalf}})
 			l.text(&textBlock{x: margin + gw - gutterPad, y: ay + 4, anchor: "end", lines: []string{fmtAt(c.at)},
 				w: ms.width(mono, gutterSize, fmtAt(c.at)), size: gutterSize, class: "g",
@@ -403,6 +455,7 @@ func layout(d *diagram) (*drawing, error) {
 
 		// Reply, from the call's own bar.
 		answered--
+		open[c.to]--
 		xa = cl.xa
 		span.w = xa - xs - 2*labelPad
 		ry := y + float64(len(cl.ret))*lineH + 3
@@ -427,13 +480,13 @@ func layout(d *diagram) (*drawing, error) {
 		y = ry + 12
 	}
 
-	// Closing note across the lifelines.
+	// Closing note across the lifelines, wrapped to their width.
 	y += 8
-	nl := []string{d.note}
+	nl := ms.wrap(regular, fontSize, d.note, math.Max(labelMax, x[np-1]-x[0]+8))
 	nw := widest(regular, fontSize, nl)
 	noteW := math.Max(nw+32, x[np-1]-x[0]+40)
 	nx := math.Max(cx, margin+noteW/2)
-	nb := box{nx - noteW/2, y, noteW, lineH + 12}
+	nb := box{nx - noteW/2, y, noteW, float64(len(nl))*lineH + 12}
 	class := "note"
 	if !d.complete {
 		class = "warn"
@@ -462,8 +515,43 @@ func layout(d *diagram) (*drawing, error) {
 	for _, i := range phaseLines {
 		l.layers[layerLines][i].pts[2] = l.w - margin
 	}
+	for _, i := range gapLines {
+		l.layers[layerShapes][i].pts[2] = l.w - margin
+	}
+	for _, i := range gapBands {
+		l.layers[layerPlates][i].r.w = l.w - 2*margin
+	}
 	l.layers[layerBack][bg].r = box{0, 0, l.w, l.h}
 	return l, nil
+}
+
+// eventArrow draws one of the runtime's events at y: an asynchronous arrow
+// (open head) from the runtime's lifeline, or its bars' edge when a call is
+// open on it, to the client's, with its label above and its time in the
+// gutter. It returns the next row's y.
+func (l *drawing) eventArrow(ev *event, lines []string, w, xs, xr float64, busy bool, y, gw float64, ms *measurer) float64 {
+	if busy {
+		xr -= actW / 2
+	}
+	ay := y + float64(len(lines))*lineH + 3
+	span := box{xs + labelPad, y, xr - xs - 2*labelPad, ay - y}
+	tip := ""
+	if ev.tip != "" {
+		tip = ev.label + " — " + ev.tip
+	}
+	l.label(&textBlock{x: (xs + xr) / 2, y: y + 12, anchor: "middle", lines: lines, w: w,
+		size: fontSize, class: "ev", tip: tip, in: &span})
+	l.layers[layerShapes][l.line(layerShapes, "evl", xr, ay, xs+1, ay)].ev = ev.n + 1
+	l.add(elem{layer: layerShapes, kind: ePolyline, class: "evh", ev: ev.n + 1,
+		pts: []float64{xs + headLen, ay - headHalf, xs + 1, ay, xs + headLen, ay + headHalf}})
+	at := fmtAt(ev.at)
+	l.text(&textBlock{x: margin + gw - gutterPad, y: ay + 4, anchor: "end", lines: []string{at},
+		w: ms.width(mono, gutterSize, at), size: gutterSize, class: "g", in: &box{margin, ay - 10, gw, 20}})
+	if tip == "" {
+		tip = ev.label
+	}
+	l.hits = append(l.hits, hit{ev: ev.n + 1, r: box{margin, y - 2, xr + 4 - margin, ay + 6 - (y - 2)}, tip: tip})
+	return ay + 12
 }
 
 // label adds an arrow label on a plate that hides the lines behind it.

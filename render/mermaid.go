@@ -54,12 +54,12 @@ func PartExt(format string, k int) string {
 // (a part holds at least one arrow).
 func mermaidFit(d *diagram, limit int) [][]byte {
 	calls := d.calls
-	rs := rows(calls)
+	rs := d.rows(calls)
 	if out := mermaidPage(d, calls, rs, 0, len(rs), 1, 1); len(out) < limit {
 		return [][]byte{out}
 	}
 	calls = folded(d.calls)
-	rs = rows(calls)
+	rs = d.rows(calls)
 	if out := mermaidPage(d, calls, rs, 0, len(rs), 1, 1); len(out) < limit {
 		return [][]byte{out}
 	}
@@ -69,15 +69,24 @@ func mermaidFit(d *diagram, limit int) [][]byte {
 	away := apart(rs, len(calls))
 	cost := make([]int, len(rs)) // the bytes of a row's lines, about
 	for k, r := range rs {
-		c := &calls[r.call]
 		switch {
+		case r.event():
+			ev := &d.events[r.ev]
+			cost[k] = 26 + len(mmdLines(fmtAt(ev.at)+" · "+ev.label))
 		case r.reply:
-			cost[k] = 26 + len(mmdLines(c.replyLabel(away[r.call])))
+			cost[k] = 26 + len(mmdLines(calls[r.call].replyLabel(away[r.call])))
 		default:
-			cost[k] = 26 + len(mmdLines(fmtAt(c.at)+" · "+c.reqLabel()))
+			c := &calls[r.call]
+			cost[k] = 26 + len(mmdLines(fmtAt(c.at)+" · "+c.reqText()))
 			if c.opens > 0 {
 				cost[k] += 80 + len(mmdLines(d.phases[c.opens-1].label()))
 			}
+			if c.inf {
+				cost[k] += 60 // its rect
+			}
+		}
+		if r.gap > 0 {
+			cost[k] += 40 + len(mmdLines(breakLabel(r)))
 		}
 	}
 	for budget := limit - fixed - 200; ; budget = budget * 3 / 4 {
@@ -129,8 +138,12 @@ func mermaidPage(d *diagram, calls []call, rs []row, from, to, page, pages int) 
 // phaseFill alternates behind the phases.
 var phaseFill = [2]string{"rgba(236,239,241,0.55)", "rgba(255,248,225,0.55)"}
 
-// critFill is behind the longest phase.
-const critFill = "rgba(255,224,178,0.6)"
+// critFill is behind the longest phase, inferredFill behind the request of
+// a call whose method was inferred.
+const (
+	critFill     = "rgba(255,224,178,0.6)"
+	inferredFill = "rgb(243, 229, 245)"
+)
 
 func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, rs []row, from, to, page, pages int) {
 	str := func(ss ...string) {
@@ -162,6 +175,9 @@ func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, rs []row, from, to,
 	reqAt, repAt := make([]int, len(calls)), make([]int, len(calls))
 	phase := 0 // 1 + index of the phase in force
 	for k, r := range rs {
+		if r.event() {
+			continue
+		}
 		if r.reply {
 			repAt[r.call] = k
 			continue
@@ -189,11 +205,20 @@ func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, rs []row, from, to,
 		str("        Note over ", client, ",", last, ": ", mmdLines(label), "\n")
 		inRect, indent = true, "        "
 	}
-	if from < to && phase > 0 && (rs[from].reply || calls[rs[from].call].opens == 0) {
+	if from < to && phase > 0 && (rs[from].event() || rs[from].reply || calls[rs[from].call].opens == 0) {
 		openPhase(phase, true)
 	}
 	for k := from; k < to; k++ {
 		r := rs[k]
+		if r.gap > 0 {
+			str(indent, "Note over ", client, ",", last, ": ", mmdLines(breakLabel(r)), "\n")
+		}
+		if r.event() {
+			// The runtime's event: an asynchronous arrow.
+			ev := &d.events[r.ev]
+			str(indent, d.parts[pRuntime].alias, "-)", client, ": ", mmdLines(fmtAt(ev.at)+" · "+ev.label), "\n")
+			continue
+		}
 		c := &calls[r.call]
 		who := d.parts[c.to].alias
 		if r.reply {
@@ -212,17 +237,28 @@ func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, rs []row, from, to,
 			openPhase(c.opens, false)
 		}
 		// The start time, as in the SVG's gutter.
-		req := mmdLines(fmtAt(c.at) + " · " + c.reqLabel())
+		req := mmdLines(fmtAt(c.at) + " · " + c.reqText())
+		arrow, in := "->>", indent
+		if c.amb {
+			arrow = "-->>" // dotted, as the SVG's dashed grey arrow
+		}
+		if c.inf {
+			// Mermaid has no colour per arrow: a tinted band marks it.
+			str(indent, "rect ", inferredFill, "\n")
+			in += "    "
+		}
 		if !c.done {
-			str(indent, client, "->>", who, ": ", req, "\n")
-			str(indent, "Note over ", who, ": ", mmdLines(noReply), "\n")
-			continue
+			str(in, client, arrow, who, ": ", req, "\n")
+			str(in, "Note over ", who, ": ", mmdLines(noReply), "\n")
+		} else {
+			if repAt[r.call] < to {
+				arrow += "+" // its reply is in this part too
+			}
+			str(in, client, arrow, who, ": ", req, "\n")
 		}
-		arrow := "->>"
-		if repAt[r.call] < to {
-			arrow += "+" // its reply is in this part too
+		if c.inf {
+			str(indent, "end\n")
 		}
-		str(indent, client, arrow, who, ": ", req, "\n")
 	}
 	if inRect {
 		str("    end\n")
@@ -241,11 +277,21 @@ const mmdLineMax = 60
 // mmdLines escapes s and breaks it into lines with <br>. Mermaid's own
 // wrapping is not used: it cuts long words in the middle of entity codes.
 func mmdLines(s string) string {
+	lines := wrapWords(s, mmdLineMax)
+	for i := range lines {
+		lines[i] = mmdEsc(lines[i])
+	}
+	return strings.Join(lines, "<br>")
+}
+
+// wrapWords breaks s into lines of at most max runes, at spaces only (a
+// longer word is a line of its own).
+func wrapWords(s string, max int) []string {
 	var lines []string
 	line, n := "", 0
 	for _, word := range strings.Split(s, " ") {
 		wn := utf8.RuneCountInString(word)
-		if n > 0 && n+1+wn > mmdLineMax {
+		if n > 0 && n+1+wn > max {
 			lines = append(lines, line)
 			line, n = "", 0
 		}
@@ -256,11 +302,7 @@ func mmdLines(s string) string {
 		line += word
 		n += wn
 	}
-	lines = append(lines, line)
-	for i := range lines {
-		lines[i] = mmdEsc(lines[i])
-	}
-	return strings.Join(lines, "<br>")
+	return append(lines, line)
 }
 
 // mmdEsc escapes s for Mermaid text (message, note, title, alias, box):

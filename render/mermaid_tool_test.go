@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // mermaidCheck is the npm project that runs the real Mermaid in headless
@@ -38,11 +40,11 @@ func TestMermaidTool(t *testing.T) {
 	const deps = "run lab/test-deps.sh as root"
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skipf("node not installed (Node.js 20 or later with npm, then %s): Mermaid output not checked with the real Mermaid", deps)
+		testpeer.Missing(t, "node not installed (Node.js 20 or later with npm, then %s): Mermaid output not checked with the real Mermaid", deps)
 	}
 	for _, m := range []string{"mermaid", "playwright-core"} {
 		if _, err := os.Stat(filepath.Join(mermaidCheck, "node_modules", m, "package.json")); err != nil {
-			t.Skipf("render/%s/node_modules/%s missing (%s, or npm ci there): Mermaid output not checked with the real Mermaid", mermaidCheck, m, deps)
+			testpeer.Missing(t, "render/%s/node_modules/%s missing (%s, or npm ci there): Mermaid output not checked with the real Mermaid", mermaidCheck, m, deps)
 		}
 	}
 	chromium := os.Getenv("CHROMIUM")
@@ -50,7 +52,7 @@ func TestMermaidTool(t *testing.T) {
 		chromium = "/usr/bin/chromium"
 	}
 	if _, err := os.Stat(chromium); err != nil {
-		t.Skipf("%s missing (%s, or apt-get install -y chromium): Mermaid output not checked with the real Mermaid", chromium, deps)
+		testpeer.Missing(t, "%s missing (%s, or apt-get install -y chromium): Mermaid output not checked with the real Mermaid", chromium, deps)
 	}
 
 	dir := t.TempDir()

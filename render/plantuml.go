@@ -46,7 +46,7 @@ skinparam NoteBackgroundColor #FFFDE7
 `
 
 func writePlantUML(w errWriter, d *diagram) {
-	rs := rows(d.calls)
+	rs := d.rows(d.calls)
 	away := apart(rs, len(d.calls))
 	breaks := pumlBreaks(d, rs, away)
 	pages := len(breaks) + 1
@@ -68,13 +68,24 @@ func writePlantUML(w errWriter, d *diagram) {
 
 	client := d.parts[pClient].alias
 	for k, r := range rs {
-		c := &d.calls[r.call]
-		to := d.parts[c.to].alias
 		if len(breaks) > 0 && breaks[0] == k {
 			// Bars still open go on over the page break.
 			w.str("\nnewpage ", pumlEsc(d.title+page(pages-len(breaks)+1)), "\n")
 			breaks = breaks[1:]
 		}
+		if r.gap > 0 {
+			// A delay: PlantUML draws the lifelines dotted, with the time.
+			w.str("...", pumlEsc(strings.Trim(breakLabel(r), "… ")), "...\n")
+		}
+		if r.event() {
+			// The runtime's event: an asynchronous arrow.
+			ev := &d.events[r.ev]
+			w.str(d.parts[pRuntime].alias, " -[", pumlEvent, "]>> ", client, " : <color:#90A4AE><size:11>", pumlEsc(fmtAt(ev.at)),
+				"</size></color>  <color:", pumlEventText, ">", pumlEsc(ev.label), "</color>\n")
+			continue
+		}
+		c := &d.calls[r.call]
+		to := d.parts[c.to].alias
 		if !r.reply {
 			if c.opens > 0 {
 				ph := &d.phases[c.opens-1]
@@ -85,7 +96,18 @@ func writePlantUML(w errWriter, d *diagram) {
 				}
 			}
 			// The start time, as in the SVG's gutter.
-			w.str(client, " -> ", to, " : <color:#90A4AE><size:11>", pumlEsc(fmtAt(c.at)), "</size></color>  ", pumlEsc(c.reqLabel()), "\n")
+			arrow, color := " -> ", ""
+			switch {
+			case c.amb: // dashed and grey
+				arrow, color = " -[#90A4AE]-> ", "#78909C"
+			case c.inf:
+				arrow, color = " -[#7B1FA2]> ", "#7B1FA2"
+			}
+			label := pumlEsc(c.reqText())
+			if color != "" {
+				label = "<color:" + color + ">" + label + "</color>"
+			}
+			w.str(client, arrow, to, " : <color:#90A4AE><size:11>", pumlEsc(fmtAt(c.at)), "</size></color>  ", label, "\n")
 			w.str("activate ", to)
 			if c.crit {
 				w.str(" #FFE0B2")
@@ -109,9 +131,24 @@ func writePlantUML(w errWriter, d *diagram) {
 	if !d.complete {
 		color = " #FFF3E0"
 	}
-	w.str("\nnote over ", client, ", ", d.parts[len(d.parts)-1].alias, color, " : ", pumlEsc(d.note), "\n")
+	// PlantUML does not wrap notes: the closing note is broken into lines.
+	lines := wrapWords(d.note, pumlNoteRunes)
+	for i := range lines {
+		lines[i] = pumlEsc(lines[i])
+	}
+	w.str("\nnote over ", client, ", ", d.parts[len(d.parts)-1].alias, color, " : ", strings.Join(lines, "\\n"), "\n")
 	w.str("@enduml\n")
 }
+
+// pumlNoteRunes is the length, in runes, past which the closing note is
+// broken into lines (at spaces only).
+const pumlNoteRunes = 100
+
+// The colours of the runtime's events: the arrow's and its label's.
+const (
+	pumlEvent     = "#00897B"
+	pumlEventText = "#00796B"
+)
 
 // PlantUML crops a PNG at 4,096 pixels (its PLANTUML_LIMIT_SIZE): a long
 // flow goes on several pages ("newpage"), each one image, a
@@ -134,17 +171,26 @@ func pumlBreaks(d *diagram, rs []row, away []bool) []int {
 	var out []int
 	used := 0.0
 	for k, r := range rs {
-		c := &d.calls[r.call]
-		label := c.reqLabel()
-		if r.reply {
-			label = c.replyLabel(away[r.call])
+		var label string
+		h := 0.0
+		switch {
+		case r.event():
+			label = d.events[r.ev].label
+		case r.reply:
+			label = d.calls[r.call].replyLabel(away[r.call])
+		default:
+			c := &d.calls[r.call]
+			label = c.reqText()
+			if c.opens > 0 {
+				h += pumlDividerH
+			}
+			if !c.done {
+				h += pumlArrow // the no-reply note
+			}
 		}
-		h := pumlArrow + pumlLine*float64((utf8.RuneCountInString(label)-1)/pumlLineRunes)
-		if !r.reply && c.opens > 0 {
-			h += pumlDividerH
-		}
-		if !r.reply && !c.done {
-			h += pumlArrow // the no-reply note
+		h += pumlArrow + pumlLine*float64((utf8.RuneCountInString(label)-1)/pumlLineRunes)
+		if r.gap > 0 {
+			h += pumlDividerH // the delay
 		}
 		if used+h > pumlPage && used > 0 {
 			out = append(out, k)

@@ -30,10 +30,11 @@ import (
 // Formats returns the names Write accepts: "puml", "mmd", "svg", "png"
 // (the SVG's drawing as an image), "png2x" (the same at twice the size),
 // "graph" and "graph-png", the ID-flow graph (see Graph) as SVG and PNG,
-// and "html", the viewer (see HTML) of one flow; a capture's flows go in
-// one viewer with HTML. Ext gives each one's file extension.
+// "html", the viewer (see HTML) of one flow (a capture's flows go in one
+// viewer with HTML), and "json", the flow as data (see JSON). Ext gives
+// each one's file extension.
 func Formats() []string {
-	return []string{"puml", "mmd", "svg", "png", "png2x", "graph", "graph-png", "html"}
+	return []string{"puml", "mmd", "svg", "png", "png2x", "graph", "graph-png", "html", "json"}
 }
 
 // Ext is the file name ending for a format: ".svg", ".png", "@2x.png" for
@@ -84,6 +85,8 @@ func WriteWith(w io.Writer, format string, f *flow.Flow, o Options) error {
 		return Graph(w, f)
 	case "graph-png":
 		return GraphPNG(w, f)
+	case "json":
+		return JSON(w, f)
 	case "html":
 		if f == nil {
 			return errors.New("render html: nil flow")
@@ -170,13 +173,18 @@ type diagram struct {
 	boxTitle string // the runtime's name
 	parts    []participant
 	calls    []call
+	events   []event     // the runtime's container events, in time order
 	phases   []phaseSpan // runs of calls of one phase, in call order
-	note     string      // "pod started in 1.94s"
+	note     string      // "pod started in 1.94s (sandbox 105ms, …)"
 	failed   int         // calls that failed
 	complete bool        // the flow is complete
 	// timeScale spaces rows in proportion to time: pixels per second of
 	// the gaps between calls and of each call's duration; 0 spaces evenly.
 	timeScale float64
+	// timing and t0 name the waits behind breaks.
+	timing flow.Timing
+	t0     time.Time
+	client string // the client's name, for its own time between calls
 }
 
 type participant struct {
@@ -204,17 +212,33 @@ type call struct {
 	opens  int           // 1 + index in phases of the phase it opens; 0 for none
 	span   int           // 1 + index in phases of its phase; 0 for none
 	polled bool          // its phase is inherited: it does not time the phase
+	kind   string        // its part of the pod's work (flow.PhaseOf): "image", "start"; "" for none
+	amb    bool          // more than one pod may have made it: drawn in each one's diagram
+	inf    bool          // its method was inferred from its messages' shape
+	mark   string        // "ambiguous: one of web-1, web-2", after the request's label
+	twin   bool          // an identical call was open at the same time
+}
+
+// event is one of the runtime's container events as shown: an
+// asynchronous arrow from the runtime to its client.
+type event struct {
+	at    time.Duration // when the client got it, relative to the flow's start
+	label string        // "CONTAINER_STARTED web"
+	tip   string        // the container's full ID and the runtime's created_at
+	n     int           // index in the flow's Events
 }
 
 // phaseSpan is a run of consecutive calls of one phase, the story's unit
-// ("sandbox", "image", "create web"), timed as the time while at least one
-// of its own calls was open: not the status calls made meanwhile, nor the
-// waits between calls (kubelet's garbage collector may re-send
-// StopPodSandbox a minute after the stop).
+// ("sandbox", "image web", "create web"), timed as flow.Timing times the
+// pod's work (see owned): so the chips of one kind add up to that phase of
+// the closing note. Status calls made meanwhile and waits between calls do
+// not count (kubelet's garbage collector may re-send StopPodSandbox a
+// minute after the stop).
 type phaseSpan struct {
 	name string
+	kind string // the part of the pod's work its calls do (flow.PhaseOf); "" for none
 	dur  time.Duration
-	crit bool // the longest phase: the critical path
+	crit bool // a chip of the longest phase: the critical path
 }
 
 // label is the phase's separator text: "image · 1.62s".
@@ -225,11 +249,23 @@ func (p *phaseSpan) label() string {
 	return p.name + " · " + fmtDur(p.dur)
 }
 
-// row is one arrow of a diagram: a call's request, or its reply.
+// row is one arrow of a diagram: a call's request, or its reply, or one of
+// the runtime's events.
 type row struct {
-	call  int // index in the calls
+	call  int // index in the calls; -1 for an event
 	reply bool
+	ev    int // index in the events, for an event
+	// gap is the time since the row before, when it is more than
+	// breakMin: a break marker with its length comes before the row.
+	gap time.Duration
+	why string // the wait that took most of gap, if one did
 }
+
+func (r row) event() bool { return r.call < 0 }
+
+// breakMin is the least time between two rows that is marked as a break
+// ("… 6.9s …"), so that a long wait does not look like nothing.
+const breakMin = time.Second
 
 // apart reports, per call, whether other arrows come between its request
 // and its reply in rs: such a reply names its call (see replyLabel).
@@ -244,20 +280,104 @@ func apart(rs []row, n int) []bool {
 }
 
 // replyLabel is the reply arrow's text; a reply apart from its request
-// names the call: "StartContainer(web): started · 345ms".
+// names the call: "StartContainer(web): started · 345ms", and with its
+// start time when an identical call was open at the same time:
+// "ImageStatus(nginx) +412ms: sha256:4e1f… · 3ms".
 func (c *call) replyLabel(apart bool) string {
-	if apart {
-		return c.reqLabel() + ": " + c.retLabel()
+	if !apart {
+		return c.retLabel()
 	}
-	return c.retLabel()
+	if c.twin {
+		return c.reqLabel() + " " + fmtAt(c.at) + ": " + c.retLabel()
+	}
+	return c.reqLabel() + ": " + c.retLabel()
 }
 
-// rows orders the arrows of calls as they happened: a reply comes before
-// every request sent after it, so that calls open at the same time
-// (kubelet polls PodSandboxStatus while StartContainer runs; two
-// StopContainer in parallel) interleave instead of looking sequential. Calls
-// are in start order; a reply is placed at its call's end.
-func rows(calls []call) []row {
+// reqText is the request arrow's text: its label and, for an ambiguous
+// call, the pods it may belong to.
+func (c *call) reqText() string {
+	if c.mark == "" {
+		return c.reqLabel()
+	}
+	return c.reqLabel() + " · " + c.mark
+}
+
+// rows orders the arrows of calls, and the events, as they happened: a
+// reply comes before every request sent after it, so that calls open at
+// the same time (kubelet polls PodSandboxStatus while StartContainer runs;
+// two StopContainer in parallel) interleave instead of looking sequential.
+// Calls and events are in time order; a reply is placed at its call's end,
+// an event after the arrows of its time. Rows more than breakMin apart get
+// their gap.
+func rows(calls []call, events []event) []row {
+	cr := callRows(calls)
+	out := cr
+	if len(events) > 0 {
+		out = make([]row, 0, len(cr)+len(events))
+		j := 0
+		for _, r := range cr {
+			for t := rowAt(calls, events, r); j < len(events) && events[j].at < t; j++ {
+				out = append(out, row{call: -1, ev: j})
+			}
+			out = append(out, r)
+		}
+		for ; j < len(events); j++ {
+			out = append(out, row{call: -1, ev: j})
+		}
+	}
+	var last time.Duration
+	for k := range out {
+		t := rowAt(calls, events, out[k])
+		if k > 0 && t-last > breakMin {
+			out[k].gap = t - last
+		}
+		if k == 0 || t > last {
+			last = t
+		}
+	}
+	return out
+}
+
+// rowAt is when r happened, relative to the flow's start.
+func rowAt(calls []call, events []event, r row) time.Duration {
+	switch {
+	case r.event():
+		return events[r.ev].at
+	case r.reply:
+		return calls[r.call].end
+	}
+	return calls[r.call].at
+}
+
+// breakLabel is the text of a break marker: "… 6.9s …", with the wait
+// that took most of it: "… 1.31s: image pull queue …".
+func breakLabel(r row) string {
+	if r.why != "" {
+		return "… " + fmtDur(r.gap) + ": " + r.why + " …"
+	}
+	return "… " + fmtDur(r.gap) + " …"
+}
+
+// rows is rows(calls, d.events), each break named after the wait that
+// took most of it.
+func (d *diagram) rows(calls []call) []row {
+	rs := rows(calls, d.events)
+	for k := range rs {
+		r := &rs[k]
+		if r.gap <= 0 || d.t0.IsZero() {
+			continue
+		}
+		end := d.t0.Add(rowAt(calls, d.events, *r))
+		name, cover := d.timing.WaitDuring(end.Add(-r.gap), end)
+		if name != "" && 2*cover >= r.gap {
+			r.why = clean(waitName(name, d.client))
+		}
+	}
+	return rs
+}
+
+// callRows orders the arrows of calls (see rows).
+func callRows(calls []call) []row {
 	out := make([]row, 0, 2*len(calls))
 	var pending []int // calls whose reply is not placed yet, by end then index
 	for i := range calls {
@@ -352,10 +472,7 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 		}
 	}
 	d.title = cut(pod, maxName) + " — pod " + f.Kind.String()
-	client := cut(clean(f.Client), maxName)
-	if client == "" {
-		client = "kubelet"
-	}
+	client := clientName(f)
 	runtime := cut(clean(f.Runtime), maxName)
 	if runtime == "" {
 		runtime = "container runtime"
@@ -375,17 +492,29 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 	if start.IsZero() && len(f.Steps) > 0 {
 		start = f.Steps[0].Start
 	}
-	end := start
+	amb, inf := 0, false
 	for i := range f.Steps {
 		s := &f.Steps[i]
+		method := cut(clean(s.Method), maxName)
+		if s.Inferred {
+			method = "~" + method
+			inf = true
+		}
 		c := call{
 			to:     d.participant(s.Service),
 			phase:  cut(clean(s.Phase), maxPhase),
 			polled: s.Inherited,
+			kind:   flow.PhaseOf(s.Method),
 			argID:  cut(clean(s.ArgID), maxLabel),
-			req:    cut(cut(clean(s.Method), maxName)+"("+clean(s.Arg)+")", maxLabel),
+			req:    cut(method+"("+clean(s.Arg)+")", maxLabel),
 			done:   s.Done || s.Err != "",
+			inf:    s.Inferred,
 			n:      1,
+		}
+		if s.Attr.By == flow.ByAmbiguous {
+			c.amb = true
+			c.mark = "ambiguous: one of " + podNames(s.Attr.Candidates)
+			amb++
 		}
 		if !s.Start.IsZero() && !start.IsZero() {
 			c.at = s.Start.Sub(start)
@@ -402,63 +531,67 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 			c.result = cut(clean(s.Result), maxLabel)
 			c.full = cut(clean(s.Full), 4*maxLabel)
 		}
-		if e := s.Start.Add(s.Duration); !s.Start.IsZero() && e.After(end) {
-			end = e
-		}
 		d.calls = append(d.calls, c)
 	}
+	markTwins(d.calls)
+	for i, e := range f.Events {
+		ev := event{label: cut(clean(e.Type+" "+e.Container), maxLabel), n: i}
+		if !e.Time.IsZero() && !start.IsZero() {
+			ev.at = e.Time.Sub(start)
+		}
+		var tip []string
+		if id := clean(e.ContainerID); id != "" {
+			tip = append(tip, "container "+cut(id, maxLabel))
+		}
+		if !e.Created.IsZero() {
+			tip = append(tip, "created_at "+e.Created.UTC().Format(timeFormat))
+		}
+		ev.tip = strings.Join(tip, " · ")
+		d.events = append(d.events, ev)
+	}
+	sort.SliceStable(d.events, func(i, j int) bool { return d.events[i].at < d.events[j].at })
 
-	total := time.Duration(0)
-	switch {
-	case !f.End.IsZero() && !f.Start.IsZero():
-		total = f.Duration()
-	case !start.IsZero():
-		total = end.Sub(start)
-	}
-	verb := "started"
-	if f.Kind == flow.Stop {
-		verb = "stopped"
-	}
 	crit := -1
 	for i, c := range d.calls {
 		if c.done && c.hasDur && c.dur > 0 && (crit < 0 || c.dur > d.calls[crit].dur) {
 			crit = i
 		}
 	}
-	d.complete = f.Complete
-	if f.Complete {
-		d.note = "pod " + verb + " in " + fmtDur(total)
+	if crit >= 0 && len(d.calls) > 1 {
+		d.calls[crit].crit = true
 	} else {
-		d.note = "pod " + f.Kind.String() + " incomplete"
-		if total > 0 {
-			d.note += " · " + fmtDur(total) + " observed"
+		crit = -1
+	}
+	d.complete = f.Complete
+	t := f.Timing()
+	d.timing, d.t0, d.client = t, f.Start, waitClient(f)
+	d.phases = phaseSpans(d.calls)
+	// The chips of the longest phase are marked, when there are several.
+	longest := longestSpan(t.Parts, false)
+	if n := countPhases(t.Parts); longest >= 0 && n > 1 {
+		for i := range d.phases {
+			d.phases[i].crit = d.phases[i].kind == t.Parts[longest].Name
 		}
 	}
+	d.note = "pod " + timeText(f, t, "")
 	note, failed := failedNote(f.Steps)
 	d.note += note
 	d.failed = failed
-	d.phases = phaseSpans(d.calls)
-	longest := -1
-	for i, p := range d.phases {
-		if p.dur > 0 && (longest < 0 || p.dur > d.phases[longest].dur) {
-			longest = i
-		}
-	}
-	if crit >= 0 && len(d.calls) > 1 {
-		d.calls[crit].crit = true
+	if amb > 0 {
+		d.note += " · " + plural(amb, "ambiguous call")
 	}
 	critCall := ""
-	if crit >= 0 && len(d.calls) > 1 {
+	if crit >= 0 {
 		critCall = cut(clean(f.Steps[crit].Method), maxName) + " " + fmtDur(d.calls[crit].dur)
 	}
-	switch {
-	case longest >= 0 && len(d.phases) > 1:
-		d.phases[longest].crit = true
-		d.note += " · longest phase: " + d.phases[longest].name + " " + fmtDur(d.phases[longest].dur)
+	switch top := longestSpan(t.Parts, true); {
+	case top >= 0 && len(t.Parts) > 1:
+		sp := t.Parts[top]
+		d.note += " · longest: " + longestName(sp, waitClient(f)) + " " + fmtDur(sp.Dur)
 		if critCall == "" {
 			break
 		}
-		if d.calls[crit].span == longest+1 {
+		if !sp.Wait && d.calls[crit].kind == sp.Name {
 			d.note += " (" + critCall + ")"
 		} else {
 			d.note += " · longest call: " + critCall
@@ -466,7 +599,85 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 	case critCall != "":
 		d.note += " · longest call: " + critCall
 	}
+	if inf {
+		d.note += " · " + inferredLegend
+	}
 	return d, nil
+}
+
+// inferredLegend explains the mark of a call whose method was inferred.
+const inferredLegend = "~ method inferred from message shape"
+
+// timeFormat is how diagrams and the viewer give a moment: UTC, to the
+// microsecond.
+const timeFormat = "2006-01-02 15:04:05.000000 MST"
+
+// clientName is the name of the client's lifeline: the flow's client, or
+// "kubelet".
+func clientName(f *flow.Flow) string {
+	if c := cut(clean(f.Client), maxName); c != "" {
+		return c
+	}
+	return "kubelet"
+}
+
+// podNames lists pods by their shortest unique names: the name alone
+// unless two of them share it, then namespace/name; past four, how many
+// more ("a, b, c, d and 8 more").
+func podNames(pods []flow.Pod) string {
+	seen := map[string]int{}
+	for _, p := range pods {
+		seen[p.Name]++
+	}
+	var names []string
+	for _, p := range pods {
+		n := p.Name
+		if seen[n] > 1 || n == "" {
+			n = p.String()
+		}
+		names = append(names, cut(clean(n), maxName))
+	}
+	const most = 4
+	if len(names) > most+1 {
+		return strings.Join(names[:most], ", ") + " and " + strconv.Itoa(len(names)-most) + " more"
+	}
+	return strings.Join(names, ", ")
+}
+
+// markTwins marks the calls that were open at the same time as an
+// identical call (same service, method and argument): their replies, when
+// apart from their requests, say which of them they answer.
+func markTwins(calls []call) {
+	type key struct {
+		to  int
+		req string
+	}
+	groups := map[key][]int{}
+	var keys []key
+	for i := range calls {
+		k := key{calls[i].to, calls[i].req}
+		if len(groups[k]) == 0 {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], i)
+	}
+	end := func(c *call) time.Duration {
+		if !c.done {
+			return math.MaxInt64 // open until the capture's end
+		}
+		return c.end
+	}
+	for _, k := range keys {
+		g := groups[k]
+		for a, i := range g {
+			for _, j := range g[a+1:] {
+				if calls[j].at >= end(&calls[i]) && calls[j].at > calls[i].at {
+					break // calls are in start order: none after j was open with i
+				}
+				calls[i].twin, calls[j].twin = true, true
+			}
+		}
+	}
 }
 
 // failedNote says how many calls failed and with which gRPC codes, e.g.
@@ -512,40 +723,49 @@ func failedNote(steps []flow.Step) (string, int) {
 // phaseSpans splits calls into runs of one phase, times each run, and marks
 // the call that opens each.
 func phaseSpans(calls []call) []phaseSpan {
+	own := owned(calls)
 	var out []phaseSpan
-	var start, end time.Duration // the last interval of the phase's union
-	flush := func() {
-		if len(out) > 0 {
-			out[len(out)-1].dur += end - start
-		}
-	}
 	prev := ""
 	for i := range calls {
 		c := &calls[i]
 		if c.phase != "" && c.phase != prev {
-			flush()
 			out = append(out, phaseSpan{name: c.phase})
 			c.opens = len(out)
-			start, end = c.at, c.at
 		}
 		prev = c.phase
 		if len(out) == 0 || c.phase == "" {
 			continue
 		}
 		c.span = len(out)
-		if !c.done || c.polled {
-			continue
-		}
-		switch {
-		case c.at > end: // a new interval: the one before is counted
-			out[len(out)-1].dur += end - start
-			start, end = c.at, c.end
-		case c.end > end:
-			end = c.end
+		p := &out[len(out)-1]
+		p.dur += own[i]
+		if p.kind == "" && !c.polled {
+			p.kind = c.kind
 		}
 	}
-	flush()
 	return out
+}
+
+// owned is the time flow.Timing gives each call: the answered calls that
+// do the pod's work, in start order, each moment of the flow to the
+// earliest-started of them open then; none to the others.
+func owned(calls []call) []time.Duration {
+	own := make([]time.Duration, len(calls))
+	var idx []int
+	for i := range calls {
+		if c := &calls[i]; c.done && c.kind != "" {
+			idx = append(idx, i)
+		}
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return calls[idx[a]].at < calls[idx[b]].at })
+	var cur time.Duration // the flow's start
+	for _, i := range idx {
+		if c := &calls[i]; c.end > cur {
+			own[i] = c.end - max(cur, c.at)
+			cur = c.end
+		}
+	}
+	return own
 }
 
 // participant returns the index of service's lifeline, adding one for a
@@ -636,7 +856,7 @@ func cut(s string, n int) string {
 // "105ms", "1.94s", "12.5s", "2m05s".
 func fmtDur(d time.Duration) string {
 	if d < 0 {
-		return "-" + fmtDur(-d)
+		return "-" + fmtDur(-max(d, -math.MaxInt64))
 	}
 	switch {
 	case d < time.Millisecond:

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"html"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
 )
 
@@ -49,8 +52,15 @@ func build(kind flow.Kind, complete bool, steps ...stepSpec) *flow.Flow {
 			st.Duration = 0
 		}
 		f.Steps = append(f.Steps, st)
-		if e := st.Start.Add(st.Duration); e.After(f.End) {
+		e := st.Start.Add(st.Duration)
+		if e.After(f.End) {
 			f.End = e
+		}
+		// Up (down) as the grouper says: the last StartContainer, the
+		// first StopPodSandbox.
+		if st.Done && st.Err == "" && (kind == flow.Start && s.method == "StartContainer" && e.After(f.Done) ||
+			kind == flow.Stop && s.method == "StopPodSandbox" && f.Done.IsZero()) {
+			f.Done = e
 		}
 	}
 	return f
@@ -99,11 +109,11 @@ func stopFlow() *flow.Flow {
 	return build(flow.Stop, true,
 		stepSpec{phase: "stop", method: "StopContainer", arg: "web (grace 30s)",
 			at: 0, dur: 310 * time.Millisecond},
-		stepSpec{phase: "stop", method: "StopPodSandbox", arg: "3f2a1b9c4d5e",
+		stepSpec{phase: "stop sandbox", method: "StopPodSandbox", arg: "3f2a1b9c4d5e",
 			at: 320 * time.Millisecond, dur: 45 * time.Millisecond},
 		stepSpec{phase: "remove", method: "RemoveContainer", arg: "9c8d7e6f5a4b",
 			at: 2 * time.Second, dur: 12 * time.Millisecond},
-		stepSpec{phase: "remove", method: "RemovePodSandbox", arg: "3f2a1b9c4d5e",
+		stepSpec{phase: "remove sandbox", method: "RemovePodSandbox", arg: "3f2a1b9c4d5e",
 			at: 2013 * time.Millisecond, dur: 31 * time.Millisecond},
 	)
 }
@@ -167,6 +177,76 @@ func longFlow() *flow.Flow {
 	return f
 }
 
+// burstFlow is a pod start among others started at once, as kubelet with
+// the Evented PLEG sends it: image checks that more than one pod may have
+// made (ambiguous), two identical ImageStatus open at once, one call whose
+// method was inferred (a connection caught midway), a pull that waited in
+// kubelet's one-at-a-time pull queue for over a second, and the runtime's
+// container events.
+func burstFlow() *flow.Flow {
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	f := build(flow.Start, true,
+		stepSpec{phase: "sandbox", method: "RunPodSandbox", arg: "default/web-2",
+			result: "sandbox 3f2a1b9c4d5e", full: sandboxFull, dur: ms(210)},
+		stepSpec{phase: "sandbox", method: "PodSandboxStatus", arg: "3f2a1b9c4d5e",
+			result: "SANDBOX_READY", at: ms(212), dur: ms(1.1)},
+		stepSpec{phase: "image web", svc: "ImageService", method: "ImageStatus", arg: "nginx:1.25",
+			result: "not present", at: ms(215), dur: ms(3.2)},
+		stepSpec{phase: "image web", svc: "ImageService", method: "ImageStatus", arg: "nginx:1.25",
+			result: "not present", at: ms(216), dur: ms(3)},
+		stepSpec{phase: "image web", svc: "ImageService", method: "PullImage", arg: "nginx:1.25",
+			result: "sha256:4e1f0c2d9b7a", full: digestFull, at: ms(1700), dur: ms(731)},
+		stepSpec{phase: "image web", svc: "ImageService", method: "ImageStatus", arg: "nginx:1.25",
+			result: "sha256:4e1f0c2d9b7a", full: digestFull, at: ms(2433), dur: ms(1.4)},
+		stepSpec{phase: "create web", method: "CreateContainer", arg: "web",
+			result: "container 9c8d7e6f5a4b", full: containerFull, at: ms(2440), dur: ms(195)},
+		stepSpec{phase: "create web", svc: "ImageService", method: "ImageStatus", arg: "busybox:1.36",
+			result: "sha256:9a0b1c2d3e4f", at: ms(2500), dur: ms(2)},
+		stepSpec{phase: "start web", method: "StartContainer", arg: "web",
+			at: ms(2640), dur: ms(225)},
+	)
+	f.Pod.Name = "web-2"
+	candidates := []flow.Pod{{Namespace: "default", Name: "web-1"}, {Namespace: "default", Name: "web-2"}}
+	for i := range f.Steps {
+		f.Steps[i].Attr = flow.Attribution{By: flow.ByID}
+	}
+	f.Steps[2].Attr = flow.Attribution{By: flow.ByAmbiguous, Candidates: candidates}
+	f.Steps[3].Attr = flow.Attribution{By: flow.ByAnnotations}
+	f.Steps[4].Attr = flow.Attribution{By: flow.BySandboxConfig}
+	f.Steps[5].Attr = flow.Attribution{By: flow.ByOrder}
+	f.Steps[5].Inferred = true
+	f.Steps[7].Attr = flow.Attribution{By: flow.ByAmbiguous, Candidates: []flow.Pod{{Namespace: "default", Name: "web-2"},
+		{Namespace: "default", Name: "web-3"}, {Namespace: "other", Name: "web-3"}}}
+	f.Steps[7].Inherited = true
+	f.OtherPulls = []flow.Interval{{Start: t0.Add(ms(230)), End: t0.Add(ms(1690))}}
+	events := &decode.Call{Conn: 1, Stream: 5, Method: "/runtime.v1.RuntimeService/GetContainerEvents", Start: t0.Add(-time.Minute)}
+	f.Events = []flow.Event{
+		{Time: t0.Add(ms(2633)), Created: t0.Add(ms(2632.5)), Type: "CONTAINER_CREATED", Container: "web",
+			ContainerID: containerFull, Call: events},
+		{Time: t0.Add(ms(2801)), Created: t0.Add(ms(2800.2)), Type: "CONTAINER_STARTED", Container: "web",
+			ContainerID: containerFull, Call: events},
+	}
+	return f
+}
+
+// burstStopFlow is a stop with the runtime's events and kubelet's clean-up
+// long after: a break of several seconds.
+func burstStopFlow() *flow.Flow {
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	f := build(flow.Stop, true,
+		stepSpec{phase: "stop", method: "StopContainer", arg: "web (grace 30s)", dur: ms(342)},
+		stepSpec{phase: "stop sandbox", method: "StopPodSandbox", arg: "3f2a1b9c4d5e", at: ms(343), dur: ms(190)},
+		stepSpec{phase: "remove", method: "RemoveContainer", arg: "web", at: ms(8760), dur: ms(12)},
+		stepSpec{phase: "remove sandbox", method: "RemovePodSandbox", arg: "3f2a1b9c4d5e", at: ms(8775), dur: ms(5.3)},
+	)
+	f.Pod.Name = "web-2"
+	f.Events = []flow.Event{
+		{Time: t0.Add(ms(338)), Type: "CONTAINER_STOPPED", Container: "web", ContainerID: containerFull},
+		{Time: t0.Add(ms(8771)), Type: "CONTAINER_DELETED", Container: "web", ContainerID: containerFull},
+	}
+	return f
+}
+
 // cases are the flows every format is tested on.
 var cases = []struct {
 	name string
@@ -179,6 +259,8 @@ var cases = []struct {
 	{"incomplete", incompleteFlow},
 	{"hostile", hostileFlow},
 	{"long", longFlow},
+	{"burst", burstFlow},
+	{"burst-stop", burstStopFlow},
 }
 
 func render(t testing.TB, format string, f *flow.Flow) []byte {
@@ -348,23 +430,52 @@ func TestLabels(t *testing.T) {
 			"RunPodSandbox(default/nginx)", "sandbox 3f2a1b9c4d5e · 105ms",
 			"PullImage(docker.io/library/nginx:1.25)", "sha256:4e1f0c2d9b7a · 1.61s",
 			"CreateContainer(web)", "container 9c8d7e6f5a4b · 45ms",
-			"StartContainer(9c8d7e6f5a4b)", "169ms", "pod started in 1.94s"}},
+			"StartContainer(9c8d7e6f5a4b)", "169ms",
+			"pod started in 1.94s (sandbox 105ms, image 1.61s, create 45ms, start 169ms; waiting: kubelet 10ms)",
+			"longest: image 1.61s (PullImage 1.61s)"}},
 		{"failed-pull", failedPullFlow(), []string{
-			"✗ NotFound: pull access denied · 12ms", "pod start incomplete · 11.0s observed"}},
-		{"stop", stopFlow(), []string{"default/nginx — pod stop", "StopContainer(web (grace 30s))", "pod stopped in 2.04s"}},
-		{"incomplete", incompleteFlow(), []string{noReply, "Check()", "SERVING · 1ms", "pod start incomplete · 401ms observed"}},
+			"✗ NotFound: pull access denied · 12ms",
+			"pod start incomplete after 11.0s (sandbox 98ms, image 1.24s; waiting: kubelet 4.7ms, back-off 9.67s)",
+			"longest: back-off 9.67s"}},
+		{"stop", stopFlow(), []string{"default/nginx — pod stop", "StopContainer(web (grace 30s))",
+			"pod stopped in 365ms (stop 310ms, stop sandbox 45ms; waiting: kubelet 10ms) · removed 1.68s later (remove 12ms, remove sandbox 31ms; waiting: kubelet's clean-up 1.64s, kubelet 1ms)",
+			"… 1.64s: kubelet's clean-up …"}},
+		{"incomplete", incompleteFlow(), []string{noReply, "Check()", "SERVING · 1ms",
+			"pod start incomplete after 401ms (sandbox 105ms, image 900µs; waiting: kubelet 295ms)"}},
+		{"burst", burstFlow(), []string{
+			"ImageStatus(nginx:1.25) · ambiguous: one of web-1, web-2", // the candidates' shortest names
+			"ImageStatus(busybox:1.36) · ambiguous: one of web-2, default/web-3, other/web-3",
+			"ImageStatus(nginx:1.25) +215ms: not present · 3.2ms", // two identical calls open at once
+			"ImageStatus(nginx:1.25) +216ms: not present · 3ms",
+			"~ImageStatus(nginx:1.25)", "CONTAINER_CREATED web", "CONTAINER_STARTED web", "… 1.48s: image pull queue …",
+			"pod started in 2.87s (sandbox 210ms, image 736ms, create 195ms, start 225ms; waiting: kubelet 39ms, image pull queue 1.46s)",
+			"2 ambiguous calls", "longest: waiting for the image pull queue 1.46s", "~ method inferred from message shape"}},
+		{"burst-stop", burstStopFlow(), []string{"CONTAINER_STOPPED web", "CONTAINER_DELETED web", "… 8.23s: kubelet's clean-up …",
+			"removed 8.25s later (remove 12ms, remove sandbox 5.3ms; waiting: kubelet's clean-up 8.23s, kubelet 3ms)"}},
 	} {
 		for _, format := range Formats() {
-			if isImage(format) || isGraph(format) {
-				continue
+			if isImage(format) || isGraph(format) || format == "json" {
+				continue // the JSON is data, not labels: TestJSON
 			}
 			out := string(render(t, format, tc.f))
-			if format == "puml" {
-				out = strings.ReplaceAll(out, "<U+003E>", ">") // the "→" stays; only ASCII is escaped
+			// The closing note is broken into lines in every format.
+			out = strings.NewReplacer("\\n", " ", "<br>", " ").Replace(out)
+			switch format {
+			case "puml":
+				out = pumlText(out) // spaces dropped, as in the wants below
+				out = pumlDelayLine.ReplaceAllString(out, "…${1}…")
+			case "mmd":
+				out = strings.ReplaceAll(out, "#59;", ";")
+			}
+			if format == "svg" || format == "html" {
+				out = strings.Join(svgTextLines(out), " ")
 			}
 			for _, w := range tc.want {
 				if format == "mmd" && strings.HasPrefix(w, "kubelet → ") {
 					continue // Mermaid's title is short: participants and box name them
+				}
+				if format == "puml" {
+					w = norm(w)
 				}
 				if !strings.Contains(out, w) {
 					t.Errorf("%s.%s lacks %q", tc.name, format, w)
@@ -416,7 +527,7 @@ func TestRows(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var got []string
-		for _, r := range rows(tt.calls) {
+		for _, r := range rows(tt.calls, nil) {
 			s := strconv.Itoa(r.call)
 			if r.reply {
 				s += "'"
@@ -434,7 +545,11 @@ func TestRows(t *testing.T) {
 func TestPhaseSpans(t *testing.T) {
 	ms := func(v int) time.Duration { return time.Duration(v) * time.Millisecond }
 	c := func(phase string, at, end int, polled bool) call {
-		return call{phase: phase, at: ms(at), end: ms(end), done: true, polled: polled}
+		kind := phase
+		if polled {
+			kind = "" // a status call: no part of the pod's work
+		}
+		return call{phase: phase, kind: kind, at: ms(at), end: ms(end), done: true, polled: polled}
 	}
 	calls := []call{
 		c("stop", 0, 340, false),
@@ -447,7 +562,8 @@ func TestPhaseSpans(t *testing.T) {
 		{phase: "stop", at: ms(42030)}, // never answered: not counted
 	}
 	got := phaseSpans(calls)
-	want := []phaseSpan{{name: "stop", dur: ms(340 + 188 + 1)}, {name: "remove", dur: ms(8)}, {name: "stop", dur: ms(5)}}
+	want := []phaseSpan{{name: "stop", kind: "stop", dur: ms(340 + 188 + 1)}, {name: "remove", kind: "remove", dur: ms(8)},
+		{name: "stop", kind: "stop", dur: ms(5)}}
 	if len(got) != len(want) {
 		t.Fatalf("phases %+v, want %+v", got, want)
 	}
@@ -488,4 +604,84 @@ func TestNoteCountsFailures(t *testing.T) {
 			t.Errorf("note %q, want %q in it", d.note, tt.want)
 		}
 	}
+}
+
+// pumlDelayLine is a PlantUML delay, "...1.48s...", once pumlText dropped
+// the spaces around it.
+var pumlDelayLine = regexp.MustCompile(`\.\.\.([0-9.]+[µmins]+(:[^.]+)?)\.\.\.`)
+
+var svgText = regexp.MustCompile(`<text[^>]*>([^<]*)</text>`)
+
+// svgTextLines is the text of every <text> element of an SVG (or a page
+// holding SVGs), unescaped.
+func svgTextLines(src string) []string {
+	var out []string
+	for _, m := range svgText.FindAllStringSubmatch(src, -1) {
+		out = append(out, html.UnescapeString(m[1]))
+	}
+	return out
+}
+
+// TestChipsAddUpToTiming checks that the phase chips agree with the closing
+// note and the summary line where they overlap: the chips of one kind
+// ("start setup", "start web") add up to that phase of flow.Timing ("start"),
+// on every case and every recorded flow.
+func TestChipsAddUpToTiming(t *testing.T) {
+	flows := allFlows(t)
+	several := 0 // phases shown as several chips
+	for name, f := range flows {
+		d, err := newDiagram(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tm := f.Timing()
+		want := map[string]time.Duration{}
+		for _, s := range append(tm.Parts, tm.After...) {
+			if !s.Wait {
+				want[s.Name] += s.Dur
+			}
+		}
+		got := map[string]time.Duration{}
+		chips := map[string]int{}
+		for _, p := range d.phases {
+			got[p.kind] += p.dur
+			chips[p.kind]++
+		}
+		for kind, w := range want {
+			if got[kind] != w {
+				t.Errorf("%s: chips of %s add up to %v, the timing says %v", name, kind, got[kind], w)
+			}
+			if chips[kind] > 1 {
+				several++
+			}
+		}
+		for kind, g := range got {
+			if _, ok := want[kind]; !ok && g > 0 {
+				t.Errorf("%s: chips of %q take %v, a phase the timing does not have", name, kind, g)
+			}
+		}
+	}
+	if several == 0 {
+		t.Error("no flow shows a phase in several chips: the sums are not exercised")
+	}
+}
+
+// allFlows is every case and every flow of the recorded captures, by name
+// ("start", "kubelet-init/1-stop").
+func allFlows(t *testing.T) map[string]*flow.Flow {
+	t.Helper()
+	flows := map[string]*flow.Flow{}
+	for _, c := range cases {
+		flows[c.name] = c.flow()
+	}
+	captures, err := filepath.Glob(filepath.Join("..", "testdata", "*", "capture.pcapng"))
+	if err != nil || len(captures) == 0 {
+		t.Fatalf("no testdata captures: %v", err)
+	}
+	for _, c := range captures {
+		for i, f := range loadCapture(t, c) {
+			flows[filepath.Base(filepath.Dir(c))+"/"+strconv.Itoa(i)+"-"+f.Kind.String()] = f
+		}
+	}
+	return flows
 }

@@ -50,6 +50,14 @@ const svgStyle = `
 .open{fill:#fff3e0;stroke:#fb8c00;stroke-dasharray:3 2}
 .req{stroke:#37474f;stroke-width:1.3;fill:none}
 .reqh{fill:#37474f;stroke:none}
+.amb{stroke:#90a4ae;stroke-dasharray:4 3}
+.reqh.amb{fill:#90a4ae;stroke:none}
+.inf{stroke:#7b1fa2;stroke-dasharray:1.5 2.5}
+.reqh.inf{fill:#7b1fa2;stroke:none}
+.evl{stroke:#00897b;stroke-width:1.3;fill:none}
+.evh{stroke:#00897b;stroke-width:1.3;fill:none}
+.gap{fill:#ffffff}
+.gapl{stroke:#b0bec5;stroke-width:1;stroke-dasharray:2 3}
 .ret{stroke:#607d8b;stroke-width:1.2;stroke-dasharray:5 3;fill:none}
 .reth{stroke:#607d8b;stroke-width:1.2;fill:none}
 .err{stroke:#c62828}
@@ -73,6 +81,10 @@ text.g{font-family:'Go Mono','DejaVu Sans Mono',monospace;font-size:11px;fill:#9
 text.pt{font-size:12px;font-weight:bold;fill:#455a64}
 text.pt.crit{fill:#e65100}
 text.nr{font-size:12px;fill:#e65100}
+text.amt{fill:#78909c}
+text.inft{fill:#7b1fa2}
+text.ev{fill:#00796b}
+text.bk{font-size:12px;fill:#78909c}
 `
 
 // write serialises the layout.
@@ -102,7 +114,11 @@ func (l *drawing) writeSVG(w errWriter, inline bool) {
 	}
 	if inline {
 		for _, h := range l.hits {
-			w.str(`<rect class="hit" data-step="`, strconv.Itoa(h.step), `"`)
+			if h.ev > 0 {
+				w.str(`<rect class="hit" data-event="`, strconv.Itoa(h.ev-1), `"`)
+			} else {
+				w.str(`<rect class="hit" data-step="`, strconv.Itoa(h.step), `"`)
+			}
 			w.attr("x", h.r.x)
 			w.attr("y", h.r.y)
 			w.attr("width", h.r.w)
@@ -113,10 +129,15 @@ func (l *drawing) writeSVG(w errWriter, inline bool) {
 	w.str("</svg>\n")
 }
 
-// stepAttr writes ` data-step="N"` for an arrow of call N in inline SVG.
+// stepAttr writes ` data-step="N"` for an arrow of call N, and
+// ` data-event="N"` for the arrow of event N, in inline SVG.
 func (w errWriter) stepAttr(e *elem, inline bool) {
-	if inline && e.step > 0 {
+	switch {
+	case !inline:
+	case e.step > 0:
 		w.str(` data-step="`, strconv.Itoa(e.step-1), `"`)
+	case e.ev > 0:
+		w.str(` data-event="`, strconv.Itoa(e.ev-1), `"`)
 	}
 }
 

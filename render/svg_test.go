@@ -495,3 +495,30 @@ func laidOut(t *testing.T, f *flow.Flow) (*diagram, *drawing) {
 	}
 	return d, l
 }
+
+// TestBarsUncut checks, on criseq's own PNG of every case and recorded flow,
+// that no activation bar is cut by what is drawn over it: a reply's label
+// that crosses the bar of a call still open (a 195ms CreateContainer while
+// ImageStatus replies) must not hide a piece of it. The browser test checks
+// the same on Chromium's screenshots of the SVG.
+func TestBarsUncut(t *testing.T) {
+	flows := allFlows(t)
+	crossed := 0 // labels drawn across a bar
+	for name, f := range flows {
+		_, l := laidOut(t, f)
+		bars := layoutBars(l)
+		for _, b := range bars {
+			for _, p := range l.layers[layerPlates] {
+				if p.class == "plate" && overlap(p.r, b.box()) {
+					crossed++
+				}
+			}
+		}
+		for _, p := range barCuts(rasterize(t, l), bars) {
+			t.Errorf("%s: %s", name, p)
+		}
+	}
+	if crossed == 0 {
+		t.Error("no label crosses a bar in any flow: the test shows nothing")
+	}
+}

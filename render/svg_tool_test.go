@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // The browser check of plain SVG files: criseq's SVG of every flow of the
@@ -58,6 +59,25 @@ type svgShotSidecar struct {
 	Width  float64       `json:"width"`
 	Height float64       `json:"height"`
 	Texts  []svgShotText `json:"texts"`
+	Bars   []svgShotBar  `json:"bars"` // the activation bars, which nothing may cut
+}
+
+// svgShotBar is an activation bar, in drawing order: a later one (a call
+// made while it was open) may lie on it.
+type svgShotBar struct {
+	svgShotBox
+	Dashed bool `json:"dashed"` // a call never answered: its edge has gaps
+}
+
+// layoutBars lists the activation bars of l in drawing order.
+func layoutBars(l *drawing) []svgShotBar {
+	var out []svgShotBar
+	for _, e := range l.layers[layerBars] {
+		if e.kind == eRect && e.r.h > 0 {
+			out = append(out, svgShotBar{svgShotBox{e.r.x, e.r.y, e.r.w, e.r.h}, e.class == "open"})
+		}
+	}
+	return out
 }
 
 // svgShotMeasure is one <text> as Chromium drew it.
@@ -154,7 +174,7 @@ func svgShotSide(t *testing.T, name string, l *drawing) svgShotSidecar {
 	if err != nil {
 		t.Fatal(err)
 	}
-	side := svgShotSidecar{Flow: name, Width: l.w, Height: l.h}
+	side := svgShotSidecar{Flow: name, Width: l.w, Height: l.h, Bars: layoutBars(l)}
 	block := 0
 	for _, e := range l.elems() {
 		if e.kind != eText {
@@ -215,7 +235,8 @@ func svgShotCases(t *testing.T, dir string) []*svgShotCase {
 			all = append(all, named{capName, n, f})
 		}
 	}
-	all = append(all, named{"synthetic", "hostile", svgShotHostileFlow()})
+	all = append(all, named{"synthetic", "hostile", svgShotHostileFlow()},
+		named{"synthetic", "burst", burstFlow()}, named{"synthetic", "burst-stop", burstStopFlow()})
 
 	var out []*svgShotCase
 	for _, n := range all {
@@ -282,17 +303,17 @@ func TestSVGBrowserTool(t *testing.T) {
 	const deps = "run lab/test-deps.sh as root"
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skipf("node not installed (Node.js 20 or later with npm, then %s): SVG files not looked at in a browser", deps)
+		testpeer.Missing(t, "node not installed (Node.js 20 or later with npm, then %s): SVG files not looked at in a browser", deps)
 	}
 	if _, err := os.Stat(filepath.Join(mermaidCheck, "node_modules", "playwright-core", "package.json")); err != nil {
-		t.Skipf("render/%s/node_modules/playwright-core missing (%s, or npm ci there): SVG files not looked at in a browser", mermaidCheck, deps)
+		testpeer.Missing(t, "render/%s/node_modules/playwright-core missing (%s, or npm ci there): SVG files not looked at in a browser", mermaidCheck, deps)
 	}
 	chromium := os.Getenv("CHROMIUM")
 	if chromium == "" {
 		chromium = "/usr/bin/chromium"
 	}
 	if _, err := os.Stat(chromium); err != nil {
-		t.Skipf("%s missing (%s, or apt-get install -y chromium): SVG files not looked at in a browser", chromium, deps)
+		testpeer.Missing(t, "%s missing (%s, or apt-get install -y chromium): SVG files not looked at in a browser", chromium, deps)
 	}
 
 	dir := os.Getenv("SVG_SHOTS")
@@ -394,6 +415,9 @@ func checkSVGShot(t *testing.T, c *svgShotCase, r *svgShotResult) shotDiff {
 	}
 	if err := notBlank(shot); err != nil {
 		t.Errorf("screenshot %s: %v", r.PNG, err)
+	}
+	for _, p := range barCuts(shot, c.side.Bars) {
+		t.Errorf("screenshot %s: %s", r.PNG, p)
 	}
 	own, err := png.Decode(bytes.NewReader(c.goPNG))
 	if err != nil {
@@ -541,6 +565,56 @@ func overflow(a, b box) string {
 		}
 	}
 	return strings.Join(s, ", ")
+}
+
+// barCutGrey is the grey level above which a pixel of a bar's edge counts
+// as hidden: the edge (#78909c, grey 138) drawn over half a pixel is about
+// 196; under a label's plate (85% white) it would be about 246.
+const barCutGrey = 225
+
+// barCuts lists the activation bars whose left or right edge is hidden
+// somewhere along its height in m (by a label's plate drawn over it, for
+// one): a bar cut in two reads as two calls. Where a later bar lies on the
+// edge (a nested call) it is not looked at, nor are dashed edges.
+func barCuts(m image.Image, bars []svgShotBar) []string {
+	b := m.Bounds()
+	g := greys(m)
+	grey := func(x, y int) float64 {
+		if x < 0 || y < 0 || x >= b.Dx() || y >= b.Dy() {
+			return 255
+		}
+		return g[y*b.Dx()+x]
+	}
+	covered := func(i int, x float64, y int) bool {
+		for _, o := range bars[i+1:] {
+			if x >= o.X-1.5 && x <= o.X+o.W+1.5 && float64(y) >= o.Y-1.5 && float64(y) <= o.Y+o.H+1.5 {
+				return true
+			}
+		}
+		return false
+	}
+	var out []string
+	for i, bar := range bars {
+		if bar.Dashed {
+			continue
+		}
+		for _, ex := range []float64{bar.X, bar.X + bar.W} {
+			x := int(math.Round(ex))
+			cut, first := 0, -1
+			for y := int(math.Ceil(bar.Y)) + 2; y < int(bar.Y+bar.H)-2; y++ {
+				if math.Min(grey(x-1, y), grey(x, y)) > barCutGrey && !covered(i, ex, y) {
+					if cut++; first < 0 {
+						first = y
+					}
+				}
+			}
+			if cut > 0 {
+				out = append(out, fmt.Sprintf("the bar at x %.1f, y %.1f–%.1f has its edge at x %.1f hidden on %d rows from y %d",
+					bar.X, bar.Y, bar.Y+bar.H, ex, cut, first))
+			}
+		}
+	}
+	return out
 }
 
 // greys is m's luminance, 0 (black) to 255 (white), row by row.

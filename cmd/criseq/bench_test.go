@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,23 +24,7 @@ import (
 // node recorded for hours would give.
 func largeCapture(b *testing.B, from string, size int64) string {
 	b.Helper()
-	src, err := capture.OpenFile(from)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var chunks []capture.Chunk
-	for {
-		c, err := src.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		c.Data = append([]byte(nil), c.Data...)
-		chunks = append(chunks, c)
-	}
-	src.Close()
+	chunks := readChunks(b, from)
 	if len(chunks) == 0 {
 		b.Fatalf("%s holds no chunks", from)
 	}
@@ -167,21 +155,81 @@ func BenchmarkPipelineRead(b *testing.B) {
 
 // BenchmarkWatchDay replays the large capture (over a day of real kubelet
 // traffic: polling, and a pod started and stopped every minute) through
-// criseq watch, and reports the process's peak RSS. Run it alone
-// (-bench WatchDay) so the peak is watch's.
+// criseq watch, run as its own process (the criseq binary, built here), and
+// reports watch's peak RSS, not the test process's, which built the capture.
+// CRISEQ_HEAPPROFILE=FILE also writes a heap profile of the same replay,
+// in process, taken at watch's peak of live heap.
 func BenchmarkWatchDay(b *testing.B) {
 	path, size := sharedLargeCapture(b)
+	bin := filepath.Join(b.TempDir(), "criseq")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
 	out := b.TempDir()
 	b.SetBytes(size)
 	b.ResetTimer()
+	var peak int64
 	for i := 0; i < b.N; i++ {
-		if err := run(b.Context(), []string{"watch", "-r", path, "-o", out, "--format", "svg"}, io.Discard, io.Discard); err != nil {
-			b.Fatal(err)
+		cmd := exec.Command(bin, "watch", "-r", path, "-o", out, "--format", "svg")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil {
+			b.Fatalf("criseq watch: %v\n%s", err, stderr.String())
+		}
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			peak = max(peak, ru.Maxrss)
 		}
 	}
 	b.StopTimer()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
-		b.ReportMetric(float64(ru.Maxrss)/1024, "maxrss-MiB")
+	b.ReportMetric(float64(peak)/1024, "watch-maxrss-MiB")
+	if prof := os.Getenv("CRISEQ_HEAPPROFILE"); prof != "" {
+		heapProfileAtPeak(b, prof, func() error {
+			return run(b.Context(), []string{"watch", "-r", path, "-o", out, "--format", "svg"}, io.Discard, io.Discard)
+		})
 	}
+}
+
+// heapProfileAtPeak runs f and writes a heap profile taken when the live
+// heap was largest (sampled every 50 ms).
+func heapProfileAtPeak(b *testing.B, path string, f func() error) {
+	var mu sync.Mutex
+	var best bytes.Buffer
+	var bestHeap uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if ms.HeapAlloc > bestHeap {
+				var buf bytes.Buffer
+				if err := pprof.Lookup("heap").WriteTo(&buf, 0); err == nil {
+					mu.Lock()
+					bestHeap, best = ms.HeapAlloc, buf
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	runtime.MemProfileRate = 64 << 10
+	err := f()
+	close(stop)
+	<-done
+	if err != nil {
+		b.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if err := os.WriteFile(path, best.Bytes(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("heap profile at a live heap of %.1f MiB: %s", float64(bestHeap)/(1<<20), path)
 }

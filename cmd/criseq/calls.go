@@ -17,6 +17,7 @@ import (
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 const callsUsage = `Usage: criseq calls [flags] FILE
@@ -24,6 +25,12 @@ const callsUsage = `Usage: criseq calls [flags] FILE
 Lists every gRPC call in a capture (pcap or pcapng, criseq's own or made by
 tcpdump/tshark): when it started relative to the first call, its connection and
 stream, the method, how long it took, its status, and what it was about.
+
+A connection caught midway (criseq record --attach), or whose bytes were
+lost, is decoded from the next frame found. A method whose :path cannot be read
+then is inferred from the shape of the messages and marked ~ (in JSON, the flag
+"inferred"); "(unknown)" when no single method fits. A status marked ~ was not
+read either: a unary call that got its response is OK.
 
 Examples:
   criseq calls cri.pcapng
@@ -49,7 +56,7 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	labels := flow.NewLabeler(flow.Options{})
 	var out callWriter = &tableWriter{tw: tabwriter.NewWriter(bw, 0, 0, 2, ' ', 0)}
 	if *asJSON {
-		out = &jsonWriter{w: bw, raw: *noRedact}
+		out = newJSONWriter(bw, *noRedact)
 	}
 	dopts := decode.Options{NoRedact: *noRedact}
 	var keep func(*decode.Call) bool
@@ -78,10 +85,11 @@ type callWriter interface {
 // memory stays bounded (columns align within a block, and CRI method
 // names are short enough that blocks rarely differ).
 type tableWriter struct {
-	tw   *tabwriter.Writer
-	t0   time.Time
-	rows int
-	buf  []byte
+	tw       *tabwriter.Writer
+	t0       time.Time
+	rows     int
+	buf      []byte
+	inferred bool // a row was marked ~
 }
 
 const tableBlock = 4096
@@ -97,11 +105,17 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	b = append(b, '\t')
 	b = strconv.AppendUint(b, uint64(c.Stream), 10)
 	b = append(b, '\t')
+	method := s.Method
 	if c.Known {
-		b = append(b, s.Service...)
-		b = append(b, '/')
+		method = s.Service + "/" + s.Method
 	}
-	b = append(b, s.Method...)
+	switch {
+	case method == "":
+		method = "(unknown)"
+	case c.Flags&decode.Inferred != 0:
+		method += "~"
+	}
+	b = append(b, termtext.String(method)...)
 	b = append(b, '\t')
 	if s.Done {
 		b = append(b, fmtDuration(s.Duration)...)
@@ -110,6 +124,10 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	}
 	b = append(b, '\t')
 	b = append(b, statusText(c)...)
+	if c.Flags&decode.InferredStatus != 0 {
+		b = append(b, '~')
+	}
+	w.inferred = w.inferred || c.Flags&(decode.Inferred|decode.InferredStatus) != 0
 	b = append(b, '\t')
 	if late {
 		b = append(b, "late"...)
@@ -118,7 +136,7 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
 		if late {
 			b = append(b, " · "...)
 		}
-		b = append(b, det...)
+		b = append(b, termtext.String(det)...)
 	}
 	b = append(b, '\n')
 	w.buf = b
@@ -132,7 +150,19 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	return nil
 }
 
-func (w *tableWriter) flush() error { return w.tw.Flush() }
+func (w *tableWriter) flush() error {
+	if err := w.tw.Flush(); err != nil {
+		return err
+	}
+	if w.inferred {
+		_, err := fmt.Fprintln(w.tw, "~ inferred from the messages: the :path or grpc-status was in a header table entry older than the capture")
+		if err != nil {
+			return err
+		}
+		return w.tw.Flush()
+	}
+	return nil
+}
 
 // Calls are printed in start order (then connection, stream): each is held
 // until no call still open, nor any call not yet seen, can start before it.
@@ -232,7 +262,7 @@ func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool
 		return err
 	}
 	// A truncated file: what was read before the damage is shown.
-	fmt.Fprintf(stderr, "criseq: %v (showing what was read before it)\n", err)
+	fmt.Fprintf(stderr, "criseq: %s (showing what was read before it)\n", termtext.String(err.Error()))
 	return nil
 }
 
@@ -335,7 +365,7 @@ func flagNames(f decode.Flags) []string {
 		f    decode.Flags
 		name string
 	}{{decode.Incomplete, "incomplete"}, {decode.Reset, "reset"}, {decode.Compressed, "compressed"},
-		{decode.Gap, "gap"}, {decode.Malformed, "malformed"}} {
+		{decode.Gap, "gap"}, {decode.Malformed, "malformed"}, {decode.Inferred, "inferred"}, {decode.InferredStatus, "inferred-status"}} {
 		if f&x.f != 0 {
 			out = append(out, x.name)
 		}

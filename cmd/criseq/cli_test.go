@@ -133,6 +133,14 @@ func (s *criServer) StartContainer(context.Context, *runtimeapi.StartContainerRe
 // returns the directory and the socket.
 func serveCRI(t *testing.T) (dir, sock string, cs *criServer) {
 	t.Helper()
+	cs = &criServer{}
+	dir, sock = serveCRIWith(t, cs, cs)
+	return dir, sock, cs
+}
+
+// serveCRIWith is serveCRI with the given service implementations.
+func serveCRIWith(t *testing.T, rt runtimeapi.RuntimeServiceServer, img runtimeapi.ImageServiceServer) (dir, sock string) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "criseq")
 	if err != nil {
 		t.Fatal(err)
@@ -144,19 +152,20 @@ func serveCRI(t *testing.T) (dir, sock string, cs *criServer) {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	cs = &criServer{}
-	runtimeapi.RegisterRuntimeServiceServer(srv, cs)
-	runtimeapi.RegisterImageServiceServer(srv, cs)
+	runtimeapi.RegisterRuntimeServiceServer(srv, rt)
+	runtimeapi.RegisterImageServiceServer(srv, img)
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
-	return dir, sock, cs
+	return dir, sock
 }
 
 // recordSession runs criseq record between a real grpc-go client and the
-// server at upstream while drive makes its calls, and returns the capture
+// server at upstream while drive makes its calls (then each of more, given
+// the listen socket to make its own connections), and returns the capture
 // file, checked to be 0600 with the listen socket removed.
 func recordSession(t *testing.T, dir, upstream string,
-	drive func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient)) string {
+	drive func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient),
+	more ...func(ctx context.Context, listen string)) string {
 	t.Helper()
 	listen, file := filepath.Join(dir, "proxy.sock"), filepath.Join(dir, "cri.pcapng")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -178,6 +187,9 @@ func recordSession(t *testing.T, dir, upstream string,
 	}
 	drive(ctx, runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn))
 	conn.Close()
+	for _, m := range more {
+		m(ctx, listen)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("record: %v\n%s", err, recErr.String())
@@ -188,6 +200,7 @@ func recordSession(t *testing.T, dir, upstream string,
 	if _, err := os.Stat(listen); !os.IsNotExist(err) {
 		t.Errorf("listen socket left behind: %v", err)
 	}
+	checkTimeOrder(t, file)
 	return file
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 const diffUsage = `Usage: criseq diff [flags] SPEC_A SPEC_B
@@ -151,17 +151,17 @@ func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		sides[i] = diffSide{spec: s, f: f}
 	}
-	d := compareFlows(sides[0], sides[1])
+	d := &flowDiff{Comparison: flow.Compare(sides[0].f, sides[1].f), a: sides[0], b: sides[1]}
 	bw := bufio.NewWriter(stdout)
 	switch *format {
 	case "md":
 		d.writeMarkdown(bw)
 	case "json":
-		enc := json.NewEncoder(bw)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(d.json()); err != nil {
+		b, err := json.MarshalIndent(d.json(), "", "  ")
+		if err != nil {
 			return err
 		}
+		bw.Write(termtext.JSON(append(b, '\n')))
 	default:
 		d.writeText(bw)
 	}
@@ -330,7 +330,7 @@ func pickFlow(s diffSpec, flows []*flow.Flow, calls int) (*flow.Flow, error) {
 		if n := seen[spec]; n > 1 {
 			spec += "#" + strconv.Itoa(n)
 		}
-		fmt.Fprintf(&b, "\n  %-32s %-5s %s", f.Pod.String(), f.Kind, spec)
+		fmt.Fprintf(&b, "\n  %-32s %-5s %s", termtext.String(f.Pod.String()), f.Kind, termtext.String(spec))
 	}
 	return nil, fmt.Errorf("%s", b.String())
 }
@@ -341,237 +341,20 @@ type diffSide struct {
 	f    *flow.Flow
 }
 
-// diffPhase is one row of the table: a phase's time in A and B (nil when
-// that flow has no such call).
-type diffPhase struct {
-	label string
-	a, b  *time.Duration
-}
-
-// diffCall is a call only one flow made; identical ones are counted once.
-type diffCall struct {
-	step  flow.Step
-	count int
-	total time.Duration
-}
-
 type flowDiff struct {
-	a, b         diffSide
-	total        string // the label of the total row
-	phases       []diffPhase
-	onlyA, onlyB []*diffCall
+	*flow.Comparison
+	a, b diffSide
 }
 
-// phaseMethods are the calls that do a pod's work, in the order render's
-// summary line and diff's table list them.
-var phaseMethods = []struct{ method, label string }{
-	{"RunPodSandbox", "sandbox"}, {"PullImage", "pull"}, {"CreateContainer", "create"},
-	{"StartContainer", "start"}, {"StopContainer", "stop"}, {"StopPodSandbox", "stop sandbox"},
-	{"RemoveContainer", "remove"}, {"RemovePodSandbox", "remove sandbox"},
-}
-
-// phaseTime is the time during which a flow had a call of method open: two
-// StopContainer calls made together count once, as they took the pod's
-// time once. ok is false if the flow made none.
-func phaseTime(f *flow.Flow, method string) (sum time.Duration, ok bool) {
-	var spans [][2]time.Time
-	for _, s := range f.Steps {
-		if s.Method != method {
-			continue
-		}
-		ok = true
-		if s.Start.IsZero() {
-			sum += s.Duration
-			continue
-		}
-		spans = append(spans, [2]time.Time{s.Start, s.Start.Add(s.Duration)})
+func callName(c *flow.Unmatched) string {
+	s := c.Step.Method + "(" + c.Step.Arg + ")"
+	if c.Count > 1 {
+		s += " ×" + strconv.Itoa(c.Count)
 	}
-	slices.SortFunc(spans, func(a, b [2]time.Time) int { return a[0].Compare(b[0]) })
-	var start, end time.Time
-	for i, sp := range spans {
-		switch {
-		case i == 0:
-			start, end = sp[0], sp[1]
-		case sp[0].After(end): // a gap: the interval before is counted
-			sum += end.Sub(start)
-			start, end = sp[0], sp[1]
-		case sp[1].After(end):
-			end = sp[1]
-		}
+	if c.Step.Err != "" {
+		s += " ✗ " + flow.ErrCode(c.Step.Err)
 	}
-	return sum + end.Sub(start), ok
-}
-
-func compareFlows(a, b diffSide) *flowDiff {
-	d := &flowDiff{a: a, b: b, total: "total"}
-	if a.f.Kind == b.f.Kind {
-		if a.f.Kind == flow.Start {
-			d.total = "total (to running)"
-		} else {
-			d.total = "total (to stopped)"
-		}
-	}
-	for _, p := range phaseMethods {
-		ta, okA := phaseTime(a.f, p.method)
-		tb, okB := phaseTime(b.f, p.method)
-		if !okA && !okB {
-			continue
-		}
-		row := diffPhase{label: p.label}
-		if okA {
-			row.a = &ta
-		}
-		if okB {
-			row.b = &tb
-		}
-		d.phases = append(d.phases, row)
-	}
-	ua, ub := unmatchedSteps(a.f.Steps, b.f.Steps)
-	d.onlyA, d.onlyB = collapse(ua), collapse(ub)
-	return d
-}
-
-// callKeys gives each step the key calls are matched by: service and
-// method, plus the argument when the other flow made the same call with
-// the same argument (a container's name, an image both used), so that
-// "CreateContainer web" pairs with "CreateContainer web", not with an init
-// container's, while pods with different names and images still pair up.
-func callKeys(steps, other []flow.Step) []string {
-	theirs := map[string]bool{}
-	for _, s := range other {
-		theirs[s.Service+"/"+s.Method+"\x00"+s.Arg] = true
-	}
-	keys := make([]string, len(steps))
-	for i, s := range steps {
-		k := s.Service + "/" + s.Method + "\x00" + s.Arg
-		if !theirs[k] {
-			k = s.Service + "/" + s.Method + "\x00*"
-		}
-		keys[i] = k
-	}
-	return keys
-}
-
-// lcsLimit bounds the LCS table (cells); longer pairs of flows (--all on
-// a long capture) are matched by counting keys instead of in order.
-const lcsLimit = 4 << 20
-
-// unmatchedSteps aligns the two flows' calls with a longest common
-// subsequence over their keys and returns the calls left over on each side.
-func unmatchedSteps(as, bs []flow.Step) (onlyA, onlyB []flow.Step) {
-	ka, kb := callKeys(as, bs), callKeys(bs, as)
-	// Common prefix and suffix match without a table.
-	lo := 0
-	for lo < len(ka) && lo < len(kb) && ka[lo] == kb[lo] {
-		lo++
-	}
-	ha, hb := len(ka), len(kb)
-	for ha > lo && hb > lo && ka[ha-1] == kb[hb-1] {
-		ha--
-		hb--
-	}
-	ka, kb = ka[lo:ha], kb[lo:hb]
-	sa, sb := as[lo:ha], bs[lo:hb]
-	n, m := len(ka), len(kb)
-	if n == 0 || m == 0 {
-		return sa, sb
-	}
-	if n*m > lcsLimit {
-		return unmatchedByCount(ka, kb, sa, sb)
-	}
-	// t[i][j] = LCS length of ka[i:], kb[j:].
-	w := m + 1
-	t := make([]int32, (n+1)*w)
-	for i := n - 1; i >= 0; i-- {
-		for j := m - 1; j >= 0; j-- {
-			switch {
-			case ka[i] == kb[j]:
-				t[i*w+j] = t[(i+1)*w+j+1] + 1
-			case t[(i+1)*w+j] >= t[i*w+j+1]:
-				t[i*w+j] = t[(i+1)*w+j]
-			default:
-				t[i*w+j] = t[i*w+j+1]
-			}
-		}
-	}
-	i, j := 0, 0
-	for i < n && j < m {
-		switch {
-		case ka[i] == kb[j]:
-			i++
-			j++
-		case t[(i+1)*w+j] >= t[i*w+j+1]:
-			onlyA = append(onlyA, sa[i])
-			i++
-		default:
-			onlyB = append(onlyB, sb[j])
-			j++
-		}
-	}
-	onlyA = append(onlyA, sa[i:]...)
-	onlyB = append(onlyB, sb[j:]...)
-	return onlyA, onlyB
-}
-
-// unmatchedByCount pairs calls with the same key regardless of order.
-func unmatchedByCount(ka, kb []string, sa, sb []flow.Step) (onlyA, onlyB []flow.Step) {
-	na, nb := map[string]int{}, map[string]int{}
-	for _, k := range ka {
-		na[k]++
-	}
-	for _, k := range kb {
-		nb[k]++
-	}
-	// The first min(na, nb) calls of each key are matched.
-	left := func(keys []string, steps []flow.Step, theirs map[string]int) []flow.Step {
-		used := map[string]int{}
-		var out []flow.Step
-		for i, k := range keys {
-			used[k]++
-			if used[k] > theirs[k] {
-				out = append(out, steps[i])
-			}
-		}
-		return out
-	}
-	return left(ka, sa, nb), left(kb, sb, na)
-}
-
-// collapse counts identical calls (same method, argument and failure)
-// once, in the order they first came.
-func collapse(steps []flow.Step) []*diffCall {
-	var out []*diffCall
-	byKey := map[string]*diffCall{}
-	for _, s := range steps {
-		k := s.Service + "/" + s.Method + "\x00" + s.Arg + "\x00" + errCode(s.Err)
-		c := byKey[k]
-		if c == nil {
-			c = &diffCall{step: s}
-			byKey[k] = c
-			out = append(out, c)
-		}
-		c.count++
-		c.total += s.Duration
-	}
-	return out
-}
-
-// errCode is the gRPC code of a step's error text ("NotFound: …").
-func errCode(e string) string {
-	if i := strings.Index(e, ":"); i >= 0 {
-		return e[:i]
-	}
-	return e
-}
-
-func (c *diffCall) name() string {
-	s := c.step.Method + "(" + c.step.Arg + ")"
-	if c.count > 1 {
-		s += " ×" + strconv.Itoa(c.count)
-	}
-	if c.step.Err != "" {
-		s += " ✗ " + errCode(c.step.Err)
-	}
+	s = termtext.String(s)
 	return s
 }
 
@@ -647,16 +430,16 @@ func (s diffSide) describe() string {
 		extra = append(extra, s.f.Runtime)
 	}
 	extra = append(extra, "at "+s.f.Start.UTC().Format("15:04:05.000")+" UTC")
-	return fmt.Sprintf("%s %s, %s (%s)", s.f.Pod, s.f.Kind, s.spec.file, strings.Join(extra, ", "))
+	return termtext.String(fmt.Sprintf("%s %s, %s (%s)", s.f.Pod, s.f.Kind, s.spec.file, strings.Join(extra, ", ")))
 }
 
 // rows is the table both text formats print: label, A, B, Δ.
 func (d *flowDiff) rows() [][4]string {
 	a, b := d.a.f, d.b.f
 	da, db := a.Duration(), b.Duration()
-	rows := [][4]string{{d.total, fmtTotal(a), fmtTotal(b), fmtDelta(&da, &db)}}
-	for _, p := range d.phases {
-		rows = append(rows, [4]string{p.label, fmtMaybe(p.a), fmtMaybe(p.b), fmtDelta(p.a, p.b)})
+	rows := [][4]string{{d.Total, fmtTotal(a), fmtTotal(b), fmtDelta(&da, &db)}}
+	for _, p := range d.Phases {
+		rows = append(rows, [4]string{p.Label, fmtMaybe(p.A), fmtMaybe(p.B), fmtDelta(p.A, p.B)})
 	}
 	rows = append(rows, [4]string{"calls", strconv.Itoa(len(a.Steps)), strconv.Itoa(len(b.Steps)), countDelta(len(a.Steps), len(b.Steps))})
 	if fa, fb := failed(a), failed(b); fa+fb > 0 {
@@ -676,8 +459,8 @@ func (d *flowDiff) writeText(w io.Writer) {
 	fmt.Fprintln(w)
 	for _, side := range []struct {
 		name  string
-		calls []*diffCall
-	}{{"A", d.onlyA}, {"B", d.onlyB}} {
+		calls []*flow.Unmatched
+	}{{"A", d.OnlyA}, {"B", d.OnlyB}} {
 		prefix := "only in " + side.name + ": "
 		if len(side.calls) == 0 {
 			fmt.Fprintln(w, prefix+"—")
@@ -689,7 +472,7 @@ func (d *flowDiff) writeText(w io.Writer) {
 			if i == 0 {
 				p = prefix
 			}
-			fmt.Fprintf(tw, "%s%s\t%s\n", p, c.name(), fmtDuration(c.total))
+			fmt.Fprintf(tw, "%s%s\t%s\n", p, callName(c), fmtDuration(c.Total))
 		}
 		tw.Flush()
 	}
@@ -708,15 +491,15 @@ func (d *flowDiff) writeMarkdown(w io.Writer) {
 	}
 	for _, side := range []struct {
 		name  string
-		calls []*diffCall
-	}{{"A", d.onlyA}, {"B", d.onlyB}} {
+		calls []*flow.Unmatched
+	}{{"A", d.OnlyA}, {"B", d.OnlyB}} {
 		if len(side.calls) == 0 {
 			fmt.Fprintf(w, "\n**Only in %s**: none\n", side.name)
 			continue
 		}
 		fmt.Fprintf(w, "\n**Only in %s**\n\n", side.name)
 		for _, c := range side.calls {
-			fmt.Fprintf(w, "- `%s` %s\n", strings.ReplaceAll(c.name(), "`", "'"), fmtDuration(c.total))
+			fmt.Fprintf(w, "- `%s` %s\n", strings.ReplaceAll(callName(c), "`", "'"), fmtDuration(c.Total))
 		}
 	}
 }
@@ -746,6 +529,7 @@ type jsonDiffFlow struct {
 
 type jsonDiffPhase struct {
 	Phase   string   `json:"phase"`
+	Wait    bool     `json:"wait,omitempty"`
 	AMS     *float64 `json:"a_ms"`
 	BMS     *float64 `json:"b_ms"`
 	DeltaMS *float64 `json:"delta_ms"`
@@ -781,23 +565,23 @@ func (d *flowDiff) json() jsonDiff {
 			Complete: s.f.Complete, DurationMS: ms(s.f.Duration()), Calls: len(s.f.Steps), Failed: failed(s.f),
 		}
 	}
-	calls := func(cs []*diffCall) []jsonDiffCall {
+	calls := func(cs []*flow.Unmatched) []jsonDiffCall {
 		out := []jsonDiffCall{}
 		for _, c := range cs {
 			out = append(out, jsonDiffCall{
-				Service: c.step.Service, Method: c.step.Method, Arg: c.step.Arg, Result: c.step.Result,
-				Error: c.step.Err, Count: c.count, DurationMS: ms(c.total),
+				Service: c.Step.Service, Method: c.Step.Method, Arg: c.Step.Arg, Result: c.Step.Result,
+				Error: c.Step.Err, Count: c.Count, DurationMS: ms(c.Total),
 			})
 		}
 		return out
 	}
-	j := jsonDiff{A: side(d.a), B: side(d.b), Phases: []jsonDiffPhase{}, OnlyA: calls(d.onlyA), OnlyB: calls(d.onlyB)}
+	j := jsonDiff{A: side(d.a), B: side(d.b), Phases: []jsonDiffPhase{}, OnlyA: calls(d.OnlyA), OnlyB: calls(d.OnlyB)}
 	da, db := d.a.f.Duration(), d.b.f.Duration()
-	rows := append([]diffPhase{{label: "total", a: &da, b: &db}}, d.phases...)
+	rows := append([]flow.PhaseTimes{{Label: "total", A: &da, B: &db}}, d.Phases...)
 	for _, p := range rows {
-		jp := jsonDiffPhase{Phase: p.label, AMS: msPtr(p.a), BMS: msPtr(p.b)}
-		if p.a != nil && p.b != nil {
-			delta := *p.b - *p.a
+		jp := jsonDiffPhase{Phase: p.Label, Wait: p.Wait, AMS: msPtr(p.A), BMS: msPtr(p.B)}
+		if p.A != nil && p.B != nil {
+			delta := *p.B - *p.A
 			jp.DeltaMS = msPtr(&delta)
 		}
 		j.Phases = append(j.Phases, jp)

@@ -8,7 +8,6 @@ import (
 	"flag"
 	"io"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,13 +47,16 @@ func firstFlow(t *testing.T, name string, kind flow.Kind) *flow.Flow {
 	return nil
 }
 
-// phaseMap splits phases(f), "sandbox 217ms, pull 31ms, …", into label →
-// printed duration.
+// phaseMap is f's Timing (what render's summary line prints) as label →
+// printed duration, waits labelled "waiting: NAME".
 func phaseMap(f *flow.Flow) map[string]string {
 	m := map[string]string{}
-	for _, p := range strings.Split(phases(f), ", ") {
-		i := strings.LastIndex(p, " ")
-		m[p[:i]] = p[i+1:]
+	for _, p := range f.Timing().Parts {
+		label := p.Name
+		if p.Wait {
+			label = "waiting: " + label
+		}
+		m[label] = fmtDuration(p.Dur)
 	}
 	return m
 }
@@ -94,7 +96,7 @@ func TestDiffPullWarm(t *testing.T) {
 		t.Errorf("total row = %q, want %s and %s (as render prints)", got, fmtDuration(a.Duration()), fmtDuration(b.Duration()))
 	}
 	pa, pb := phaseMap(a), phaseMap(b)
-	for _, label := range []string{"sandbox", "pull", "create", "start"} {
+	for _, label := range []string{"sandbox", "image", "create", "start", "waiting: kubelet"} {
 		want := []string{pa[label], pb[label]}
 		for i := range want {
 			if want[i] == "" {
@@ -105,8 +107,8 @@ func TestDiffPullWarm(t *testing.T) {
 			t.Errorf("%s row = %q, want %q", label, got, want)
 		}
 	}
-	if got := rows["pull"]; len(got) != 3 || got[2] != "only A" {
-		t.Errorf("pull row = %q, want Δ only A", got)
+	if a, b := rows["sandbox"], rows["image"]; len(a) != 3 || len(b) != 3 {
+		t.Errorf("sandbox row %q, image row %q: want both flows' times", a, b)
 	}
 	if got := rows["calls"]; len(got) != 3 || got[0] != strconv.Itoa(len(a.Steps)) || got[1] != strconv.Itoa(len(b.Steps)) {
 		t.Errorf("calls row = %q, want %d and %d", got, len(a.Steps), len(b.Steps))
@@ -117,62 +119,30 @@ func TestDiffPullWarm(t *testing.T) {
 	}
 }
 
-// TestPhaseTimeIsWallTime: a phase's time is the time its calls were open,
-// at least its longest call and at most their sum, for every flow of every
-// capture; kubelet stops two containers together, which counts once.
-func TestPhaseTimeIsWallTime(t *testing.T) {
-	overlapped := false
-	for _, c := range captures(t) {
-		flows, _, err := loadFlows(c, decode.Options{}, flow.Options{}, io.Discard)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range flows {
-			for _, p := range phaseMethods {
-				var sum, longest time.Duration
-				for _, s := range f.Steps {
-					if s.Method == p.method {
-						sum += s.Duration
-						longest = max(longest, s.Duration)
-					}
-				}
-				got, ok := phaseTime(f, p.method)
-				if ok != hasMethod(f, p.method) {
-					t.Errorf("%s %s %s %s: ok=%v", c, f.Pod, f.Kind, p.label, ok)
-				}
-				if got < longest || got > sum {
-					t.Errorf("%s %s %s %s: %v, want between the longest call %v and the sum %v", c, f.Pod, f.Kind, p.label, got, longest, sum)
-				}
-				if got < sum {
-					overlapped = true
-				}
-			}
-		}
-	}
-	if !overlapped {
-		t.Error("no capture has calls of one phase open together (kubelet-init's stop has)")
-	}
-	// The summary line uses the same time: kubelet-init's stop phase is
-	// shorter than the pod's stop.
+// TestSummaryPhaseTimes: the summary line and diff's rows come from one
+// Timing: kubelet-init's stop phase counts two StopContainer calls made
+// together once, and each side's rows add up to its total.
+func TestSummaryPhaseTimes(t *testing.T) {
 	f := firstFlow(t, "kubelet-init", flow.Stop)
-	if stop, _ := phaseTime(f, "StopContainer"); stop > f.Duration() {
-		t.Errorf("stop phase %v longer than the pod's stop %v", stop, f.Duration())
+	stop := phaseMap(f)["stop"]
+	if stop == "" || !strings.Contains(summary(f), "stop "+stop) {
+		t.Errorf("summary %q lacks the stop phase %q", summary(f), stop)
 	}
-	if want := "stop " + fmtDuration(mustPhase(t, f, "StopContainer")); !strings.Contains(phases(f), want) {
-		t.Errorf("phases %q lacks %q", phases(f), want)
+	var sum time.Duration
+	for _, s := range f.Steps {
+		if s.Method == "StopContainer" {
+			sum += s.Duration
+		}
 	}
-}
-
-func hasMethod(f *flow.Flow, method string) bool {
-	return slices.ContainsFunc(f.Steps, func(s flow.Step) bool { return s.Method == method })
-}
-
-func mustPhase(t *testing.T, f *flow.Flow, method string) time.Duration {
-	d, ok := phaseTime(f, method)
-	if !ok {
-		t.Fatalf("%s %s has no %s", f.Pod, f.Kind, method)
+	for _, p := range f.Timing().Parts {
+		if p.Name == "stop" && p.Dur >= sum {
+			t.Errorf("stop phase %v not less than the sum of its overlapping calls %v", p.Dur, sum)
+		}
 	}
-	return d
+	out := diffOut(t, capturePath("kubelet-init")+"@stop", capturePath("kubelet-init")+"@stop")
+	if rows := tableRows(out); len(rows["stop"]) < 2 || rows["stop"][0] != stop {
+		t.Errorf("diff's stop row %q, want %s", rows["stop"], stop)
+	}
 }
 
 func TestDiffInitContainers(t *testing.T) {
@@ -230,7 +200,7 @@ func TestDiffMarkdownAndJSON(t *testing.T) {
 	for _, want := range []string{
 		"| | A | B | Δ |\n|---|---:|---:|---:|\n",
 		"| total (to running) | " + fmtDuration(a.Duration()) + " | " + fmtDuration(b.Duration()) + " | +27ms |",
-		"| pull | " + phaseMap(a)["pull"] + " | — | only A |",
+		"| image | " + phaseMap(a)["image"] + " | " + phaseMap(b)["image"] + " | −29ms |",
 		"**Only in A**\n\n- `PullImage(127.0.0.1:5000/criseq/app:1)`",
 		"**Only in B**: none",
 	} {
@@ -252,10 +222,21 @@ func TestDiffMarkdownAndJSON(t *testing.T) {
 	if len(j.Phases) == 0 || j.Phases[0].Phase != "total" || *j.Phases[0].AMS != ms(a.Duration()) || *j.Phases[0].BMS != ms(b.Duration()) {
 		t.Errorf("total = %+v", j.Phases)
 	}
+	// A wait only one flow had: kubelet-init's waiting for its init container.
+	if err := json.Unmarshal([]byte(diffOut(t, "--json", capturePath("kubelet-pull"), capturePath("kubelet-init"))), &j); err != nil {
+		t.Fatal(err)
+	}
+	found := false
 	for _, p := range j.Phases {
-		if p.Phase == "pull" && (p.AMS == nil || p.BMS != nil || p.DeltaMS != nil) {
-			t.Errorf("pull = %+v, want a_ms only", p)
+		if p.Phase == "waiting: init container setup" {
+			found = true
+			if !p.Wait || p.AMS != nil || p.BMS == nil || p.DeltaMS != nil {
+				t.Errorf("init wait = %+v, want b_ms only, marked a wait", p)
+			}
 		}
+	}
+	if !found {
+		t.Errorf("no init container wait in %+v", j.Phases)
 	}
 }
 
@@ -330,19 +311,5 @@ func TestParseDiffSpec(t *testing.T) {
 		if err != nil || s.file != c.file || s.pod != c.pod || s.kind != c.kind || s.n != c.n {
 			t.Errorf("parseDiffSpec(%q) = %+v, %v; want file %q pod %q kind %s #%d", c.arg, s, err, c.file, c.pod, c.kind, c.n)
 		}
-	}
-}
-
-// TestUnmatchedByCount: the fallback for very long flows finds the same
-// calls as the LCS when the order agrees.
-func TestUnmatchedByCount(t *testing.T) {
-	a, b := firstFlow(t, "kubelet-pull", flow.Start), firstFlow(t, "kubelet-init", flow.Start)
-	la, lb := unmatchedSteps(a.Steps, b.Steps)
-	ca, cb := unmatchedByCount(callKeys(a.Steps, b.Steps), callKeys(b.Steps, a.Steps), a.Steps, b.Steps)
-	if len(la) != len(ca) || len(lb) != len(cb) {
-		t.Errorf("LCS leaves %d+%d calls, counting %d+%d", len(la), len(lb), len(ca), len(cb))
-	}
-	if len(la) != 1 || la[0].Method != "PullImage" {
-		t.Errorf("only in A = %v", la)
 	}
 }

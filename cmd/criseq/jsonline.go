@@ -1,10 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -15,6 +15,7 @@ import (
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
 	"github.com/criseq/criseq/internal/crijson"
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 // jsonWriter prints one JSON object per call (calls --json). The line is
@@ -28,11 +29,13 @@ import (
 // each left out when empty (duration_ms and status while the call had no
 // end or no status).
 type jsonWriter struct {
-	w   *bufio.Writer
+	w   io.Writer
 	raw bool
 	enc crijson.Encoder
 	buf []byte
 }
+
+func newJSONWriter(out io.Writer, raw bool) *jsonWriter { return &jsonWriter{w: out, raw: raw} }
 
 func (w *jsonWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	b := append(w.buf[:0], `{"time":"`...)
@@ -73,7 +76,8 @@ func (w *jsonWriter) write(c *decode.Call, s flow.Step, late bool) error {
 		b = append(b, `,"late":true`...)
 	}
 	b = append(b, '}', '\n')
-	_, err = w.w.Write(b)
+	// Valid JSON with what a terminal would act on escaped.
+	_, err = w.w.Write(termtext.JSON(b))
 	if cap(b) <= 1<<20 {
 		w.buf = b // reused, unless one huge call made it big
 	}

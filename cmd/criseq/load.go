@@ -10,6 +10,7 @@ import (
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 // lateFlow bounds how long, in capture time, a flow still being built (or
@@ -102,7 +103,7 @@ func streamFlows(path string, dopts decode.Options, fopts flow.Options, stderr i
 	if calls == 0 {
 		return 0, err
 	}
-	fmt.Fprintf(stderr, "criseq: %v (showing what was read before it)\n", err)
+	fmt.Fprintf(stderr, "criseq: %s (showing what was read before it)\n", termtext.String(err.Error()))
 	return calls, nil
 }
 
@@ -152,6 +153,6 @@ func (h *flowHeap) Pop() any {
 
 func report(path string, errs []*decode.ConnError, stderr io.Writer) {
 	for _, e := range errs {
-		fmt.Fprintf(stderr, "criseq: %s: %v\n", path, e)
+		fmt.Fprintf(stderr, "criseq: %s: %s\n", path, termtext.String(e.Error()))
 	}
 }

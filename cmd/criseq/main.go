@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 func main() {
@@ -19,7 +21,7 @@ func main() {
 	stop()
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errReported) {
-			fmt.Fprintln(os.Stderr, "criseq:", err)
+			fmt.Fprintln(os.Stderr, "criseq:", termtext.Lines(err.Error()))
 		}
 		var ee *exitError
 		switch {
@@ -51,6 +53,7 @@ func commands() []command {
 		{"render", "draw each pod start and stop in a capture as a sequence diagram", runRender},
 		{"watch", "record, decode and draw live: a diagram the moment each pod flow completes", runWatch},
 		{"diff", "compare two pod flows side by side: per-phase durations and the calls only one made", runDiff},
+		{"sanitize", "copy a capture with every secret replaced, safe to share", runSanitize},
 		{"restore", "put back a socket that criseq record --swap moved aside", runRestore},
 		{"demo", "draw the diagrams of a bundled real capture (no root, no node)", runDemo},
 	}
@@ -73,6 +76,7 @@ Examples:
                                          # take over the runtime's own socket
   criseq calls cri.pcapng                # every CRI call, one per line
   criseq render -o diagrams cri.pcapng   # one diagram per pod start/stop
+  criseq sanitize cri.pcapng share.pcapng  # a copy without secrets
 
 Run "criseq <command> -h" for a command's flags and examples.
 `

@@ -4,14 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 	"github.com/criseq/criseq/render"
 )
 
@@ -26,6 +31,7 @@ Examples:
   criseq render -o site/img --format svg cri.pcapng
   criseq render --format html cri.pcapng            # one page, out/cri.html, to browse every flow
   criseq render --pod default/nginx --all cri.pcapng  # one pod, with kubelet's polling
+  criseq render --format json cri.pcapng            # each flow as data: phases, waits, calls, events
 `
 
 // renderOptions are the flags render and demo share.
@@ -185,36 +191,16 @@ func (w *flowFiles) write(f *flow.Flow) error {
 		}
 	}
 	if len(names) == 0 { // html only: the viewer is written after
-		fmt.Fprintf(w.stdout, "%-32s %s\n", f.Pod.String(), summary(f))
+		fmt.Fprintf(w.stdout, "%-32s %s\n", termtext.String(f.Pod.String()), summary(f))
 		return nil
 	}
-	fmt.Fprintf(w.stdout, "%-32s %s  → %s\n", f.Pod.String(), summary(f), strings.Join(names, ", "))
+	fmt.Fprintf(w.stdout, "%-32s %s  → %s\n", termtext.String(f.Pod.String()), summary(f), strings.Join(names, ", "))
 	return nil
 }
 
-func summary(f *flow.Flow) string {
-	verb := "started in"
-	if f.Kind == flow.Stop {
-		verb = "stopped in"
-	}
-	if !f.Complete {
-		verb = f.Kind.String() + " incomplete after"
-	}
-	return fmt.Sprintf("%s %s  (%s)", verb, fmtDuration(f.Duration()), phases(f))
-}
-
-// phases gives the time of the calls that do the work, e.g.
-// "sandbox 105ms, pull 887ms, create 29ms, start 54ms".
-func phases(f *flow.Flow) string {
-	var parts []string
-	for _, p := range phaseMethods {
-		if d, ok := phaseTime(f, p.method); ok {
-			parts = append(parts, p.label+" "+fmtDuration(d))
-		}
-	}
-	parts = append(parts, fmt.Sprintf("%d calls", len(f.Steps)))
-	return strings.Join(parts, ", ")
-}
+// summary is the line printed for each flow (render, watch, demo): its
+// time split into phases and waits that add up (render.Summary).
+func summary(f *flow.Flow) string { return render.Summary(f) }
 
 // fileWriter writes the files of flowFiles. Each is drawn into memory
 // first, so a failed drawing leaves no file, then written with one open:
@@ -274,17 +260,42 @@ func (fw *fileWriter) write(name string, fill func(io.Writer) error) error {
 	if err != nil {
 		return fmt.Errorf("render: %s: %w", name, err)
 	}
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
+	if err := writeAtomic(name, fw.buf.Bytes()); err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
-	_, err = f.Write(fw.buf.Bytes())
+	return nil
+}
+
+// writeAtomic writes a file under a temporary name beside it, then renames
+// it into place: a reader (a CI step, a browser watching the directory,
+// watch rewriting a diagram) sees the old file or the new one, never half
+// of one. The temporary name is hidden and ends in .tmp, out of globs like
+// *.svg. The mode is 0644 less the umask, as os.Create gives.
+func writeAtomic(name string, data []byte) error {
+	dir, base := filepath.Split(name)
+	var f *os.File
+	var tmp string
+	var err error
+	for range 100 {
+		tmp = filepath.Join(dir, "."+base+"."+strconv.FormatUint(uint64(rand.Uint32()), 36)+".tmp")
+		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Rename(tmp, name)
+	}
 	if err != nil {
-		os.Remove(name) // not a diagram any more
-		return fmt.Errorf("render: %w", err)
+		os.Remove(tmp)
+		return err
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/criseq/criseq/capture"
+	"github.com/criseq/criseq/internal/testpeer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -235,10 +236,10 @@ func callsIn(t *testing.T, file string) string {
 // (with criseq restore) and when containerd restarts meanwhile.
 func TestSwapContainerd(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root: runs containerd")
+		testpeer.Missing(t, "needs root: runs containerd")
 	}
 	if _, err := exec.LookPath("containerd"); err != nil {
-		t.Skip("containerd is not installed")
+		testpeer.Missing(t, "containerd is not installed")
 	}
 	if testing.Short() {
 		t.Skip("-short: builds criseq and runs containerd")

@@ -4,90 +4,123 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"os/exec"
+	"errors"
+	"io"
 	"path/filepath"
-	"sort"
-	"strings"
+	"slices"
 	"testing"
+	"time"
+
+	"github.com/criseq/criseq/capture"
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // TestTsharkAgrees checks, for every testdata capture, that real tshark
-// decodes the same gRPC method paths as criseq, call for call.
+// decodes the same gRPC requests as criseq: per connection, the same
+// streams with the same method paths, in the same order.
 func TestTsharkAgrees(t *testing.T) {
-	if _, err := exec.LookPath("tshark"); err != nil {
-		t.Skip("tshark not installed (apt-get install tshark); .ci/run installs it")
-	}
+	testpeer.Need(t, "tshark", "apt-get install tshark; .ci/run installs it")
 	for _, capPath := range captures(t) {
 		t.Run(filepath.Base(filepath.Dir(capPath)), func(t *testing.T) {
-			want := tsharkPaths(t, capPath)
-			got := criseqPaths(t, capPath)
-			if strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("criseq decodes %d calls, tshark %d request headers\n%s", len(got), len(want), countDiff(want, got))
-			}
+			want := testpeer.TsharkRequests(t, capPath, capture.ServerPort)
+			got := criseqRequests(t, capPath)
+			compareRequests(t, want, got)
 		})
 	}
 }
 
-// tsharkPaths lists the :path of every request header block tshark decodes, sorted.
-func tsharkPaths(t *testing.T, file string) []string {
+// compareRequests fails on any difference between two per-connection
+// request lists (want: tshark's).
+func compareRequests(t *testing.T, want, got map[string][]testpeer.Request) {
 	t.Helper()
-	cmd := exec.Command("tshark", "-n", "-r", file, "-d", "tcp.port==10010,http2",
-		"-Y", "http2.headers.path", "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|", "-e", "http2.headers.path")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tshark: %v\n%s", err, stderr.String())
-	}
-	var paths []string
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		for _, p := range strings.Split(line, "|") {
-			if p != "" {
-				paths = append(paths, p)
-			}
+	n := 0
+	for conn, w := range want {
+		n += len(w)
+		g := got[conn]
+		if !slices.Equal(g, w) {
+			t.Errorf("connection %s: criseq decodes %d requests, tshark %d; first difference:\n%s", conn, len(g), len(w), firstRequestDiff(w, g))
 		}
 	}
-	sort.Strings(paths)
-	return paths
+	for conn, g := range got {
+		if _, ok := want[conn]; !ok {
+			t.Errorf("connection %s: criseq decodes %d requests, tshark none", conn, len(g))
+		}
+	}
+	if n == 0 {
+		t.Error("tshark found no requests at all")
+	}
 }
 
-func criseqPaths(t *testing.T, file string) []string {
+func firstRequestDiff(want, got []testpeer.Request) string {
+	for i := range max(len(want), len(got)) {
+		var w, g string
+		if i < len(want) {
+			w = want[i].String()
+		}
+		if i < len(got) {
+			g = got[i].String()
+		}
+		if w != g {
+			return "  #" + itoa(i+1) + ": tshark " + w + ", criseq " + g
+		}
+	}
+	return ""
+}
+
+// criseqRequests lists the calls `criseq calls --json` prints, per
+// connection (named by the client's address in the file) in start order.
+func criseqRequests(t *testing.T, file string) map[string][]testpeer.Request {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	if err := run(context.Background(), []string{"calls", "--json", file}, &stdout, &stderr); err != nil {
 		t.Fatalf("calls: %v\n%s", err, stderr.String())
 	}
-	var paths []string
+	type call struct {
+		Time   time.Time
+		Conn   uint64
+		Stream uint32
+		Method string
+	}
+	var calls []call
 	dec := json.NewDecoder(&stdout)
 	for dec.More() {
-		var c struct{ Method string }
+		var c call
 		if err := dec.Decode(&c); err != nil {
 			t.Fatal(err)
 		}
-		paths = append(paths, c.Method)
+		calls = append(calls, c)
 	}
-	sort.Strings(paths)
-	return paths
+	slices.SortStableFunc(calls, func(a, b call) int { return a.Time.Compare(b.Time) })
+	clients := connClients(t, file)
+	got := map[string][]testpeer.Request{}
+	for _, c := range calls {
+		cl := clients[c.Conn]
+		got[cl] = append(got[cl], testpeer.Request{Stream: c.Stream, Path: c.Method})
+	}
+	return got
 }
 
-func countDiff(want, got []string) string {
-	n := map[string]int{}
-	for _, p := range want {
-		n[p]++
+// connClients maps criseq's connection numbers to the client addresses
+// the file gives them.
+func connClients(t *testing.T, file string) map[uint64]string {
+	t.Helper()
+	src, err := capture.OpenFile(file)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, p := range got {
-		n[p]--
-	}
-	keys := make([]string, 0, len(n))
-	for k, v := range n {
-		if v != 0 {
-			keys = append(keys, k)
+	defer src.Close()
+	m := map[uint64]string{}
+	for {
+		c, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Kind == capture.Open {
+			m[c.Conn] = src.Conn(c.Conn).Client
 		}
 	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for _, k := range keys {
-		b.WriteString("  " + k + ": tshark−criseq = " + itoa(n[k]) + "\n")
-	}
-	return b.String()
+	return m
 }

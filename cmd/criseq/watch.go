@@ -15,6 +15,7 @@ import (
 	"github.com/criseq/criseq/capture/ebpf"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/termtext"
 	"github.com/criseq/criseq/render"
 )
 
@@ -309,7 +310,7 @@ func (w *watcher) emit(flows []*flow.Flow) {
 		if again {
 			note = " (updated)"
 		}
-		fmt.Fprintf(w.out, "%-32s %s  → %s%s\n", f.Pod.String(), summary(f), first, note)
+		fmt.Fprintf(w.out, "%-32s %s  → %s%s\n", termtext.String(f.Pod.String()), summary(f), first, note)
 		if !again {
 			w.written++
 			if w.want > 0 && w.written == w.want {

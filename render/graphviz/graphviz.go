@@ -1,8 +1,10 @@
 // Package graphviz lays out and draws Graphviz DOT text as SVG or PNG with
 // github.com/goccy/go-graphviz (Graphviz compiled to WebAssembly, no cgo).
 //
-// In: DOT text. Out: SVG or PNG bytes. Only the criseq-graphviz helper
-// imports it: go-graphviz compiles its WebAssembly at program start.
+// In: DOT text. Out: SVG or PNG bytes. go-graphviz is used from its copy
+// under third_party, which compiles and instantiates its WebAssembly on the
+// first graph drawn rather than at program start (see
+// third_party/go-graphviz/README.md).
 package graphviz
 
 import (
@@ -13,8 +15,8 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/goccy/go-graphviz"
-	"github.com/goccy/go-graphviz/gvc"
+	"github.com/criseq/criseq/third_party/go-graphviz"
+	"github.com/criseq/criseq/third_party/go-graphviz/gvc"
 	"github.com/golang/freetype/truetype"
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/gofont/gobold"

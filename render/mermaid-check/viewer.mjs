@@ -11,7 +11,9 @@
 // viewer-4-next-flow.png, viewer-5-apart-reply.png) for people to look at.
 // In the second flow it also clicks the reply arrow of a call whose request
 // and reply are apart (other arrows between them) and reports "apart":
-// {"step", "title", "selected"}.
+// {"step", "title", "selected"}. In the first flow that has the runtime's
+// events it clicks the first event's arrow and reports "event": {"flow",
+// "title", "text", "selected"} (viewer-6-event.png).
 //
 // Output: {"flows", "visible", "first": {"title", "text"}, "next": {...},
 // "afterRight": {"visible", "panel"}, "afterEsc": {"panel"}, "blocked": [],
@@ -100,8 +102,10 @@ try {
       panel: !panel.hidden,
       title: document.getElementById('d-title').textContent,
       text: document.getElementById('d-body').innerText,
-      selected: [...document.querySelectorAll('#view .diagram:not([hidden]) .hit.sel')]
+      selected: [...document.querySelectorAll('#view .diagram:not([hidden]) .hit.sel[data-step]')]
         .map((h) => +h.getAttribute('data-step')),
+      selectedEvents: [...document.querySelectorAll('#view .diagram:not([hidden]) .hit.sel[data-event]')]
+        .map((h) => +h.getAttribute('data-event')),
     };
   });
 
@@ -157,6 +161,22 @@ try {
   await page.keyboard.press('Escape');
   s = await state();
   res.afterEsc = { panel: s.panel };
+
+  // The runtime's events: click the first event arrow of the first flow
+  // that has one.
+  const withEvents = await page.evaluate(() =>
+    [...document.querySelectorAll('#view .diagram')].findIndex((v) => v.querySelector('line.evl[data-event]')));
+  if (withEvents >= 0) {
+    await page.locator(`#flows .flow[data-flow="${withEvents}"]`).click();
+    const ev = page.locator('#view .diagram:not([hidden]) line.evl[data-event="0"]');
+    await ev.scrollIntoViewIfNeeded();
+    const eb = await ev.boundingBox();
+    if (!eb) throw new Error('no event arrow with data-event="0"');
+    await page.mouse.click(eb.x + eb.width / 2, eb.y + eb.height / 2);
+    s = await state();
+    res.event = { flow: withEvents, title: s.title, text: s.text, selected: s.selectedEvents, calls: s.selected };
+    await shot('viewer-6-event.png');
+  }
 } catch (e) {
   res.error = e.message.split('\n')[0];
   code = 1;

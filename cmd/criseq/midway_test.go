@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/criseq/criseq/capture"
+)
+
+// readChunks reads every chunk of a capture file, with its own copy of
+// the bytes.
+func readChunks(t testing.TB, path string) []capture.Chunk {
+	t.Helper()
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var chunks []capture.Chunk
+	for {
+		c, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			return chunks
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Data = append([]byte(nil), c.Data...)
+		chunks = append(chunks, c)
+	}
+}
+
+// midwayCapture writes the calls of a real capture from its middle on, as
+// a capture that began then would hold them: each direction's first byte
+// is not its connection's first byte.
+func midwayCapture(t *testing.T, from string) string {
+	t.Helper()
+	chunks := readChunks(t, from)
+	path := filepath.Join(t.TempDir(), "midway.pcapng")
+	f, err := capture.CreateFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := capture.NewPcapngWriter(f)
+	for _, c := range chunks[len(chunks)/3:] {
+		if c.Kind == capture.Open {
+			continue
+		}
+		if err := w.Write(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// criseq calls on a capture that began midway: calls are listed, those
+// whose method was inferred marked ~, and none named otherwise than the
+// whole capture names it.
+func TestCallsMidway(t *testing.T) {
+	file := filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng")
+	path := midwayCapture(t, file)
+	var whole, stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"calls", "--json", file}, &whole, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	truth := map[[2]float64]string{}
+	for _, line := range strings.Split(strings.TrimSpace(whole.String()), "\n") {
+		var j map[string]any
+		if err := json.Unmarshal([]byte(line), &j); err != nil {
+			t.Fatal(err)
+		}
+		truth[[2]float64{j["conn"].(float64), j["stream"].(float64)}] = j["method"].(string)
+	}
+	if err := run(context.Background(), []string{"calls", "--json", path}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	var inferred, unknown, exact int
+	sc := bufio.NewScanner(&stdout)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var j struct {
+			Conn   float64
+			Stream float64
+			Method string
+			Flags  []string
+		}
+		if err := json.Unmarshal(sc.Bytes(), &j); err != nil {
+			t.Fatal(err)
+		}
+		want, ok := truth[[2]float64{j.Conn, j.Stream}]
+		isInferred := strings.Contains(strings.Join(j.Flags, ","), "inferred")
+		switch {
+		case !ok:
+			t.Errorf("conn %v stream %v: a call the whole capture does not have", j.Conn, j.Stream)
+		case j.Method == "":
+			unknown++
+		case j.Method != want:
+			t.Errorf("conn %v stream %v: %s, want %s", j.Conn, j.Stream, j.Method, want)
+		case isInferred:
+			inferred++
+		default:
+			exact++
+		}
+	}
+	if inferred == 0 || exact+inferred < 4*unknown {
+		t.Errorf("%d exact, %d inferred, %d unknown", exact, inferred, unknown)
+	}
+	// The table marks them.
+	stdout.Reset()
+	if err := run(context.Background(), []string{"calls", path}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	out := stdout.String()
+	if !strings.Contains(out, "RuntimeService/ListPodSandbox~") || !strings.Contains(out, "~ inferred from the messages") ||
+		(unknown > 0) != strings.Contains(out, "(unknown)") {
+		t.Errorf("calls table:\n%s", out)
+	}
+	// Nothing in the file says the connections were caught midway: the
+	// missing preface is reported, and where decoding resumed.
+	if s := stderr.String(); !strings.Contains(s, "caught midway") || !strings.Contains(s, "decoding resumed at offset 0") || strings.Contains(s, "bad frame") {
+		t.Errorf("stderr: %s", s)
+	}
+	if testing.Verbose() {
+		t.Logf("%s", out)
+	}
+	os.Remove(path)
+}

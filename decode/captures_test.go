@@ -1,0 +1,97 @@
+package decode
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/criseq/criseq/capture"
+)
+
+// sharedKubeletPcap is the reference capture kept beside the repository
+// (see shared/captures/README.md), looked for above the repository root.
+const sharedKubeletPcap = "shared/captures/kubelet-1.37-two-containers.pcap"
+
+// kubeletCaptures lists the real kubelet captures: testdata/kubelet-*
+// and the shared reference capture when it is there.
+func kubeletCaptures(t testing.TB) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join("..", "testdata", "kubelet-*", "capture.pcapng"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := findShared(); p != "" {
+		files = append(files, p)
+	} else {
+		t.Logf("%s not found above the repository: cut without it", sharedKubeletPcap)
+	}
+	if len(files) == 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no kubelet captures under testdata/")
+		}
+		t.Skip("no kubelet captures under testdata/")
+	}
+	return files
+}
+
+// findShared looks for the shared capture beside the repository (or the
+// worktree holding it): ../shared, ../../shared, ...
+func findShared() string {
+	dir := ".."
+	for range 4 {
+		dir = filepath.Join(dir, "..")
+		p := filepath.Join(dir, sharedKubeletPcap)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// captureName names a capture file for subtests.
+func captureName(path string) string {
+	if filepath.Base(path) == "capture.pcapng" {
+		return filepath.Base(filepath.Dir(path))
+	}
+	return strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+}
+
+// readChunks reads every chunk of a capture file, with its own copy of
+// the bytes.
+func readChunks(t testing.TB, path string) []capture.Chunk {
+	t.Helper()
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var chunks []capture.Chunk
+	for {
+		c, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Data = slices.Clone(c.Data)
+		chunks = append(chunks, c)
+	}
+	return chunks
+}
+
+// dirStreams joins the bytes of each connection and direction.
+func dirStreams(chunks []capture.Chunk) map[[2]uint64][]byte {
+	out := map[[2]uint64][]byte{}
+	for _, c := range chunks {
+		if c.Kind == capture.Data {
+			k := [2]uint64{c.Conn, uint64(c.Dir)}
+			out[k] = append(out[k], c.Data...)
+		}
+	}
+	return out
+}

@@ -1,0 +1,216 @@
+package decode
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/criseq/criseq/capture"
+	"google.golang.org/protobuf/proto"
+)
+
+// The gRPC message layer: a stream's DATA frames, in each direction, are
+// a sequence of messages, each a 1-byte compressed flag, a 4-byte length
+// and the (possibly gzip-compressed) protobuf bytes.
+
+// assembler rebuilds gRPC messages (1-byte flag, 4-byte length, payload)
+// from the DATA frames of one direction of a stream.
+type assembler struct {
+	hdr  [5]byte
+	nhdr int
+	want uint32 // payload length, once nhdr == 5
+	buf  []byte // payload so far
+	t    time.Time
+}
+
+// assemble adds a DATA frame's payload to a direction of a stream.
+func (d *Decoder) assemble(s *stream, dir capture.Dir, data []byte, t time.Time) {
+	a := &s.asm[dir]
+	for len(data) > 0 {
+		if a.nhdr == 0 && len(data) >= 5 {
+			// Fast path: a whole message in the frame is decoded in place.
+			n := binary.BigEndian.Uint32(data[1:5])
+			if uint64(len(data)-5) >= uint64(n) {
+				d.message(s, dir, data[0], data[5:5+n], t)
+				data = data[5+n:]
+				continue
+			}
+		}
+		if a.nhdr < 5 {
+			if a.nhdr == 0 {
+				a.t = t
+			}
+			k := copy(a.hdr[a.nhdr:], data)
+			a.nhdr += k
+			data = data[k:]
+			if a.nhdr < 5 {
+				return
+			}
+			a.want = binary.BigEndian.Uint32(a.hdr[1:5])
+			if a.buf == nil {
+				a.buf = d.buffer(a.want)
+			}
+		}
+		k := min(uint64(a.want)-uint64(len(a.buf)), uint64(len(data)))
+		a.buf = append(a.buf, data[:k]...)
+		data = data[k:]
+		if uint64(len(a.buf)) == uint64(a.want) {
+			d.message(s, dir, a.hdr[0], a.buf, a.t)
+			d.release(a)
+		}
+	}
+}
+
+// buffer returns an empty buffer for a message of n bytes; the capacity
+// is bounded since n comes from the wire.
+func (d *Decoder) buffer(n uint32) []byte {
+	if k := len(d.free); k > 0 {
+		b := d.free[k-1]
+		d.free = d.free[:k-1]
+		return b
+	}
+	return make([]byte, 0, min(n, 1<<20))
+}
+
+func (d *Decoder) release(a *assembler) {
+	// Keep a few small buffers: large ones would pin memory for nothing.
+	if a.buf != nil && cap(a.buf) <= 64<<10 && len(d.free) < 64 {
+		d.free = append(d.free, a.buf[:0])
+	}
+	a.buf = nil
+	a.nhdr = 0
+	a.want = 0
+}
+
+// message decodes one gRPC message. payload is only valid during the call.
+func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte, t time.Time) {
+	c := s.call
+	list := &c.Requests
+	if dir == s2c {
+		list = &c.Responses
+	}
+	m := Message{Time: t}
+	raw := payload
+	var err error
+	switch flag {
+	case 0:
+	case 1:
+		m.Compressed = true
+		c.Flags |= Compressed
+		raw, err = d.decompress(s.enc[dir], payload)
+	default:
+		err = fmt.Errorf("invalid compressed flag %d", flag)
+	}
+	if err == nil {
+		m.Size = len(raw)
+		if s.deferred() {
+			// Kept for inference, unmarshalled when the call ends.
+			if rs := s.rs; len(rs.raw[dir]) < maxDeferred {
+				k := bytes.Clone(raw)
+				if k == nil {
+					k = []byte{}
+				}
+				rs.raw[dir] = append(rs.raw[dir], k)
+				if d.opts.NoRedact {
+					m.Raw = k
+				}
+			} else if d.opts.NoRedact {
+				m.Raw = bytes.Clone(raw)
+			}
+		} else {
+			err = d.unmarshal(s, dir, &m, raw)
+		}
+	} else if s.deferred() && len(s.rs.raw[dir]) < maxDeferred {
+		s.rs.raw[dir] = append(s.rs.raw[dir], nil) // not readable: no evidence
+	}
+	if err != nil {
+		d.messageError(c, dir, &m, len(*list)+1, err)
+	}
+	if dir == s2c && s.m.serverStream && d.opts.OnStreamMessage != nil && !s.deferred() {
+		c.Streamed++
+		d.opts.OnStreamMessage(c, m)
+		return
+	}
+	if *list == nil {
+		*list = s.first[dir]
+	}
+	*list = append(*list, m)
+}
+
+// unmarshal decodes a message's protobuf bytes with the call's type.
+func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) error {
+	typ := s.m.in
+	if dir == s2c {
+		typ = s.m.out
+	}
+	if typ != nil && !d.noProto && !s.m.skip {
+		msg := typ.New().Interface()
+		if err := proto.Unmarshal(raw, msg); err != nil {
+			return fmt.Errorf("unmarshal %s: %w", typ.Descriptor().FullName(), err)
+		}
+		if !d.opts.NoRedact {
+			d.red.redact(msg.ProtoReflect())
+		}
+		m.Proto = msg
+	}
+	if d.opts.NoRedact && m.Raw == nil {
+		m.Raw = bytes.Clone(raw)
+	}
+	return nil
+}
+
+// messageError records a message that could not be decoded (n counts
+// the messages of its direction from 1).
+func (d *Decoder) messageError(c *Call, dir capture.Dir, m *Message, n int, err error) {
+	m.Err = err.Error()
+	c.Flags |= Malformed
+	c.Errors = append(c.Errors, fmt.Sprintf("%s %d: %v", dirNoun[dir], n, err))
+}
+
+func (d *Decoder) decompress(enc string, p []byte) ([]byte, error) {
+	switch enc {
+	case "gzip":
+		return d.gz.gunzip(p)
+	case "", "identity":
+		return nil, errors.New("compressed message without grpc-encoding")
+	}
+	return nil, fmt.Errorf("unsupported grpc-encoding %q", enc)
+}
+
+// gunzipper reuses its reader and output buffer across messages.
+type gunzipper struct {
+	zr  *gzip.Reader
+	br  bytes.Reader
+	out bytes.Buffer
+}
+
+// gunzip returns the decompressed p, valid until the next call.
+func (g *gunzipper) gunzip(p []byte) ([]byte, error) {
+	g.br.Reset(p)
+	var err error
+	if g.zr == nil {
+		g.zr, err = gzip.NewReader(&g.br)
+	} else {
+		err = g.zr.Reset(&g.br)
+	}
+	if err != nil {
+		g.zr = nil
+		return nil, fmt.Errorf("gzip: %w", err)
+	}
+	if g.out.Cap() > 16<<20 {
+		g.out = bytes.Buffer{}
+	}
+	g.out.Reset()
+	n, err := g.out.ReadFrom(io.LimitReader(g.zr, maxMessage+1))
+	if err != nil {
+		return nil, fmt.Errorf("gzip: %w", err)
+	}
+	if n > maxMessage {
+		return nil, fmt.Errorf("gzip: message larger than %d bytes", maxMessage)
+	}
+	return g.out.Bytes(), nil
+}
