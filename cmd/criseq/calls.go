@@ -66,8 +66,11 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// what is printed: their bodies are not needed.
 		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
 	}
-	err = streamCalls(pos[0], dopts, keep, stderr, func(c *decode.Call, late bool) error {
-		return out.write(c, labels.Label(c), late)
+	err = streamCalls(pos[0], dopts, keep, *asJSON, stderr, func(it *heldItem, late bool) error {
+		if it.m != nil {
+			return out.(*jsonWriter).message(it, late)
+		}
+		return out.write(it.c, labels.Label(it.c), late)
 	})
 	if ferr := out.flush(); err == nil {
 		err = ferr
@@ -174,15 +177,20 @@ func (w *tableWriter) flush() error {
 // is printed, and a call that started before it comes late.
 const (
 	lateAfter = time.Minute
-	heldCalls = 16384
-	heldBytes = 16 << 20
+	heldCalls = 4096
+	heldBytes = 4 << 20
 )
 
+// A server stream's messages (kubelet's GetContainerEvents, open for the
+// connection's life) are not kept in their call: with messages set, each
+// is handed to emit as it comes, in time order among the calls' starts;
+// without, they are only counted (Call.Streamed).
+
 // streamCalls decodes a capture file and hands each call to emit, in start
-// order but for the late ones (see lateAfter); keep says which calls to
-// print at all. Memory follows the calls held back, not the length of the
-// capture.
-func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool, stderr io.Writer, emit func(c *decode.Call, late bool) error) error {
+// order but for the late ones (see lateAfter), and each server-stream
+// message if messages; keep says which calls to print at all. Memory
+// follows the calls held back, not the length of the capture.
+func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool, messages bool, stderr io.Writer, emit func(it *heldItem, late bool) error) error {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return err
@@ -190,24 +198,35 @@ func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool
 	defer src.Close()
 	var held callHeap
 	size := 0 // message bytes held, roughly
+	var seq uint64
+	push := func(it *heldItem) {
+		seq++
+		it.seq = seq
+		heap.Push(&held, it)
+		size += it.size()
+	}
 	dopts.OnCall = func(c *decode.Call) {
 		if keep == nil || keep(c) {
-			heap.Push(&held, c)
-			size += callSize(c)
+			push(&heldItem{c: c, at: c.Start, conn: c.Conn, stream: c.Stream})
+		}
+	}
+	dopts.OnStreamMessage = func(c *decode.Call, m decode.Message) {
+		if messages && (keep == nil || keep(c)) {
+			push(&heldItem{m: &m, method: c.Method, at: m.Time, conn: c.Conn, stream: c.Stream})
 		}
 	}
 	d := decode.New(dopts)
 	var last time.Time
 	var emitErr error
-	var printed *decode.Call // the last call printed in order
+	var printed *heldItem // the last item printed in order
 	pop := func() {
-		c := heap.Pop(&held).(*decode.Call)
-		size -= callSize(c)
-		late := printed != nil && held.less(c, printed)
+		it := heap.Pop(&held).(*heldItem)
+		size -= it.size()
+		late := printed != nil && it.less(printed)
 		if !late {
-			printed = c
+			printed = it
 		}
-		emitErr = emit(c, late)
+		emitErr = emit(it, late)
 	}
 	release := func(all bool) {
 		if all {
@@ -219,7 +238,7 @@ func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool
 		// A call not yet decoded starts at or after the last chunk's
 		// time, and after the oldest open call, unless that one is late.
 		barrier := last.Add(-lateAfter)
-		if held.Len() > 0 && !held[0].Start.Before(barrier) {
+		if held.Len() > 0 && !held[0].at.Before(barrier) {
 			if t, open := d.Oldest(); !open {
 				barrier = last
 			} else if t.After(barrier) {
@@ -229,7 +248,7 @@ func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool
 				}
 			}
 		}
-		for held.Len() > 0 && emitErr == nil && (held[0].Start.Before(barrier) || held.Len() > heldCalls || size > heldBytes) {
+		for held.Len() > 0 && emitErr == nil && (held[0].at.Before(barrier) || held.Len() > heldCalls || size > heldBytes) {
 			pop()
 		}
 	}
@@ -266,40 +285,61 @@ func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool
 	return nil
 }
 
-// callSize is about what a held call costs.
-func callSize(c *decode.Call) int {
+// heldItem is a call, or a message of a server stream, waiting for its
+// turn to be printed.
+type heldItem struct {
+	c      *decode.Call    // the call; nil for a message
+	m      *decode.Message // a server-stream message
+	method string          // the message's call's
+	at     time.Time       // the call's start, the message's time
+	conn   uint64
+	stream uint32
+	seq    uint64 // arrival order, the last tie-break
+}
+
+// size is about what a held item costs.
+func (it *heldItem) size() int {
+	if it.m != nil {
+		return 256 + it.m.Size
+	}
 	n := 512
-	for _, m := range c.Requests {
+	for _, m := range it.c.Requests {
 		n += m.Size
 	}
-	for _, m := range c.Responses {
+	for _, m := range it.c.Responses {
 		n += m.Size
 	}
 	return n
 }
 
-// callHeap orders calls like decode.SortCalls.
-type callHeap []*decode.Call
+// less orders items like decode.SortCalls: start (or message) time, then
+// connection and stream; a call before its messages.
+func (it *heldItem) less(o *heldItem) bool {
+	switch {
+	case !it.at.Equal(o.at):
+		return it.at.Before(o.at)
+	case it.conn != o.conn:
+		return it.conn < o.conn
+	case it.stream != o.stream:
+		return it.stream < o.stream
+	case (it.m == nil) != (o.m == nil):
+		return it.m == nil
+	}
+	return it.seq < o.seq
+}
+
+type callHeap []*heldItem
 
 func (h callHeap) Len() int           { return len(h) }
-func (h callHeap) Less(i, j int) bool { return h.less(h[i], h[j]) }
-func (callHeap) less(a, b *decode.Call) bool {
-	if !a.Start.Equal(b.Start) {
-		return a.Start.Before(b.Start)
-	}
-	if a.Conn != b.Conn {
-		return a.Conn < b.Conn
-	}
-	return a.Stream < b.Stream
-}
-func (h callHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *callHeap) Push(x any)   { *h = append(*h, x.(*decode.Call)) }
+func (h callHeap) Less(i, j int) bool { return h[i].less(h[j]) }
+func (h callHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *callHeap) Push(x any)        { *h = append(*h, x.(*heldItem)) }
 func (h *callHeap) Pop() any {
 	old := *h
-	c := old[len(old)-1]
+	it := old[len(old)-1]
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
-	return c
+	return it
 }
 
 func statusText(c *decode.Call) string {

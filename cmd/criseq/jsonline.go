@@ -24,10 +24,11 @@ import (
 //
 //	time, conn, stream, method, duration_ms, status, code, message, arg,
 //	result, request_headers, response_headers, trailers, requests,
-//	responses, flags, errors, late
+//	responses, streamed, flags, errors, late
 //
 // each left out when empty (duration_ms and status while the call had no
-// end or no status).
+// end or no status). A server stream's messages have lines of their own
+// (see message); its call's line counts them in streamed.
 type jsonWriter struct {
 	w   io.Writer
 	raw bool
@@ -70,6 +71,10 @@ func (w *jsonWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	if b, err = w.messages(b, "responses", c.Responses); err != nil {
 		return err
 	}
+	if c.Streamed > 0 {
+		b = append(b, `,"streamed":`...)
+		b = strconv.AppendInt(b, int64(c.Streamed), 10)
+	}
 	b = appendStrings(b, "flags", flagNames(c.Flags))
 	b = appendStrings(b, "errors", c.Errors)
 	if late {
@@ -85,6 +90,34 @@ func (w *jsonWriter) write(c *decode.Call, s flow.Step, late bool) error {
 }
 
 func (w *jsonWriter) flush() error { return nil }
+
+// message prints a server-stream message on a line of its own: time,
+// conn, stream, method, response (and late). Its call's line, at its end,
+// counts them (streamed).
+func (w *jsonWriter) message(it *heldItem, late bool) error {
+	b := append(w.buf[:0], `{"time":"`...)
+	b = it.at.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","conn":`...)
+	b = strconv.AppendUint(b, it.conn, 10)
+	b = append(b, `,"stream":`...)
+	b = strconv.AppendUint(b, uint64(it.stream), 10)
+	b = append(b, `,"method":`...)
+	b = appendJSONString(b, it.method)
+	b = append(b, `,"response":`...)
+	var err error
+	if b, err = w.messageJSON(b, *it.m); err != nil {
+		return err
+	}
+	if late {
+		b = append(b, `,"late":true`...)
+	}
+	b = append(b, '}', '\n')
+	_, err = w.w.Write(termtext.JSON(b))
+	if cap(b) <= 1<<20 {
+		w.buf = b
+	}
+	return err
+}
 
 func appendField(b []byte, name, v string) []byte {
 	if v == "" {
@@ -146,23 +179,33 @@ func (w *jsonWriter) messages(b []byte, name string, ms []decode.Message) ([]byt
 			b = append(b, ',')
 		}
 		var err error
-		switch {
-		case m.Proto != nil:
-			b, err = w.enc.Append(b, m.Proto)
-		case w.raw && m.Raw != nil:
-			var j []byte
-			j, err = json.Marshal(map[string]string{"raw_base64": base64.StdEncoding.EncodeToString(m.Raw)})
-			b = append(b, j...)
-		default:
-			var j []byte
-			j, err = json.Marshal(map[string]any{"bytes": len(m.Raw), "error": m.Err})
-			b = append(b, j...)
-		}
-		if err != nil {
-			return b, fmt.Errorf("calls: encoding a message as JSON: %w", err)
+		if b, err = w.messageJSON(b, m); err != nil {
+			return b, err
 		}
 	}
 	return append(b, ']'), nil
+}
+
+// messageJSON writes one decoded message; one that could not be decoded
+// shows its size and why (or, with --no-redact, its bytes).
+func (w *jsonWriter) messageJSON(b []byte, m decode.Message) ([]byte, error) {
+	var err error
+	switch {
+	case m.Proto != nil:
+		b, err = w.enc.Append(b, m.Proto)
+	case w.raw && m.Raw != nil:
+		var j []byte
+		j, err = json.Marshal(map[string]string{"raw_base64": base64.StdEncoding.EncodeToString(m.Raw)})
+		b = append(b, j...)
+	default:
+		var j []byte
+		j, err = json.Marshal(map[string]any{"bytes": len(m.Raw), "error": m.Err})
+		b = append(b, j...)
+	}
+	if err != nil {
+		return b, fmt.Errorf("calls: encoding a message as JSON: %w", err)
+	}
+	return b, nil
 }
 
 // appendJSONString is encoding/json's string encoding without HTML

@@ -1,10 +1,12 @@
 // Package benchcap builds large captures of real kubelet traffic for the
 // benchmarks: time-shifted copies of the repository's real captures, each
 // cut while a StopContainer is still open (as a capture stopped during a
-// pod's stop would be), plus one GetContainerEvents server stream, served
-// by real grpc-go peers, open from the first byte to the last (kubelet's
-// Evented PLEG), carrying a container event for each container created,
-// started, stopped and removed in the copies.
+// pod's stop would be), so that the real GetContainerEvents stream of
+// kubelet's Evented PLEG in kubelet-burst-containerd2 stays open from the
+// first copy to the end; plus one more GetContainerEvents stream, served
+// by real grpc-go peers, open from the first byte to the last, carrying a
+// container event for each container created, started, stopped and
+// removed in every copy.
 //
 // In: capture files (pcap or pcapng). Out: one pcapng file in criseq's own
 // format (synthetic TCP, which tshark reads too). The files are made at
@@ -13,12 +15,14 @@ package benchcap
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/criseq/criseq/capture"
@@ -32,13 +36,17 @@ import (
 const Version = 1
 
 // DefaultSources returns the real captures the benchmarks copy: the
-// kubelet captures under testdata/ of the repository at root, and the
-// shared kubelet 1.37 capture beside the repository if it is there.
+// kubelet captures under testdata/ of the repository at root (kubelet-*),
+// and the shared kubelet 1.37 capture beside the repository if it is
+// there.
 func DefaultSources(root string) []string {
-	var out []string
-	for _, name := range []string{"kubelet-init", "kubelet-missing", "kubelet-pull", "kubelet-warm"} {
-		out = append(out, filepath.Join(root, "testdata", name, "capture.pcapng"))
-	}
+	out, _ := filepath.Glob(filepath.Join(root, "testdata", "kubelet-*", "capture.pcapng"))
+	// The capture of kubelet with the Evented PLEG first: its real
+	// GetContainerEvents stream, cut with the copy, stays open from
+	// (nearly) the first byte to the last.
+	slices.SortStableFunc(out, func(a, b string) int {
+		return cmp.Compare(btoi(!strings.Contains(a, "burst-containerd2")), btoi(!strings.Contains(b, "burst-containerd2")))
+	})
 	for _, dir := range []string{filepath.Join(root, "..", "shared"), filepath.Join(root, "..", "..", "shared")} {
 		p := filepath.Join(dir, "captures", "kubelet-1.37-two-containers.pcap")
 		if _, err := os.Stat(p); err == nil {
@@ -47,6 +55,13 @@ func DefaultSources(root string) []string {
 		}
 	}
 	return out
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Stats describe a capture written by Write.
