@@ -102,9 +102,17 @@ func cachedCapture(root string, size int64, stderr io.Writer) (string, benchcap.
 		return "", benchcap.Stats{}, err
 	}
 	path := filepath.Join(dir, "large-"+hex.EncodeToString(h.Sum(nil))[:12]+".pcapng")
+	// Captures of other sources or sizes are not kept.
+	if old, _ := filepath.Glob(filepath.Join(dir, "large-*.pcapng")); len(old) > 0 {
+		for _, o := range old {
+			if o != path {
+				os.Remove(o)
+			}
+		}
+	}
 	fmt.Fprintf(stderr, "bench: writing the large capture %s (%d sources)\n", path, len(srcs))
-	// Written each time (a second or so): its stats are needed, and a
-	// cached file could be stale.
+	// Written each time (a second or so): its stats are needed. The cache
+	// keeps it for profiling between runs.
 	tmp := path + ".tmp"
 	st, err := benchcap.Write(tmp, srcs, size)
 	if err != nil {
