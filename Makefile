@@ -2,7 +2,7 @@
 GO ?= go
 OUT ?= out
 
-.PHONY: all build install release demo docs test test-deps e2e race bench lab fmt vet clean generate
+.PHONY: all build install release demo docs test test-deps e2e race bench bench-go lab fmt vet clean generate
 
 PREFIX ?= /usr/local
 # Static binaries: no cgo, so they run on any Linux of their architecture.
@@ -62,13 +62,21 @@ e2e: test-deps
 race:
 	$(GO) test -race -short ./...
 
+# The table of ratios, measured in one run (several minutes): each command
+# on a large capture of real kubelet traffic against tshark's decode of it,
+# and the relay against socat and a direct connection. See README.md, Speed.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./capture ./decode ./render ./cmd/criseq
+	$(GO) run ./internal/bench
+
+# The Go benchmarks of each package.
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem ./capture ./decode ./render ./cmd/criseq ./internal/crijson
 	$(GO) test -run '^$$' -bench . -benchtime=1x ./capture/ebpf
 
-# Rebuilds the committed BPF objects of capture/ebpf (Debian: clang llvm libbpf-dev).
+# Rebuilds the committed BPF objects of capture/ebpf (Debian: clang llvm
+# libbpf-dev) and the CRI JSON writers of internal/crijson.
 generate:
-	$(GO) generate ./capture/ebpf
+	$(GO) generate ./capture/ebpf ./internal/crijson
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')

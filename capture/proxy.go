@@ -19,7 +19,7 @@ import (
 const DefaultDrain = time.Second
 
 const (
-	relayBufSize = 32 << 10
+	relayBufSize = 128 << 10
 	dialTimeout  = 5 * time.Second
 )
 
@@ -311,21 +311,28 @@ func (p *Proxy) pump(r *relay, src, dst *net.UnixConn, dir Dir) {
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
+			wake := false
 			if rec != nil {
-				// Recorded before relaying, so that a reply is never queued
+				// Queued before relaying, so that a reply is never queued
 				// ahead of the request it answers; timed by the Recorder as
-				// it is queued, so the file is in time order.
+				// it is queued, so the file is in time order; the recorder
+				// is woken after, off the bytes' way.
 				data := make([]byte, n)
 				copy(data, buf[:n])
 				c := Chunk{Conn: r.id, Dir: dir, Kind: Data, Gap: gap, Data: data, Offset: off}
-				if rec.Record(c) {
+				var ok bool
+				if ok, wake = rec.enqueue(c); ok {
 					gap = 0
 				} else {
 					gap += n
 				}
 			}
 			off += int64(n)
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			_, werr := dst.Write(buf[:n])
+			if wake {
+				rec.kick()
+			}
+			if werr != nil {
 				// dst's reader is gone: this direction is over, but the
 				// other may still carry bytes, so the relay stays open
 				// until it ends too. src's writer now gets EPIPE, as it

@@ -117,8 +117,13 @@ type fileSource struct {
 	npkts     int
 	lastTime  time.Time
 	lastFlush time.Time
-	atEOF     bool
-	finalErr  error // returned after the queue drains; io.EOF at a clean end
+	// lastOOO is the time of the last segment that came ahead of a hole
+	// (reassembly keeps it); flushedTo is the T of the last flush, which
+	// gave up on every hole older than it. Time-based flushes visit every
+	// connection, so they happen only while a hole may be waiting.
+	lastOOO, flushedTo time.Time
+	atEOF              bool
+	finalErr           error // returned after the queue drains; io.EOF at a clean end
 }
 
 type flowKey struct{ net, tcp gopacket.Flow }
@@ -225,8 +230,11 @@ func (s *fileSource) readPacket() {
 	if s.npkts%flushEvery == 0 || p.ts.Sub(s.lastFlush) >= flushPeriod {
 		s.lastFlush = p.ts
 		old := p.ts.Add(-lostAfter)
-		// Gives up on old holes; closes nothing, as connections may idle.
-		s.asm.FlushWithOptions(reassembly.FlushOptions{T: old})
+		if s.npkts%flushEvery == 0 || !s.lastOOO.Before(s.flushedTo) {
+			// Gives up on old holes; closes nothing, as connections may idle.
+			s.asm.FlushWithOptions(reassembly.FlushOptions{T: old})
+			s.flushedTo = old
+		}
 		for k, t := range s.closedFlows {
 			if t.Before(old) {
 				delete(s.closedFlows, k)
@@ -423,6 +431,9 @@ func (c *tcpConn) Accept(tcp *layers.TCP, ci gopacket.CaptureInfo, dir reassembl
 		c.register(ci.Timestamp, !tcp.SYN)
 	}
 	h := halfIndex(dir)
+	if nextSeq != -1 && len(tcp.Payload) > 0 && nextSeq.Difference(reassembly.Sequence(tcp.Seq)) > 0 && ci.Timestamp.After(c.s.lastOOO) {
+		c.s.lastOOO = ci.Timestamp // ahead of a hole: reassembly keeps it
+	}
 	if tcp.SYN && !tcp.ACK && c.synSender < 0 {
 		c.synSender = h
 	}

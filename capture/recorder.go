@@ -32,6 +32,7 @@ type Recorder struct {
 	closed   bool
 	failed   bool
 	dropping bool // in a burst of drops, logged once
+	awake    bool // the writer is taking the queue: no need to wake it
 	err      error
 	last     time.Time // Time of the last chunk queued
 
@@ -92,6 +93,18 @@ func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
 // back, a source timing its chunks itself) is raised to it, keeping the
 // file in time order.
 func (r *Recorder) Record(c Chunk) bool {
+	ok, wake := r.enqueue(c)
+	if wake {
+		r.kick()
+	}
+	return ok
+}
+
+// enqueue is Record without waking the writer: a relay queues a chunk
+// before passing its bytes on (so that a reply is never queued ahead of
+// its request) and wakes the writer after (so that waking another thread
+// is not on the way of the bytes). wake says a kick is due.
+func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 	r.mu.Lock()
 	if c.Time.IsZero() {
 		c.Time = time.Now().Round(0)
@@ -113,30 +126,79 @@ func (r *Recorder) Record(c Chunk) bool {
 		if logIt {
 			r.log("recorder: queue full (%d chunks, %d bytes), dropping data; the capture will show gaps", queued, inFlight)
 		}
-		return false
+		return false, false
 	}
 	r.dropping = false
 	r.queue = append(r.queue, c)
+	before := r.inFlight
 	r.inFlight += len(c.Data)
+	// The writer empties the whole queue once awake: only the first chunk
+	// after it took a batch needs to wake it, and one that fills a quarter
+	// of the queue to end its wait for a batch.
+	wake = !r.awake || len(r.queue) == r.maxChunks/4 || before < r.maxBytes/4 && r.inFlight >= r.maxBytes/4
+	r.awake = true
 	r.mu.Unlock()
+	return true, wake
+}
+
+// kick wakes the writer.
+func (r *Recorder) kick() {
 	select {
 	case r.wake <- struct{}{}:
 	default:
 	}
-	return true
 }
 
 func (r *Recorder) run() {
 	defer close(r.done)
+	// A buffering sink is flushed when traffic pauses, at most every
+	// sinkFlushEvery under steady traffic: a flush is a write to the disk.
+	flushed := time.Now()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	batch := time.NewTimer(time.Hour)
+	batch.Stop()
+	armed, dirty := false, false
 	for {
 		r.mu.Lock()
 		for len(r.queue) == 0 && !r.closed {
+			if dirty && !armed {
+				if since := time.Since(flushed); since >= sinkFlushEvery {
+					r.mu.Unlock()
+					r.flush()
+					flushed, dirty = time.Now(), false
+					r.mu.Lock()
+					continue
+				} else {
+					timer.Reset(sinkFlushEvery - since)
+					armed = true
+				}
+			}
+			r.awake = false
 			r.mu.Unlock()
-			<-r.wake
+			select {
+			case <-r.wake:
+				// Let a batch gather (a relay kicks again only when the
+				// queue fills up, or Close): woken for each small call,
+				// the writer would take CPU from the peers of the call it
+				// records, on its way.
+				batch.Reset(batchDelay)
+				select {
+				case <-r.wake:
+					batch.Stop()
+				case <-batch.C:
+				}
+			case <-timer.C:
+				armed = false
+				r.flush()
+				flushed, dirty = time.Now(), false
+			}
 			r.mu.Lock()
 		}
+		r.awake = true
 		if len(r.queue) == 0 {
 			r.mu.Unlock()
+			timer.Stop()
 			return // closed and drained
 		}
 		// Double buffering: relays fill one slice while this writes the other.
@@ -153,13 +215,17 @@ func (r *Recorder) run() {
 		r.mu.Lock()
 		r.inFlight -= n
 		r.spare = batch[:0]
-		idle := len(r.queue) == 0
 		r.mu.Unlock()
-		if idle {
-			r.flush() // data reaches the file when traffic pauses
-		}
+		dirty = true
 	}
 }
+
+// batchDelay is how long the writer, woken by a chunk, lets more gather.
+const batchDelay = 10 * time.Millisecond
+
+// sinkFlushEvery bounds how often a buffering sink is flushed while traffic
+// goes on; a pause flushes at once if the last flush is older.
+const sinkFlushEvery = 100 * time.Millisecond
 
 // Flusher is a Sink that buffers; the Recorder flushes it when idle.
 type Flusher interface {

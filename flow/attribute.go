@@ -54,6 +54,8 @@ type owner struct {
 	kubelet     bool              // its work calls share one connection
 	conn        uint64            // the connection of its RunPodSandbox
 	pending     *slot             // the window open now, if any
+	mark        uint64            // ledger.mark when pruneImages last kept it
+	since       time.Time         // its RunPodSandbox's start; zero if unknown
 }
 
 // slot is the window of one container's image calls.
@@ -151,6 +153,7 @@ type ledger struct {
 	// holding one may miss an ImageStatus.
 	unreadable []time.Time
 	pruned     time.Time // when pruneImages last ran
+	mark       uint64    // pruneImages' pass, to mark the owners kept
 	// gen counts changes; the verdicts of the components solved since the
 	// last change are kept, so the flows of one burst solve it once.
 	gen, cacheGen uint64
@@ -183,8 +186,11 @@ func (l *ledger) fits(ic *imageCall, s *slot, ex *owner) bool {
 // its trace.
 func (l *ledger) exact(ic *imageCall, ignoreTrace bool) *owner {
 	if ic.pod != nil {
-		for _, ow := range l.owners {
-			if samePod(ow.pod, ic.pod) {
+		// The latest sandbox of the pod made before the call: kubelet
+		// makes a pod's sandbox again (same UID, next attempt), and pulls
+		// for the new one.
+		for k := len(l.owners) - 1; k >= 0; k-- {
+			if ow := l.owners[k]; samePod(ow.pod, ic.pod) && !ow.since.After(ic.a) {
 				return ow
 			}
 		}

@@ -185,6 +185,20 @@ func (g *Grouper) Tick(now time.Time) []*Flow {
 // Open is the number of flows being built.
 func (g *Grouper) Open() int { return len(g.order) }
 
+// Oldest is the earliest start of a flow being built: every flow handed out
+// later starts then or after, unless a call that starts one is still to
+// come. ok is false when no flow is being built.
+func (g *Grouper) Oldest() (t time.Time, ok bool) {
+	for _, o := range g.order {
+		for _, st := range o.steps {
+			if !ok || st.Start.Before(t) {
+				t, ok = st.Start, true
+			}
+		}
+	}
+	return t, ok
+}
+
 // Flush returns every flow still open, complete or not.
 func (g *Grouper) Flush() []*Flow {
 	var out []*Flow
@@ -288,7 +302,7 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 		if ann == nil {
 			ann = map[string]string{}
 		}
-		o.ow = &owner{pod: pod, sid: sid, o: o, annotations: ann, kubelet: true, conn: c.Conn}
+		o.ow = &owner{pod: pod, sid: sid, o: o, annotations: ann, kubelet: true, conn: c.Conn, since: c.Start}
 		g.images.owners = append(g.images.owners, o.ow)
 		g.images.gen++
 		g.worked(o.ow, c)

@@ -206,6 +206,8 @@ func (g *Grouper) attribute(o *open) {
 }
 
 // pruneImages forgets the image calls and windows no open flow can use.
+// Only start flows take image calls (attribute): a stop flow left open
+// (its RemovePodSandbox never seen) keeps none alive.
 func (g *Grouper) pruneImages() {
 	l := &g.images
 	if g.now.Sub(l.pruned) < time.Second {
@@ -214,12 +216,12 @@ func (g *Grouper) pruneImages() {
 	l.pruned = g.now
 	cutoff := g.now.Add(-g.opts.InitWait)
 	for _, o := range g.order {
-		if len(o.steps) > 0 && o.steps[0].Start.Before(cutoff) {
+		if o.ow != nil && len(o.steps) > 0 && o.steps[0].Start.Before(cutoff) {
 			cutoff = o.steps[0].Start
 		}
 	}
 	for _, o := range g.starts {
-		if len(o.steps) > 0 && o.steps[0].Start.Before(cutoff) {
+		if o.ow != nil && len(o.steps) > 0 && o.steps[0].Start.Before(cutoff) {
 			cutoff = o.steps[0].Start
 		}
 	}
@@ -234,12 +236,14 @@ func (g *Grouper) pruneImages() {
 	}
 	clear(l.calls[len(calls):])
 	l.calls = calls
-	keep := map[*owner]bool{}
+	// The owners kept get a new mark (no maps: this runs every second of
+	// capture time).
+	l.mark++
 	slots := l.slots[:0]
 	for _, s := range l.slots {
 		if s.hi.IsZero() || !s.hi.Before(cutoff) {
 			slots = append(slots, s)
-			keep[s.ow] = true
+			s.ow.mark = l.mark
 		}
 	}
 	if len(slots) < len(l.slots) {
@@ -249,7 +253,8 @@ func (g *Grouper) pruneImages() {
 	l.slots = slots
 	owners := l.owners[:0]
 	for _, ow := range l.owners {
-		if keep[ow] || ow.o != nil && g.starts[ow.sid] == ow.o {
+		if ow.mark == l.mark || ow.o != nil && g.starts[ow.sid] == ow.o {
+			ow.mark = l.mark
 			owners = append(owners, ow)
 			continue
 		}
@@ -259,12 +264,8 @@ func (g *Grouper) pruneImages() {
 	}
 	clear(l.owners[len(owners):])
 	l.owners = owners
-	kept := map[*owner]bool{}
-	for _, ow := range owners {
-		kept[ow] = true
-	}
 	for t, ow := range l.traces {
-		if !kept[ow] {
+		if ow == nil || ow.mark != l.mark {
 			delete(l.traces, t)
 		}
 	}

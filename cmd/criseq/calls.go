@@ -4,18 +4,15 @@ import (
 	"bufio"
 	"container/heap"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
@@ -61,11 +58,19 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *asJSON {
 		out = newJSONWriter(bw, *noRedact)
 	}
-	err = streamCalls(pos[0], decode.Options{NoRedact: *noRedact}, stderr, func(c *decode.Call) error {
-		if *hide && c.Known && flow.IsPolling(c.Name) {
-			return nil
+	dopts := decode.Options{NoRedact: *noRedact}
+	var keep func(*decode.Call) bool
+	if *hide {
+		keep = func(c *decode.Call) bool { return !c.Known || !flow.IsPolling(c.Name) }
+		// Polling calls are not printed, and the labels learn only from
+		// what is printed: their bodies are not needed.
+		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
+	}
+	err = streamCalls(pos[0], dopts, keep, *asJSON, stderr, func(it *heldItem, late bool) error {
+		if it.m != nil {
+			return out.(*jsonWriter).message(it, late)
 		}
-		return out.write(c, labels.Label(c))
+		return out.write(it.c, labels.Label(it.c), late)
 	})
 	if ferr := out.flush(); err == nil {
 		err = ferr
@@ -75,7 +80,7 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // callWriter prints calls one at a time.
 type callWriter interface {
-	write(c *decode.Call, s flow.Step) error
+	write(c *decode.Call, s flow.Step, late bool) error
 	flush() error
 }
 
@@ -86,16 +91,23 @@ type tableWriter struct {
 	tw       *tabwriter.Writer
 	t0       time.Time
 	rows     int
+	buf      []byte
 	inferred bool // a row was marked ~
 }
 
 const tableBlock = 4096
 
-func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
+func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	if w.rows == 0 {
 		w.t0 = c.Start
-		fmt.Fprintln(w.tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL")
+		io.WriteString(w.tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL\n")
 	}
+	b := appendOffset(w.buf[:0], c.Start.Sub(w.t0))
+	b = append(b, '\t')
+	b = strconv.AppendUint(b, c.Conn, 10)
+	b = append(b, '\t')
+	b = strconv.AppendUint(b, uint64(c.Stream), 10)
+	b = append(b, '\t')
 	method := s.Method
 	if c.Known {
 		method = s.Service + "/" + s.Method
@@ -106,17 +118,34 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step) error {
 	case c.Flags&decode.Inferred != 0:
 		method += "~"
 	}
-	status := statusText(c)
+	b = append(b, termtext.String(method)...)
+	b = append(b, '\t')
+	if s.Done {
+		b = append(b, fmtDuration(s.Duration)...)
+	} else {
+		b = append(b, '-')
+	}
+	b = append(b, '\t')
+	b = append(b, statusText(c)...)
 	if c.Flags&decode.InferredStatus != 0 {
-		status += "~"
+		b = append(b, '~')
 	}
 	w.inferred = w.inferred || c.Flags&(decode.Inferred|decode.InferredStatus) != 0
-	dur := "-"
-	if s.Done {
-		dur = fmtDuration(s.Duration)
+	b = append(b, '\t')
+	if late {
+		b = append(b, "late"...)
 	}
-	fmt.Fprintf(w.tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n",
-		fmtOffset(c.Start.Sub(w.t0)), c.Conn, c.Stream, termtext.String(method), dur, status, termtext.String(detail(s, c)))
+	if det := detail(s, c); det != "" {
+		if late {
+			b = append(b, " · "...)
+		}
+		b = append(b, termtext.String(det)...)
+	}
+	b = append(b, '\n')
+	w.buf = b
+	if _, err := w.tw.Write(b); err != nil {
+		return err
+	}
 	w.rows++
 	if w.rows%tableBlock == 0 {
 		return w.tw.Flush()
@@ -138,31 +167,89 @@ func (w *tableWriter) flush() error {
 	return nil
 }
 
-// streamCalls decodes a capture file and hands each call to emit in start
-// order (then connection, stream), holding only the calls that a call
-// still open could precede: memory follows the open calls, not the length
-// of the capture.
-func streamCalls(path string, dopts decode.Options, stderr io.Writer, emit func(*decode.Call) error) error {
+// Calls are printed in start order (then connection, stream): each is held
+// until no call still open, nor any call not yet seen, can start before it.
+// A call open for longer than lateAfter (capture time; a server stream
+// open for a connection's life, a call that never returns) no longer
+// holds back the calls after it: they are printed, and it is printed when
+// it ends (or when the capture does), out of order, marked late. The held
+// calls are bounded too, by heldCalls and heldBytes: past them the oldest
+// is printed, and a call that started before it comes late.
+const (
+	lateAfter = time.Minute
+	heldCalls = 4096
+	heldBytes = 4 << 20
+)
+
+// A server stream's messages (kubelet's GetContainerEvents, open for the
+// connection's life) are not kept in their call: with messages set, each
+// is handed to emit as it comes, in time order among the calls' starts;
+// without, they are only counted (Call.Streamed).
+
+// streamCalls decodes a capture file and hands each call to emit, in start
+// order but for the late ones (see lateAfter), and each server-stream
+// message if messages; keep says which calls to print at all. Memory
+// follows the calls held back, not the length of the capture.
+func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool, messages bool, stderr io.Writer, emit func(it *heldItem, late bool) error) error {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
 	var held callHeap
-	dopts.OnCall = func(c *decode.Call) { heap.Push(&held, c) }
+	size := 0 // message bytes held, roughly
+	var seq uint64
+	push := func(it *heldItem) {
+		seq++
+		it.seq = seq
+		heap.Push(&held, it)
+		size += it.size()
+	}
+	dopts.OnCall = func(c *decode.Call) {
+		if keep == nil || keep(c) {
+			push(&heldItem{c: c, at: c.Start, conn: c.Conn, stream: c.Stream})
+		}
+	}
+	dopts.OnStreamMessage = func(c *decode.Call, m decode.Message) {
+		if messages && (keep == nil || keep(c)) {
+			push(&heldItem{m: &m, method: c.Method, at: m.Time, conn: c.Conn, stream: c.Stream})
+		}
+	}
 	d := decode.New(dopts)
 	var last time.Time
 	var emitErr error
+	var printed *heldItem // the last item printed in order
+	pop := func() {
+		it := heap.Pop(&held).(*heldItem)
+		size -= it.size()
+		late := printed != nil && it.less(printed)
+		if !late {
+			printed = it
+		}
+		emitErr = emit(it, late)
+	}
 	release := func(all bool) {
-		barrier, open := d.Oldest()
-		for held.Len() > 0 && emitErr == nil {
-			c := held[0]
-			// A call not yet decoded starts at or after the last chunk's
-			// time, and after the oldest open call.
-			if !all && (!c.Start.Before(last) || open && !c.Start.Before(barrier)) {
-				break
+		if all {
+			for held.Len() > 0 && emitErr == nil {
+				pop()
 			}
-			emitErr = emit(heap.Pop(&held).(*decode.Call))
+			return
+		}
+		// A call not yet decoded starts at or after the last chunk's
+		// time, and after the oldest open call, unless that one is late.
+		barrier := last.Add(-lateAfter)
+		if held.Len() > 0 && !held[0].at.Before(barrier) {
+			if t, open := d.Oldest(); !open {
+				barrier = last
+			} else if t.After(barrier) {
+				barrier = t
+				if last.Before(t) {
+					barrier = last
+				}
+			}
+		}
+		for held.Len() > 0 && emitErr == nil && (held[0].at.Before(barrier) || held.Len() > heldCalls || size > heldBytes) {
+			pop()
 		}
 	}
 	n := 0
@@ -176,7 +263,8 @@ func streamCalls(path string, dopts decode.Options, stderr io.Writer, emit func(
 			last = c.Time
 		}
 		d.Feed(c)
-		if n++; n%64 == 0 || held.Len() > 1024 {
+		// The barrier visits every open connection: not too often.
+		if n++; n%4096 == 0 || held.Len() > heldCalls || size > heldBytes {
 			release(false)
 		}
 	}
@@ -197,28 +285,61 @@ func streamCalls(path string, dopts decode.Options, stderr io.Writer, emit func(
 	return nil
 }
 
-// callHeap orders calls like decode.SortCalls.
-type callHeap []*decode.Call
-
-func (h callHeap) Len() int { return len(h) }
-func (h callHeap) Less(i, j int) bool {
-	a, b := h[i], h[j]
-	if !a.Start.Equal(b.Start) {
-		return a.Start.Before(b.Start)
-	}
-	if a.Conn != b.Conn {
-		return a.Conn < b.Conn
-	}
-	return a.Stream < b.Stream
+// heldItem is a call, or a message of a server stream, waiting for its
+// turn to be printed.
+type heldItem struct {
+	c      *decode.Call    // the call; nil for a message
+	m      *decode.Message // a server-stream message
+	method string          // the message's call's
+	at     time.Time       // the call's start, the message's time
+	conn   uint64
+	stream uint32
+	seq    uint64 // arrival order, the last tie-break
 }
-func (h callHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *callHeap) Push(x any)   { *h = append(*h, x.(*decode.Call)) }
+
+// size is about what a held item costs.
+func (it *heldItem) size() int {
+	if it.m != nil {
+		return 256 + it.m.Size
+	}
+	n := 512
+	for _, m := range it.c.Requests {
+		n += m.Size
+	}
+	for _, m := range it.c.Responses {
+		n += m.Size
+	}
+	return n
+}
+
+// less orders items like decode.SortCalls: start (or message) time, then
+// connection and stream; a call before its messages.
+func (it *heldItem) less(o *heldItem) bool {
+	switch {
+	case !it.at.Equal(o.at):
+		return it.at.Before(o.at)
+	case it.conn != o.conn:
+		return it.conn < o.conn
+	case it.stream != o.stream:
+		return it.stream < o.stream
+	case (it.m == nil) != (o.m == nil):
+		return it.m == nil
+	}
+	return it.seq < o.seq
+}
+
+type callHeap []*heldItem
+
+func (h callHeap) Len() int           { return len(h) }
+func (h callHeap) Less(i, j int) bool { return h[i].less(h[j]) }
+func (h callHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *callHeap) Push(x any)        { *h = append(*h, x.(*heldItem)) }
 func (h *callHeap) Pop() any {
 	old := *h
-	c := old[len(old)-1]
+	it := old[len(old)-1]
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
-	return c
+	return it
 }
 
 func statusText(c *decode.Call) string {
@@ -253,9 +374,14 @@ func oneLine(s string) string {
 	return s
 }
 
-// fmtOffset prints a time offset as seconds with milliseconds: "+12.345s".
-func fmtOffset(d time.Duration) string {
-	return fmt.Sprintf("+%.3fs", d.Seconds())
+// appendOffset prints a time offset as seconds with milliseconds:
+// "+12.345s" (a late call may start before the first row: "-0.500s").
+func appendOffset(b []byte, d time.Duration) []byte {
+	if d >= 0 {
+		b = append(b, '+')
+	}
+	b = strconv.AppendFloat(b, d.Seconds(), 'f', 3, 64)
+	return append(b, 's')
 }
 
 // fmtDuration rounds a call's duration for people: 105ms, 1.94s, 812µs.
@@ -271,96 +397,6 @@ func fmtDuration(d time.Duration) string {
 		return d.Round(100 * time.Microsecond).String()
 	}
 	return d.Round(time.Microsecond).String()
-}
-
-type jsonCall struct {
-	Time       time.Time         `json:"time"`
-	Conn       uint64            `json:"conn"`
-	Stream     uint32            `json:"stream"`
-	Method     string            `json:"method"`
-	DurationMS *float64          `json:"duration_ms,omitempty"`
-	Status     *int              `json:"status,omitempty"`
-	Code       string            `json:"code,omitempty"`
-	Message    string            `json:"message,omitempty"`
-	Arg        string            `json:"arg,omitempty"`
-	Result     string            `json:"result,omitempty"`
-	Headers    [][2]string       `json:"request_headers,omitempty"`
-	RespHdrs   [][2]string       `json:"response_headers,omitempty"`
-	Trailers   [][2]string       `json:"trailers,omitempty"`
-	Requests   []json.RawMessage `json:"requests,omitempty"`
-	Responses  []json.RawMessage `json:"responses,omitempty"`
-	Flags      []string          `json:"flags,omitempty"`
-	Errors     []string          `json:"errors,omitempty"`
-}
-
-// jsonWriter prints one JSON object per call, valid JSON with what a
-// terminal would act on escaped.
-type jsonWriter struct {
-	enc *json.Encoder
-	raw bool
-}
-
-func newJSONWriter(out io.Writer, raw bool) *jsonWriter {
-	w := &jsonWriter{enc: json.NewEncoder(termtext.JSONWriter(out)), raw: raw}
-	w.enc.SetEscapeHTML(false)
-	return w
-}
-
-func (w *jsonWriter) write(c *decode.Call, s flow.Step) error {
-	j := jsonCall{
-		Time: c.Start.UTC(), Conn: c.Conn, Stream: c.Stream, Method: c.Method,
-		Message: c.Message, Arg: s.Arg, Result: s.Full,
-		Flags: flagNames(c.Flags), Errors: c.Errors,
-		Headers: pairs(c.RequestHeaders), RespHdrs: pairs(c.ResponseHeaders), Trailers: pairs(c.Trailers),
-	}
-	if !c.End.IsZero() {
-		ms := float64(c.Duration().Microseconds()) / 1000
-		j.DurationMS = &ms
-		if c.Status >= 0 {
-			st := c.Status
-			j.Status = &st
-			j.Code = codes.Code(c.Status).String()
-		}
-	}
-	var err error
-	if j.Requests, err = messagesJSON(c.Requests, w.raw); err != nil {
-		return err
-	}
-	if j.Responses, err = messagesJSON(c.Responses, w.raw); err != nil {
-		return err
-	}
-	return w.enc.Encode(j)
-}
-
-func (w *jsonWriter) flush() error { return nil }
-
-func pairs(hs []hpack.HeaderField) [][2]string {
-	out := make([][2]string, len(hs))
-	for i, h := range hs {
-		out[i] = [2]string{h.Name, h.Value}
-	}
-	return out
-}
-
-func messagesJSON(ms []decode.Message, raw bool) ([]json.RawMessage, error) {
-	var out []json.RawMessage
-	for _, m := range ms {
-		var b []byte
-		var err error
-		switch {
-		case m.Proto != nil:
-			b, err = protojson.MarshalOptions{UseProtoNames: true}.Marshal(m.Proto)
-		case raw && m.Raw != nil:
-			b, err = json.Marshal(map[string]string{"raw_base64": base64.StdEncoding.EncodeToString(m.Raw)})
-		default:
-			b, err = json.Marshal(map[string]any{"bytes": len(m.Raw), "error": m.Err})
-		}
-		if err != nil {
-			return nil, fmt.Errorf("calls: encoding a message as JSON: %w", err)
-		}
-		out = append(out, b)
-	}
-	return out, nil
 }
 
 func flagNames(f decode.Flags) []string {

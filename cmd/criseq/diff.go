@@ -138,11 +138,11 @@ func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for i, s := range specs {
 		l, ok := cache[s.file]
 		if !ok {
-			flows, calls, err := loadFlows(s.file, decode.Options{}, flow.Options{All: *all}, stderr)
+			var err error
+			l.flows, l.calls, err = diffFlows(s.file, specs[:], *all, stderr)
 			if err != nil {
 				return fmt.Errorf("diff: %w", err)
 			}
-			l = loaded{flows, calls}
 			cache[s.file] = l
 		}
 		f, err := pickFlow(s, l.flows, l.calls)
@@ -254,6 +254,43 @@ func parseDiffSpec(arg string, exists func(string) bool) (diffSpec, error) {
 		return bad(fmt.Sprintf("cannot read %q (the parts go in the order :POD @KIND #N)", rest))
 	}
 	return s, nil
+}
+
+// diffFlows reads the flows of file as a stream and keeps whole only those
+// the specs on it may pick (each spec's matches up to its #N); of the
+// others it keeps what pickFlow lists (pod, kind, start), so memory does
+// not follow the length of the capture.
+func diffFlows(file string, specs []diffSpec, all bool, stderr io.Writer) ([]*flow.Flow, int, error) {
+	var flows []*flow.Flow
+	var last time.Time
+	matched := make([]int, len(specs))
+	calls, err := streamFlows(file, decode.Options{}, flow.Options{All: all}, stderr, func(f *flow.Flow) error {
+		// A flow handed out late may sort before the ones above it: kept
+		// whole, whichever #N it turns out to be. A flow in order has
+		// every match handed out before it sort before it, so its #N is
+		// at most its count.
+		late := f.Start.Before(last)
+		if !late {
+			last = f.Start
+		}
+		keep := false
+		for i, s := range specs {
+			if s.file == file && f.Kind == s.kind && len(filterPod([]*flow.Flow{f}, s.pod)) > 0 {
+				matched[i]++
+				keep = keep || late || matched[i] <= s.n
+			}
+		}
+		if !keep {
+			f = &flow.Flow{Kind: f.Kind, Pod: f.Pod, Start: f.Start}
+		}
+		flows = append(flows, f)
+		return nil
+	})
+	if err != nil {
+		return nil, calls, err
+	}
+	flow.Sort(flows) // flows handed out late
+	return flows, calls, nil
 }
 
 // pickFlow finds the flow a spec names, or says which flows the file has.

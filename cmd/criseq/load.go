@@ -1,9 +1,11 @@
 package main
 
 import (
+	"container/heap"
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
@@ -11,46 +13,142 @@ import (
 	"github.com/criseq/criseq/internal/termtext"
 )
 
-// loadFlows decodes and groups a capture file as a stream, so memory
-// follows the open calls and flows, not the length of the capture. Unless
-// fopts.All, the bodies of kubelet's polling calls are not unmarshalled:
-// no flow shows them.
-func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer) (flows []*flow.Flow, calls int, err error) {
+// lateFlow bounds how long, in capture time, a flow still being built (or
+// a call still open, which may start one) holds back the flows that start
+// after it: past it they are handed out, and it comes when it is done, out
+// of order. Flows normally complete within minutes (a start waits a minute
+// for more containers, a sandbox that never gets one ten).
+const lateFlow = 15 * time.Minute
+
+// streamFlows decodes and groups a capture file as a stream and hands each
+// flow to emit in flow.Sort's order (start time, then pod), but for the
+// late ones (see lateFlow). Memory follows the open calls and flows, not
+// the length of the capture. Unless fopts.All, the bodies of kubelet's
+// polling calls are not unmarshalled: no flow shows them.
+func streamFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer, emit func(*flow.Flow) error) (calls int, err error) {
 	src, err := capture.OpenFile(path)
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
 	defer src.Close()
 	g := flow.NewGrouper(fopts)
+	var held flowHeap
+	seq := 0
+	push := func(f *flow.Flow) {
+		seq++
+		heap.Push(&held, heldFlow{f, seq})
+	}
 	dopts.OnCall = func(c *decode.Call) {
 		calls++
-		flows = append(flows, g.Add(c)...)
+		for _, f := range g.Add(c) {
+			push(f)
+		}
 	}
 	dopts.OnStreamMessage = g.Event
 	if !fopts.All {
 		dopts.SkipBodies = flow.SkipBody
 	}
 	d := decode.New(dopts)
-	for {
+	var emitErr error
+	release := func(barrier time.Time) {
+		for held.Len() > 0 && emitErr == nil && held[0].f.Start.Before(barrier) {
+			emitErr = emit(heap.Pop(&held).(heldFlow).f)
+		}
+	}
+	var last time.Time
+	n := 0
+	for emitErr == nil {
 		var c capture.Chunk
 		c, err = src.Next()
 		if err != nil {
 			break
 		}
+		if c.Time.After(last) {
+			last = c.Time
+		}
 		d.Feed(c)
+		// The barrier visits every open connection and flow: not too
+		// often.
+		if n++; n%4096 == 0 && held.Len() > 0 {
+			// A flow still to come starts after the last chunk, the oldest
+			// call still open and the oldest flow being built, unless those
+			// are late.
+			barrier := last
+			if t, ok := g.Oldest(); ok && t.Before(barrier) {
+				barrier = t
+			}
+			if t, ok := d.Oldest(); ok && t.Before(barrier) {
+				barrier = t
+			}
+			if floor := last.Add(-lateFlow); barrier.Before(floor) {
+				barrier = floor
+			}
+			release(barrier)
+		}
 	}
 	d.Close()
-	flows = append(flows, g.Flush()...)
-	flow.Sort(flows)
+	for _, f := range g.Flush() {
+		push(f)
+	}
+	for held.Len() > 0 && emitErr == nil {
+		emitErr = emit(heap.Pop(&held).(heldFlow).f)
+	}
 	report(path, d.Errors(), stderr)
+	if emitErr != nil {
+		return calls, emitErr
+	}
 	if errors.Is(err, io.EOF) {
-		return flows, calls, nil
+		return calls, nil
 	}
 	if calls == 0 {
-		return nil, 0, err
+		return 0, err
 	}
 	fmt.Fprintf(stderr, "criseq: %s (showing what was read before it)\n", termtext.String(err.Error()))
+	return calls, nil
+}
+
+// loadFlows is streamFlows keeping every flow, sorted: for outputs that
+// need them all at once (the HTML viewer).
+func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer) (flows []*flow.Flow, calls int, err error) {
+	calls, err = streamFlows(path, dopts, fopts, stderr, func(f *flow.Flow) error {
+		flows = append(flows, f)
+		return nil
+	})
+	if err != nil {
+		return nil, calls, err
+	}
+	flow.Sort(flows) // the late ones
 	return flows, calls, nil
+}
+
+// flowHeap orders flows like flow.Sort, a stable sort of the flows in the
+// order the grouper handed them out.
+type flowHeap []heldFlow
+
+type heldFlow struct {
+	f   *flow.Flow
+	seq int
+}
+
+func (h flowHeap) Len() int { return len(h) }
+func (h flowHeap) Less(i, j int) bool {
+	a, b := h[i].f, h[j].f
+	switch {
+	case !a.Start.Equal(b.Start):
+		return a.Start.Before(b.Start)
+	case a.Pod.String() != b.Pod.String():
+		return a.Pod.String() < b.Pod.String()
+	}
+	return h[i].seq < h[j].seq
+}
+func (h flowHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *flowHeap) Push(x any)   { *h = append(*h, x.(heldFlow)) }
+func (h *flowHeap) Pop() any {
+	old := *h
+	f := old[len(old)-1]
+	old[len(old)-1] = heldFlow{}
+	*h = old[:len(old)-1]
+	return f
 }
 
 func report(path string, errs []*decode.ConnError, stderr io.Writer) {

@@ -79,19 +79,8 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	flows, calls, err := loadFlows(path, decode.Options{NoRedact: o.noRedact}, flow.Options{All: o.all, Client: o.client}, stderr)
-	if err != nil {
-		return err
-	}
-	flows = filterPod(flows, o.pod)
-	if len(flows) == 0 {
-		what := "no pod start or stop"
-		if o.pod != "" {
-			what = "no flow of pod " + o.pod
-		}
-		return fmt.Errorf("render: %s found in %s (%d calls); try criseq calls %s", what, path, calls, path)
-	}
-	// html is one viewer per capture, with every flow, not one per flow.
+	// html is one viewer per capture, with every flow, not one per flow:
+	// only it keeps them all.
 	var perFlow []string
 	html := false
 	for _, f := range formats {
@@ -101,16 +90,42 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 			perFlow = append(perFlow, f)
 		}
 	}
-	if err := writeFlows(flows, perFlow, o.out, render.Options{TimeScale: o.timescale}, stdout); err != nil || !html {
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return fmt.Errorf("render: %w", err)
+	}
+	fw := &flowFiles{formats: perFlow, dir: o.out, ro: render.Options{TimeScale: o.timescale}, stdout: stdout, seen: map[string]int{}}
+	var kept []*flow.Flow
+	n := 0
+	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact}, flow.Options{All: o.all, Client: o.client}, stderr, func(f *flow.Flow) error {
+		if o.pod != "" && len(filterPod([]*flow.Flow{f}, o.pod)) == 0 {
+			return nil
+		}
+		n++
+		if html {
+			kept = append(kept, f)
+		}
+		return fw.write(f)
+	})
+	if err != nil {
 		return err
 	}
+	if n == 0 {
+		what := "no pod start or stop"
+		if o.pod != "" {
+			what = "no flow of pod " + o.pod
+		}
+		return fmt.Errorf("render: %s found in %s (%d calls); try criseq calls %s", what, path, calls, path)
+	}
+	if !html {
+		return nil
+	}
+	flow.Sort(kept) // flows handed out late
 	base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 	name := filepath.Join(o.out, base+".html")
-	var fw fileWriter
-	if err := fw.write(name, func(w io.Writer) error { return render.HTML(w, filepath.Base(path), flows) }); err != nil {
+	if err := fw.fw.write(name, func(w io.Writer) error { return render.HTML(w, filepath.Base(path), kept) }); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%-32s %d flows  → %s\n", "viewer", len(flows), name)
+	fmt.Fprintf(stdout, "%-32s %d flows  → %s\n", "viewer", len(kept), name)
 	return nil
 }
 
@@ -149,34 +164,37 @@ func filterPod(flows []*flow.Flow, pod string) []*flow.Flow {
 	return out
 }
 
-// writeFlows writes one file per flow and format; a pod started twice gets
-// -2, -3… so no file overwrites another.
-func writeFlows(flows []*flow.Flow, formats []string, dir string, ro render.Options, stdout io.Writer) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("render: %w", err)
+// flowFiles writes one file per flow and format, as flows come, and a
+// line per flow; a pod started twice gets -2, -3… so no file overwrites
+// another.
+type flowFiles struct {
+	formats []string
+	dir     string
+	ro      render.Options
+	stdout  io.Writer
+	seen    map[string]int
+	fw      fileWriter
+}
+
+func (w *flowFiles) write(f *flow.Flow) error {
+	base := strings.TrimSuffix(render.FileName(f, ""), ".")
+	w.seen[base]++
+	if n := w.seen[base]; n > 1 {
+		base = fmt.Sprintf("%s-%d", base, n)
 	}
-	seen := map[string]int{}
-	var fw fileWriter
-	for _, f := range flows {
-		base := strings.TrimSuffix(render.FileName(f, ""), ".")
-		seen[base]++
-		if n := seen[base]; n > 1 {
-			base = fmt.Sprintf("%s-%d", base, n)
+	var names []string
+	for _, format := range w.formats {
+		written, err := w.fw.diagram(w.dir, base, format, f, w.ro)
+		names = append(names, written...)
+		if err != nil {
+			return err
 		}
-		var names []string
-		for _, format := range formats {
-			written, err := fw.diagram(dir, base, format, f, ro)
-			names = append(names, written...)
-			if err != nil {
-				return err
-			}
-		}
-		if len(names) == 0 { // html only: the viewer is written after
-			fmt.Fprintf(stdout, "%-32s %s\n", termtext.String(f.Pod.String()), summary(f))
-			continue
-		}
-		fmt.Fprintf(stdout, "%-32s %s  → %s\n", termtext.String(f.Pod.String()), summary(f), strings.Join(names, ", "))
 	}
+	if len(names) == 0 { // html only: the viewer is written after
+		fmt.Fprintf(w.stdout, "%-32s %s\n", termtext.String(f.Pod.String()), summary(f))
+		return nil
+	}
+	fmt.Fprintf(w.stdout, "%-32s %s  → %s\n", termtext.String(f.Pod.String()), summary(f), strings.Join(names, ", "))
 	return nil
 }
 
@@ -184,7 +202,7 @@ func writeFlows(flows []*flow.Flow, formats []string, dir string, ro render.Opti
 // time split into phases and waits that add up (render.Summary).
 func summary(f *flow.Flow) string { return render.Summary(f) }
 
-// fileWriter writes the files of writeFlows. Each is drawn into memory
+// fileWriter writes the files of flowFiles. Each is drawn into memory
 // first, so a failed drawing leaves no file, then written with one open:
 // thousands of small files cost three system calls each.
 type fileWriter struct {

@@ -76,10 +76,11 @@ func criseqRequests(t *testing.T, file string) map[string][]testpeer.Request {
 		t.Fatalf("calls: %v\n%s", err, stderr.String())
 	}
 	type call struct {
-		Time   time.Time
-		Conn   uint64
-		Stream uint32
-		Method string
+		Time     time.Time
+		Conn     uint64
+		Stream   uint32
+		Method   string
+		Response json.RawMessage // a server stream's message, not a call
 	}
 	var calls []call
 	dec := json.NewDecoder(&stdout)
@@ -88,7 +89,9 @@ func criseqRequests(t *testing.T, file string) map[string][]testpeer.Request {
 		if err := dec.Decode(&c); err != nil {
 			t.Fatal(err)
 		}
-		calls = append(calls, c)
+		if c.Response == nil {
+			calls = append(calls, c)
+		}
 	}
 	slices.SortStableFunc(calls, func(a, b call) int { return a.Time.Compare(b.Time) })
 	clients := connClients(t, file)

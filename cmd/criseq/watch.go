@@ -46,8 +46,13 @@ Examples:
   sudo criseq watch --attach -o diagrams     # nothing restarted or reconfigured
 `
 
-// maxRecentFlows bounds the flows watch remembers to rewrite them.
-const maxRecentFlows = 256
+// maxRecentFlows bounds the flows watch remembers to rewrite them, and
+// canGrow is how long after its end a start flow may still grow (the
+// grouper's InitWait, with room to spare).
+const (
+	maxRecentFlows = 256
+	canGrow        = 3 * time.Minute
+)
 
 // exitError carries a process exit code other than 1.
 type exitError struct {
@@ -196,6 +201,7 @@ type watcher struct {
 	calls   int
 	err     error
 	closed  bool
+	now     time.Time // the latest chunk's time
 }
 
 func newWatcher(o renderOptions, formats []string, ns string, want int, out io.Writer) *watcher {
@@ -219,6 +225,9 @@ func (w *watcher) Write(c capture.Chunk) error {
 	defer w.mu.Unlock()
 	if c.Kind == capture.Open {
 		w.conns++
+	}
+	if c.Time.After(w.now) {
+		w.now = c.Time
 	}
 	if w.file != nil {
 		if err := w.file.Write(c); err != nil && w.err == nil {
@@ -274,15 +283,18 @@ func (w *watcher) emit(flows []*flow.Flow) {
 			if n := w.used[base]; n > 1 {
 				base = fmt.Sprintf("%s-%d", base, n)
 			}
-			w.names[f] = base
-			// Only a recent flow can grow and be written again; forget
-			// older ones so a run of days keeps its memory.
-			w.recent = append(w.recent, f)
-			if len(w.recent) > maxRecentFlows {
-				delete(w.names, w.recent[0])
-				w.recent[0] = nil
-				w.recent = w.recent[1:]
+			// Only a start flow can grow and be written again, within
+			// the grouper's InitWait: remember those, and no more than
+			// maxRecentFlows, so a run of days keeps its memory.
+			if f.Kind == flow.Start {
+				w.names[f] = base
+				w.recent = append(w.recent, f)
 			}
+		}
+		for len(w.recent) > maxRecentFlows || len(w.recent) > 0 && w.now.Sub(w.recent[0].End) > canGrow {
+			delete(w.names, w.recent[0])
+			w.recent[0] = nil
+			w.recent = w.recent[1:]
 		}
 		var first string
 		for _, format := range w.formats {

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/benchcap"
+)
+
+// TestCallsLate: on a capture with a GetContainerEvents stream open from
+// its first byte to its last and calls that never return, calls prints
+// every call, in start order but for those open over a minute, which come
+// where they ended (or at the end), marked late; the table says so too.
+func TestCallsLate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "late.pcapng")
+	st, err := benchcap.Write(path, benchcap.DefaultSources(filepath.Join("..", "..")), 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"calls", "--json", path}, &stdout, &stderr); err != nil {
+		t.Fatalf("calls: %v\n%s", err, stderr.String())
+	}
+	type line struct {
+		Time       time.Time
+		Conn       uint64
+		Method     string
+		DurationMS *float64        `json:"duration_ms"`
+		Response   json.RawMessage // a stream's message, on a line of its own
+		Streamed   int
+		Late       bool
+	}
+	var lines []line
+	var streamed int // message lines of connection 1's stream
+	var lastMsg time.Time
+	dec := json.NewDecoder(&stdout)
+	for dec.More() {
+		var l line
+		if err := dec.Decode(&l); err != nil {
+			t.Fatal(err)
+		}
+		if l.Response != nil {
+			// Messages come as they came, in time order.
+			if l.Conn == 1 {
+				streamed++
+			}
+			if l.Time.Before(lastMsg) && !l.Late {
+				t.Errorf("message at %v after one at %v, not marked late", l.Time, lastMsg)
+			}
+			lastMsg = l.Time
+			continue
+		}
+		lines = append(lines, l)
+	}
+	if streamed != st.Events {
+		t.Errorf("%d messages of the event stream printed, %d sent", streamed, st.Events)
+	}
+	var last time.Time
+	late := 0
+	for i, l := range lines {
+		if l.Late {
+			late++
+			// Late: it started before calls printed above it, and was open
+			// for over a minute (or never ended).
+			if !l.Time.Before(last) {
+				t.Errorf("line %d (%s) marked late but in order", i+1, l.Method)
+			}
+			if l.DurationMS != nil && *l.DurationMS < 60e3 {
+				t.Errorf("line %d (%s) late after %.0fms", i+1, l.Method, *l.DurationMS)
+			}
+			continue
+		}
+		if l.Time.Before(last) {
+			t.Fatalf("line %d (%s at %v) before the line above it (%v) and not marked late", i+1, l.Method, l.Time, last)
+		}
+		last = l.Time
+	}
+	first := lines[0].Time
+	for _, l := range lines {
+		if l.Time.Before(first) {
+			first = l.Time
+		}
+	}
+	streams := 0
+	for _, l := range lines {
+		// The stream served on connection 1 for the benchmarks spans the
+		// whole capture.
+		if strings.HasSuffix(l.Method, "/GetContainerEvents") && l.Conn == 1 {
+			streams++
+			if !l.Late || l.DurationMS != nil || !l.Time.Equal(first) || l.Streamed != st.Events {
+				t.Errorf("event stream %+v: want it from the first call, open to the end, late, with its %d messages counted", l, st.Events)
+			}
+		}
+	}
+	if streams != 1 {
+		t.Errorf("%d event streams listed, want 1", streams)
+	}
+	// Each copy's StopContainer (or StopPodSandbox) left open is late too.
+	if late < 1+st.Rounds {
+		t.Errorf("%d late lines, want the event stream and at least one open stop per copy (%d copies)", late, st.Rounds)
+	}
+
+	stdout.Reset()
+	if err := run(context.Background(), []string{"calls", path}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(rows) != len(lines)+1 {
+		t.Fatalf("table: %d rows for %d calls", len(rows)-1, len(lines))
+	}
+	if n := strings.Count(stdout.String(), "late"); n != late {
+		t.Errorf("table marks %d rows late, JSON %d", n, late)
+	}
+}
+
+// TestFlowsStreamed: on the same kind of capture, flows come out in
+// start order but for those still open after lateFlow (stops cut by the
+// capture's end, handed out when it ends), and diff keeps whole the flow
+// it picks while only listing the others.
+func TestFlowsStreamed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.pcapng")
+	// Without the bursts: their forty stops a copy would fill the grouper,
+	// which then hands out the oldest, the cut stops, before they are late.
+	var srcs []string
+	for _, s := range benchcap.DefaultSources(filepath.Join("..", "..")) {
+		if !strings.Contains(s, "burst") {
+			srcs = append(srcs, s)
+		}
+	}
+	st, err := benchcap.Write(path, srcs, 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flows []*flow.Flow
+	var maxStart time.Time
+	late := 0
+	if _, err := streamFlows(path, decode.Options{}, flow.Options{}, io.Discard, func(f *flow.Flow) error {
+		flows = append(flows, f)
+		if f.Start.Before(maxStart) {
+			late++
+			// In this capture only the stops cut by a copy's end stay open
+			// for longer than lateFlow (a start waits ten minutes at most
+			// for its container).
+			if f.Kind != flow.Stop || f.Complete {
+				t.Errorf("%s %s (complete %v) from %v handed out after a flow from %v", f.Pod, f.Kind, f.Complete, f.Start, maxStart)
+			}
+		} else {
+			maxStart = f.Start
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) < st.Rounds*5 || late == 0 {
+		t.Fatalf("%d flows, %d late, from %d copies: want the cut stops late", len(flows), late, st.Rounds)
+	}
+
+	spec := diffSpec{file: path, pod: "warm-criseq-lab", kind: flow.Start, n: 2}
+	picked, _, err := diffFlows(path, []diffSpec{spec}, false, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := pickFlow(spec, picked, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Steps) == 0 || f.Pod.Name != "warm-criseq-lab" {
+		t.Errorf("picked %s with %d steps, want warm-criseq-lab's second start, whole", f.Pod, len(f.Steps))
+	}
+	spec.n = 999
+	if _, err := pickFlow(spec, picked, 0); err == nil || strings.Count(err.Error(), "\n") != len(flows) {
+		t.Errorf("#999: want an error listing the %d flows, got %v", len(flows), err)
+	}
+}

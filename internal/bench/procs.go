@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/criseq/criseq/internal/benchcap"
+)
+
+// usage is what one run of a process cost, from the kernel's accounting.
+type usage struct {
+	cpu, wall time.Duration
+	maxRSS    int64 // bytes
+}
+
+// timed runs a command to the end, its output thrown away, and returns
+// its whole-process figures.
+func timed(ctx context.Context, dir string, name string, args ...string) (usage, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return usage{}, err
+	}
+	defer null.Close()
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = null, &stderr
+	t0 := time.Now()
+	if err := cmd.Run(); err != nil {
+		return usage{}, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	u := usage{wall: time.Since(t0)}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		u.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		u.maxRSS = ru.Maxrss << 10
+	}
+	return u, nil
+}
+
+// job is one command measured against the capture.
+type job struct {
+	name   string
+	args   []string // FILE and OUT are replaced
+	runs   []usage
+	target string
+}
+
+func (j *job) median() usage {
+	cpus := make([]usage, len(j.runs))
+	copy(cpus, j.runs)
+	slices.SortFunc(cpus, func(a, b usage) int { return int(a.cpu - b.cpu) })
+	m := cpus[len(cpus)/2]
+	for _, r := range j.runs {
+		m.maxRSS = max(m.maxRSS, r.maxRSS) // the peak of all runs
+	}
+	return m
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// cachedCapture makes the large capture once per sources and size, in the
+// user's cache directory.
+func cachedCapture(root string, size int64, stderr io.Writer) (string, benchcap.Stats, error) {
+	srcs := benchcap.DefaultSources(root)
+	h := sha256.New()
+	fmt.Fprintf(h, "v%d %d", benchcap.Version, size)
+	for _, s := range srcs {
+		st, err := os.Stat(s)
+		if err != nil {
+			return "", benchcap.Stats{}, err
+		}
+		fmt.Fprintf(h, " %s %d %d", filepath.Base(filepath.Dir(s)), st.Size(), st.ModTime().UnixNano())
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "criseq-bench")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", benchcap.Stats{}, err
+	}
+	path := filepath.Join(dir, "large-"+hex.EncodeToString(h.Sum(nil))[:12]+".pcapng")
+	// Captures of other sources or sizes are not kept.
+	if old, _ := filepath.Glob(filepath.Join(dir, "large-*.pcapng")); len(old) > 0 {
+		for _, o := range old {
+			if o != path {
+				os.Remove(o)
+			}
+		}
+	}
+	fmt.Fprintf(stderr, "bench: writing the large capture %s (%d sources)\n", path, len(srcs))
+	// Written each time (a second or so): its stats are needed. The cache
+	// keeps it for profiling between runs.
+	tmp := path + ".tmp"
+	st, err := benchcap.Write(tmp, srcs, size)
+	if err != nil {
+		return "", st, err
+	}
+	return path, st, os.Rename(tmp, path)
+}
+
+// protoDir finds cri-api's api.proto in the Go module cache, for tshark.
+func protoDir(root string) (string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/cri-api")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go list -m k8s.io/cri-api: %w", err)
+	}
+	dir := filepath.Join(strings.TrimSpace(string(out)), "pkg", "apis", "runtime", "v1")
+	if _, err := os.Stat(filepath.Join(dir, "api.proto")); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("table", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	size := fs.Int64("size", 64<<20, "size of the large capture, bytes")
+	runs := fs.Int("runs", 5, "runs of each criseq command, interleaved; the median counts")
+	tsharkRuns := fs.Int("tshark-runs", 1, "runs of tshark (minutes each); 0: skip")
+	calls := fs.Int("calls", 20000, "small unary calls per relay path and round")
+	rounds := fs.Int("rounds", 3, "interleaved relay rounds; the best counts")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	load0 := loadavg()
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "criseq-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bin, err := buildCriseq(root, tmp)
+	if err != nil {
+		return err
+	}
+	capPath, st, err := cachedCapture(root, *size, stderr)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(capPath)
+	if err != nil {
+		return err
+	}
+	mb := float64(fi.Size()) / 1e6
+	out := filepath.Join(tmp, "out")
+	jobs := []*job{
+		{name: "calls", args: []string{"calls", "FILE"}},
+		{name: "calls --json", args: []string{"calls", "--json", "FILE"}},
+		{name: "render --format svg", args: []string{"render", "-o", "OUT", "--format", "svg", "FILE"}},
+		{name: "diff (two pods)", args: []string{"diff", "FILE", "--pod", "default/warm-criseq-lab", "--pod", "default/hello-criseq-lab"}},
+		{name: "watch -r --format svg", args: []string{"watch", "-r", "FILE", "-o", "OUT", "--format", "svg"}},
+	}
+	for r := range *runs + 1 { // the first round warms the page cache, not counted
+		for _, j := range jobs {
+			os.RemoveAll(out)
+			args := slices.Clone(j.args)
+			for i, a := range args {
+				args[i] = strings.NewReplacer("FILE", capPath, "OUT", out).Replace(a)
+			}
+			u, err := timed(ctx, tmp, bin, args...)
+			if err != nil {
+				return err
+			}
+			if r > 0 {
+				j.runs = append(j.runs, u)
+			}
+		}
+		fmt.Fprintf(stderr, "bench: round %d of %d\n", r, *runs)
+	}
+	var tshark *job
+	if _, err := exec.LookPath("tshark"); err != nil || *tsharkRuns == 0 {
+		fmt.Fprintf(stderr, "bench: tshark not run (%v): no ratios\n", err)
+	} else if dir, err := protoDir(root); err != nil {
+		fmt.Fprintf(stderr, "bench: cri-api's api.proto not found (%v): tshark not run\n", err)
+	} else {
+		tshark = &job{name: "tshark -T json, CRI protobuf"}
+		for range *tsharkRuns {
+			fmt.Fprintf(stderr, "bench: tshark (a few minutes)\n")
+			u, err := timed(ctx, tmp, "tshark", "-r", capPath, "-d", "tcp.port==10010,http2",
+				"-o", `uat:protobuf_search_paths:"`+dir+`","TRUE"`, "-o", "protobuf.pbf_as_hf:TRUE", "-o", "protobuf.preload_protos:TRUE", "-T", "json")
+			if err != nil {
+				return err
+			}
+			tshark.runs = append(tshark.runs, u)
+		}
+	}
+
+	rb := &relayBench{calls: *calls, bigCalls: 10, rounds: *rounds}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	relayErr := rb.start(ctx, self, bin)
+	if relayErr == nil {
+		relayErr = rb.run(ctx)
+	}
+	rb.stop()
+
+	fmt.Fprintf(stdout, "Large capture: %.1f MB, %d copies of %d real kubelet captures (each cut in a StopContainer), one GetContainerEvents stream open throughout (%d events).\n",
+		mb, st.Rounds, len(benchcap.DefaultSources(root)), st.Events)
+	fmt.Fprintf(stdout, "Load average: %s at the start, %s at the end; %d cores. CPU is user+sys of the whole process, the median of %d runs; peak RSS the largest.\n\n",
+		load0, loadavg(), nproc(), *runs)
+	fmt.Fprintf(stdout, "| command | CPU s | wall s | MB/s per CPU s | × tshark | peak RSS |\n|---|---:|---:|---:|---:|---:|\n")
+	if tshark != nil {
+		m := tshark.median()
+		fmt.Fprintf(stdout, "| %s | %.1f | %.1f | %.2f | 1 | %d MiB |\n", tshark.name, m.cpu.Seconds(), m.wall.Seconds(), mb/m.cpu.Seconds(), m.maxRSS>>20)
+	}
+	for _, j := range jobs {
+		m := j.median()
+		ratio := "—"
+		if tshark != nil {
+			ratio = fmt.Sprintf("%.0f×", tshark.median().cpu.Seconds()/m.cpu.Seconds())
+		}
+		fmt.Fprintf(stdout, "| criseq %s | %.2f | %.2f | %.0f | %s | %d MiB |\n", j.name, m.cpu.Seconds(), m.wall.Seconds(), mb/m.cpu.Seconds(), ratio, m.maxRSS>>20)
+	}
+	fmt.Fprintf(stdout, "\nRelay: a small unary call (RuntimeService/Version, %d per path and round) and a %d MiB ListContainers response, real grpc-go client and server; the best of %d interleaved rounds.\n\n", rb.calls, bigResponse>>20, rb.rounds)
+	if relayErr != nil {
+		fmt.Fprintf(stdout, "(not measured: %v)\n", relayErr)
+		return nil
+	}
+	if rb.recordRSS > 0 {
+		fmt.Fprintf(stdout, "criseq record's peak RSS over the relay runs: %d MiB.\n\n", rb.recordRSS>>20)
+	}
+	direct := rb.paths[0].best
+	fmt.Fprintf(stdout, "| path | p50 | p99 | added p50 | p50 / direct | p99 / direct | 16 MiB response | / direct |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, p := range rb.paths {
+		fmt.Fprintf(stdout, "| %s | %s | %s | %s | %.2f | %.2f | %.1f ms | %.2f |\n", p.name, us(p.best.p50), us(p.best.p99), us(p.best.p50-direct.p50),
+			float64(p.best.p50)/float64(direct.p50), float64(p.best.p99)/float64(direct.p99),
+			float64(p.best.big)/1e6, float64(p.best.big)/float64(direct.big))
+	}
+	return nil
+}
+
+func nproc() int { return runtime.NumCPU() }

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// buildCriseq builds the criseq binary of this tree into dir.
+func buildCriseq(root, dir string) (string, error) {
+	bin := filepath.Join(dir, "criseq")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/criseq")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/criseq: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	calls := fs.Int("calls", 20000, "small unary calls per path and round")
+	bigCalls := fs.Int("big", 10, "16 MiB responses per path and round")
+	rounds := fs.Int("rounds", 3, "interleaved rounds; the best counts")
+	var extra stringList
+	fs.Var(&extra, "extra", "another relay to compare: NAME=COMMAND ARGS, with {listen} and {upstream} in ARGS (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "criseq-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bin, err := buildCriseq(root, tmp)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	rb := &relayBench{calls: *calls, bigCalls: *bigCalls, rounds: *rounds, extra: extra}
+	defer rb.stop()
+	if err := rb.start(ctx, self, bin); err != nil {
+		return err
+	}
+	if err := rb.run(ctx); err != nil {
+		return err
+	}
+	printRelay(stdout, rb)
+	return nil
+}
+
+func printRelay(w io.Writer, rb *relayBench) {
+	direct := rb.paths[0].best
+	fmt.Fprintf(w, "%-14s %10s %10s %14s %10s %10s\n", "path", "p50", "p99", "16MiB resp", "p50/direct", "p99/direct")
+	for _, p := range rb.paths {
+		fmt.Fprintf(w, "%-14s %10s %10s %14s %10.2f %10.2f\n", p.name, us(p.best.p50), us(p.best.p99), p.best.big.Round(100*time.Microsecond),
+			float64(p.best.p50)/float64(direct.p50), float64(p.best.p99)/float64(direct.p99))
+	}
+}
+
+type stringList []string
+
+func (l *stringList) String() string     { return fmt.Sprint(*l) }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) }

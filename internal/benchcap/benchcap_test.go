@@ -1,0 +1,73 @@
+package benchcap
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/criseq/criseq/capture"
+	"github.com/criseq/criseq/decode"
+)
+
+// TestWrite builds a small capture and checks what the benchmarks rely on:
+// every copy ends with a StopContainer still open, and one
+// GetContainerEvents stream is open from the first byte to the last,
+// carrying every event.
+func TestWrite(t *testing.T) {
+	srcs := DefaultSources(filepath.Join("..", ".."))
+	path := filepath.Join(t.TempDir(), "big.pcapng")
+	st, err := Write(path, srcs, 12<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Rounds < 2 || st.Events == 0 {
+		t.Fatalf("stats %+v: want several rounds and events", st)
+	}
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	calls, errs, err := decode.DecodeAll(src, decode.Options{})
+	if err != nil || len(errs) > 0 {
+		t.Fatalf("decode: %v %v", err, errs)
+	}
+	stopConns := map[uint64]bool{} // connections with a stop still open
+	var stream *decode.Call        // the one served for the benchmarks
+	var events, real int
+	for _, c := range calls {
+		switch {
+		case (c.Name == "StopContainer" || c.Name == "StopPodSandbox") && c.End.IsZero():
+			stopConns[c.Conn] = true
+		case c.Name == "GetContainerEvents" && c.Conn == 1:
+			stream = c
+			events = len(c.Responses)
+		case c.Name == "GetContainerEvents" && c.End.IsZero():
+			// kubelet's own in each copy of kubelet-burst-containerd2,
+			// open to the end (containerd 1.6's, in kubelet-burst, fail
+			// at once)
+			real++
+		}
+	}
+	if real != st.Rounds {
+		t.Errorf("%d of kubelet's event streams open at the end, want one per copy (%d)", real, st.Rounds)
+	}
+	// kubelet-missing's pod never had a container: its sandbox's stop is
+	// the one left open.
+	if want := st.Rounds * len(srcs); len(stopConns) != want {
+		t.Errorf("%d connections with a StopContainer or StopPodSandbox open at the end, want one per copy (%d)", len(stopConns), want)
+	}
+	if stream == nil {
+		t.Fatal("no GetContainerEvents stream")
+	}
+	if !stream.End.IsZero() || stream.Start != calls[0].Start || stream.Conn != 1 {
+		t.Errorf("event stream from %v to %v on connection %d; want open from the first call (%v) to the end", stream.Start, stream.End, stream.Conn, calls[0].Start)
+	}
+	if events != st.Events {
+		t.Errorf("%d events decoded, %d sent", events, st.Events)
+	}
+	last := calls[len(calls)-1]
+	if r := stream.Responses[len(stream.Responses)-1].Time; r.Before(last.Start.Add(-60 * time.Second)) {
+		t.Errorf("last event at %v, last call at %v: the stream should carry events to the end", r, last.Start)
+	}
+}
