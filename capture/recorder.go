@@ -156,8 +156,8 @@ func (r *Recorder) run() {
 	flushed := time.Now()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	batch := time.NewTimer(time.Hour)
-	batch.Stop()
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
 	armed, dirty := false, false
 	for {
 		r.mu.Lock()
@@ -182,11 +182,11 @@ func (r *Recorder) run() {
 				// queue fills up, or Close): woken for each small call,
 				// the writer would take CPU from the peers of the call it
 				// records, on its way.
-				batch.Reset(batchDelay)
+				gather.Reset(batchDelay)
 				select {
 				case <-r.wake:
-					batch.Stop()
-				case <-batch.C:
+					gather.Stop()
+				case <-gather.C:
 				}
 			case <-timer.C:
 				armed = false
@@ -199,6 +199,7 @@ func (r *Recorder) run() {
 		if len(r.queue) == 0 {
 			r.mu.Unlock()
 			timer.Stop()
+			gather.Stop()
 			return // closed and drained
 		}
 		// Double buffering: relays fill one slice while this writes the other.
