@@ -298,6 +298,8 @@ type cutCounts struct {
 	// notExact: those of them not named exactly.
 	mustExact, notExact int
 	statusUnknown       int
+	// unknownBy counts the unknown calls by their true method.
+	unknownBy map[string]int
 }
 
 func (c *cutCounts) add(o cutCounts) {
@@ -309,6 +311,12 @@ func (c *cutCounts) add(o cutCounts) {
 	c.mustExact += o.mustExact
 	c.notExact += o.notExact
 	c.statusUnknown += o.statusUnknown
+	for m, k := range o.unknownBy {
+		if c.unknownBy == nil {
+			c.unknownBy = map[string]int{}
+		}
+		c.unknownBy[m] += k
+	}
 }
 
 func (c cutCounts) total() int { return c.exact + c.inferred + c.unknown + c.missed + c.wrong }
@@ -371,6 +379,10 @@ func (p *capturePlan) cutAt(t *testing.T, at pos) cutCounts {
 			n.missed++
 		case c.Method == "":
 			n.unknown++
+			if n.unknownBy == nil {
+				n.unknownBy = map[string]int{}
+			}
+			n.unknownBy[tc.call.Method]++
 		default:
 			if diff := sameCall(c, tc.call); diff != "" {
 				n.wrong++
@@ -426,6 +438,7 @@ func TestCutCaptures(t *testing.T) {
 		table = append(table, rows[i]...)
 	}
 	t.Logf("\n%s", cutTable(table, all))
+	t.Logf("unknown, by true method: %s", unknownByLine(all))
 	if all.wrong > 0 {
 		t.Errorf("%d calls wrong", all.wrong)
 	}
@@ -524,5 +537,22 @@ func cutTable(rows []string, all cutCounts) string {
 	t := all.total()
 	fmt.Fprintf(&b, "| all | | | %d | %s | %s | %s | %s | %s | | %d/%d |\n", t, pct(all.exact, t), pct(all.inferred, t),
 		pct(all.unknown, t), pct(all.missed, t), pct(all.wrong, t), all.mustExact-all.notExact, all.mustExact)
+	return b.String()
+}
+
+// unknownByLine lists the unknown calls' true methods, most first.
+func unknownByLine(n cutCounts) string {
+	ms := make([]string, 0, len(n.unknownBy))
+	for m := range n.unknownBy {
+		ms = append(ms, m)
+	}
+	slices.SortFunc(ms, func(a, b string) int { return cmp.Or(cmp.Compare(n.unknownBy[b], n.unknownBy[a]), cmp.Compare(a, b)) })
+	var b strings.Builder
+	for i, m := range ms {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %s", m[strings.LastIndexByte(m, '/')+1:], pct(n.unknownBy[m], n.total()))
+	}
 	return b.String()
 }
