@@ -57,6 +57,16 @@ type Options struct {
 	// connection costs no memory. The Message is the callee's; the Call
 	// is still the Decoder's and is handed to OnCall when it ends.
 	OnStreamMessage func(c *Call, m Message)
+	// ListsUnary says the clients never call KEP-5825's Stream* list
+	// methods (kubelet's CRIListStreaming gate is off: its default through
+	// v1.37). A call caught midway whose :path is unknown and whose
+	// messages read as both StreamContainers and ListContainers (any
+	// non-empty list) is then named ListContainers; without it, such a
+	// call stays unknown. record --attach finds it out from kubelet's
+	// flags, configuration and version and notes it in the capture.
+	ListsUnary bool
+
+	noPark bool // tests only: hand unnamed calls out at once
 }
 
 // clientPreface starts every HTTP/2 connection, client to server.
@@ -100,8 +110,10 @@ type Decoder struct {
 	free        [][]byte  // message buffers for reuse
 	freeStreams []*stream // ended streams for reuse
 	valid       validCache
-	noProto     bool // benchmarks only: stop below protobuf decoding
-	noFast      bool // tests only: every frame through the Framer
+	noProto     bool          // benchmarks only: stop below protobuf decoding
+	noFast      bool          // tests only: every frame through the Framer
+	parked      []*parkedCall // ended calls waiting for their :path (park.go)
+	feeds       int
 }
 
 // New returns a Decoder.
@@ -193,6 +205,11 @@ func (d *Decoder) conn(id uint64) *conn {
 func (d *Decoder) Feed(c capture.Chunk) {
 	if c.Dir > capture.ServerToClient {
 		return
+	}
+	if len(d.parked) > 0 {
+		if d.feeds++; d.feeds%64 == 0 {
+			d.sweep(c.Time)
+		}
 	}
 	cn := d.conn(c.Conn)
 	h := &cn.half[c.Dir]
@@ -614,6 +631,9 @@ func (d *Decoder) closeHalf(cn *conn, h *half, t time.Time) {
 	}
 	if both {
 		delete(d.conns, cn.id)
+		if len(d.parked) > 0 {
+			d.unpark(func(p *parkedCall) bool { return p.conn == cn })
+		}
 	}
 }
 
@@ -621,6 +641,7 @@ func (d *Decoder) closeHalf(cn *conn, h *half, t time.Time) {
 // hands every open call to OnCall flagged Incomplete, in order of start,
 // and forgets all connections (Errors still returns what happened).
 func (d *Decoder) Close() {
+	d.unpark(func(*parkedCall) bool { return true })
 	ids := make([]uint64, 0, len(d.conns))
 	for id := range d.conns {
 		ids = append(ids, id)
@@ -696,6 +717,11 @@ func SortCalls(calls []*Call) {
 // starts later comes after what was fed. It lets a caller print calls in
 // start order while holding only those that may still be overtaken.
 func (d *Decoder) Oldest() (t time.Time, ok bool) {
+	for _, p := range d.parked {
+		if !ok || p.s.call.Start.Before(t) {
+			t, ok = p.s.call.Start, true
+		}
+	}
 	for _, cn := range d.conns {
 		for _, s := range cn.streams {
 			if s.call != nil && (!ok || s.call.Start.Before(t)) {

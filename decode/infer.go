@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/criseq/criseq/capture"
@@ -76,6 +77,27 @@ var criMethods = func() []*method {
 
 // allMethods is the set of every CRI method.
 var allMethods = methodSet(1<<len(criMethods) - 1)
+
+// streamLists are KEP-5825's Stream* list methods (StreamContainers, ...):
+// each reads as its List* twin but for an empty list, so only a client
+// known not to call them (Options.ListsUnary) tells the two apart.
+var streamLists = func() methodSet {
+	var set methodSet
+	for _, m := range criMethods {
+		if m.serverStream && strings.HasPrefix(m.name, "Stream") {
+			set |= 1 << m.index
+		}
+	}
+	return set
+}()
+
+// inferable is the set of methods a call may be inferred to be.
+func (d *Decoder) inferable() methodSet {
+	if d.opts.ListsUnary {
+		return allMethods &^ streamLists
+	}
+	return allMethods
+}
 
 // winMargin is how much more of a call's messages the winning method
 // must read as checked values than any other; a method scoring nearMargin
@@ -470,8 +492,11 @@ var methodByPath = func() map[string]*method {
 
 // resolve names a deferred call when it ends, from its messages and what
 // its :path slots have learnt, fills the slot when it is known to be the
-// :path, and unmarshals the messages kept.
-func (d *Decoder) resolve(s *stream) {
+// :path, and unmarshals the messages kept. A call left unnamed returns
+// the unknown slots its :path may still be as park: a later call may
+// name one of them (see park.go). filled is the slot this call filled,
+// if any.
+func (d *Decoder) resolve(s *stream) (park []*slotState, filled *slotState) {
 	c, rs := s.call, s.rs
 	var fs fitScores
 	fs.compute(rs.raw[c2s], rs.raw[s2c])
@@ -487,7 +512,8 @@ func (d *Decoder) resolve(s *stream) {
 		// A table holds a field once (encoders index an exact match rather
 		// than insert it again): methods whose :path is in another entry
 		// are not this call's.
-		near := fs.near() &^ rs.tab.filledMethods &^ rs.notPaths
+		allowed := d.inferable()
+		near := fs.near() & allowed &^ rs.tab.filledMethods &^ rs.notPaths
 		var live []*slotState
 		for _, k := range rs.slots {
 			st := rs.tab.slot(k)
@@ -511,7 +537,7 @@ func (d *Decoder) resolve(s *stream) {
 			}
 			live = append(live, st)
 		}
-		within := allMethods &^ rs.tab.filledMethods &^ rs.notPaths
+		within := allowed &^ rs.tab.filledMethods &^ rs.notPaths
 		if len(live) == 1 {
 			if st := live[0]; st.filled {
 				within = 0
@@ -523,21 +549,35 @@ func (d *Decoder) resolve(s *stream) {
 			}
 		}
 		m = fs.best(within)
-		if m != nil && len(live) == 1 && !live[0].filled {
-			live[0].filled = true
-			live[0].field = hpack.HeaderField{Name: ":path", Value: m.path}
-			rs.tab.filledMethods |= 1 << m.index
+		if m == nil && len(live) > 0 && !live[0].filled && !d.opts.noPark {
+			park = live
+		}
+		if len(live) == 1 && !live[0].filled {
+			if m != nil {
+				live[0].filled = true
+				live[0].field = hpack.HeaderField{Name: ":path", Value: m.path}
+				rs.tab.filledMethods |= 1 << m.index
+				filled = live[0]
+			}
 		}
 	default:
-		m = fs.best(allMethods)
+		m = fs.best(d.inferable())
 	}
 	if m == nil {
 		c.Method, c.Service, c.Name, c.Known = "", "", "", false
-		if rs.viaErr != nil {
+		if rs.viaErr != nil && park == nil {
 			rs.viaErr.Unknown++
 		}
-		return
+		return park, nil
 	}
+	d.name(s, m)
+	return nil, filled
+}
+
+// name gives a deferred call its inferred method and unmarshals the
+// messages kept.
+func (d *Decoder) name(s *stream, m *method) {
+	c, rs := s.call, s.rs
 	s.m = d.method(m.path)
 	c.Method, c.Service, c.Name, c.Known = m.path, m.service, m.name, true
 	c.Flags |= Inferred

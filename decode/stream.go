@@ -306,11 +306,13 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 			c.End = c.Start // frames held during a resync, read late
 		}
 	}
+	var park []*slotState
+	var filled *slotState
 	if rs := s.rs; rs != nil {
 		if rs.deferred {
-			d.resolve(s)
+			park, filled = d.resolve(s)
 		}
-		if rs.statusUnknown && c.Status < 0 {
+		if rs.statusUnknown && c.Status < 0 && park == nil {
 			d.inferStatus(s)
 		}
 	}
@@ -327,10 +329,23 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 	delete(cn.streams, c.Stream)
 	// The stream is reused: callers touch neither it nor its call after
 	// finish.
+	if park != nil {
+		d.park(cn, s, park)
+	}
 	*s = stream{}
 	if len(d.freeStreams) < maxFreeStreams {
 		d.freeStreams = append(d.freeStreams, s)
 	}
+	if filled != nil {
+		d.unpark(func(p *parkedCall) bool { return slices.Contains(p.slots, filled) })
+	}
+	if park == nil {
+		d.emit(c)
+	}
+}
+
+// emit hands a call to OnCall.
+func (d *Decoder) emit(c *Call) {
 	if d.opts.OnCall != nil {
 		d.opts.OnCall(c)
 	}

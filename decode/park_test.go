@@ -1,0 +1,87 @@
+package decode
+
+import (
+	"testing"
+)
+
+// A call caught midway that its messages cannot name (an empty list reads
+// as any List*) is named once a later call names its :path slot: cut a
+// real kubelet capture at frame boundaries, decode each cut with and
+// without parking, and compare with the whole decode.
+func TestParkedCallsNamedLater(t *testing.T) {
+	file := ""
+	for _, f := range kubeletCaptures(t) {
+		if captureName(f) == "kubelet-warm" {
+			file = f
+		}
+	}
+	if file == "" {
+		t.Fatal("testdata/kubelet-warm not found")
+	}
+	p := planCapture(t, readChunks(t, file))
+	p.name = "kubelet-warm"
+	var with, without cutCounts
+	for i, at := range p.bounds {
+		if i%25 != 0 {
+			continue
+		}
+		with.add(p.cutAt(t, at, Options{ListsUnary: true}))
+		without.add(p.cutAt(t, at, Options{ListsUnary: true, noPark: true}))
+	}
+	if with.wrong+without.wrong > 0 {
+		t.Fatalf("wrong calls: %d parked, %d not", with.wrong, without.wrong)
+	}
+	if with.total() != without.total() {
+		t.Fatalf("%d calls decoded with parking, %d without", with.total(), without.total())
+	}
+	t.Logf("named: %d of %d with parking, %d without", with.exact+with.inferred, with.total(), without.exact+without.inferred)
+	if with.exact+with.inferred <= without.exact+without.inferred {
+		t.Errorf("parking named %d calls, no more than the %d named without it", with.exact+with.inferred, without.exact+without.inferred)
+	}
+}
+
+// While a call waits for its slot, Oldest still counts it: a caller that
+// prints in start order never prints a later call before it.
+func TestParkedCallsHoldOldest(t *testing.T) {
+	file := ""
+	for _, f := range kubeletCaptures(t) {
+		if captureName(f) == "kubelet-warm" {
+			file = f
+		}
+	}
+	if file == "" {
+		t.Fatal("testdata/kubelet-warm not found")
+	}
+	p := planCapture(t, readChunks(t, file))
+	parkedSeen := 0
+	for i, at := range p.bounds {
+		if i%50 != 0 {
+			continue
+		}
+		var d *Decoder
+		var lastOldest []int64
+		emitted := map[callKey]bool{}
+		d = New(Options{ListsUnary: true, OnCall: func(c *Call) {
+			emitted[callKey{c.Conn, c.Stream}] = true
+			for _, o := range lastOldest {
+				if c.Start.UnixNano() < o {
+					t.Errorf("cut %v: call conn %d stream %d starts %v, before Oldest %v reported earlier", at, c.Conn, c.Stream, c.Start, o)
+				}
+			}
+		}})
+		cutFeedEach(d, p.chunks, at, func() {
+			if len(d.parked) > 0 {
+				parkedSeen++
+			}
+			if o, ok := d.Oldest(); ok {
+				lastOldest = append(lastOldest[:0], o.UnixNano())
+			} else {
+				lastOldest = lastOldest[:0]
+			}
+		})
+		d.Close()
+	}
+	if parkedSeen == 0 {
+		t.Error("no call was ever parked: the test proves nothing")
+	}
+}
