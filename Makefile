@@ -56,6 +56,7 @@ test-deps:
 # 1.6 (Debian) and 2.4.2 (Go module proxy), about 9 minutes warm.
 e2e: test-deps
 	CRISEQ_E2E=1 $(GO) test -count=1 -v -timeout 80m -run 'E2E' ./lab/
+	CRISEQ_E2E=1 $(GO) test -count=1 -v -run 'E2E' ./capture/ebpf/
 
 # The unit tests under the race detector (not in .ci/run: it would add
 # minutes to a cold CI run).

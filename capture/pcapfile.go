@@ -33,6 +33,7 @@ const (
 	ngSimplePacket    = 3
 	ngEnhancedPacket  = 6
 	ngOptEnd          = 0
+	ngOptComment      = 1
 	ngOptIfTsresol    = 9
 	ngOptIfTsoffset   = 14
 	pcapRecordHdrSize = 16
@@ -86,7 +87,9 @@ type packetReader struct {
 	link  linkType
 
 	// pcapng
-	ifaces []ngIface
+	ifaces   []ngIface
+	comments []string // the first section's opt_comments
+	sections int
 }
 
 func (r *packetReader) u16(b []byte) uint16 {
@@ -353,6 +356,20 @@ func (r *packetReader) readSectionHeader() error {
 		return r.formatErr(start+12, "unsupported pcapng version %d.%d", major, r.u16(b[14:16]))
 	}
 	r.ifaces = r.ifaces[:0]
+	if r.sections++; r.sections == 1 {
+		opts := b[24 : len(b)-4]
+		for len(opts) >= 4 {
+			code, n := r.u16(opts[0:2]), int(r.u16(opts[2:4]))
+			padded := (n + 3) &^ 3
+			if code == ngOptEnd || 4+padded > len(opts) {
+				break // options are notes only: a bad one ends them
+			}
+			if code == ngOptComment {
+				r.comments = append(r.comments, string(opts[4:4+n]))
+			}
+			opts = opts[4+padded:]
+		}
+	}
 	return nil
 }
 

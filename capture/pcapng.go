@@ -88,7 +88,10 @@ const midwayComment = "criseq: capture began mid-connection: this connection was
 
 // NewPcapngWriter starts a pcapng file on w. Errors of the header write are
 // returned by the first Write or Close.
-func NewPcapngWriter(w io.Writer) *PcapngWriter {
+func NewPcapngWriter(w io.Writer) *PcapngWriter { return NewPcapngWriterNotes(w, Notes{}) }
+
+// NewPcapngWriterNotes is NewPcapngWriter for a file that carries notes.
+func NewPcapngWriterNotes(w io.Writer, notes Notes) *PcapngWriter {
 	pw := &PcapngWriter{
 		dst:   w,
 		out:   bufio.NewWriterSize(w, 256<<10),
@@ -104,6 +107,7 @@ func NewPcapngWriter(w io.Writer) *PcapngWriter {
 		Application: "criseq",
 		OS:          pcapgo.DefaultNgWriterOptions.SectionInfo.OS,
 		Hardware:    pcapgo.DefaultNgWriterOptions.SectionInfo.Hardware,
+		Comment:     strings.Join(notes.comments(), "\n"),
 	}}
 	ng, err := pcapgo.NewNgWriterInterface(pw.out, intf, opts)
 	if err == nil {

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,6 +55,13 @@ func TestE2EAttach(t *testing.T) {
 		}
 	}
 
+	// The lab's kubelet leaves CRIListStreaming unset: off in v1.37.
+	notes := notesOf(t, filepath.Join(dir, "attach.pcapng"))
+	if !notes.NoListStreaming || !strings.Contains(notes.Why, "v1.37") {
+		t.Errorf("attach.pcapng notes %+v, want list calls noted unary, from kubelet v1.37's default", notes)
+	}
+	t.Logf("attach.pcapng notes: %s", notes.Why)
+
 	t.Run("bytes", func(t *testing.T) {
 		rs, as := connStreams(relay), connStreams(attached)
 		if len(as) < 2 {
@@ -87,14 +95,14 @@ func TestE2EAttach(t *testing.T) {
 				t.Errorf("conn %d: %d+%d bytes, %d gaps", id, len(d.data[0]), len(d.data[1]), d.gaps)
 			}
 		}
-		calls, flows := decodeAttached(t, direct)
+		calls, flows := decodeAttached(t, direct, notesOf(t, filepath.Join(dir, "attach-direct.pcapng")))
 		t.Logf("%d calls decoded", len(calls))
 		only(t, flows, flow.Start, "default/direct-attached-criseq-lab")
 		only(t, flows, flow.Stop, "default/direct-attached-criseq-lab")
 	})
 	t.Run("calls and flows", func(t *testing.T) {
-		calls, flows := decodeAttached(t, attached)
-		rcalls, err := decodeChunks(relay)
+		calls, flows := decodeAttached(t, attached, notes)
+		rcalls, err := decodeChunks(relay, decode.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -183,6 +191,17 @@ func TestE2EAttach(t *testing.T) {
 			}
 		}
 	})
+}
+
+// notesOf reads what a capture file says of itself.
+func notesOf(t *testing.T, path string) capture.Notes {
+	t.Helper()
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	return capture.NotesOf(src)
 }
 
 func readChunks(t *testing.T, path string) []capture.Chunk {
@@ -286,9 +305,10 @@ func checkTimes(t *testing.T, a, r *stream, at [2]int) {
 	}
 }
 
-func decodeChunks(chunks []capture.Chunk) ([]*decode.Call, error) {
+func decodeChunks(chunks []capture.Chunk, opts decode.Options) ([]*decode.Call, error) {
 	var calls []*decode.Call
-	d := decode.New(decode.Options{OnCall: func(c *decode.Call) { calls = append(calls, c) }})
+	opts.OnCall = func(c *decode.Call) { calls = append(calls, c) }
+	d := decode.New(opts)
 	for _, c := range chunks {
 		d.Feed(c)
 	}
@@ -301,9 +321,9 @@ func decodeChunks(chunks []capture.Chunk) ([]*decode.Call, error) {
 
 // decodeAttached decodes an attached capture; until the decoder resyncs on
 // connections caught midway, it skips with the reason.
-func decodeAttached(t *testing.T, chunks []capture.Chunk) ([]*decode.Call, []*flow.Flow) {
+func decodeAttached(t *testing.T, chunks []capture.Chunk, notes capture.Notes) ([]*decode.Call, []*flow.Flow) {
 	t.Helper()
-	calls, err := decodeChunks(chunks)
+	calls, err := decodeChunks(chunks, decode.Options{ListsUnary: notes.NoListStreaming})
 	if err != nil {
 		t.Skipf("the decoder cannot yet read connections caught midway (needs the decode resync): %v", err)
 	}

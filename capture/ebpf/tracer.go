@@ -83,6 +83,9 @@ type Attached struct {
 	PIDs    []int
 	Sockets []string // the runtime sockets, as the traced process names them
 	Midway  int      // connections found already open
+	// Lists: whether the traced processes call the Stream* list methods,
+	// from their configuration (kubelet's CRIListStreaming gate).
+	Lists Lists
 }
 
 // Stats counts what a Tracer saw and lost.
@@ -186,6 +189,14 @@ func (t *Tracer) Attach() (a Attached, err error) {
 	t.clock = time.Now().UnixNano() - mono.Nano()
 
 	a.PIDs = pids
+	a.Lists = Lists{Unary: true}
+	var why []string
+	for _, pid := range pids {
+		l := kubeletLists(pid)
+		a.Lists.Unary = a.Lists.Unary && l.Unary
+		why = append(why, l.Why)
+	}
+	a.Lists.Why = strings.Join(why, "; ")
 	for _, pid := range pids {
 		n, err := t.trace(pid)
 		if err != nil {
@@ -282,6 +293,13 @@ func (t *Tracer) trace(pid int) (int, error) {
 		return 0, fmt.Errorf("attach: %w", err)
 	}
 	t.procs[pid] = st
+	if t.attached.Lists.Unary {
+		// A new kubelet (a restart) may be configured otherwise; the
+		// capture's note, written at attach, cannot change.
+		if l := kubeletLists(pid); !l.Unary {
+			t.logf("process %d may call the Stream* list methods (%s), but this capture notes that list calls are unary: decode it with --cri-list-streaming=on", pid, l.Why)
+		}
+	}
 	fds, err := socketFDs(pid)
 	if err != nil {
 		return 0, fmt.Errorf("attach: read the sockets of process %d: %w", pid, err)

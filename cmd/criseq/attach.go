@@ -62,8 +62,12 @@ func attachedMessage(a ebpf.Attached, what string) string {
 	for i, p := range a.PIDs {
 		pids[i] = fmt.Sprint(p)
 	}
-	return fmt.Sprintf("attached to process %s: its connections to %s (%d open now, recorded from here on; new ones from their first byte) %s; Ctrl-C to stop",
-		strings.Join(pids, ", "), strings.Join(a.Sockets, ", "), a.Midway, what)
+	lists := "List* and Stream* list calls caught midway may read alike"
+	if a.Lists.Unary {
+		lists = "list calls are unary"
+	}
+	return fmt.Sprintf("attached to process %s: its connections to %s (%d open now, recorded from here on; new ones from their first byte) %s; %s (%s); Ctrl-C to stop",
+		strings.Join(pids, ", "), strings.Join(a.Sockets, ", "), a.Midway, what, lists, a.Lists.Why)
 }
 
 // reportTracer prints what was recorded and lost, and which syscalls carried it.
@@ -99,7 +103,7 @@ func recordAttached(ctx context.Context, a *attachFlags, out string, quiet bool,
 		return fmt.Errorf("record: %w", err)
 	}
 	start := time.Now()
-	tr.Recorder = capture.NewRecorder(capture.NewPcapngWriter(f), capture.RecorderOptions{Log: logf})
+	tr.Recorder = capture.NewRecorder(capture.NewPcapngWriterNotes(f, attachNotes(at)), capture.RecorderOptions{Log: logf})
 	if !quiet {
 		logf("%s", attachedMessage(at, "recorded to "+out))
 	}

@@ -43,6 +43,8 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	asJSON := fs.Bool("json", false, "print JSON lines with the decoded request and response messages")
 	hide := fs.Bool("hide-polling", false, "leave out kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats)")
 	noRedact := fs.Bool("no-redact", false, "show registry credentials, environment values and raw bodies (they are redacted by default)")
+	var lists listStreaming
+	registerListStreaming(fs, &lists)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -66,7 +68,7 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// what is printed: their bodies are not needed.
 		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
 	}
-	err = streamCalls(pos[0], dopts, keep, *asJSON, stderr, func(it *heldItem, late bool) error {
+	err = streamCalls(pos[0], dopts, lists, keep, *asJSON, stderr, func(it *heldItem, late bool) error {
 		if it.m != nil {
 			return out.(*jsonWriter).message(it, late)
 		}
@@ -190,12 +192,13 @@ const (
 // order but for the late ones (see lateAfter), and each server-stream
 // message if messages; keep says which calls to print at all. Memory
 // follows the calls held back, not the length of the capture.
-func streamCalls(path string, dopts decode.Options, keep func(*decode.Call) bool, messages bool, stderr io.Writer, emit func(it *heldItem, late bool) error) error {
+func streamCalls(path string, dopts decode.Options, lists listStreaming, keep func(*decode.Call) bool, messages bool, stderr io.Writer, emit func(it *heldItem, late bool) error) error {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
+	dopts.ListsUnary = lists.unary(capture.NotesOf(src))
 	var held callHeap
 	size := 0 // message bytes held, roughly
 	var seq uint64

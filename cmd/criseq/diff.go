@@ -77,6 +77,8 @@ func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	format := fs.String("format", "text", "output format: text, md (a Markdown table) or json")
 	asJSON := fs.Bool("json", false, "print JSON (same as --format json)")
 	all := fs.Bool("all", false, "keep kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats) in the flows")
+	var lists listStreaming
+	registerListStreaming(fs, &lists)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -139,7 +141,7 @@ func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		l, ok := cache[s.file]
 		if !ok {
 			var err error
-			l.flows, l.calls, err = diffFlows(s.file, specs[:], *all, stderr)
+			l.flows, l.calls, err = diffFlows(s.file, specs[:], *all, lists, stderr)
 			if err != nil {
 				return fmt.Errorf("diff: %w", err)
 			}
@@ -260,11 +262,11 @@ func parseDiffSpec(arg string, exists func(string) bool) (diffSpec, error) {
 // the specs on it may pick (each spec's matches up to its #N); of the
 // others it keeps what pickFlow lists (pod, kind, start), so memory does
 // not follow the length of the capture.
-func diffFlows(file string, specs []diffSpec, all bool, stderr io.Writer) ([]*flow.Flow, int, error) {
+func diffFlows(file string, specs []diffSpec, all bool, lists listStreaming, stderr io.Writer) ([]*flow.Flow, int, error) {
 	var flows []*flow.Flow
 	var last time.Time
 	matched := make([]int, len(specs))
-	calls, err := streamFlows(file, decode.Options{}, flow.Options{All: all}, stderr, func(f *flow.Flow) error {
+	calls, err := streamFlows(file, decode.Options{}, lists, flow.Options{All: all}, stderr, func(f *flow.Flow) error {
 		// A flow handed out late may sort before the ones above it: kept
 		// whole, whichever #N it turns out to be. A flow in order has
 		// every match handed out before it sort before it, so its #N is

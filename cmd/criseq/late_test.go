@@ -142,7 +142,7 @@ func TestFlowsStreamed(t *testing.T) {
 	var flows []*flow.Flow
 	var maxStart time.Time
 	late := 0
-	if _, err := streamFlows(path, decode.Options{}, flow.Options{}, io.Discard, func(f *flow.Flow) error {
+	if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, func(f *flow.Flow) error {
 		flows = append(flows, f)
 		if f.Start.Before(maxStart) {
 			late++
@@ -164,7 +164,7 @@ func TestFlowsStreamed(t *testing.T) {
 	}
 
 	spec := diffSpec{file: path, pod: "warm-criseq-lab", kind: flow.Start, n: 2}
-	picked, _, err := diffFlows(path, []diffSpec{spec}, false, io.Discard)
+	picked, _, err := diffFlows(path, []diffSpec{spec}, false, "", io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,12 +25,13 @@ const lateFlow = 15 * time.Minute
 // late ones (see lateFlow). Memory follows the open calls and flows, not
 // the length of the capture. Unless fopts.All, the bodies of kubelet's
 // polling calls are not unmarshalled: no flow shows them.
-func streamFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer, emit func(*flow.Flow) error) (calls int, err error) {
+func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts flow.Options, stderr io.Writer, emit func(*flow.Flow) error) (calls int, err error) {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return 0, err
 	}
 	defer src.Close()
+	dopts.ListsUnary = lists.unary(capture.NotesOf(src))
 	g := flow.NewGrouper(fopts)
 	var held flowHeap
 	seq := 0
@@ -110,7 +111,7 @@ func streamFlows(path string, dopts decode.Options, fopts flow.Options, stderr i
 // loadFlows is streamFlows keeping every flow, sorted: for outputs that
 // need them all at once (the HTML viewer).
 func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer) (flows []*flow.Flow, calls int, err error) {
-	calls, err = streamFlows(path, dopts, fopts, stderr, func(f *flow.Flow) error {
+	calls, err = streamFlows(path, dopts, "", fopts, stderr, func(f *flow.Flow) error {
 		flows = append(flows, f)
 		return nil
 	})

@@ -43,13 +43,19 @@ func readChunks(t testing.TB, path string) []capture.Chunk {
 // is not its connection's first byte.
 func midwayCapture(t *testing.T, from string) string {
 	t.Helper()
+	return midwayCaptureNotes(t, from, capture.Notes{})
+}
+
+// midwayCaptureNotes is midwayCapture writing a file with notes.
+func midwayCaptureNotes(t *testing.T, from string, notes capture.Notes) string {
+	t.Helper()
 	chunks := readChunks(t, from)
 	path := filepath.Join(t.TempDir(), "midway.pcapng")
 	f, err := capture.CreateFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := capture.NewPcapngWriter(f)
+	w := capture.NewPcapngWriterNotes(f, notes)
 	for _, c := range chunks[len(chunks)/3:] {
 		if c.Kind == capture.Open {
 			continue
@@ -70,7 +76,41 @@ func midwayCapture(t *testing.T, from string) string {
 func TestCallsMidway(t *testing.T) {
 	file := filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng")
 	path := midwayCapture(t, file)
-	var whole, stdout, stderr bytes.Buffer
+	truth := callsTruth(t, file)
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"calls", "--json", path}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	exact, inferred, unknown := midwayCounts(t, &stdout, truth)
+	if inferred == 0 || exact+inferred < 4*unknown {
+		t.Errorf("%d exact, %d inferred, %d unknown", exact, inferred, unknown)
+	}
+	// The table marks them.
+	stdout.Reset()
+	if err := run(context.Background(), []string{"calls", path}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	out := stdout.String()
+	if !strings.Contains(out, "RuntimeService/ListPodSandbox~") || !strings.Contains(out, "~ inferred from the messages") ||
+		(unknown > 0) != strings.Contains(out, "(unknown)") {
+		t.Errorf("calls table:\n%s", out)
+	}
+	// Nothing in the file says the connections were caught midway: the
+	// missing preface is reported, and where decoding resumed.
+	if s := stderr.String(); !strings.Contains(s, "caught midway") || !strings.Contains(s, "decoding resumed at offset 0") || strings.Contains(s, "bad frame") {
+		t.Errorf("stderr: %s", s)
+	}
+	if testing.Verbose() {
+		t.Logf("%s", out)
+	}
+	os.Remove(path)
+}
+
+// callsTruth maps each call of a whole capture, by connection and stream,
+// to its method, as criseq calls --json prints it.
+func callsTruth(t *testing.T, file string) map[[2]float64]string {
+	t.Helper()
+	var whole, stderr bytes.Buffer
 	if err := run(context.Background(), []string{"calls", "--json", file}, &whole, &stderr); err != nil {
 		t.Fatal(err)
 	}
@@ -82,11 +122,15 @@ func TestCallsMidway(t *testing.T) {
 		}
 		truth[[2]float64{j["conn"].(float64), j["stream"].(float64)}] = j["method"].(string)
 	}
-	if err := run(context.Background(), []string{"calls", "--json", path}, &stdout, &stderr); err != nil {
-		t.Fatal(err)
-	}
-	var inferred, unknown, exact int
-	sc := bufio.NewScanner(&stdout)
+	return truth
+}
+
+// midwayCounts reads calls --json output and counts the calls named
+// exactly, inferred and unknown; a call named otherwise than the truth
+// fails the test.
+func midwayCounts(t *testing.T, out io.Reader, truth map[[2]float64]string) (exact, inferred, unknown int) {
+	t.Helper()
+	sc := bufio.NewScanner(out)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var j struct {
@@ -113,26 +157,36 @@ func TestCallsMidway(t *testing.T) {
 			exact++
 		}
 	}
-	if inferred == 0 || exact+inferred < 4*unknown {
-		t.Errorf("%d exact, %d inferred, %d unknown", exact, inferred, unknown)
+	return exact, inferred, unknown
+}
+
+// --cri-list-streaming, and the note record --attach leaves in a capture:
+// a kubelet that never streams lists has its List* calls caught midway
+// named, where the bytes alone leave them unknown; "on" overrides the note.
+func TestCallsMidwayListStreaming(t *testing.T) {
+	file := filepath.Join("..", "..", "testdata", "kubelet-warm", "capture.pcapng")
+	truth := callsTruth(t, file)
+	plain := midwayCapture(t, file)
+	noted := midwayCaptureNotes(t, file, capture.Notes{NoListStreaming: true, Why: "kubelet v1.37.2, CRIListStreaming not set: off by default"})
+	unknowns := func(args ...string) int {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), append([]string{"calls", "--json"}, args...), &stdout, &stderr); err != nil {
+			t.Fatal(err)
+		}
+		_, _, unknown := midwayCounts(t, &stdout, truth)
+		return unknown
 	}
-	// The table marks them.
-	stdout.Reset()
-	if err := run(context.Background(), []string{"calls", path}, &stdout, &stderr); err != nil {
-		t.Fatal(err)
+	bytesAlone := unknowns(plain)
+	off := unknowns("--cri-list-streaming=off", plain)
+	noteSays := unknowns(noted)
+	overridden := unknowns("--cri-list-streaming=on", noted)
+	t.Logf("unknown calls: %d from the bytes alone, %d with --cri-list-streaming=off, %d from the note, %d with the note overridden", bytesAlone, off, noteSays, overridden)
+	if off >= bytesAlone || noteSays != off || overridden != bytesAlone {
+		t.Errorf("unknown calls: %d from the bytes alone, %d with --cri-list-streaming=off, %d from the note, %d with the note overridden", bytesAlone, off, noteSays, overridden)
 	}
-	out := stdout.String()
-	if !strings.Contains(out, "RuntimeService/ListPodSandbox~") || !strings.Contains(out, "~ inferred from the messages") ||
-		(unknown > 0) != strings.Contains(out, "(unknown)") {
-		t.Errorf("calls table:\n%s", out)
+	var stderr bytes.Buffer
+	if err := run(context.Background(), []string{"calls", "--cri-list-streaming=maybe", plain}, io.Discard, &stderr); err == nil || !strings.Contains(stderr.String(), "give auto, off or on") {
+		t.Errorf("--cri-list-streaming=maybe: err %v, stderr %s", err, stderr.String())
 	}
-	// Nothing in the file says the connections were caught midway: the
-	// missing preface is reported, and where decoding resumed.
-	if s := stderr.String(); !strings.Contains(s, "caught midway") || !strings.Contains(s, "decoding resumed at offset 0") || strings.Contains(s, "bad frame") {
-		t.Errorf("stderr: %s", s)
-	}
-	if testing.Verbose() {
-		t.Logf("%s", out)
-	}
-	os.Remove(path)
 }

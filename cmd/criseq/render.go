@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -43,12 +44,14 @@ type renderOptions struct {
 	pod       string
 	client    string
 	timescale float64
+	lists     listStreaming
 }
 
 func (o *renderOptions) register(fs interface {
 	StringVar(*string, string, string, string)
 	BoolVar(*bool, string, bool, string)
 	Float64Var(*float64, string, float64, string)
+	Var(flag.Value, string, string)
 }, defaultOut string) {
 	fs.StringVar(&o.out, "o", defaultOut, "directory to write the diagrams to (created if missing)")
 	fs.StringVar(&o.formats, "format", "svg,puml,mmd", "comma-separated formats: "+strings.Join(render.Formats(), ", "))
@@ -57,6 +60,7 @@ func (o *renderOptions) register(fs interface {
 	fs.StringVar(&o.pod, "pod", "", "only the flows of this pod (NAMESPACE/NAME or NAME)")
 	fs.Float64Var(&o.timescale, "timescale", 0, "space SVG/PNG rows in proportion to time, in pixels per second (e.g. 200), so a slow pull looks slow; 0: evenly")
 	fs.StringVar(&o.client, "client", "", `name of the CRI client's lifeline (default "kubelet", or "crictl" when each call has its own connection)`)
+	registerListStreaming(fs, &o.lists)
 }
 
 func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -96,7 +100,7 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	fw := &flowFiles{formats: perFlow, dir: o.out, ro: render.Options{TimeScale: o.timescale}, stdout: stdout, seen: map[string]int{}}
 	var kept []*flow.Flow
 	n := 0
-	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact}, flow.Options{All: o.all, Client: o.client}, stderr, func(f *flow.Flow) error {
+	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact}, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, func(f *flow.Flow) error {
 		if o.pod != "" && len(filterPod([]*flow.Flow{f}, o.pod)) == 0 {
 			return nil
 		}

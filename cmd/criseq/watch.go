@@ -103,15 +103,20 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "criseq watch: "+format+"\n", args...) }
 	var tr *ebpf.Tracer
-	if at.on {
+	var notes capture.Notes
+	switch {
+	case at.on:
 		tr = at.tracer(nil, logf)
 		a, err := tr.Attach()
 		if err != nil {
 			return fmt.Errorf("watch: %w", err)
 		}
 		logf("%s", attachedMessage(a, "drawn into "+o.out))
+		notes = attachNotes(a)
+	case *replay != "":
+		notes = fileNotes(*replay)
 	}
-	w := newWatcher(o, formats, *namespace, *pods, stdout)
+	w := newWatcher(o, formats, *namespace, *pods, o.lists.unary(notes), stdout)
 	if *record != "" {
 		f, err := capture.CreateFile(*record)
 		if err != nil {
@@ -120,7 +125,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			return fmt.Errorf("watch: %w", err)
 		}
-		w.file = capture.NewPcapngWriter(f)
+		w.file = capture.NewPcapngWriterNotes(f, notes)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -204,14 +209,14 @@ type watcher struct {
 	now     time.Time // the latest chunk's time
 }
 
-func newWatcher(o renderOptions, formats []string, ns string, want int, out io.Writer) *watcher {
+func newWatcher(o renderOptions, formats []string, ns string, want int, listsUnary bool, out io.Writer) *watcher {
 	w := &watcher{o: o, formats: formats, ns: ns, want: want, out: out,
 		names: map[*flow.Flow]string{}, used: map[string]int{}, enough: make(chan struct{})}
 	w.g = flow.NewGrouper(flow.Options{All: o.all, Client: o.client, Live: true})
 	dopts := decode.Options{NoRedact: o.noRedact, OnCall: func(c *decode.Call) {
 		w.calls++
 		w.emit(w.g.Add(c))
-	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }}
+	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }, ListsUnary: listsUnary}
 	if !o.all {
 		dopts.SkipBodies = flow.SkipBody
 	}
