@@ -9,15 +9,7 @@ import (
 // real kubelet capture at frame boundaries, decode each cut with and
 // without parking, and compare with the whole decode.
 func TestParkedCallsNamedLater(t *testing.T) {
-	file := ""
-	for _, f := range kubeletCaptures(t) {
-		if captureName(f) == "kubelet-warm" {
-			file = f
-		}
-	}
-	if file == "" {
-		t.Fatal("testdata/kubelet-warm not found")
-	}
+	file := warmCapture(t)
 	p := planCapture(t, readChunks(t, file))
 	p.name = "kubelet-warm"
 	var with, without cutCounts
@@ -43,15 +35,7 @@ func TestParkedCallsNamedLater(t *testing.T) {
 // While a call waits for its slot, Oldest still counts it: a caller that
 // prints in start order never prints a later call before it.
 func TestParkedCallsHoldOldest(t *testing.T) {
-	file := ""
-	for _, f := range kubeletCaptures(t) {
-		if captureName(f) == "kubelet-warm" {
-			file = f
-		}
-	}
-	if file == "" {
-		t.Fatal("testdata/kubelet-warm not found")
-	}
+	file := warmCapture(t)
 	p := planCapture(t, readChunks(t, file))
 	parkedSeen := 0
 	for i, at := range p.bounds {
@@ -84,4 +68,16 @@ func TestParkedCallsHoldOldest(t *testing.T) {
 	if parkedSeen == 0 {
 		t.Error("no call was ever parked: the test proves nothing")
 	}
+}
+
+// warmCapture is the path of testdata/kubelet-warm's capture.
+func warmCapture(t *testing.T) string {
+	t.Helper()
+	for _, f := range kubeletCaptures(t) {
+		if captureName(f) == "kubelet-warm" {
+			return f
+		}
+	}
+	t.Fatal("testdata/kubelet-warm not found")
+	return ""
 }

@@ -72,19 +72,9 @@ func startTime(pid int) (uint64, error) {
 // --image-service-endpoint flags, else the same keys of its --config file,
 // else DefaultSocket.
 func runtimeEndpoints(pid int) []string {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 	flags := map[string]string{}
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if !strings.HasPrefix(a, "-") {
-			continue
-		}
-		name, val, ok := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !ok && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
-			val = args[i+1]
-		}
-		flags[name] = val
+	for _, f := range parseFlags(cmdline(pid)) {
+		flags[f.name] = f.val // the last wins
 	}
 	var eps []string
 	for _, k := range []string{"container-runtime-endpoint", "image-service-endpoint"} {
@@ -111,6 +101,33 @@ func runtimeEndpoints(pid int) []string {
 	}
 	if len(out) == 0 {
 		out = []string{DefaultSocket}
+	}
+	return out
+}
+
+// cmdline returns a process's arguments.
+func cmdline(pid int) []string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// cliFlag is a flag on a command line, --name=val or --name val.
+type cliFlag struct{ name, val string }
+
+// parseFlags returns a command line's flags, in order.
+func parseFlags(args []string) []cliFlag {
+	var out []cliFlag
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name, val, ok := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !ok && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+			val = args[i+1]
+			i++
+		}
+		out = append(out, cliFlag{name, val})
 	}
 	return out
 }

@@ -48,8 +48,7 @@ func kubeletLists(pid int) Lists {
 	if name != DefaultComm && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != DefaultComm {
 		return Lists{Why: fmt.Sprintf("process %d is not kubelet", pid)}
 	}
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	args := cmdline(pid)
 	root := fmt.Sprintf("/proc/%d/root", pid)
 	cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
 	inRoot := func(p string) string {
@@ -67,23 +66,14 @@ func kubeletLists(pid int) Lists {
 func listsOf(args []string, path func(string) string, version func() string) Lists {
 	var gates []string
 	var config, configDir string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if !strings.HasPrefix(a, "-") {
-			continue
-		}
-		name, val, ok := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !ok && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
-			val = args[i+1]
-			i++
-		}
-		switch name {
+	for _, f := range parseFlags(args) {
+		switch f.name {
 		case "feature-gates":
-			gates = append(gates, val)
+			gates = append(gates, f.val)
 		case "config":
-			config = val
+			config = f.val
 		case "config-dir":
-			configDir = val
+			configDir = f.val
 		}
 	}
 	// Flags override the drop-ins, which override the file; the last of
