@@ -65,6 +65,11 @@ type Options struct {
 	// call stays unknown. record --attach finds it out from kubelet's
 	// flags, configuration and version and notes it in the capture.
 	ListsUnary bool
+	// NameWait is how long (in capture time) a call caught midway that its
+	// messages cannot name waits for a later call to name its :path entry
+	// before it is handed out unnamed; 0 means 30 s. A live view keeps it
+	// short.
+	NameWait time.Duration
 
 	noPark bool // tests only: hand unnamed calls out at once
 }
@@ -207,7 +212,8 @@ func (d *Decoder) Feed(c capture.Chunk) {
 		return
 	}
 	if len(d.parked) > 0 {
-		if d.feeds++; d.feeds%64 == 0 {
+		// Now and then, and as soon as the first parked call has waited.
+		if d.feeds++; d.feeds%64 == 0 || c.Time.Sub(d.parked[0].s.call.End) > d.nameWait() {
 			d.sweep(c.Time)
 		}
 	}

@@ -12,13 +12,13 @@ import (
 // so once one of its slots is filled as a :path, that slot is its :path.
 // It is then handed to OnCall named, or unnamed once that cannot happen
 // any more: none of its slots can be a :path, the connection ended or its
-// header table became exact, parkFor of capture time passed, or maxParked
-// calls wait.
+// header table became exact, Options.NameWait of capture time passed, or
+// maxParked calls wait.
 // Oldest counts the calls waiting, so callers keep their start order.
 
 const (
-	parkFor   = 30 * time.Second
-	maxParked = 512
+	defaultNameWait = 30 * time.Second
+	maxParked       = 512
 )
 
 // parkedCall is an ended call waiting for its :path slot to be named.
@@ -68,14 +68,15 @@ func (d *Decoder) unpark(match func(*parkedCall) bool) {
 }
 
 // sweep hands out the parked calls whose slot can no longer be named,
-// or that waited parkFor before now.
+// or that waited NameWait before now.
 func (d *Decoder) sweep(now time.Time) {
 	if len(d.parked) == 0 {
 		return
 	}
+	wait := d.nameWait()
 	d.unpark(func(p *parkedCall) bool {
 		return p.filled() != nil || p.unnamable() || d.conns[p.conn.id] != p.conn ||
-			p.conn.half[c2s].hb.part != p.tab || now.Sub(p.s.call.End) > parkFor
+			p.conn.half[c2s].hb.part != p.tab || now.Sub(p.s.call.End) > wait
 	})
 }
 
@@ -97,4 +98,11 @@ func (p *parkedCall) unnamable() bool {
 		}
 	}
 	return true
+}
+
+func (d *Decoder) nameWait() time.Duration {
+	if d.opts.NameWait > 0 {
+		return d.opts.NameWait
+	}
+	return defaultNameWait
 }

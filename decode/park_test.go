@@ -2,6 +2,7 @@ package decode
 
 import (
 	"testing"
+	"time"
 )
 
 // A call caught midway that its messages cannot name (an empty list reads
@@ -12,13 +13,19 @@ func TestParkedCallsNamedLater(t *testing.T) {
 	file := warmCapture(t)
 	p := planCapture(t, readChunks(t, file))
 	p.name = "kubelet-warm"
-	var with, without cutCounts
+	var with, without, short cutCounts
 	for i, at := range p.bounds {
 		if i%25 != 0 {
 			continue
 		}
 		with.add(p.cutAt(t, at, Options{ListsUnary: true}))
 		without.add(p.cutAt(t, at, Options{ListsUnary: true, noPark: true}))
+		short.add(p.cutAt(t, at, Options{ListsUnary: true, NameWait: time.Millisecond}))
+	}
+	// kubelet's relist comes every second: waiting a millisecond names
+	// fewer.
+	if n := short.exact + short.inferred; n >= with.exact+with.inferred || short.wrong > 0 {
+		t.Errorf("with NameWait 1ms: %d named, %d wrong; with the default wait %d named", n, short.wrong, with.exact+with.inferred)
 	}
 	if with.wrong+without.wrong > 0 {
 		t.Fatalf("wrong calls: %d parked, %d not", with.wrong, without.wrong)

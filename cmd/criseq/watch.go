@@ -209,6 +209,11 @@ type watcher struct {
 	now     time.Time // the latest chunk's time
 }
 
+// liveNameWait bounds how long a call caught midway waits to be named
+// before it is drawn unnamed: kubelet's relist names most within a second
+// or two, and a live diagram should not wait longer.
+const liveNameWait = 3 * time.Second
+
 func newWatcher(o renderOptions, formats []string, ns string, want int, listsUnary bool, out io.Writer) *watcher {
 	w := &watcher{o: o, formats: formats, ns: ns, want: want, out: out,
 		names: map[*flow.Flow]string{}, used: map[string]int{}, enough: make(chan struct{})}
@@ -216,7 +221,8 @@ func newWatcher(o renderOptions, formats []string, ns string, want int, listsUna
 	dopts := decode.Options{NoRedact: o.noRedact, OnCall: func(c *decode.Call) {
 		w.calls++
 		w.emit(w.g.Add(c))
-	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }, ListsUnary: listsUnary}
+	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }, ListsUnary: listsUnary,
+		NameWait: liveNameWait}
 	if !o.all {
 		dopts.SkipBodies = flow.SkipBody
 	}
