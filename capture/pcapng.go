@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"os"
 	"strings"
@@ -356,9 +357,25 @@ func (w *PcapngWriter) plainPacket(t time.Time, f *synFlow, d Dir, fin bool, seq
 	return w.epb(t, h, payload)
 }
 
-// sum32 adds b's big-endian 16-bit words to sum, 32 bits at a time (a
-// one's complement sum folds the same: 2^16 is 1 modulo 0xffff).
+// sum32 adds b's big-endian 16-bit words to sum (a one's complement sum
+// folds the same: 2^16 is 1 modulo 0xffff). The bulk is summed as
+// little-endian 64-bit words with carries, which folds to the byte-swapped
+// sum (RFC 1071): recording a large response costs less.
 func sum32(sum uint64, b []byte) uint64 {
+	if len(b) >= 64 {
+		le := binary.LittleEndian
+		var s, c uint64
+		for len(b) >= 32 {
+			s, c = bits.Add64(s, le.Uint64(b), c)
+			s, c = bits.Add64(s, le.Uint64(b[8:]), c)
+			s, c = bits.Add64(s, le.Uint64(b[16:]), c)
+			s, c = bits.Add64(s, le.Uint64(b[24:]), c)
+			b = b[32:]
+		}
+		s, c = bits.Add64(s, c, 0)
+		s += c // cannot carry again
+		sum += uint64(bits.ReverseBytes16(fold(s&0xffffffff + s>>32)))
+	}
 	for len(b) >= 8 {
 		sum += uint64(binary.BigEndian.Uint32(b)) + uint64(binary.BigEndian.Uint32(b[4:]))
 		b = b[8:]

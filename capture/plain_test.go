@@ -12,7 +12,8 @@ import (
 
 // TestPlainPacketLikeGopacket: the data and FIN segments written without
 // gopacket are the bytes gopacket's layers and pcapgo's writer give, in
-// either direction, payloads of every length parity, any sequence number.
+// either direction, payloads of every length parity, any sequence number,
+// checksums with every carry.
 func TestPlainPacketLikeGopacket(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
 	at := time.Date(2026, 11, 30, 10, 0, 0, 123456789, time.UTC)
@@ -33,6 +34,11 @@ func TestPlainPacketLikeGopacket(t *testing.T) {
 			payload = make([]byte, i%7) // padded to Ethernet's minimum
 		}
 		rng.Read(payload)
+		if i%10 == 2 { // every word carries
+			for k := range payload {
+				payload[k] = 0xff
+			}
+		}
 		if fin {
 			payload = nil
 		}

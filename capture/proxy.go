@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -55,20 +54,6 @@ type Proxy struct {
 	stopping    bool
 	dialFailing bool
 	dialFails   int
-}
-
-// relay is one client connection and its upstream connection.
-type relay struct {
-	id               uint64
-	client, upstream *net.UnixConn
-	closeOnce        sync.Once
-}
-
-func (r *relay) close() {
-	r.closeOnce.Do(func() {
-		r.client.Close()
-		r.upstream.Close()
-	})
 }
 
 func (p *Proxy) logf(format string, args ...any) {
@@ -247,7 +232,7 @@ func (p *Proxy) serve(client *net.UnixConn) {
 	var r *relay
 	defer p.contain(func() {
 		if r != nil {
-			r.close()
+			r.release()
 		} else {
 			client.Close()
 		}
@@ -259,11 +244,14 @@ func (p *Proxy) serve(client *net.UnixConn) {
 		return
 	}
 	p.dialSucceeded()
-	r = &relay{client: client, upstream: up.(*net.UnixConn)}
+	if r, err = newRelay(client, up.(*net.UnixConn)); err != nil {
+		p.logf("proxy: %v; closed that connection", err)
+		return
+	}
 	p.mu.Lock()
 	if p.stopping {
 		p.mu.Unlock()
-		r.close()
+		r.release()
 		return
 	}
 	p.live[r] = struct{}{}
@@ -278,17 +266,9 @@ func (p *Proxy) serve(client *net.UnixConn) {
 		p.mu.Lock()
 		delete(p.live, r)
 		p.mu.Unlock()
-		r.close()
+		r.release()
 	}()
-
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer p.contain(r.close)
-		p.pump(r, r.upstream, r.client, ServerToClient)
-	}()
-	p.pump(r, r.client, r.upstream, ClientToServer)
-	<-done
+	p.run(r)
 }
 
 // contain, deferred in a relay goroutine, keeps a panic there from ending the
@@ -298,63 +278,6 @@ func (p *Proxy) contain(closeConn func()) {
 	if v := recover(); v != nil {
 		closeConn()
 		p.logf("proxy: panic in a relay: %v; closed that connection\n%s", v, debug.Stack())
-	}
-}
-
-// pump copies src to dst, recording each read. At EOF it half-closes dst, so
-// the peer sees the end too; on any error it closes the whole relay.
-func (p *Proxy) pump(r *relay, src, dst *net.UnixConn, dir Dir) {
-	buf := make([]byte, relayBufSize)
-	rec := p.Recorder
-	var off int64
-	gap := 0
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			wake := false
-			if rec != nil {
-				// Queued before relaying, so that a reply is never queued
-				// ahead of the request it answers; timed by the Recorder as
-				// it is queued, so the file is in time order; the recorder
-				// is woken after, off the bytes' way.
-				data := make([]byte, n)
-				copy(data, buf[:n])
-				c := Chunk{Conn: r.id, Dir: dir, Kind: Data, Gap: gap, Data: data, Offset: off}
-				var ok bool
-				if ok, wake = rec.enqueue(c); ok {
-					gap = 0
-				} else {
-					gap += n
-				}
-			}
-			off += int64(n)
-			_, werr := dst.Write(buf[:n])
-			if wake {
-				rec.kick()
-			}
-			if werr != nil {
-				// dst's reader is gone: this direction is over, but the
-				// other may still carry bytes, so the relay stays open
-				// until it ends too. src's writer now gets EPIPE, as it
-				// would connected directly; the discard wakes a writer
-				// blocked on a full buffer.
-				src.CloseRead()
-				io.Copy(io.Discard, src)
-				break
-			}
-		}
-		if rerr != nil {
-			// EOF, or ECONNRESET, which a unix socket reports only after
-			// every byte its peer wrote was read: either way, pass the end
-			// on. (net.ErrClosed: the relay was closed, by drain.)
-			if !errors.Is(rerr, net.ErrClosed) {
-				dst.CloseWrite()
-			}
-			break
-		}
-	}
-	if rec != nil {
-		rec.Record(Chunk{Conn: r.id, Dir: dir, Kind: Close, Gap: gap, Offset: off})
 	}
 }
 

@@ -443,3 +443,42 @@ func (l *logBuf) String() string {
 	defer l.mu.Unlock()
 	return strings.Join(l.lines, "\n")
 }
+
+// TestProxyReleasesDescriptors: the relay's duplicated sockets are closed
+// when connections end, whether their peers close them or a drain does.
+func TestProxyReleasesDescriptors(t *testing.T) {
+	openFds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skipf("no /proc/self/fd: %v", err)
+		}
+		return len(ents)
+	}
+	dir := t.TempDir()
+	upstream, _ := startCRIServer(t, dir, 1)
+	before := openFds()
+	p := &Proxy{Upstream: upstream, Listen: filepath.Join(dir, "proxy.sock"), Recorder: NewRecorder(&memSink{}, RecorderOptions{}), Drain: 10 * time.Millisecond}
+	stop := startProxy(t, p)
+	for i := range 3 {
+		cl := newCRIClient(t, p.Listen)
+		if _, err := cl.callAll(context.Background(), fmt.Sprintf("pod-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		if i < 2 {
+			cl.close() // the last one is left to the drain
+		} else {
+			defer cl.close()
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The server's side of each connection closes once it sees the end.
+	deadline := time.Now().Add(5 * time.Second)
+	for openFds() > before+1 && time.Now().Before(deadline) { // +1: the last client
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := openFds(); n > before+1 {
+		t.Errorf("%d descriptors open after the proxy stopped, %d before (+1 for a client still open)", n, before)
+	}
+}
