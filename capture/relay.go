@@ -94,8 +94,8 @@ func (r *relay) release() {
 	}
 }
 
-// flow is one direction of a relay.
-type flow struct {
+// direction is one direction of a relay.
+type direction struct {
 	dir      Dir
 	src, dst int
 	buf      []byte
@@ -110,12 +110,12 @@ type flow struct {
 
 // run relays both directions until both end.
 func (p *Proxy) run(r *relay) {
-	flows := [2]*flow{
+	flows := [2]*direction{
 		{dir: ClientToServer, src: r.fds[0], dst: r.fds[1], buf: make([]byte, relayBufSize), canRead: true},
 		{dir: ServerToClient, src: r.fds[1], dst: r.fds[0], buf: make([]byte, relayBufSize), canRead: true},
 	}
 	var pfds [2]unix.PollFd
-	var of [2]*flow
+	var of [2]*direction
 	var now unix.Timespec // a zero timeout
 	for {
 		more := false
@@ -166,7 +166,7 @@ func (p *Proxy) run(r *relay) {
 }
 
 // step moves f's bytes as far as its sockets allow without blocking.
-func (p *Proxy) step(r *relay, f *flow) {
+func (p *Proxy) step(r *relay, f *direction) {
 	if len(f.pending) > 0 {
 		if f.flush(); len(f.pending) > 0 {
 			return
@@ -229,7 +229,7 @@ func (p *Proxy) step(r *relay, f *flow) {
 }
 
 // flush writes f's pending bytes as far as dst takes them now.
-func (f *flow) flush() {
+func (f *direction) flush() {
 	for len(f.pending) > 0 {
 		n, errno := sysSend(f.dst, f.pending)
 		switch errno {
