@@ -71,7 +71,8 @@ type Options struct {
 	// short.
 	NameWait time.Duration
 
-	noPark bool // tests only: hand unnamed calls out at once
+	noPark    bool // tests only: hand unnamed calls out at once
+	noEffects bool // tests only: do not name calls by their effect
 }
 
 // clientPreface starts every HTTP/2 connection, client to server.
@@ -119,6 +120,10 @@ type Decoder struct {
 	noFast      bool          // tests only: every frame through the Framer
 	parked      []*parkedCall // ended calls waiting for their :path (park.go)
 	feeds       int
+	// tracking: a connection was caught midway; ids is what calls showed
+	// of the runtime's IDs, to name calls by their effect (effects.go).
+	tracking bool
+	ids      map[string]*idHistory
 }
 
 // New returns a Decoder.
@@ -500,6 +505,7 @@ func (d *Decoder) frameSetup(h *half) {
 // resync makes a direction look for the next frame boundary, with the
 // HPACK table unknown from the next header block on.
 func (d *Decoder) resync(cn *conn, h *half) {
+	d.tracking = !d.opts.noEffects
 	fs := &h.fs
 	fs.hunting, fs.settled, fs.preface = true, true, 0
 	h.fr, h.slow = nil, false
@@ -638,7 +644,7 @@ func (d *Decoder) closeHalf(cn *conn, h *half, t time.Time) {
 	if both {
 		delete(d.conns, cn.id)
 		if len(d.parked) > 0 {
-			d.unpark(func(p *parkedCall) bool { return p.conn == cn })
+			d.unpark(func(p *parkedCall) bool { return p.conn == cn && !d.hope(p) })
 		}
 	}
 }

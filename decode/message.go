@@ -107,6 +107,15 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 	}
 	if err == nil {
 		m.Size = len(raw)
+		if d.tracking && len(*list) == 0 {
+			// What the call says of the runtime's IDs, for naming by
+			// effect (effects.go).
+			if dir == c2s {
+				d.request(s, raw)
+			} else if !s.deferred() {
+				d.answer(s, s.m, raw, t)
+			}
+		}
 		if s.deferred() {
 			// Kept for inference, unmarshalled when the call ends.
 			if rs := s.rs; len(rs.raw[dir]) < maxDeferred {

@@ -3,6 +3,8 @@ package decode
 import (
 	"slices"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // Parking: a call caught midway whose :path is an unknown slot, and whose
@@ -27,11 +29,25 @@ type parkedCall struct {
 	conn  *conn
 	tab   *partialTable
 	slots []*slotState // the slots its :path may be
+	// Naming by effect (effects.go): the ID an ID-in, nothing-out call
+	// acts on, the last look at it before the call, and the method its
+	// effect names.
+	id     string
+	before idLook
+	named  *method
 }
 
 // park keeps s's ended call until one of slots is named.
 func (d *Decoder) park(cn *conn, s *stream, slots []*slotState) {
-	d.parked = append(d.parked, &parkedCall{s: stream{call: s.call, rs: s.rs, m: s.m}, conn: cn, tab: s.rs.tab, slots: slots})
+	p := &parkedCall{s: stream{call: s.call, rs: s.rs, m: s.m, actID: s.actID}, conn: cn, tab: s.rs.tab, slots: slots}
+	if d.tracking {
+		if p.id = idOnly(s.rs.raw[c2s], s.rs.raw[s2c]); p.id != "" {
+			if h := d.ids[p.id]; h != nil {
+				p.before = h.before(s.call.Start)
+			}
+		}
+	}
+	d.parked = append(d.parked, p)
 	if len(d.parked) > maxParked {
 		first := d.parked[0]
 		d.unpark(func(p *parkedCall) bool { return p == first })
@@ -52,7 +68,15 @@ func (d *Decoder) unpark(match func(*parkedCall) bool) {
 	})
 	for _, p := range out {
 		s, c := &p.s, p.s.call
-		if st := p.filled(); st != nil {
+		if m := p.named; m != nil {
+			d.name(s, m)
+			// Its :path, if it can be one slot only, names later calls.
+			if live := p.live(); len(live) == 1 && !live[0].filled && p.conn.half[c2s].hb.part == p.tab && p.tab.filledMethods&(1<<m.index) == 0 {
+				live[0].filled = true
+				live[0].field = hpack.HeaderField{Name: ":path", Value: m.path}
+				p.tab.filledMethods |= 1 << m.index
+			}
+		} else if st := p.filled(); st != nil {
 			if m := methodByPath[st.field.Value]; m != nil && candidates(s.rs.raw[c2s], s.rs.raw[s2c])&(1<<m.index) != 0 {
 				d.name(s, m)
 			}
@@ -62,6 +86,9 @@ func (d *Decoder) unpark(match func(*parkedCall) bool) {
 		}
 		if s.rs.statusUnknown && c.Status < 0 {
 			d.inferStatus(s)
+		}
+		if d.tracking {
+			d.endedNamed(s)
 		}
 		d.emit(c)
 	}
@@ -75,9 +102,15 @@ func (d *Decoder) sweep(now time.Time) {
 	}
 	wait := d.nameWait()
 	d.unpark(func(p *parkedCall) bool {
-		return p.filled() != nil || p.unnamable() || d.conns[p.conn.id] != p.conn ||
-			p.conn.half[c2s].hb.part != p.tab || now.Sub(p.s.call.End) > wait
+		return p.filled() != nil || p.named != nil || now.Sub(p.s.call.End) > wait || !d.hope(p)
 	})
+}
+
+// hope reports whether p may still be named: by a slot (its table still
+// the connection's, a slot that may be its :path), or by its effect.
+func (d *Decoder) hope(p *parkedCall) bool {
+	bySlot := d.conns[p.conn.id] == p.conn && p.conn.half[c2s].hb.part == p.tab && !p.unnamable()
+	return bySlot || p.id != "" && !p.before.end.IsZero()
 }
 
 // filled returns the first of p's slots filled as a :path, or nil.
@@ -88,6 +121,17 @@ func (p *parkedCall) filled() *slotState {
 		}
 	}
 	return nil
+}
+
+// live returns p's slots that may still be its :path.
+func (p *parkedCall) live() []*slotState {
+	var out []*slotState
+	for _, st := range p.slots {
+		if !st.notPath {
+			out = append(out, st)
+		}
+	}
+	return out
 }
 
 // unnamable reports whether none of p's slots can be its :path any more.

@@ -34,6 +34,10 @@ type stream struct {
 	first      [2][]Message // room for the first message, by direction
 	// rs is what a call decoded with a partial table needs; nil otherwise.
 	rs *resyncState
+	// Naming by effect (effects.go), once a connection was caught midway:
+	// the ID the request acts on, and whether a list request is filtered.
+	actID    string
+	filtered bool
 }
 
 // resyncState is the state of a call whose headers were decoded with a
@@ -315,6 +319,9 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 		if rs.statusUnknown && c.Status < 0 && park == nil {
 			d.inferStatus(s)
 		}
+	}
+	if d.tracking && park == nil {
+		d.endedNamed(s)
 	}
 	for dir := range s.asm {
 		a := &s.asm[dir]
