@@ -234,12 +234,17 @@ func (d *Decoder) answer(s *stream, m *method, resp []byte, end time.Time) {
 			d.look(id, kind, state, c.Start, end)
 		})
 		if !s.filtered { // a full list also says what is gone
+			var gone []string
 			for id, h := range d.ids {
 				// Seen before this list began: one made meanwhile may be
 				// missing from it.
 				if h.kind == kind && !seen[id] && !h.last.end.IsZero() && h.last.end.Before(c.Start) && h.last.state != stateGone {
-					d.look(id, kind, stateGone, c.Start, end)
+					gone = append(gone, id)
 				}
+			}
+			slices.Sort(gone) // calls named in the same order every time
+			for _, id := range gone {
+				d.look(id, kind, stateGone, c.Start, end)
 			}
 		}
 	case "ContainerStatus", "PodSandboxStatus":

@@ -61,11 +61,16 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		out = newJSONWriter(bw, *noRedact)
 	}
 	dopts := decode.Options{NoRedact: *noRedact}
+	if !*asJSON {
+		// The table shows no detail of kubelet's polling calls, and the
+		// names it gives IDs come from the calls that create and inspect
+		// pods and containers: their bodies, most of the bytes and of the
+		// decoding time, are not read.
+		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
+	}
 	var keep func(*decode.Call) bool
 	if *hide {
 		keep = func(c *decode.Call) bool { return !c.Known || !flow.IsPolling(c.Name) }
-		// Polling calls are not printed, and the labels learn only from
-		// what is printed: their bodies are not needed.
 		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
 	}
 	err = streamCalls(pos[0], dopts, lists, keep, *asJSON, stderr, func(it *heldItem, late bool) error {
