@@ -53,6 +53,18 @@ func findShared() string {
 }
 
 // captureName names a capture file for subtests.
+// kubeletCapture is the path of one of kubeletCaptures, by name.
+func kubeletCapture(t testing.TB, name string) string {
+	t.Helper()
+	for _, f := range kubeletCaptures(t) {
+		if captureName(f) == name {
+			return f
+		}
+	}
+	t.Fatalf("capture %s not found", name)
+	return ""
+}
+
 func captureName(path string) string {
 	if filepath.Base(path) == "capture.pcapng" {
 		return filepath.Base(filepath.Dir(path))

@@ -303,29 +303,37 @@ func filtered(req []byte) bool {
 	return f
 }
 
-// eachField calls fn with each length-delimited field num of b.
-func eachField(b []byte, num protowire.Number, fn func([]byte)) {
+// walk calls fn with each field of b: its number, wire type and value (a
+// length-delimited field's content, else its encoded bytes). It reports
+// whether b was read to its end.
+func walk(b []byte, fn func(n protowire.Number, typ protowire.Type, v []byte)) bool {
 	for len(b) > 0 {
 		n, typ, k := protowire.ConsumeTag(b)
 		if k < 0 {
-			return
+			return false
 		}
 		b = b[k:]
-		if n == num && typ == protowire.BytesType {
-			v, k := protowire.ConsumeBytes(b)
-			if k < 0 {
-				return
-			}
-			fn(v)
-			b = b[k:]
-			continue
-		}
 		k = protowire.ConsumeFieldValue(n, typ, b)
 		if k < 0 {
-			return
+			return false
 		}
+		v := b[:k]
+		if typ == protowire.BytesType {
+			v, _ = protowire.ConsumeBytes(v)
+		}
+		fn(n, typ, v)
 		b = b[k:]
 	}
+	return true
+}
+
+// eachField calls fn with each length-delimited field num of b.
+func eachField(b []byte, num protowire.Number, fn func([]byte)) {
+	walk(b, func(n protowire.Number, typ protowire.Type, v []byte) {
+		if n == num && typ == protowire.BytesType {
+			fn(v)
+		}
+	})
 }
 
 // firstString returns the first string field num of b, or nil.
@@ -340,36 +348,22 @@ func firstString(b []byte, num protowire.Number) []byte {
 }
 
 // idAndState reads a Container, PodSandbox or status message's id (field
-// 1) and state enum (stateField; absent is 0, as proto3 omits it).
+// 1) and state enum (stateField; absent is 0, as proto3 omits it); no id
+// if the message cannot be read whole.
 func idAndState(b []byte, stateField protowire.Number) (string, int32) {
 	var id string
 	var state int32
-	for len(b) > 0 {
-		n, typ, k := protowire.ConsumeTag(b)
-		if k < 0 {
-			return "", 0
-		}
-		b = b[k:]
+	ok := walk(b, func(n protowire.Number, typ protowire.Type, v []byte) {
 		switch {
 		case n == 1 && typ == protowire.BytesType:
-			v, k := protowire.ConsumeBytes(b)
-			if k < 0 {
-				return "", 0
-			}
-			id, b = string(v), b[k:]
+			id = string(v)
 		case n == stateField && typ == protowire.VarintType:
-			v, k := protowire.ConsumeVarint(b)
-			if k < 0 {
-				return "", 0
-			}
-			state, b = int32(v), b[k:]
-		default:
-			k = protowire.ConsumeFieldValue(n, typ, b)
-			if k < 0 {
-				return "", 0
-			}
-			b = b[k:]
+			x, _ := protowire.ConsumeVarint(v)
+			state = int32(x)
 		}
+	})
+	if !ok {
+		return "", 0
 	}
 	return id, state
 }

@@ -14,16 +14,7 @@ import (
 // RemovePodSandbox calls named, with and without naming by effect.
 func TestNamedByEffect(t *testing.T) {
 	for _, name := range []string{"kubelet-warm", "kubelet-init"} {
-		var file string
-		for _, f := range kubeletCaptures(t) {
-			if captureName(f) == name {
-				file = f
-			}
-		}
-		if file == "" {
-			t.Fatalf("testdata/%s not found", name)
-		}
-		p := planCapture(t, readChunks(t, file))
+		p := planCapture(t, readChunks(t, kubeletCapture(t, name)))
 		p.name = name
 		var with, without cutCounts
 		for i, at := range p.bounds {

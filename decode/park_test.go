@@ -10,7 +10,7 @@ import (
 // real kubelet capture at frame boundaries, decode each cut with and
 // without parking, and compare with the whole decode.
 func TestParkedCallsNamedLater(t *testing.T) {
-	file := warmCapture(t)
+	file := kubeletCapture(t, "kubelet-warm")
 	p := planCapture(t, readChunks(t, file))
 	p.name = "kubelet-warm"
 	var with, without, short cutCounts
@@ -42,7 +42,7 @@ func TestParkedCallsNamedLater(t *testing.T) {
 // While a call waits for its slot, Oldest still counts it: a caller that
 // prints in start order never prints a later call before it.
 func TestParkedCallsHoldOldest(t *testing.T) {
-	file := warmCapture(t)
+	file := kubeletCapture(t, "kubelet-warm")
 	p := planCapture(t, readChunks(t, file))
 	parkedSeen := 0
 	for i, at := range p.bounds {
@@ -75,16 +75,4 @@ func TestParkedCallsHoldOldest(t *testing.T) {
 	if parkedSeen == 0 {
 		t.Error("no call was ever parked: the test proves nothing")
 	}
-}
-
-// warmCapture is the path of testdata/kubelet-warm's capture.
-func warmCapture(t *testing.T) string {
-	t.Helper()
-	for _, f := range kubeletCaptures(t) {
-		if captureName(f) == "kubelet-warm" {
-			return f
-		}
-	}
-	t.Fatal("testdata/kubelet-warm not found")
-	return ""
 }
