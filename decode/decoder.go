@@ -72,6 +72,7 @@ type Options struct {
 	NameWait time.Duration
 
 	noPark    bool // tests only: hand unnamed calls out at once
+	noElim    bool // tests only: parked calls are not named by elimination
 	noEffects bool // tests only: do not name calls by their effect
 }
 

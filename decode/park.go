@@ -35,11 +35,14 @@ type parkedCall struct {
 	id     string
 	before idLook
 	named  *method
+	// The table's filled methods when p was last weighed (eliminate).
+	weighed methodSet
 }
 
 // park keeps s's ended call until one of slots is named.
 func (d *Decoder) park(cn *conn, s *stream, slots []*slotState) {
 	p := &parkedCall{s: stream{call: s.call, rs: s.rs, m: s.m, actID: s.actID}, conn: cn, tab: s.rs.tab, slots: slots}
+	p.weighed = p.tab.filledMethods
 	if d.tracking {
 		if p.id = idOnly(s.rs.raw[c2s], s.rs.raw[s2c]); p.id != "" {
 			if h := d.ids[p.id]; h != nil {
@@ -101,9 +104,35 @@ func (d *Decoder) sweep(now time.Time) {
 		return
 	}
 	wait := d.nameWait()
+	for _, p := range d.parked {
+		d.eliminate(p)
+	}
 	d.unpark(func(p *parkedCall) bool {
 		return p.filled() != nil || p.named != nil || now.Sub(p.s.call.End) > wait || !d.hope(p)
 	})
+}
+
+// eliminate names p when the slots filled since it was parked leave one
+// method its messages fit: a table holds a field once (encoders index an
+// exact match rather than insert it again), so a method whose :path
+// fills another slot is not p's. resolve weighed the same when the call
+// ended, with the slots filled then.
+func (d *Decoder) eliminate(p *parkedCall) {
+	if d.opts.noElim || p.named != nil || p.tab.filledMethods == p.weighed || p.filled() != nil {
+		return
+	}
+	p.weighed = p.tab.filledMethods
+	var slotCands methodSet
+	for _, st := range p.live() {
+		if !st.seen {
+			return // a slot that may hold any method
+		}
+		slotCands |= st.cands
+	}
+	rs := p.s.rs
+	var fs fitScores
+	fs.compute(rs.raw[c2s], rs.raw[s2c])
+	p.named = fs.best(d.inferable() & slotCands &^ p.tab.filledMethods &^ rs.notPaths)
 }
 
 // hope reports whether p may still be named: by a slot (its table still

@@ -76,3 +76,27 @@ func TestParkedCallsHoldOldest(t *testing.T) {
 		t.Error("no call was ever parked: the test proves nothing")
 	}
 }
+
+// A parked call is named by elimination once the slots filled after it
+// leave one method its messages fit: cut a real kubelet capture at frame
+// boundaries, decode each cut with and without it.
+func TestParkedCallsNamedByElimination(t *testing.T) {
+	file := kubeletCapture(t, "kubelet-init")
+	p := planCapture(t, readChunks(t, file))
+	p.name = "kubelet-init"
+	var with, without cutCounts
+	for i, at := range p.bounds {
+		if i%5 != 0 {
+			continue
+		}
+		with.add(p.cutAt(t, at, Options{ListsUnary: true}))
+		without.add(p.cutAt(t, at, Options{ListsUnary: true, noElim: true}))
+	}
+	if with.wrong+without.wrong > 0 || with.total() != without.total() {
+		t.Fatalf("wrong calls: %d with elimination, %d without; %d calls against %d", with.wrong, without.wrong, with.total(), without.total())
+	}
+	t.Logf("named: %d of %d with elimination, %d without", with.exact+with.inferred, with.total(), without.exact+without.inferred)
+	if with.exact+with.inferred <= without.exact+without.inferred {
+		t.Errorf("elimination named %d calls, no more than the %d named without it", with.exact+with.inferred, without.exact+without.inferred)
+	}
+}
