@@ -89,6 +89,9 @@ type imageCall struct {
 	trace  string
 	pod    *runtimeapi.PodSandboxMetadata // PullImage's sandbox config
 	a, b   time.Time                      // start and end (end = start if unfinished)
+	// exact's answers (by ignoreTrace), good while ledger.owned+1 is exactAt.
+	exactOw [2]*owner
+	exactAt [2]uint64
 }
 
 func newImageCall(c *decode.Call) *imageCall {
@@ -159,6 +162,9 @@ type ledger struct {
 	gen, cacheGen uint64
 	cache         map[*imageCall]verdict
 	cached        map[*owner]bool
+	// owned counts changes of owners and traces, which is all exact reads:
+	// solve asks it of every call each time, and it rarely changes.
+	owned uint64
 }
 
 // fits reports whether ic may go to s by time, image and evidence; ex is
@@ -185,6 +191,17 @@ func (l *ledger) fits(ic *imageCall, s *slot, ex *owner) bool {
 // exact is the pod a call names outright: by its sandbox config, or by
 // its trace.
 func (l *ledger) exact(ic *imageCall, ignoreTrace bool) *owner {
+	k := 0
+	if ignoreTrace {
+		k = 1
+	}
+	if ic.exactAt[k] != l.owned+1 {
+		ic.exactOw[k], ic.exactAt[k] = l.exactNow(ic, ignoreTrace), l.owned+1
+	}
+	return ic.exactOw[k]
+}
+
+func (l *ledger) exactNow(ic *imageCall, ignoreTrace bool) *owner {
 	if ic.pod != nil {
 		// The latest sandbox of the pod made before the call: kubelet
 		// makes a pod's sandbox again (same UID, next attempt), and pulls

@@ -208,7 +208,7 @@ func (g *Grouper) Flush() []*Flow {
 	g.order = nil
 	g.starts = map[string]*open{}
 	g.stops = map[string]*open{}
-	g.images = ledger{traces: map[string]*owner{}}
+	g.images = ledger{traces: map[string]*owner{}, owned: g.images.owned + 1} // no answer of exact kept
 	return out
 }
 
@@ -304,6 +304,7 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 		}
 		o.ow = &owner{pod: pod, sid: sid, o: o, annotations: ann, kubelet: true, conn: c.Conn, since: c.Start}
 		g.images.owners = append(g.images.owners, o.ow)
+		g.images.owned++
 		g.images.gen++
 		g.worked(o.ow, c)
 		g.openSlot(o.ow, c)

@@ -123,6 +123,7 @@ func (g *Grouper) phantomCreate(sid string, c *decode.Call) {
 		ow = &owner{pod: pod, sid: sid, annotations: r.GetSandboxConfig().GetAnnotations()}
 		g.phantoms[sid] = ow
 		g.images.owners = append(g.images.owners, ow)
+		g.images.owned++
 	}
 	g.images.gen++
 	g.images.slots = append(g.images.slots, &slot{ow: ow, lo: g.lastWork[sid], hi: c.Start, names: containerImages(r.GetConfig().GetImage()), create: true})
@@ -163,6 +164,7 @@ func (l *ledger) addTrace(t string, ow *owner) {
 		return
 	}
 	l.gen++
+	l.owned++
 }
 
 // attribute adds to o's flow the image calls that belong to its pod (or
@@ -262,10 +264,14 @@ func (g *Grouper) pruneImages() {
 			delete(g.phantoms, ow.sid)
 		}
 	}
+	if len(owners) < len(l.owners) {
+		l.owned++
+	}
 	clear(l.owners[len(owners):])
 	l.owners = owners
 	for t, ow := range l.traces {
 		if ow == nil || ow.mark != l.mark {
+			l.owned++
 			delete(l.traces, t)
 		}
 	}

@@ -816,6 +816,16 @@ func folded(calls []call) []call {
 // space is trimmed.
 func clean(s string) string {
 	ok := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f {
+			ok = false // printable ASCII needs no rune checks
+			break
+		}
+	}
+	if ok {
+		return strings.TrimSpace(s)
+	}
+	ok = true
 	for _, r := range s {
 		if r == utf8.RuneError || r == '\u00a0' || unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp) {
 			ok = false
