@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -165,6 +166,9 @@ type ledger struct {
 	// owned counts changes of owners and traces, which is all exact reads:
 	// solve asks it of every call each time, and it rarely changes.
 	owned uint64
+	// solve's scratch.
+	exactBuf []*owner
+	slotsBuf []int
 }
 
 // fits reports whether ic may go to s by time, image and evidence; ex is
@@ -262,12 +266,12 @@ func (l *ledger) solve(seed *owner, ignoreTrace bool) map[*imageCall]verdict {
 	if l.cached[seed] {
 		return l.cache
 	}
-	slotsOf := map[*owner][]int{}
-	for j, s := range l.slots {
-		slotsOf[s.ow] = append(slotsOf[s.ow], j)
-	}
-	exact := make([]*owner, len(l.calls))
+	// Scratch slices of the ledger: solve runs for most flows that end.
+	exact := slices.Grow(l.exactBuf[:0], len(l.calls))[:len(l.calls)]
+	l.exactBuf = exact
+	defer clear(exact) // no pruned pod kept alive by the scratch
 	for i, ic := range l.calls {
+		exact[i] = nil
 		if ic != nil {
 			exact[i] = l.exact(ic, ignoreTrace)
 		}
@@ -276,11 +280,19 @@ func (l *ledger) solve(seed *owner, ignoreTrace bool) map[*imageCall]verdict {
 	owners := []*owner{seed}
 	inComp := map[*owner]bool{seed: true}
 	for k := 0; k < len(owners); k++ {
+		// The component's pods are few: their slots are found by a scan.
+		slotsOf := l.slotsBuf[:0]
+		for j, s := range l.slots {
+			if s.ow == owners[k] {
+				slotsOf = append(slotsOf, j)
+			}
+		}
+		l.slotsBuf = slotsOf
 		for i, ic := range l.calls {
 			if ic == nil {
 				continue
 			}
-			if _, done := cand[i]; done || !l.fitsOwner(ic, slotsOf[owners[k]], exact[i]) {
+			if _, done := cand[i]; done || !l.fitsOwner(ic, slotsOf, exact[i]) {
 				continue
 			}
 			cand[i] = nil

@@ -153,6 +153,7 @@ func writeHTML(w io.Writer, title string, flows []*flow.Flow) error {
 <main id="view" tabindex="-1">
 `)
 	for i, d := range ds {
+		d.hits = true
 		l, err := layout(d)
 		if err != nil {
 			return err

@@ -2,6 +2,8 @@ package render
 
 import (
 	"math"
+	"slices"
+	"sync"
 	"time"
 )
 
@@ -118,6 +120,41 @@ type drawing struct {
 	layers [nLayers][]elem
 	texts  []*textBlock // every text, for checks
 	hits   []hit        // one per call, for the HTML viewer only
+	// withHits: hits are laid out (diagram.hits).
+	withHits bool
+}
+
+// drawings are reused: a diagram's elements are most of what laying it
+// out allocates, and render writes thousands in one run.
+var drawings sync.Pool
+
+func newDrawing(title string, withHits bool) *drawing {
+	l, _ := drawings.Get().(*drawing)
+	if l == nil {
+		l = &drawing{}
+	}
+	l.title, l.withHits = title, withHits
+	return l
+}
+
+// release hands l back for the next layout; l must not be used after.
+func (l *drawing) release() {
+	for i := range l.layers {
+		clear(l.layers[i])
+		l.layers[i] = l.layers[i][:0]
+	}
+	clear(l.texts)
+	clear(l.hits)
+	*l = drawing{layers: l.layers, texts: l.texts[:0], hits: l.hits[:0]}
+	drawings.Put(l)
+}
+
+// hit adds a hit area, if the drawing keeps them; tip is called only then.
+func (l *drawing) hit(h hit, tip func() string) {
+	if l.withHits {
+		h.tip = tip()
+		l.hits = append(l.hits, h)
+	}
 }
 
 // add appends e to its layer and returns its index there.
@@ -169,12 +206,12 @@ func layout(d *diagram) (*drawing, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &drawing{title: d.title}
+	l := newDrawing(d.title, d.hits)
 	n := len(d.calls)
-	l.layers[layerShapes] = make([]elem, 0, 6*n+4*len(d.parts))
-	l.layers[layerPlates] = make([]elem, 0, 2*n)
-	l.layers[layerText] = make([]elem, 0, 3*n+2*len(d.parts)+8)
-	l.texts = make([]*textBlock, 0, 3*n+2*len(d.parts)+8)
+	l.layers[layerShapes] = slices.Grow(l.layers[layerShapes], 6*n+4*len(d.parts))
+	l.layers[layerPlates] = slices.Grow(l.layers[layerPlates], 2*n)
+	l.layers[layerText] = slices.Grow(l.layers[layerText], 3*n+2*len(d.parts)+8)
+	l.texts = slices.Grow(l.texts, 3*n+2*len(d.parts)+8)
 	bg := l.rect(layerBack, "bg", box{}, 0)
 	maxX := 0.0
 	grow := func(x float64) {
@@ -393,11 +430,12 @@ func layout(d *diagram) (*drawing, error) {
 		// The hit area of the call: its request and reply rows, as one
 		// rectangle when nothing comes between them.
 		hitTop := y - 2
-		tip := c.full
-		if tip == "" {
-			tip = c.retLabel()
+		tip := func() string {
+			if c.full != "" {
+				return c.reqLabel() + " → " + c.full
+			}
+			return c.reqLabel() + " → " + c.retLabel()
 		}
-		tip = c.reqLabel() + " → " + tip
 
 		if !r.reply {
 			// Request.
@@ -434,7 +472,7 @@ func layout(d *diagram) (*drawing, error) {
 			if c.done {
 				answered++
 				if k+1 == len(rs) || rs[k+1].call != i {
-					l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, xa + actW + 4 - margin, ay + 6 - hitTop}, tip: tip})
+					l.hit(hit{step: i, r: box{margin, hitTop, xa + actW + 4 - margin, ay + 6 - hitTop}}, tip)
 				}
 				continue
 			}
@@ -448,8 +486,8 @@ func layout(d *diagram) (*drawing, error) {
 			grow(nb.right())
 			opens = append(opens, cl.bar)
 			y = nb.bottom() + 12
-			l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, nb.right() + 4 - margin, nb.bottom() + 4 - hitTop},
-				tip: c.reqLabel() + " — " + noReply})
+			l.hit(hit{step: i, r: box{margin, hitTop, nb.right() + 4 - margin, nb.bottom() + 4 - hitTop}},
+				func() string { return c.reqLabel() + " — " + noReply })
 			continue
 		}
 
@@ -476,7 +514,7 @@ func layout(d *diagram) (*drawing, error) {
 			// Right after its request: one area for both rows.
 			hitTop = bar.y - float64(len(cl.req))*lineH - 3 - 2
 		}
-		l.hits = append(l.hits, hit{step: i, r: box{margin, hitTop, xa + actW + 4 - margin, ry + 6 - hitTop}, tip: tip})
+		l.hit(hit{step: i, r: box{margin, hitTop, xa + actW + 4 - margin, ry + 6 - hitTop}}, tip)
 		y = ry + 12
 	}
 
@@ -550,7 +588,7 @@ func (l *drawing) eventArrow(ev *event, lines []string, w, xs, xr float64, busy 
 	if tip == "" {
 		tip = ev.label
 	}
-	l.hits = append(l.hits, hit{ev: ev.n + 1, r: box{margin, y - 2, xr + 4 - margin, ay + 6 - (y - 2)}, tip: tip})
+	l.hit(hit{ev: ev.n + 1, r: box{margin, y - 2, xr + 4 - margin, ay + 6 - (y - 2)}}, func() string { return tip })
 	return ay + 12
 }
 

@@ -41,6 +41,7 @@ func pngWith(w io.Writer, f *flow.Flow, scale int, o Options) error {
 		return fmt.Errorf("render png: %w", err)
 	}
 	sc, err := newScene(l, scale)
+	l.release()
 	if err != nil {
 		return fmt.Errorf("render png: %w", err)
 	}

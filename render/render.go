@@ -185,6 +185,7 @@ type diagram struct {
 	timing flow.Timing
 	t0     time.Time
 	client string // the client's name, for its own time between calls
+	hits   bool   // lay out the HTML viewer's click areas
 }
 
 type participant struct {

@@ -32,6 +32,7 @@ func svgWith(w io.Writer, f *flow.Flow, o Options) error {
 	}
 	bw := newWriter(w)
 	l.write(bw)
+	l.release()
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("render svg: %w", err)
 	}

@@ -489,6 +489,7 @@ func laidOut(t *testing.T, f *flow.Flow) (*diagram, *drawing) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.hits = true // as the HTML viewer lays it out: everything
 	l, err := layout(d)
 	if err != nil {
 		t.Fatal(err)
