@@ -457,9 +457,11 @@ func (g *Grouper) expire() []*Flow {
 		kept = append(kept, o)
 	}
 	g.order = kept
-	for sid, o := range g.starts {
-		if o.handedOut && g.now.Sub(o.lastStart) > g.opts.InitWait {
-			delete(g.starts, sid)
+	if g.opts.Live { // only a live grouper hands out a start it keeps
+		for sid, o := range g.starts {
+			if o.handedOut && g.now.Sub(o.lastStart) > g.opts.InitWait {
+				delete(g.starts, sid)
+			}
 		}
 	}
 	g.pruneImages()

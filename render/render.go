@@ -494,6 +494,7 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 		start = f.Steps[0].Start
 	}
 	amb, inf := 0, false
+	d.calls = make([]call, 0, len(f.Steps)) // at most one each (folded calls take fewer)
 	for i := range f.Steps {
 		s := &f.Steps[i]
 		method := cut(clean(s.Method), maxName)
