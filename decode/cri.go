@@ -1,6 +1,7 @@
 package decode
 
 import (
+	"google.golang.org/protobuf/encoding/protowire"
 	"strings"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -27,6 +28,7 @@ type method struct {
 	// shapes of the types.
 	index             int
 	inShape, outShape *shape
+	names, gives      []protowire.Number // namedBy, givenBy
 }
 
 // noMethod stands for a stream whose request headers were not seen.

@@ -66,6 +66,7 @@ var criMethods = func() []*method {
 			}
 			m.index = len(ms)
 			m.inShape, m.outShape = shapeOf(m.in.Descriptor()), shapeOf(m.out.Descriptor())
+			m.names, m.gives = namedBy[m.name], givenBy[m.name]
 			ms = append(ms, m)
 		}
 	}
@@ -160,11 +161,87 @@ func (fs *fitScores) compute(reqs, resps [][]byte) {
 			ok = ok && n >= 0
 			total += n
 		}
+		if ok && m.names != nil && answered(resps) && len(reqs) == 1 && reqs[0] != nil && !nonEmptyAt(reqs[0], m.names) {
+			// An answer about an object whose name the request lacks: a
+			// runtime answers such a request with an error, not this.
+			ok = false
+		}
+		if ok && m.gives != nil && len(resps) == 1 && resps[0] != nil && !nonEmptyAt(resps[0], m.gives) {
+			ok = false // kubelet fails such an answer: runtimes never give one
+		}
 		if ok {
 			fs.fit |= 1 << m.index
 			fs.score[m.index] = total
 		}
 	}
+}
+
+// namedBy is, for the methods that ask about one object, the path of
+// request fields that names it (ImageStatus: image.image). A runtime
+// answers such a call with a message only when the name is there (an
+// empty name is an error: containerd cannot resolve "", nor find the
+// container ""). ListImages' answer with one image reads as an
+// ImageStatus answer; its request (an empty filter) names nothing.
+var namedBy = map[string][]protowire.Number{
+	"ImageStatus":      {1, 1},
+	"PullImage":        {1, 1},
+	"ContainerStatus":  {1},
+	"PodSandboxStatus": {1},
+	"ContainerStats":   {1},
+	"PodSandboxStats":  {1},
+}
+
+// givenBy is, for the methods whose answer names what they made, the
+// path of that name in the response: kubelet fails a RunPodSandbox
+// answer without a sandbox ID, a CreateContainer answer without a
+// container ID, a PullImage answer without an image ref.
+var givenBy = map[string][]protowire.Number{
+	"RunPodSandbox":   {1},
+	"CreateContainer": {1},
+	"PullImage":       {1},
+}
+
+// answered reports whether a response message with something in it was
+// read.
+func answered(resps [][]byte) bool {
+	for _, r := range resps {
+		if len(r) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// nonEmptyAt reports whether the message b holds a non-empty value at
+// path (each step a length-delimited field; the first occurrence is
+// followed).
+func nonEmptyAt(b []byte, path []protowire.Number) bool {
+	for _, want := range path {
+		var found []byte
+		ok := false
+		for len(b) > 0 && !ok {
+			num, typ, n := protowire.ConsumeTag(b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+			if num == want && typ == protowire.BytesType {
+				found, n = protowire.ConsumeBytes(b)
+				ok = n >= 0
+			} else {
+				n = protowire.ConsumeFieldValue(num, typ, b)
+			}
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+		}
+		if !ok {
+			return false
+		}
+		b = found
+	}
+	return len(b) > 0
 }
 
 // near returns the methods that fit and score within nearMargin of the

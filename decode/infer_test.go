@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -102,6 +103,17 @@ func TestCandidates(t *testing.T) {
 		{"version", &runtimeapi.VersionRequest{Version: "0.1.0"},
 			&runtimeapi.VersionResponse{Version: "0.1.0", RuntimeName: "containerd", RuntimeVersion: "1.6", RuntimeApiVersion: "v1"}, "Version", nil, ""},
 		{"empty", &runtimeapi.VersionRequest{}, &runtimeapi.StatusResponse{}, "", []string{"Version", "Status", "ImageFsInfo"}, ""},
+		// A list of one image reads as an ImageStatus answer, but an
+		// ImageStatus request names its image.
+		{"one image listed", &runtimeapi.ListImagesRequest{Filter: &runtimeapi.ImageFilter{}},
+			&runtimeapi.ListImagesResponse{Images: []*runtimeapi.Image{{Id: "sha256:" + id, RepoTags: []string{"busybox:1.36"}, Size: 4096}}},
+			"", []string{"ListImages", "StreamImages"}, "ImageStatus"},
+		// An empty answer made nothing: not RunPodSandbox (nor
+		// CreateContainer, PullImage), whose answers name what they made.
+		{"empty list", &runtimeapi.ListContainerStatsRequest{Filter: &runtimeapi.ContainerStatsFilter{}},
+			&runtimeapi.ListContainerStatsResponse{}, "", []string{"ListContainerStats", "ListContainers"}, "RunPodSandbox"},
+		{"empty list, no pull", &runtimeapi.ListContainerStatsRequest{Filter: &runtimeapi.ContainerStatsFilter{}},
+			&runtimeapi.ListContainerStatsResponse{}, "", []string{"ListPodSandboxStats"}, "PullImage"},
 		{"image fs", &runtimeapi.ImageFsInfoRequest{}, &runtimeapi.ImageFsInfoResponse{ImageFilesystems: []*runtimeapi.FilesystemUsage{{
 			Timestamp: 1, FsId: &runtimeapi.FilesystemIdentifier{Mountpoint: "/var"}, UsedBytes: &runtimeapi.UInt64Value{Value: 5}}}}, "ImageFsInfo", nil, ""},
 	} {
@@ -124,6 +136,32 @@ func TestCandidates(t *testing.T) {
 			if !strings.Contains(set.String(), " "+n+" ") && !strings.Contains(set.String(), "{"+n+" ") && !strings.Contains(set.String(), " "+n+"}") {
 				t.Errorf("%s: %s not in %v", tc.name, n, set)
 			}
+		}
+	}
+}
+
+// nonEmptyAt follows a path of length-delimited fields, byte for byte.
+func TestNonEmptyAt(t *testing.T) {
+	for _, tc := range []struct {
+		b    []byte
+		path []int
+		want bool
+	}{
+		{[]byte{0x0a, 0x03, 0x0a, 0x01, 'x'}, []int{1, 1}, true},
+		{[]byte{0x0a, 0x00}, []int{1, 1}, false},              // an empty ImageSpec
+		{[]byte{0x0a, 0x02, 0x0a, 0x00}, []int{1, 1}, false},  // an empty image name
+		{[]byte{0x10, 0x01, 0x0a, 0x01, 'x'}, []int{1}, true}, // past a varint field
+		{[]byte{0x12, 0x01, 'x'}, []int{1}, false},            // another field only
+		{[]byte{0x0a, 0x05, 'x'}, []int{1}, false},            // cut short
+		{[]byte{0x08, 0x01}, []int{1}, false},                 // field 1, not bytes
+		{nil, []int{1}, false},
+	} {
+		var path []protowire.Number
+		for _, n := range tc.path {
+			path = append(path, protowire.Number(n))
+		}
+		if got := nonEmptyAt(tc.b, path); got != tc.want {
+			t.Errorf("nonEmptyAt(% x, %v) = %v, want %v", tc.b, tc.path, got, tc.want)
 		}
 	}
 }
