@@ -106,6 +106,11 @@ type Call struct {
 	Service string // e.g. "runtime.v1.RuntimeService"
 	Name    string // e.g. "RunPodSandbox"
 	Known   bool   // request/response types found in the CRI descriptors
+	// Candidates, for a call inference left unnamed, are the few CRI
+	// methods (names, e.g. "ListContainers") it may be: those its
+	// messages fit and its :path entry allows. Nil when there are more
+	// than maxCandidates, or when the call is named.
+	Candidates []string
 
 	Start time.Time // request headers seen
 	End   time.Time // trailers (or reset) seen; zero if incomplete

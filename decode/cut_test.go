@@ -306,6 +306,7 @@ type cutCounts struct {
 	// notExact: those of them not named exactly.
 	mustExact, notExact int
 	statusUnknown       int
+	withCandidates      int // unknown calls given the few methods they may be
 	// unknownBy counts the unknown calls by their true method.
 	unknownBy map[string]int
 }
@@ -319,6 +320,7 @@ func (c *cutCounts) add(o cutCounts) {
 	c.mustExact += o.mustExact
 	c.notExact += o.notExact
 	c.statusUnknown += o.statusUnknown
+	c.withCandidates += o.withCandidates
 	for m, k := range o.unknownBy {
 		if c.unknownBy == nil {
 			c.unknownBy = map[string]int{}
@@ -392,6 +394,14 @@ func (p *capturePlan) cutAt(t *testing.T, at pos, opts Options) cutCounts {
 				n.unknownBy = map[string]int{}
 			}
 			n.unknownBy[tc.call.Method]++
+			if len(c.Candidates) > 0 {
+				// The few methods it may be: the truth is one of them.
+				n.withCandidates++
+				if !slices.Contains(c.Candidates, tc.call.Name) {
+					n.wrong++
+					t.Errorf("%s cut at %v: conn %d stream %d %s: unknown, but one of %v", p.name, at, k.conn, k.stream, tc.call.Name, c.Candidates)
+				}
+			}
 		default:
 			if diff := sameCall(c, tc.call); diff != "" {
 				n.wrong++
@@ -464,6 +474,7 @@ func testCutCaptures(t *testing.T, files []string, opts Options, mode string) {
 	}
 	t.Logf("%s:\n%s", mode, cutTable(table, all))
 	t.Logf("unknown, by true method: %s", unknownByLine(all))
+	t.Logf("unknown calls given the few methods they may be: %d of %d", all.withCandidates, all.unknown)
 	if all.wrong > 0 {
 		t.Errorf("%d calls wrong", all.wrong)
 	}

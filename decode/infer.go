@@ -578,8 +578,10 @@ func (d *Decoder) resolve(s *stream) (park []*slotState, filled *slotState) {
 	var fs fitScores
 	fs.compute(rs.raw[c2s], rs.raw[s2c])
 	var m *method
+	var within methodSet // the methods the call may be, by its :path
 	switch {
 	case rs.via != nil:
+		within = 1 << rs.via.index
 		if fs.fit&(1<<rs.via.index) != 0 {
 			m = rs.via
 		} else {
@@ -614,7 +616,7 @@ func (d *Decoder) resolve(s *stream) (park []*slotState, filled *slotState) {
 			}
 			live = append(live, st)
 		}
-		within := allowed &^ rs.tab.filledMethods &^ rs.notPaths
+		within = allowed &^ rs.tab.filledMethods &^ rs.notPaths
 		if len(live) == 1 {
 			if st := live[0]; st.filled {
 				within = 0
@@ -638,10 +640,14 @@ func (d *Decoder) resolve(s *stream) (park []*slotState, filled *slotState) {
 			}
 		}
 	default:
-		m = fs.best(d.inferable())
+		within = d.inferable()
+		m = fs.best(within)
 	}
 	if m == nil {
 		c.Method, c.Service, c.Name, c.Known = "", "", "", false
+		if park == nil {
+			c.Candidates = candidateNames(fs.fit & within)
+		}
 		if rs.viaErr != nil && park == nil {
 			rs.viaErr.Unknown++
 		}
@@ -649,6 +655,25 @@ func (d *Decoder) resolve(s *stream) (park []*slotState, filled *slotState) {
 	}
 	d.name(s, m)
 	return nil, filled
+}
+
+// maxCandidates bounds Call.Candidates: more would say little (an empty
+// message fits most methods).
+const maxCandidates = 6
+
+// candidateNames lists set's methods, or nil if it holds one or more than
+// maxCandidates.
+func candidateNames(set methodSet) []string {
+	if n := set.len(); n < 2 || n > maxCandidates {
+		return nil
+	}
+	var out []string
+	for _, m := range criMethods {
+		if set&(1<<m.index) != 0 {
+			out = append(out, m.name)
+		}
+	}
+	return out
 }
 
 // name gives a deferred call its inferred method and unmarshals the

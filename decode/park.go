@@ -84,6 +84,9 @@ func (d *Decoder) unpark(match func(*parkedCall) bool) {
 				d.name(s, m)
 			}
 		}
+		if !c.Known {
+			c.Candidates = candidateNames(d.mayBe(p))
+		}
 		if !c.Known && s.rs.viaErr != nil {
 			s.rs.viaErr.Unknown++
 		}
@@ -122,17 +125,36 @@ func (d *Decoder) eliminate(p *parkedCall) {
 		return
 	}
 	p.weighed = p.tab.filledMethods
-	var slotCands methodSet
-	for _, st := range p.live() {
+	live := p.live()
+	if len(live) == 0 {
+		return
+	}
+	for _, st := range live {
 		if !st.seen {
 			return // a slot that may hold any method
 		}
-		slotCands |= st.cands
 	}
 	rs := p.s.rs
 	var fs fitScores
 	fs.compute(rs.raw[c2s], rs.raw[s2c])
-	p.named = fs.best(d.inferable() & slotCands &^ p.tab.filledMethods &^ rs.notPaths)
+	p.named = fs.best(d.mayBe(p))
+}
+
+// mayBe is the set of methods p may still be: those its messages fit,
+// its slots allow and no other slot holds.
+func (d *Decoder) mayBe(p *parkedCall) methodSet {
+	set := candidates(p.s.rs.raw[c2s], p.s.rs.raw[s2c]) & d.inferable() &^ p.tab.filledMethods &^ p.s.rs.notPaths
+	var slotCands methodSet
+	for _, st := range p.live() {
+		if !st.seen {
+			return set
+		}
+		slotCands |= st.cands
+	}
+	if p.live() != nil {
+		set &= slotCands
+	}
+	return set
 }
 
 // hope reports whether p may still be named: by a slot (its table still

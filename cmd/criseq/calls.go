@@ -29,8 +29,9 @@ stream, the method, how long it took, its status, and what it was about.
 A connection caught midway (criseq record --attach), or whose bytes were
 lost, is decoded from the next frame found. A method whose :path cannot be read
 then is inferred from the shape of the messages and marked ~ (in JSON, the flag
-"inferred"); "(unknown)" when no single method fits. A status marked ~ was not
-read either: a unary call that got its response is OK.
+"inferred"); "(unknown)" when no single method fits, with the few it may be
+("one of ..."; in JSON, "candidates"). A status marked ~ was not read either: a
+unary call that got its response is OK.
 
 Examples:
   criseq calls cri.pcapng
@@ -362,6 +363,9 @@ func statusText(c *decode.Call) string {
 
 func detail(s flow.Step, c *decode.Call) string {
 	var parts []string
+	if c.Method == "" && len(c.Candidates) > 0 {
+		parts = append(parts, "one of "+strings.Join(c.Candidates, ", "))
+	}
 	if s.Arg != "" {
 		parts = append(parts, s.Arg)
 	}

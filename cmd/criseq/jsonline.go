@@ -22,7 +22,7 @@ import (
 // written by hand, the messages by crijson: the same bytes encoding/json
 // and protojson gave, without reflection per call. Its fields, in order:
 //
-//	time, conn, stream, method, duration_ms, status, code, message, arg,
+//	time, conn, stream, method, candidates, duration_ms, status, code, message, arg,
 //	result, request_headers, response_headers, trailers, requests,
 //	responses, streamed, flags, errors, late
 //
@@ -47,6 +47,7 @@ func (w *jsonWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	b = strconv.AppendUint(b, uint64(c.Stream), 10)
 	b = append(b, `,"method":`...)
 	b = appendJSONString(b, c.Method)
+	b = appendStrings(b, "candidates", c.Candidates)
 	code := ""
 	if !c.End.IsZero() {
 		b = append(b, `,"duration_ms":`...)

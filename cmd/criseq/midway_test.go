@@ -8,7 +8,9 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -81,7 +83,7 @@ func TestCallsMidway(t *testing.T) {
 	if err := run(context.Background(), []string{"calls", "--json", path}, &stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
-	exact, inferred, unknown := midwayCounts(t, &stdout, truth)
+	exact, inferred, unknown, hinted := midwayCounts(t, &stdout, truth)
 	if inferred == 0 || exact+inferred < 4*unknown {
 		t.Errorf("%d exact, %d inferred, %d unknown", exact, inferred, unknown)
 	}
@@ -92,7 +94,7 @@ func TestCallsMidway(t *testing.T) {
 	}
 	out := stdout.String()
 	if !strings.Contains(out, "RuntimeService/ListPodSandbox~") || !strings.Contains(out, "~ inferred from the messages") ||
-		(unknown > 0) != strings.Contains(out, "(unknown)") {
+		(unknown > 0) != strings.Contains(out, "(unknown)") || (hinted > 0) != strings.Contains(out, "one of ") {
 		t.Errorf("calls table:\n%s", out)
 	}
 	// Nothing in the file says the connections were caught midway: the
@@ -126,18 +128,20 @@ func callsTruth(t *testing.T, file string) map[[2]float64]string {
 }
 
 // midwayCounts reads calls --json output and counts the calls named
-// exactly, inferred and unknown; a call named otherwise than the truth
-// fails the test.
-func midwayCounts(t *testing.T, out io.Reader, truth map[[2]float64]string) (exact, inferred, unknown int) {
+// exactly, inferred and unknown, and the unknown ones given candidates; a
+// call named otherwise than the truth, or whose candidates leave out the
+// truth, fails the test.
+func midwayCounts(t *testing.T, out io.Reader, truth map[[2]float64]string) (exact, inferred, unknown, hinted int) {
 	t.Helper()
 	sc := bufio.NewScanner(out)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var j struct {
-			Conn   float64
-			Stream float64
-			Method string
-			Flags  []string
+			Conn       float64
+			Stream     float64
+			Method     string
+			Candidates []string
+			Flags      []string
 		}
 		if err := json.Unmarshal(sc.Bytes(), &j); err != nil {
 			t.Fatal(err)
@@ -149,6 +153,12 @@ func midwayCounts(t *testing.T, out io.Reader, truth map[[2]float64]string) (exa
 			t.Errorf("conn %v stream %v: a call the whole capture does not have", j.Conn, j.Stream)
 		case j.Method == "":
 			unknown++
+			if len(j.Candidates) > 0 {
+				hinted++
+				if !slices.Contains(j.Candidates, path.Base(want)) {
+					t.Errorf("conn %v stream %v: unknown, one of %v, but it is %s", j.Conn, j.Stream, j.Candidates, want)
+				}
+			}
 		case j.Method != want:
 			t.Errorf("conn %v stream %v: %s, want %s", j.Conn, j.Stream, j.Method, want)
 		case isInferred:
@@ -157,7 +167,7 @@ func midwayCounts(t *testing.T, out io.Reader, truth map[[2]float64]string) (exa
 			exact++
 		}
 	}
-	return exact, inferred, unknown
+	return exact, inferred, unknown, hinted
 }
 
 // --cri-list-streaming, and the note record --attach leaves in a capture:
@@ -174,7 +184,7 @@ func TestCallsMidwayListStreaming(t *testing.T) {
 		if err := run(context.Background(), append([]string{"calls", "--json"}, args...), &stdout, &stderr); err != nil {
 			t.Fatal(err)
 		}
-		_, _, unknown := midwayCounts(t, &stdout, truth)
+		_, _, unknown, _ := midwayCounts(t, &stdout, truth)
 		return unknown
 	}
 	bytesAlone := unknowns(plain)
