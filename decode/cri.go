@@ -1,9 +1,9 @@
 package decode
 
 import (
-	"google.golang.org/protobuf/encoding/protowire"
 	"strings"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
