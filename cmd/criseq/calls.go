@@ -101,6 +101,7 @@ type tableWriter struct {
 	rows     int
 	buf      []byte
 	inferred bool // a row was marked ~
+	unknown  bool // a row's method is (unknown)
 }
 
 const tableBlock = 4096
@@ -121,8 +122,9 @@ func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
 		method = s.Service + "/" + s.Method
 	}
 	switch {
-	case method == "":
-		method = "(unknown)"
+	case !c.Known && c.Method == "":
+		method = "(unknown)" // flow's label says so too
+		w.unknown = true
 	case c.Flags&decode.Inferred != 0:
 		method += "~"
 	}
@@ -166,13 +168,16 @@ func (w *tableWriter) flush() error {
 		return err
 	}
 	if w.inferred {
-		_, err := fmt.Fprintln(w.tw, "~ inferred from the messages: the :path or grpc-status was in a header table entry older than the capture")
-		if err != nil {
+		if _, err := fmt.Fprintln(w.tw, "~ inferred from the messages: the :path or grpc-status was in a header table entry older than the capture"); err != nil {
 			return err
 		}
-		return w.tw.Flush()
 	}
-	return nil
+	if w.unknown {
+		if _, err := fmt.Fprintln(w.tw, "(unknown): the :path was not read and no single method fits the messages; \"one of\" lists those that may"); err != nil {
+			return err
+		}
+	}
+	return w.tw.Flush()
 }
 
 // Calls are printed in start order (then connection, stream): each is held
