@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2/hpack"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/criseq/criseq/decode"
@@ -159,5 +160,49 @@ func TestEventsJoinTheirPod(t *testing.T) {
 	}
 	if want := "CONTAINER_STOPPED app;"; got[Stop] != want {
 		t.Errorf("stop events %q, want %q", got[Stop], want)
+	}
+}
+
+// exact (the pod an image call names outright) is kept per call until
+// the ledger's owners or traces change: a sandbox added, or a trace
+// learnt, after a call was first weighed names it then.
+func TestExactFollowsOwnersAndTraces(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	cs := &calls{t0: t0}
+	cfg := podConfig("default", "web", "uid-web")
+	run := cs.add("RunPodSandbox", &runtimeapi.RunPodSandboxRequest{Config: cfg}, &runtimeapi.RunPodSandboxResponse{PodSandboxId: "sb-web"}, 0, 100*time.Millisecond)
+	pull := cs.add("PullImage", &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: "registry/app:1"}, SandboxConfig: cfg},
+		&runtimeapi.PullImageResponse{ImageRef: "sha256:aaaa"}, 0, 50*time.Millisecond)
+	pull.Start = run.Start.Add(10 * time.Millisecond) // made while the sandbox call was still open
+	g := NewGrouper(Options{})
+	g.Add(pull)
+	if len(g.images.calls) != 1 {
+		t.Fatalf("%d image calls in the ledger, want the pull", len(g.images.calls))
+	}
+	ic := g.images.calls[0]
+	if ow := g.images.exact(ic, false); ow != nil {
+		t.Fatalf("pull names %v before its sandbox was seen", ow.pod)
+	}
+	g.Add(run)
+	if ow := g.images.exact(ic, false); ow == nil || ow.sid != "sb-web" {
+		t.Errorf("pull names %v once its sandbox is seen, want sb-web", ow)
+	}
+
+	// A trace learnt after an image call was weighed.
+	l := &ledger{traces: map[string]*owner{}}
+	st := &decode.Call{Name: "ImageStatus", Known: true, Start: t0, End: t0.Add(time.Millisecond),
+		Requests:       []decode.Message{{Proto: &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: "registry/app:1"}}}},
+		RequestHeaders: []hpack.HeaderField{{Name: "traceparent", Value: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}}
+	ic = newImageCall(st)
+	if ic.trace == "" {
+		t.Fatal("no trace read from the traceparent")
+	}
+	if ow := l.exact(ic, false); ow != nil {
+		t.Fatalf("status call names %v before its trace is known", ow.pod)
+	}
+	ow := &owner{pod: Pod{Namespace: "default", Name: "web", UID: "uid-web"}, sid: "sb-web"}
+	l.addTrace(ic.trace, ow)
+	if got := l.exact(ic, false); got != ow {
+		t.Errorf("status call names %v once its trace is known, want sb-web", got)
 	}
 }
