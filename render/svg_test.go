@@ -523,3 +523,28 @@ func TestBarsUncut(t *testing.T) {
 		t.Error("no label crosses a bar in any flow: the test shows nothing")
 	}
 }
+
+// Drawings are reused from one diagram to the next: what one diagram drew
+// never shows in the next, in SVG or PNG.
+func TestDrawingsReused(t *testing.T) {
+	draw := func(f *flow.Flow) (string, string) {
+		t.Helper()
+		var svg, png bytes.Buffer
+		if err := SVG(&svg, f); err != nil {
+			t.Fatal(err)
+		}
+		if err := PNG(&png, f, 1); err != nil {
+			t.Fatal(err)
+		}
+		return svg.String(), png.String()
+	}
+	small, big := stopFlow(), longFlow()
+	svg1, png1 := draw(small)
+	for range 3 {
+		draw(big)
+		svg2, png2 := draw(small)
+		if svg2 != svg1 || png2 != png1 {
+			t.Fatalf("the stop flow drawn after a long one differs from its first drawing (SVG %d bytes, then %d)", len(svg1), len(svg2))
+		}
+	}
+}
