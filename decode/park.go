@@ -85,7 +85,7 @@ func (d *Decoder) unpark(match func(*parkedCall) bool) {
 			}
 		}
 		if !c.Known {
-			c.Candidates = candidateNames(d.mayBe(p))
+			c.Candidates = candidateNames(d.mayBe(p, candidates(s.rs.raw[c2s], s.rs.raw[s2c])))
 		}
 		if !c.Known && s.rs.viaErr != nil {
 			s.rs.viaErr.Unknown++
@@ -137,24 +137,25 @@ func (d *Decoder) eliminate(p *parkedCall) {
 	rs := p.s.rs
 	var fs fitScores
 	fs.compute(rs.raw[c2s], rs.raw[s2c])
-	p.named = fs.best(d.mayBe(p))
+	p.named = fs.best(d.mayBe(p, fs.fit))
 }
 
-// mayBe is the set of methods p may still be: those its messages fit,
-// its slots allow and no other slot holds.
-func (d *Decoder) mayBe(p *parkedCall) methodSet {
-	set := candidates(p.s.rs.raw[c2s], p.s.rs.raw[s2c]) & d.inferable() &^ p.tab.filledMethods &^ p.s.rs.notPaths
+// mayBe is the set of methods p may still be, of those its messages fit:
+// those its slots allow and no other slot holds.
+func (d *Decoder) mayBe(p *parkedCall, fit methodSet) methodSet {
+	set := fit & d.inferable() &^ p.tab.filledMethods &^ p.s.rs.notPaths
+	live := p.live()
+	if len(live) == 0 {
+		return set
+	}
 	var slotCands methodSet
-	for _, st := range p.live() {
+	for _, st := range live {
 		if !st.seen {
 			return set
 		}
 		slotCands |= st.cands
 	}
-	if p.live() != nil {
-		set &= slotCands
-	}
-	return set
+	return set & slotCands
 }
 
 // hope reports whether p may still be named: by a slot (its table still
