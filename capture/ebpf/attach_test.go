@@ -118,6 +118,7 @@ type connBytes struct {
 	gaps   int
 	chunks [2][]capture.Chunk
 	closed [2]bool
+	endGap [2]int // bytes lost at the very end, marked on the Close chunk
 }
 
 func splitConns(t testing.TB, chunks []capture.Chunk, allowGaps bool) map[uint64]*connBytes {
@@ -142,11 +143,13 @@ func splitConns(t testing.TB, chunks []capture.Chunk, allowGaps bool) map[uint64
 					t.Errorf("conn %d %v: gap of %d bytes at offset %d", c.Conn, c.Dir, c.Gap, c.Offset)
 				}
 			}
-			if c.Gap >= 0 && c.Kind == capture.Data {
-				// A gap's bytes stand as zeros, so offsets index the stream.
+			if c.Gap >= 0 {
+				// A gap's bytes stand as zeros, so offsets index the
+				// stream; a Close's offset is the stream's end, and its gap
+				// the bytes lost just before it.
 				want := int64(len(cb.data[c.Dir])) + int64(c.Gap)
 				if c.Offset != want {
-					t.Errorf("conn %d %v: chunk at offset %d, want %d", c.Conn, c.Dir, c.Offset, want)
+					t.Errorf("conn %d %v: chunk (kind %d) at offset %d, want %d", c.Conn, c.Dir, c.Kind, c.Offset, want)
 				}
 				cb.data[c.Dir] = append(cb.data[c.Dir], make([]byte, c.Gap)...)
 			}
@@ -155,6 +158,7 @@ func splitConns(t testing.TB, chunks []capture.Chunk, allowGaps bool) map[uint64
 				cb.chunks[c.Dir] = append(cb.chunks[c.Dir], c)
 			} else {
 				cb.closed[c.Dir] = true
+				cb.endGap[c.Dir] = max(c.Gap, 0)
 			}
 		}
 	}

@@ -100,6 +100,7 @@ func testOverload(t *testing.T, via attachment) {
 			}
 			lost += int64(max(c.Gap, 0))
 		}
+		lost += int64(tc.endGap[d])
 	}
 	if !strings.Contains(tr.logs.String(), "ring buffer full") {
 		t.Errorf("drops not reported; log:\n%s", tr.logs.String())
