@@ -50,6 +50,10 @@ type Options struct {
 	// stays nil, Size is set). Unmarshalling is most of the decoding cost,
 	// and kubelet's polling is most of the bytes.
 	SkipBodies func(service, method string) bool
+	// SkipResponseMaps unmarshals responses without their map fields
+	// (labels, annotations, the info maps): for outputs that show none of
+	// them. Building Go maps is most of the cost of a status response.
+	SkipResponseMaps bool
 	// OnStreamMessage, if set, receives each response message of a
 	// server-streaming CRI call (GetContainerEvents) as it is decoded,
 	// with the call so far; such messages are then not kept in the Call
@@ -114,6 +118,7 @@ type Decoder struct {
 	methods     map[string]*method
 	red         redactor
 	gz          gunzipper
+	pruner      mapPruner // Options.SkipResponseMaps
 	free        [][]byte  // message buffers for reuse
 	freeStreams []*stream // ended streams for reuse
 	valid       validCache

@@ -158,7 +158,13 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 	}
 	if typ != nil && !d.noProto && !s.m.skip {
 		msg := typ.New().Interface()
-		if err := proto.Unmarshal(raw, msg); err != nil {
+		body := raw
+		if dir == s2c && d.opts.SkipResponseMaps {
+			if b, ok := d.pruner.prune(planFor(typ.Descriptor()), raw); ok {
+				body = b
+			}
+		}
+		if err := proto.Unmarshal(body, msg); err != nil {
 			return fmt.Errorf("unmarshal %s: %w", typ.Descriptor().FullName(), err)
 		}
 		if !d.opts.NoRedact {

@@ -68,6 +68,7 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// pods and containers: their bodies, most of the bytes and of the
 		// decoding time, are not read.
 		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
+		dopts.SkipResponseMaps = true
 	}
 	var keep func(*decode.Call) bool
 	if *hide {

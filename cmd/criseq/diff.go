@@ -266,7 +266,7 @@ func diffFlows(file string, specs []diffSpec, all bool, lists listStreaming, std
 	var flows []*flow.Flow
 	var last time.Time
 	matched := make([]int, len(specs))
-	calls, err := streamFlows(file, decode.Options{}, lists, flow.Options{All: all}, stderr, func(f *flow.Flow) error {
+	calls, err := streamFlows(file, decode.Options{SkipResponseMaps: true}, lists, flow.Options{All: all}, stderr, func(f *flow.Flow) error {
 		// A flow handed out late may sort before the ones above it: kept
 		// whole, whichever #N it turns out to be. A flow in order has
 		// every match handed out before it sort before it, so its #N is

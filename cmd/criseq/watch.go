@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -222,7 +223,7 @@ func newWatcher(o renderOptions, formats []string, ns string, want int, listsUna
 		w.calls++
 		w.emit(w.g.Add(c))
 	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }, ListsUnary: listsUnary,
-		NameWait: liveNameWait}
+		NameWait: liveNameWait, SkipResponseMaps: !slices.Contains(formats, "html")}
 	if !o.all {
 		dopts.SkipBodies = flow.SkipBody
 	}
