@@ -31,6 +31,13 @@ const (
 	flushEvery  = 4096
 	flushPeriod = time.Second
 	lostAfter   = 5 * time.Second
+	// A connection that carries nothing for idleAfter (capture time), and
+	// was not seen to close, is forgotten, so that memory follows the
+	// connections in use; if it carries bytes again, they make a new
+	// connection caught midway (decode forgets its state likewise).
+	idleAfter = 10 * time.Minute
+	// endedKept bounds the ended connections Conn still describes.
+	endedKept = 4096
 	// While a connection's client side is unknown its chunks wait; past this
 	// many queued bytes the fallback rule decides.
 	maxUndecided = 4 << 20
@@ -97,7 +104,9 @@ type fileSource struct {
 	pool   *reassembly.StreamPool
 	asm    *reassembly.Assembler
 
-	conns []*tcpConn // index id-1
+	conns  map[uint64]*tcpConn // live connections, by ID
+	ended  [endedKept]ConnInfo // ended connections, at ID % endedKept
+	nconns uint64              // IDs given
 	// closedFlows remembers connections that ended, so that a retransmission
 	// after the FINs is not taken for a new connection.
 	closedFlows map[flowKey]time.Time
@@ -231,8 +240,8 @@ func (s *fileSource) readPacket() {
 		s.lastFlush = p.ts
 		old := p.ts.Add(-lostAfter)
 		if s.npkts%flushEvery == 0 || !s.lastOOO.Before(s.flushedTo) {
-			// Gives up on old holes; closes nothing, as connections may idle.
-			s.asm.FlushWithOptions(reassembly.FlushOptions{T: old})
+			// Gives up on old holes, and forgets long idle connections.
+			s.asm.FlushWithOptions(reassembly.FlushOptions{T: old, TC: p.ts.Add(-idleAfter)})
 			s.flushedTo = old
 		}
 		for k, t := range s.closedFlows {
@@ -346,10 +355,18 @@ func (s *fileSource) network(p packet) (payload []byte, flow gopacket.Flow, ok b
 
 // Conn describes connection id.
 func (s *fileSource) Conn(id uint64) ConnInfo {
-	if id == 0 || id > uint64(len(s.conns)) {
+	c := s.conns[id]
+	if c == nil {
+		if e := s.ended[id%endedKept]; e.ID == id && id != 0 {
+			return e
+		}
 		return ConnInfo{ID: id}
 	}
-	c := s.conns[id-1]
+	return c.info()
+}
+
+func (c *tcpConn) info() ConnInfo {
+	id := c.id
 	cl := c.client
 	if !c.decided {
 		cl = c.fallbackClient()
@@ -391,8 +408,12 @@ func (s *fileSource) New(netFlow, tcpFlow gopacket.Flow, tcp *layers.TCP, ac rea
 // if its handshake was not seen.
 func (c *tcpConn) register(ts time.Time, midway bool) {
 	s := c.s
-	c.id = uint64(len(s.conns) + 1)
-	s.conns = append(s.conns, c)
+	s.nconns++
+	c.id = s.nconns
+	if s.conns == nil {
+		s.conns = make(map[uint64]*tcpConn)
+	}
+	s.conns[c.id] = c
 	s.enqueue(c, 0, Chunk{Conn: c.id, Kind: Open, Time: ts, Midway: midway}, nil)
 }
 
@@ -528,7 +549,8 @@ func (c *tcpConn) ReassemblyComplete(ac reassembly.AssemblerContext) bool {
 			c.close(h, 0, ts)
 		}
 	}
-	if c.id != 0 && !c.s.atEOF {
+	if c.id != 0 && !c.s.atEOF && (c.finSeen[0] || c.finSeen[1] || c.reset) {
+		// (A connection forgotten while idle may carry bytes again.)
 		if c.s.closedFlows == nil {
 			c.s.closedFlows = make(map[flowKey]time.Time)
 		}
@@ -537,6 +559,10 @@ func (c *tcpConn) ReassemblyComplete(ac reassembly.AssemblerContext) bool {
 	}
 	c.noPreface = [2]bool{true, true}
 	c.maybeDecide()
+	if c.id != 0 {
+		c.s.ended[c.id%endedKept] = c.info()
+		delete(c.s.conns, c.id)
+	}
 	return true
 }
 

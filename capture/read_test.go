@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -619,5 +620,82 @@ func TestClientEndpoint(t *testing.T) {
 	}
 	if ci := src.Conn(2); ci.Client != "127.0.0.2:40001" {
 		t.Errorf("second connection's client %s", ci.Client)
+	}
+}
+
+// TestReadIdleConnections: connections that never close are forgotten
+// once idle, so memory follows the connections in use; one that carries
+// bytes again comes back as a new connection caught midway, with every
+// byte.
+func TestReadIdleConnections(t *testing.T) {
+	const n = 3000 // one a second: 50 minutes
+	var in []Chunk
+	pre := []byte(h2Preface)
+	for i := range n {
+		at := t0.Add(time.Duration(i) * time.Second)
+		id := uint64(i + 1)
+		in = append(in,
+			Chunk{Conn: id, Kind: Open, Time: at},
+			Chunk{Conn: id, Dir: ClientToServer, Kind: Data, Time: at.Add(time.Millisecond), Data: append(slices.Clone(pre), pattern(100, byte(i))...)},
+			Chunk{Conn: id, Dir: ServerToClient, Kind: Data, Time: at.Add(2 * time.Millisecond), Data: pattern(60, byte(i+1))})
+	}
+	// The first connection carries bytes again 50 minutes later.
+	later := pattern(300, 42)
+	in = append(in, Chunk{Conn: 1, Dir: ClientToServer, Kind: Data, Time: t0.Add(n * time.Second), Data: later, Offset: int64(len(pre) + 100)})
+	src, err := OpenFile(writePcapng(t, in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	fsrc := src.(*fileSource)
+	most := 0
+	var out []Chunk
+	for {
+		c, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Data = slices.Clone(c.Data)
+		out = append(out, c)
+		most = max(most, len(fsrc.conns))
+	}
+	t.Logf("%d connections; at most %d held at once", n, most)
+	if most > n/2 {
+		t.Errorf("%d connections held at once, of %d each idle after a second", most, n)
+	}
+	// The last Data is the first connection's, under a new ID, opened
+	// midway.
+	last := out[len(out)-1]
+	if last.Kind != Data || !bytes.Equal(last.Data, later) || last.Conn <= n {
+		t.Fatalf("last chunk: conn %d kind %v %d bytes, want the %d bytes again under a new ID", last.Conn, last.Kind, len(last.Data), len(later))
+	}
+	opened := false
+	for _, c := range out {
+		if c.Conn == last.Conn && c.Kind == Open {
+			opened = c.Midway
+		}
+		if c.Kind == Close {
+			t.Errorf("conn %d: a Close chunk, for a connection never closed", c.Conn)
+		}
+	}
+	if !opened {
+		t.Errorf("conn %d: no Open marked Midway", last.Conn)
+	}
+	// Every byte of every connection came through.
+	var sent, got int
+	for _, c := range in {
+		sent += len(c.Data)
+	}
+	for _, c := range out {
+		got += len(c.Data)
+	}
+	if got != sent {
+		t.Errorf("%d bytes read, %d written", got, sent)
+	}
+	if ci := src.Conn(1); ci.Client == "" {
+		t.Errorf("Conn(1) = %+v: an ended connection is no longer described", ci)
 	}
 }

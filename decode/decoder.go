@@ -27,6 +27,11 @@ var (
 	// ErrFrame: a frame could not be read (bad length, bad padding, HPACK
 	// failure, frames out of order, ...).
 	ErrFrame = errors.New("decode: bad frame")
+	// ErrForgotten: the connection was idle long enough that its decoding
+	// state was dropped (see Options.IdleConn), and then carried bytes
+	// again; decoding resumes at the next frame boundary found, with the
+	// HPACK table unknown.
+	ErrForgotten = errors.New("decode: connection forgotten while idle")
 )
 
 // Options configure a Decoder. The zero value is usable and redacts.
@@ -74,10 +79,20 @@ type Options struct {
 	// before it is handed out unnamed; 0 means 30 s. A live view keeps it
 	// short.
 	NameWait time.Duration
+	// IdleConn is how long (in capture time) a connection with no call
+	// open may carry nothing before its decoding state (HPACK tables,
+	// buffers: a few KB) is dropped, so that memory follows the
+	// connections in use, not every connection the capture ever opened
+	// without closing; 0 means 10 minutes. Past maxConns connections, the
+	// longest idle without a call open go first. A forgotten connection
+	// that carries bytes again is decoded from the next frame boundary,
+	// as one caught midway (ErrForgotten).
+	IdleConn time.Duration
 
 	noPark    bool // tests only: hand unnamed calls out at once
 	noElim    bool // tests only: parked calls are not named by elimination
 	noEffects bool // tests only: do not name calls by their effect
+	noForget  bool // tests only: keep every connection
 }
 
 // clientPreface starts every HTTP/2 connection, client to server.
@@ -126,6 +141,10 @@ type Decoder struct {
 	noFast      bool          // tests only: every frame through the Framer
 	parked      []*parkedCall // ended calls waiting for their :path (park.go)
 	feeds       int
+	// Idle connections (idle.go).
+	idleSwept time.Time
+	connCap   int
+	forgotten forgottenSet
 	// tracking: a connection was caught midway; ids is what calls showed
 	// of the runtime's IDs, to name calls by their effect (effects.go).
 	tracking bool
@@ -157,6 +176,7 @@ type conn struct {
 	// seen (after a resync of the client's side too): the streams seen
 	// before began before decoding did.
 	maxStream uint32
+	last      time.Time // when the connection last carried a chunk
 }
 
 // half is one direction of a connection.
@@ -228,7 +248,17 @@ func (d *Decoder) Feed(c capture.Chunk) {
 			d.sweep(c.Time)
 		}
 	}
-	cn := d.conn(c.Conn)
+	cn := d.conns[c.Conn]
+	if cn == nil {
+		cn = d.conn(c.Conn)
+		if t, ok := d.forgotten.take(c.Conn); ok {
+			d.resume(cn, c, t)
+		}
+	}
+	cn.last = c.Time
+	if !d.opts.noForget && (c.Time.Sub(d.idleSwept) >= idleSweepEvery || len(d.conns) > max(d.connCap, maxConns)) {
+		d.forgetIdle(c.Time, cn)
+	}
 	h := &cn.half[c.Dir]
 	switch c.Kind {
 	case capture.Open:

@@ -195,6 +195,39 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		fmt.Fprintf(stderr, "bench: round %d of %d\n", r, *runs)
 	}
+	// Memory with connections that never close: a capture of crictl
+	// (a connection per command), copied until it is as large.
+	unclosed := filepath.Join(tmp, "unclosed.pcapng")
+	ust, err := benchcap.WriteUnclosed(unclosed, filepath.Join(root, "testdata", "crictl-lifecycle", "capture.pcapng"), *size)
+	if err != nil {
+		return err
+	}
+	ujobs := []*job{
+		{name: "calls", args: []string{"calls", "FILE"}},
+		{name: "calls --json", args: []string{"calls", "--json", "FILE"}},
+		{name: "render --format svg", args: []string{"render", "-o", "OUT", "--format", "svg", "FILE"}},
+		{name: "diff", args: []string{"diff", "FILE"}},
+		{name: "watch -r --format svg", args: []string{"watch", "-r", "FILE", "-o", "OUT", "--format", "svg"}},
+	}
+	for _, j := range ujobs {
+		os.RemoveAll(out)
+		args := slices.Clone(j.args)
+		for i, a := range args {
+			args[i] = strings.NewReplacer("FILE", unclosed, "OUT", out).Replace(a)
+		}
+		u, err := timed(ctx, tmp, bin, args...)
+		if err != nil {
+			return err
+		}
+		j.runs = append(j.runs, u)
+	}
+	var ufi os.FileInfo
+	if ufi, err = os.Stat(unclosed); err != nil {
+		return err
+	}
+	umb := float64(ufi.Size()) / 1e6
+	os.Remove(unclosed)
+
 	var tshark *job
 	if _, err := exec.LookPath("tshark"); err != nil || *tsharkRuns == 0 {
 		fmt.Fprintf(stderr, "bench: tshark not run (%v): no ratios\n", err)
@@ -240,6 +273,12 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			ratio = fmt.Sprintf("%.0f×", tshark.median().cpu.Seconds()/m.cpu.Seconds())
 		}
 		fmt.Fprintf(stdout, "| criseq %s | %.2f | %.2f | %.0f | %s | %d MiB |\n", j.name, m.cpu.Seconds(), m.wall.Seconds(), mb/m.cpu.Seconds(), ratio, m.maxRSS>>20)
+	}
+	fmt.Fprintf(stdout, "\nConnections never closed: %.1f MB, %d copies of a real crictl capture (testdata/crictl-lifecycle), %d connections none of which is seen to close; one run each.\n\n", umb, ust.Rounds, ust.Conns)
+	fmt.Fprintf(stdout, "| command | CPU s | MB/s per CPU s | peak RSS |\n|---|---:|---:|---:|\n")
+	for _, j := range ujobs {
+		m := j.median()
+		fmt.Fprintf(stdout, "| criseq %s | %.2f | %.0f | %d MiB |\n", j.name, m.cpu.Seconds(), umb/m.cpu.Seconds(), m.maxRSS>>20)
 	}
 	fmt.Fprintf(stdout, "\nRelay: a small unary call (RuntimeService/Version, %d per path and round) and a %d MiB ListContainers response, real grpc-go client and server; the best of %d interleaved rounds.\n\n", rb.calls, bigResponse>>20, rb.rounds)
 	if relayErr != nil {

@@ -71,3 +71,60 @@ func TestWrite(t *testing.T) {
 		t.Errorf("last event at %v, last call at %v: the stream should carry events to the end", r, last.Start)
 	}
 }
+
+// TestWriteUnclosed: copies of a real crictl capture whose connections
+// never close, every call of every copy decoded.
+func TestWriteUnclosed(t *testing.T) {
+	src := filepath.Join("..", "..", "testdata", "crictl-lifecycle", "capture.pcapng")
+	path := filepath.Join(t.TempDir(), "unclosed.pcapng")
+	st, err := WriteUnclosed(path, src, 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, err := capture.OpenFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oneCalls, _, err := decode.DecodeAll(one, decode.Options{})
+	one.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := capture.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	closes, opens := 0, 0
+	var chunks []capture.Chunk
+	for {
+		c, err := s.Next()
+		if err != nil {
+			break
+		}
+		switch c.Kind {
+		case capture.Close:
+			closes++
+		case capture.Open:
+			opens++
+		}
+		chunks = append(chunks, capture.Chunk{Conn: c.Conn, Dir: c.Dir, Kind: c.Kind, Time: c.Time, Offset: c.Offset, Data: append([]byte(nil), c.Data...)})
+	}
+	if st.Rounds < 2 || opens != st.Conns || closes != 0 {
+		t.Fatalf("stats %+v; %d connections opened, %d closed in the file: want several copies, none closed", st, opens, closes)
+	}
+	var calls []*decode.Call
+	d := decode.New(decode.Options{OnCall: func(c *decode.Call) { calls = append(calls, c) }})
+	for _, c := range chunks {
+		d.Feed(c)
+	}
+	d.Close()
+	if len(calls) != st.Rounds*len(oneCalls) {
+		t.Errorf("%d calls, want %d copies of %d", len(calls), st.Rounds, len(oneCalls))
+	}
+	for _, c := range calls {
+		if c.Flags != 0 || c.Name == "" {
+			t.Fatalf("call %s on conn %d: flags %v, errors %v", c.Name, c.Conn, c.Flags, c.Errors)
+		}
+	}
+}

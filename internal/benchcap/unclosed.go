@@ -1,0 +1,88 @@
+package benchcap
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/criseq/criseq/capture"
+)
+
+// WriteUnclosed writes a capture of about size bytes to path: copies of
+// the real capture src, one after the other in time (a second apart), each
+// with connection IDs of its own and no Close chunk: connections never
+// seen to close, as a capture holds whose clients were killed or that was
+// cut. crictl's captures open a connection per command, so a capture of
+// crictl makes many.
+func WriteUnclosed(path, src string, size int64) (Stats, error) {
+	s, err := capture.OpenFile(src)
+	if err != nil {
+		return Stats{}, err
+	}
+	var chunks []capture.Chunk
+	var maxConn uint64
+	var bytes int64
+	for {
+		c, err := s.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			s.Close()
+			return Stats{}, err
+		}
+		if c.Kind == capture.Close {
+			continue
+		}
+		c.Data = slices.Clone(c.Data)
+		maxConn = max(maxConn, c.Conn)
+		bytes += int64(len(c.Data))
+		chunks = append(chunks, c)
+	}
+	s.Close()
+	if len(chunks) == 0 || bytes == 0 {
+		return Stats{}, fmt.Errorf("benchcap: %s holds no bytes", src)
+	}
+	f, err := capture.CreateFile(path)
+	if err != nil {
+		return Stats{}, err
+	}
+	cw := &countWriter{w: bufio.NewWriterSize(f, 1<<20)}
+	w := capture.NewPcapngWriter(cw)
+	span := chunks[len(chunks)-1].Time.Sub(chunks[0].Time) + time.Second
+	var st Stats
+	// The pcapng's framing about doubles small chunks: aim by file size.
+	for st.Bytes = 0; cw.n < size; st.Rounds++ {
+		for _, c := range chunks {
+			c.Conn += uint64(st.Rounds) * (maxConn + 1)
+			c.Time = c.Time.Add(time.Duration(st.Rounds) * span)
+			if c.Kind == capture.Open {
+				st.Conns++
+			}
+			st.Payload += int64(len(c.Data))
+			if err = w.Write(c); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = w.Close()
+	}
+	if err == nil {
+		err = cw.w.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	st.Bytes = cw.n
+	if err != nil {
+		return st, fmt.Errorf("benchcap: %w", err)
+	}
+	return st, nil
+}
