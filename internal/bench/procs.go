@@ -57,6 +57,16 @@ type job struct {
 	target string
 }
 
+// run runs j once on file, writing into out (emptied first).
+func (j *job) run(ctx context.Context, dir, bin, file, out string) (usage, error) {
+	os.RemoveAll(out)
+	args := slices.Clone(j.args)
+	for i, a := range args {
+		args[i] = strings.NewReplacer("FILE", file, "OUT", out).Replace(a)
+	}
+	return timed(ctx, dir, bin, args...)
+}
+
 func (j *job) median() usage {
 	cpus := make([]usage, len(j.runs))
 	copy(cpus, j.runs)
@@ -180,12 +190,7 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	for r := range *runs + 1 { // the first round warms the page cache, not counted
 		for _, j := range jobs {
-			os.RemoveAll(out)
-			args := slices.Clone(j.args)
-			for i, a := range args {
-				args[i] = strings.NewReplacer("FILE", capPath, "OUT", out).Replace(a)
-			}
-			u, err := timed(ctx, tmp, bin, args...)
+			u, err := j.run(ctx, tmp, bin, capPath, out)
 			if err != nil {
 				return err
 			}
@@ -210,12 +215,7 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		{name: "watch -r --format svg", args: []string{"watch", "-r", "FILE", "-o", "OUT", "--format", "svg"}},
 	}
 	for _, j := range ujobs {
-		os.RemoveAll(out)
-		args := slices.Clone(j.args)
-		for i, a := range args {
-			args[i] = strings.NewReplacer("FILE", unclosed, "OUT", out).Replace(a)
-		}
-		u, err := timed(ctx, tmp, bin, args...)
+		u, err := j.run(ctx, tmp, bin, unclosed, out)
 		if err != nil {
 			return err
 		}

@@ -193,7 +193,14 @@ func Write(path string, sources []string, size int64) (Stats, error) {
 	}
 	// No Close for the event stream or the copies' cut connections: the
 	// capture ends with them open.
-	err = w.Close() // flushes into cw
+	return finish(w, cw, f, st, nil)
+}
+
+// finish flushes and closes a capture being written, and counts its bytes.
+func finish(w *capture.PcapngWriter, cw *countWriter, f *os.File, st Stats, err error) (Stats, error) {
+	if err == nil {
+		err = w.Close() // flushes into cw
+	}
 	if err == nil {
 		err = cw.w.Flush()
 	}

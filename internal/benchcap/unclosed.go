@@ -71,18 +71,5 @@ func WriteUnclosed(path, src string, size int64) (Stats, error) {
 			break
 		}
 	}
-	if err == nil {
-		err = w.Close()
-	}
-	if err == nil {
-		err = cw.w.Flush()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	st.Bytes = cw.n
-	if err != nil {
-		return st, fmt.Errorf("benchcap: %w", err)
-	}
-	return st, nil
+	return finish(w, cw, f, st, err)
 }
