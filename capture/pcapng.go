@@ -205,7 +205,8 @@ func (w *PcapngWriter) write(c Chunk) error {
 }
 
 // open writes the three-way handshake of a new connection. A connection
-// caught midway gets none: a reader then knows its start was not seen.
+// caught midway gets none: a reader then knows its start was not seen. So
+// is one whose first chunk is bytes from its middle, with no Open.
 func (w *PcapngWriter) open(c Chunk) (*synFlow, error) {
 	f := &synFlow{}
 	f.ip, f.port = ClientEndpoint(c.Conn)
@@ -214,7 +215,7 @@ func (w *PcapngWriter) open(c Chunk) (*synFlow, error) {
 	f.seq[ClientToServer] = 0x10000000 + uint32(c.Conn)<<8
 	f.seq[ServerToClient] = 0x20000000 + uint32(c.Conn)<<8
 	w.conns[c.Conn] = f
-	if c.Kind == Open && c.Midway {
+	if c.Kind == Open && c.Midway || c.Kind == Data && c.Offset > 0 {
 		f.midway = true
 		f.seq[ClientToServer]++
 		f.seq[ServerToClient]++

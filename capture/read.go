@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -38,6 +39,9 @@ const (
 	idleAfter = 10 * time.Minute
 	// endedKept bounds the ended connections Conn still describes.
 	endedKept = 4096
+	// Past maxLiveConns connections at a flush, the longest idle are
+	// forgotten down to three quarters of it, idle or not.
+	maxLiveConns = 4096
 	// While a connection's client side is unknown its chunks wait; past this
 	// many queued bytes the fallback rule decides.
 	maxUndecided = 4 << 20
@@ -117,6 +121,9 @@ type fileSource struct {
 	head       int
 	arena      []byte // Data of queued chunks
 	undecBytes int
+	// notH2 counts the connections skipped as not HTTP/2.
+	notH2        int
+	notH2Example ConnInfo
 
 	ip4  layers.IPv4
 	ip6  layers.IPv6
@@ -174,14 +181,20 @@ type tcpConn struct {
 	decided   bool
 	client    int // half that is the client, once decided
 
-	synSender int // half that sent a SYN without ACK, -1 if none seen
+	synSender int       // half that sent a SYN without ACK, -1 if none seen
+	last      time.Time // its last packet
 	midStart  [2]bool
 	noPreface [2]bool // this half's first bytes are not (or cannot be) the preface
-	prefN     [2]int  // preface bytes matched so far
-	offset    [2]int64
-	started   [2]bool // first data chunk emitted
-	closed    [2]bool
-	reset     bool
+	// mismatch: this half's first bytes, seen from its start, are not the
+	// preface; notH2: nor are the client's, so the connection is not
+	// HTTP/2 (gRPC over cleartext always begins with it) and is skipped.
+	mismatch [2]bool
+	notH2    bool
+	prefN    [2]int // preface bytes matched so far
+	offset   [2]int64
+	started  [2]bool // first data chunk emitted
+	closed   [2]bool
+	reset    bool
 
 	// Reassembly drops a FIN that comes out of order, so FINs are tracked
 	// here too, by their offset in the stream.
@@ -194,14 +207,20 @@ type tcpConn struct {
 
 // Next returns the next chunk. Data is valid until the next call.
 func (s *fileSource) Next() (Chunk, error) {
-	if s.head == len(s.queue) {
-		s.queue, s.head, s.arena = s.queue[:0], 0, s.arena[:0]
-	}
 	for {
+		if s.head == len(s.queue) {
+			// (Also between packets: chunks skipped leave it empty.)
+			s.queue, s.head, s.arena = s.queue[:0], 0, s.arena[:0]
+		}
 		if s.head < len(s.queue) {
 			q := &s.queue[s.head]
 			if !q.c.decided && (s.atEOF || s.undecBytes > maxUndecided) {
 				q.c.decideFallback()
+			}
+			if q.c.decided && q.c.notH2 {
+				*q = queued{}
+				s.head++
+				continue
 			}
 			if q.c.decided {
 				ch := q.ch
@@ -241,7 +260,7 @@ func (s *fileSource) readPacket() {
 		old := p.ts.Add(-lostAfter)
 		if s.npkts%flushEvery == 0 || !s.lastOOO.Before(s.flushedTo) {
 			// Gives up on old holes, and forgets long idle connections.
-			s.asm.FlushWithOptions(reassembly.FlushOptions{T: old, TC: p.ts.Add(-idleAfter)})
+			s.asm.FlushWithOptions(reassembly.FlushOptions{T: old, TC: s.idleCutoff(p.ts)})
 			s.flushedTo = old
 		}
 		for k, t := range s.closedFlows {
@@ -365,6 +384,27 @@ func (s *fileSource) Conn(id uint64) ConnInfo {
 	return c.info()
 }
 
+// idleCutoff is the time before which a connection's last packet makes it
+// forgotten: idleAfter ago, or later when too many are open.
+func (s *fileSource) idleCutoff(now time.Time) time.Time {
+	tc := now.Add(-idleAfter)
+	if len(s.conns) <= maxLiveConns {
+		return tc
+	}
+	last := make([]time.Time, 0, len(s.conns))
+	for _, c := range s.conns {
+		last = append(last, c.last)
+	}
+	slices.SortFunc(last, time.Time.Compare)
+	// Reassembly closes those seen before tc: keep the newest.
+	return last[len(last)-maxLiveConns*3/4]
+}
+
+// NotHTTP2 counts the TCP connections skipped because their client's
+// first bytes are not the HTTP/2 preface (other traffic in a capture of a
+// node), with the first of them.
+func (s *fileSource) NotHTTP2() (int, ConnInfo) { return s.notH2, s.notH2Example }
+
 func (c *tcpConn) info() ConnInfo {
 	id := c.id
 	cl := c.client
@@ -422,6 +462,9 @@ func hostPort(ip []byte, port uint16) string {
 }
 
 func (s *fileSource) enqueue(c *tcpConn, half int, ch Chunk, data []byte) {
+	if c.notH2 {
+		return
+	}
 	if len(data) > 0 {
 		off := len(s.arena)
 		s.arena = append(s.arena, data...)
@@ -451,6 +494,7 @@ func (c *tcpConn) Accept(tcp *layers.TCP, ci gopacket.CaptureInfo, dir reassembl
 		}
 		c.register(ci.Timestamp, !tcp.SYN)
 	}
+	c.last = ci.Timestamp
 	h := halfIndex(dir)
 	if nextSeq != -1 && len(tcp.Payload) > 0 && nextSeq.Difference(reassembly.Sequence(tcp.Seq)) > 0 && ci.Timestamp.After(c.s.lastOOO) {
 		c.s.lastOOO = ci.Timestamp // ahead of a hole: reassembly keeps it
@@ -575,6 +619,7 @@ func (c *tcpConn) checkPreface(h int, data []byte) {
 	k := min(len(want), len(data))
 	if !bytes.Equal(data[:k], []byte(want[:k])) {
 		c.noPreface[h] = true
+		c.mismatch[h] = !c.midStart[h]
 		c.maybeDecide()
 		return
 	}
@@ -590,7 +635,17 @@ func (c *tcpConn) maybeDecide() {
 	}
 }
 
-func (c *tcpConn) decideFallback() { c.decide(c.fallbackClient()) }
+func (c *tcpConn) decideFallback() {
+	client := c.fallbackClient()
+	if c.mismatch[client] && !c.decided {
+		c.notH2 = true
+		c.s.notH2++
+		if c.s.notH2 == 1 {
+			c.s.notH2Example = c.info()
+		}
+	}
+	c.decide(client)
+}
 
 // fallbackClient: the SYN sender, else the side with the higher port (servers
 // listen on the lower, well-known one), else the first side seen.

@@ -27,9 +27,10 @@ func TestReadHoleGivenUpInTime(t *testing.T) {
 		{fromClient: true, seq: 201, data: req[200:]},
 	}
 	busy := &flowSpec{client: net.IPv4(10, 0, 0, 4), server: net.IPv4(10, 0, 0, 2), cport: 40001, sport: 10010, ciss: 7, siss: 8}
-	busy.segs = []tcpSeg{{fromClient: true, syn: true}, {fromClient: false, syn: true}}
+	// (HTTP/2: a connection whose first bytes are not the preface is skipped.)
+	busy.segs = []tcpSeg{{fromClient: true, syn: true}, {fromClient: false, syn: true}, {fromClient: true, seq: 1, data: pre}}
 	for i := range 20 {
-		busy.segs = append(busy.segs, tcpSeg{fromClient: true, seq: 1 + uint32(i*10), data: pattern(10, byte(i))})
+		busy.segs = append(busy.segs, tcpSeg{fromClient: true, seq: 1 + uint32(len(pre)+i*10), data: pattern(10, byte(i))})
 	}
 
 	var buf bytes.Buffer

@@ -624,24 +624,38 @@ func TestClientEndpoint(t *testing.T) {
 }
 
 // TestReadIdleConnections: connections that never close are forgotten
-// once idle, so memory follows the connections in use; one that carries
-// bytes again comes back as a new connection caught midway, with every
-// byte.
+// once idle, or when too many are open, so memory follows the connections
+// in use; one that carries bytes again comes back as a new connection
+// caught midway, with every byte.
 func TestReadIdleConnections(t *testing.T) {
-	const n = 3000 // one a second: 50 minutes
+	for _, tc := range []struct {
+		name  string
+		n     int
+		every time.Duration
+		most  int
+	}{
+		{"idle", 3000, time.Second, 600 + flushEvery/3}, // 10 minutes' worth, and a flush's
+		{"many", 20000, time.Millisecond, maxLiveConns + flushEvery/3},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testIdleConnections(t, tc.n, tc.every, tc.most) })
+	}
+}
+
+func testIdleConnections(t *testing.T, n int, every time.Duration, bound int) {
 	var in []Chunk
 	pre := []byte(h2Preface)
 	for i := range n {
-		at := t0.Add(time.Duration(i) * time.Second)
+		at := t0.Add(time.Duration(i) * every)
 		id := uint64(i + 1)
 		in = append(in,
 			Chunk{Conn: id, Kind: Open, Time: at},
-			Chunk{Conn: id, Dir: ClientToServer, Kind: Data, Time: at.Add(time.Millisecond), Data: append(slices.Clone(pre), pattern(100, byte(i))...)},
-			Chunk{Conn: id, Dir: ServerToClient, Kind: Data, Time: at.Add(2 * time.Millisecond), Data: pattern(60, byte(i+1))})
+			Chunk{Conn: id, Dir: ClientToServer, Kind: Data, Time: at.Add(time.Microsecond), Data: append(slices.Clone(pre), pattern(100, byte(i))...)},
+			Chunk{Conn: id, Dir: ServerToClient, Kind: Data, Time: at.Add(2 * time.Microsecond), Data: pattern(60, byte(i+1))})
 	}
-	// The first connection carries bytes again 50 minutes later.
+	// The first connection carries bytes again 15 minutes after the last.
 	later := pattern(300, 42)
-	in = append(in, Chunk{Conn: 1, Dir: ClientToServer, Kind: Data, Time: t0.Add(n * time.Second), Data: later, Offset: int64(len(pre) + 100)})
+	end := t0.Add(time.Duration(n)*every + 15*time.Minute)
+	in = append(in, Chunk{Conn: 1, Dir: ClientToServer, Kind: Data, Time: end, Data: later, Offset: int64(len(pre) + 100)})
 	src, err := OpenFile(writePcapng(t, in))
 	if err != nil {
 		t.Fatal(err)
@@ -663,13 +677,13 @@ func TestReadIdleConnections(t *testing.T) {
 		most = max(most, len(fsrc.conns))
 	}
 	t.Logf("%d connections; at most %d held at once", n, most)
-	if most > n/2 {
-		t.Errorf("%d connections held at once, of %d each idle after a second", most, n)
+	if most > bound {
+		t.Errorf("%d connections held at once, want at most %d", most, bound)
 	}
 	// The last Data is the first connection's, under a new ID, opened
 	// midway.
 	last := out[len(out)-1]
-	if last.Kind != Data || !bytes.Equal(last.Data, later) || last.Conn <= n {
+	if last.Kind != Data || !bytes.Equal(last.Data, later) || last.Conn <= uint64(n) {
 		t.Fatalf("last chunk: conn %d kind %v %d bytes, want the %d bytes again under a new ID", last.Conn, last.Kind, len(last.Data), len(later))
 	}
 	opened := false
@@ -678,7 +692,7 @@ func TestReadIdleConnections(t *testing.T) {
 			opened = c.Midway
 		}
 		if c.Kind == Close {
-			t.Errorf("conn %d: a Close chunk, for a connection never closed", c.Conn)
+			t.Fatalf("conn %d: a Close chunk, for a connection never closed", c.Conn)
 		}
 	}
 	if !opened {
@@ -695,7 +709,62 @@ func TestReadIdleConnections(t *testing.T) {
 	if got != sent {
 		t.Errorf("%d bytes read, %d written", got, sent)
 	}
-	if ci := src.Conn(1); ci.Client == "" {
-		t.Errorf("Conn(1) = %+v: an ended connection is no longer described", ci)
+	if ci := src.Conn(uint64(n)); ci.Client == "" {
+		t.Errorf("Conn(%d) = %+v: an ended connection is no longer described", n, ci)
+	}
+}
+
+// TestReadSkipsNotHTTP2: a TCP connection seen from its handshake whose
+// client's first bytes are not the HTTP/2 preface (other traffic of a
+// node) is skipped and counted; one caught midway is kept for the decoder
+// to judge, and HTTP/2 ones are read whole.
+func TestReadSkipsNotHTTP2(t *testing.T) {
+	httpReq := []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	httpResp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	h2 := append([]byte(h2Preface), pattern(40, 1)...)
+	var in []Chunk
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Millisecond) }
+	for i := range 10 {
+		id := uint64(i + 1)
+		req, resp, midway := httpReq, httpResp, false
+		switch i {
+		case 3, 7:
+			req, resp = h2, pattern(30, 2)
+		case 5:
+			midway = true // no handshake seen: kept
+		}
+		in = append(in,
+			Chunk{Conn: id, Kind: Open, Time: at(3 * i), Midway: midway},
+			Chunk{Conn: id, Dir: ClientToServer, Kind: Data, Time: at(3*i + 1), Data: req},
+			Chunk{Conn: id, Dir: ServerToClient, Kind: Data, Time: at(3*i + 2), Data: resp},
+			Chunk{Conn: id, Dir: ClientToServer, Kind: Close, Time: at(3*i + 2), Offset: int64(len(req))},
+			Chunk{Conn: id, Dir: ServerToClient, Kind: Close, Time: at(3*i + 2), Offset: int64(len(resp))})
+	}
+	src, err := OpenFile(writePcapng(t, in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	out := readAll(t, src)
+	seen := map[string]int{} // first client bytes, by kind
+	conns := map[uint64]bool{}
+	for _, c := range out {
+		conns[c.Conn] = true
+		if c.Kind == Data && c.Dir == ClientToServer {
+			switch {
+			case bytes.HasPrefix(c.Data, []byte(h2Preface)):
+				seen["h2"]++
+			case bytes.HasPrefix(c.Data, []byte("GET")):
+				seen["http"]++
+			}
+		}
+	}
+	n, ex := src.(*fileSource).NotHTTP2()
+	t.Logf("%d connections read, %v; %d skipped, e.g. %+v", len(conns), seen, n, ex)
+	if seen["h2"] != 2 || seen["http"] != 1 || len(conns) != 3 {
+		t.Errorf("read %d connections (%v), want the 2 HTTP/2 ones and the one caught midway", len(conns), seen)
+	}
+	if n != 7 || ex.ID != 1 || ex.Client == "" {
+		t.Errorf("NotHTTP2() = %d, %+v; want 7, the first being connection 1", n, ex)
 	}
 }

@@ -129,6 +129,7 @@ type Decoder struct {
 	opts        Options
 	conns       map[uint64]*conn
 	errs        []*ConnError
+	errsDropped int
 	seq         uint64 // call creation order, for Close
 	methods     map[string]*method
 	red         redactor
@@ -161,9 +162,25 @@ func New(opts Options) *Decoder {
 }
 
 // Errors returns the connection-level errors so far, in the order they
-// happened.
+// happened: the first maxErrors of them (ErrorsDropped counts the rest).
 func (d *Decoder) Errors() []*ConnError {
 	return slices.Clone(d.errs)
+}
+
+// ErrorsDropped counts the connection-level errors past the first
+// maxErrors, which Errors does not keep (OnConnError still sees them).
+func (d *Decoder) ErrorsDropped() int { return d.errsDropped }
+
+// maxErrors bounds the connection-level errors kept, so that a capture of
+// many broken connections does not grow memory without end.
+const maxErrors = 10000
+
+func (d *Decoder) addErr(ce *ConnError) {
+	if len(d.errs) < maxErrors {
+		d.errs = append(d.errs, ce)
+	} else {
+		d.errsDropped++
+	}
 }
 
 // conn is the decoding state of one connection.
@@ -561,7 +578,7 @@ func (d *Decoder) lose(cn *conn, h *half, off int64, err error, gap bool, t time
 		d.reportErr(h.pending)
 	}
 	ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: off, Time: t, Err: err, Resumed: -1}
-	d.errs = append(d.errs, ce)
+	d.addErr(ce)
 	h.pending, h.lastErr = ce, ce
 	maxStream := cn.maxStream
 	d.resync(cn, h)
@@ -631,7 +648,7 @@ func (d *Decoder) endHalf(cn *conn, h *half, t time.Time, what string) {
 		// few bytes to tell.
 		ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: 0, Time: t, Resumed: -1,
 			Err: fmt.Errorf("%w: no HTTP/2 frame found in the %d bytes seen of a connection caught midway", ErrFrame, fs.next)}
-		d.errs = append(d.errs, ce)
+		d.addErr(ce)
 		d.reportErr(ce)
 		fs.buf = nil
 	}
@@ -641,7 +658,7 @@ func (d *Decoder) endHalf(cn *conn, h *half, t time.Time, what string) {
 		}
 		ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: fs.next - int64(len(fs.buf)), Time: t, Resumed: -1,
 			Err: fmt.Errorf("%w: %s with %d bytes of a frame", ErrTruncated, what, len(fs.buf)), Lost: len(cn.streams)}
-		d.errs = append(d.errs, ce)
+		d.addErr(ce)
 		h.pending = ce
 	}
 	fs.buf, fs.marks = nil, nil
@@ -661,7 +678,7 @@ func (d *Decoder) closeHalf(cn *conn, h *half, t time.Time) {
 	if fs := &h.fs; fs.preface > 0 && fs.preface < len(clientPreface) {
 		ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: fs.next, Time: t, Resumed: -1,
 			Err: fmt.Errorf("%w: connection closed with %d bytes of a frame", ErrTruncated, 0)}
-		d.errs = append(d.errs, ce)
+		d.addErr(ce)
 		d.reportErr(ce)
 		fs.preface = 0
 	}

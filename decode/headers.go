@@ -301,7 +301,7 @@ func (d *Decoder) tableLost(cn *conn, h *half, off int64, sid uint32, err error,
 	trusted := !errors.Is(err, errTableContradiction) && h.hb.part.trusted
 	ce := &ConnError{Conn: cn.id, Dir: h.dir.String(), Offset: off, Time: t, Resumed: off, Lost: 1,
 		Err: fmt.Errorf("%w: header block of stream %d (decoding with a table caught midway): %w", ErrFrame, sid, err)}
-	d.errs = append(d.errs, ce)
+	d.addErr(ce)
 	h.lastErr = ce
 	d.reportErr(ce)
 	h.hb.unknown()

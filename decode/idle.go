@@ -98,7 +98,9 @@ func forgettable(cn *conn) bool {
 		return false
 	}
 	for i := range cn.half {
-		if h := &cn.half[i]; h.held || len(h.fs.buf) > 0 {
+		// Bytes of a frame still to come wait; bytes looked through for a
+		// frame boundary get their last chance in forget.
+		if h := &cn.half[i]; h.held || len(h.fs.buf) > 0 && !h.fs.hunting {
 			return false
 		}
 	}
@@ -107,10 +109,19 @@ func forgettable(cn *conn) bool {
 
 func (d *Decoder) forget(cn *conn) {
 	for i := range cn.half {
+		if h := &cn.half[i]; h.fs.hunting && len(h.fs.buf) > 0 {
+			d.endHalf(cn, h, cn.last, "connection forgotten while idle")
+		}
 		if h := &cn.half[i]; h.pending != nil {
 			d.reportErr(h.pending)
 			h.pending = nil
 		}
+	}
+	// (A frame found in those last bytes may have begun a call.)
+	for _, s := range cn.sorted() {
+		s.call.Flags |= Incomplete
+		s.call.Errors = append(s.call.Errors, "connection forgotten while idle before the call ended")
+		d.finish(cn, s, time.Time{})
 	}
 	delete(d.conns, cn.id)
 	d.forgotten.add(cn.id, cn.last)

@@ -285,7 +285,7 @@ func streamCalls(path string, dopts decode.Options, lists listStreaming, keep fu
 	}
 	d.Close()
 	release(true)
-	report(path, d.Errors(), stderr)
+	report(path, src, d, stderr)
 	if emitErr != nil {
 		return emitErr
 	}

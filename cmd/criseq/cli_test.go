@@ -9,10 +9,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/render"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -372,5 +374,88 @@ func TestRenderWriteError(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if after, _ := os.ReadDir(out); len(after) != len(before) {
 		t.Errorf("%d files before, %d after render returned", len(before), len(after))
+	}
+}
+
+// TestOtherTraffic: a capture of a node holds more than CRI. TCP
+// connections that are not HTTP/2 are skipped with one line saying so, the
+// CRI calls come out as without them, and a flood of undecodable
+// connections caught midway is reported in a bounded number of lines.
+func TestOtherTraffic(t *testing.T) {
+	orig := filepath.Join("..", "..", "testdata", "kubelet-warm", "capture.pcapng")
+	src, err := capture.OpenFile(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chunks []capture.Chunk
+	var maxConn uint64
+	var lastOpen time.Time
+	for {
+		c, err := src.Next()
+		if err != nil {
+			break
+		}
+		c.Data = bytes.Clone(c.Data)
+		chunks = append(chunks, c)
+		maxConn = max(maxConn, c.Conn)
+		if c.Kind == capture.Open {
+			lastOpen = c.Time
+		}
+	}
+	src.Close()
+	// After kubelet's connections opened (so they keep their numbers):
+	// HTTP/1.1 exchanges seen from their handshake, and connections caught
+	// midway carrying bytes that are no HTTP/2.
+	req := []byte("GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:10248\r\nUser-Agent: kube-probe/1.37\r\nAccept: */*\r\n\r\n")
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n\r\nok")
+	const nHTTP, nJunk = 300, 60
+	var other []capture.Chunk
+	for i := range nHTTP + nJunk {
+		id := maxConn + 1 + uint64(i)
+		at := lastOpen.Add(time.Duration(i+1) * 7 * time.Millisecond)
+		q, r, midway := req, resp, false
+		if i >= nHTTP {
+			q, r, midway = bytes.Repeat([]byte{0xff, 0xee, 0xdd}, 200), bytes.Repeat([]byte{0x17, 0x03, 0x03}, 100), true
+		}
+		other = append(other,
+			capture.Chunk{Conn: id, Kind: capture.Open, Time: at, Midway: midway},
+			capture.Chunk{Conn: id, Dir: capture.ClientToServer, Kind: capture.Data, Time: at.Add(time.Millisecond), Data: q},
+			capture.Chunk{Conn: id, Dir: capture.ServerToClient, Kind: capture.Data, Time: at.Add(2 * time.Millisecond), Data: r},
+			capture.Chunk{Conn: id, Dir: capture.ClientToServer, Kind: capture.Close, Time: at.Add(3 * time.Millisecond), Offset: int64(len(q))},
+			capture.Chunk{Conn: id, Dir: capture.ServerToClient, Kind: capture.Close, Time: at.Add(3 * time.Millisecond), Offset: int64(len(r))})
+	}
+	all := append(chunks, other...)
+	slices.SortStableFunc(all, func(a, b capture.Chunk) int { return a.Time.Compare(b.Time) })
+	mixed := filepath.Join(t.TempDir(), "node.pcapng")
+	f, err := capture.CreateFile(mixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := capture.NewPcapngWriter(f)
+	for _, c := range all {
+		if err := w.Write(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var want, got, wantErr, gotErr bytes.Buffer
+	if err := run(context.Background(), []string{"calls", orig}, &want, &wantErr); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), []string{"calls", mixed}, &got, &gotErr); err != nil {
+		t.Fatal(err)
+	}
+	if got.String() != want.String() {
+		t.Errorf("calls differ with other traffic in the capture:\n%s\nwant:\n%s", got.String(), want.String())
+	}
+	lines := strings.Split(strings.TrimSpace(gotErr.String()), "\n")
+	t.Logf("%d lines on stderr: %s ... %s", len(lines), lines[0], lines[len(lines)-1])
+	if n := strings.Count(gotErr.String(), fmt.Sprintf("%d TCP connections skipped: not HTTP/2 in clear text", nHTTP)); n != 1 {
+		t.Errorf("the %d HTTP/1.1 connections are not reported once as skipped:\n%s", nHTTP, gotErr.String())
+	}
+	if len(lines) > maxReported+2 || !strings.Contains(lines[len(lines)-1], "more connection errors") {
+		t.Errorf("%d lines on stderr, want at most %d, the last a count of the rest", len(lines), maxReported+2)
 	}
 }

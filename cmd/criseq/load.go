@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/criseq/criseq/capture"
@@ -94,7 +95,7 @@ func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts f
 	for held.Len() > 0 && emitErr == nil {
 		emitErr = emit(heap.Pop(&held).(heldFlow).f)
 	}
-	report(path, d.Errors(), stderr)
+	report(path, src, d, stderr)
 	if emitErr != nil {
 		return calls, emitErr
 	}
@@ -152,8 +153,37 @@ func (h *flowHeap) Pop() any {
 	return f
 }
 
-func report(path string, errs []*decode.ConnError, stderr io.Writer) {
-	for _, e := range errs {
+// maxReported bounds the connection errors printed: past it, a count.
+const maxReported = 50
+
+// report prints what could not be decoded: connections skipped as not
+// HTTP/2, and the decoder's connection errors.
+func report(path string, src capture.Source, d *decode.Decoder, stderr io.Writer) {
+	if s, ok := src.(interface {
+		NotHTTP2() (int, capture.ConnInfo)
+	}); ok {
+		if n, ci := s.NotHTTP2(); n > 0 {
+			fmt.Fprintf(stderr, "criseq: %s: %s skipped: not HTTP/2 in clear text (the client's first bytes are not the HTTP/2 preface: TLS, or another protocol), e.g. connection %d, %s → %s\n",
+				path, plural(n, "TCP connection"), ci.ID, termtext.String(ci.Client), termtext.String(ci.Server))
+		}
+	}
+	errs := d.Errors()
+	for i, e := range errs {
+		if i == maxReported {
+			break
+		}
 		fmt.Fprintf(stderr, "criseq: %s: %s\n", path, termtext.String(e.Error()))
 	}
+	if more := len(errs) - maxReported + d.ErrorsDropped(); more > 0 {
+		fmt.Fprintf(stderr, "criseq: %s: and %s\n", path, plural(more, "more connection error"))
+	}
+}
+
+// plural is "1 call", "2 calls".
+func plural(n int, what string) string {
+	s := strconv.Itoa(n) + " " + what
+	if n != 1 {
+		s += "s"
+	}
+	return s
 }

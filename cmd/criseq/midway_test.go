@@ -97,9 +97,9 @@ func TestCallsMidway(t *testing.T) {
 		(unknown > 0) != strings.Contains(out, "(unknown): the :path was not read") || (hinted > 0) != strings.Contains(out, "one of ") {
 		t.Errorf("calls table:\n%s", out)
 	}
-	// Nothing in the file says the connections were caught midway: the
-	// missing preface is reported, and where decoding resumed.
-	if s := stderr.String(); !strings.Contains(s, "caught midway") || !strings.Contains(s, "decoding resumed at offset 0") || strings.Contains(s, "bad frame") {
+	// The file shows no handshake for connections whose first bytes are
+	// from their middle: they are read as caught midway, which is no error.
+	if s := stderr.String(); strings.Contains(s, "preface") || strings.Contains(s, "bad frame") || strings.Contains(s, "skipped") {
 		t.Errorf("stderr: %s", s)
 	}
 	if testing.Verbose() {
