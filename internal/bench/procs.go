@@ -211,7 +211,7 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		{name: "calls", args: []string{"calls", "FILE"}},
 		{name: "calls --json", args: []string{"calls", "--json", "FILE"}},
 		{name: "render --format svg", args: []string{"render", "-o", "OUT", "--format", "svg", "FILE"}},
-		{name: "diff", args: []string{"diff", "FILE"}},
+		{name: "diff (the capture with itself)", args: []string{"diff", "FILE", "FILE"}},
 		{name: "watch -r --format svg", args: []string{"watch", "-r", "FILE", "-o", "OUT", "--format", "svg"}},
 	}
 	for _, j := range ujobs {
