@@ -781,7 +781,12 @@ func SortCalls(calls []*Call) {
 // being buffered. ok is false when nothing is open, so every call that
 // starts later comes after what was fed. It lets a caller print calls in
 // start order while holding only those that may still be overtaken.
-func (d *Decoder) Oldest() (t time.Time, ok bool) {
+func (d *Decoder) Oldest() (t time.Time, ok bool) { return d.OldestExcept(nil) }
+
+// OldestExcept is Oldest leaving out the open calls skip says true of
+// (their method is known, Call.Name): e.g. a server stream open for the
+// life of its connection, which a caller knows it never waits for.
+func (d *Decoder) OldestExcept(skip func(*Call) bool) (t time.Time, ok bool) {
 	for _, p := range d.parked {
 		if !ok || p.s.call.Start.Before(t) {
 			t, ok = p.s.call.Start, true
@@ -789,7 +794,7 @@ func (d *Decoder) Oldest() (t time.Time, ok bool) {
 	}
 	for _, cn := range d.conns {
 		for _, s := range cn.streams {
-			if s.call != nil && (!ok || s.call.Start.Before(t)) {
+			if s.call != nil && (!ok || s.call.Start.Before(t)) && (skip == nil || !s.call.Known || !skip(s.call)) {
 				t, ok = s.call.Start, true
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
 	"github.com/criseq/criseq/internal/benchcap"
@@ -178,5 +179,41 @@ func TestFlowsStreamed(t *testing.T) {
 	spec.n = 999
 	if _, err := pickFlow(spec, picked, 0); err == nil || strings.Count(err.Error(), "\n") != len(flows) {
 		t.Errorf("#999: want an error listing the %d flows, got %v", len(flows), err)
+	}
+}
+
+// TestFlowBarrierSkipsEventStream: kubelet's GetContainerEvents stream
+// (Evented PLEG) stays open for the life of its connection; it is in no
+// flow, so it must not hold back the flows after it (they would wait the
+// whole lateFlow, in memory). With --all it is in a flow, and does.
+func TestFlowBarrierSkipsEventStream(t *testing.T) {
+	chunks := readChunks(t, filepath.Join("..", "..", "testdata", "kubelet-burst-containerd2", "capture.pcapng"))
+	for _, all := range []bool{false, true} {
+		g := flow.NewGrouper(flow.Options{All: all})
+		var stream *decode.Call
+		d := decode.New(decode.Options{
+			OnCall:          func(c *decode.Call) { g.Add(c) },
+			OnStreamMessage: func(c *decode.Call, m decode.Message) { stream = c; g.Event(c, m) },
+		})
+		var last time.Time
+		for _, c := range chunks {
+			if c.Kind == capture.Close {
+				continue // as a capture stopped while kubelet runs
+			}
+			d.Feed(c)
+			last = c.Time
+		}
+		if stream == nil {
+			t.Fatal("no GetContainerEvents stream")
+		}
+		oldest, _ := d.Oldest()
+		barrier := flowBarrier(last, g, d, all)
+		t.Logf("all %v: stream from %v, oldest open %v, barrier %v, last chunk %v", all, stream.Start.Format(time.StampMicro), oldest.Format(time.StampMicro), barrier.Format(time.StampMicro), last.Format(time.StampMicro))
+		if !oldest.Equal(stream.Start) {
+			t.Fatalf("the oldest open call starts at %v, not the stream's %v", oldest, stream.Start)
+		}
+		if all != !barrier.After(stream.Start) {
+			t.Errorf("all %v: barrier %v against the stream's start %v", all, barrier, stream.Start)
+		}
 	}
 }

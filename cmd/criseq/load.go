@@ -72,20 +72,7 @@ func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts f
 		// The barrier visits every open connection and flow: not too
 		// often.
 		if n++; n%4096 == 0 && held.Len() > 0 {
-			// A flow still to come starts after the last chunk, the oldest
-			// call still open and the oldest flow being built, unless those
-			// are late.
-			barrier := last
-			if t, ok := g.Oldest(); ok && t.Before(barrier) {
-				barrier = t
-			}
-			if t, ok := d.Oldest(); ok && t.Before(barrier) {
-				barrier = t
-			}
-			if floor := last.Add(-lateFlow); barrier.Before(floor) {
-				barrier = floor
-			}
-			release(barrier)
+			release(flowBarrier(last, g, d, fopts.All))
 		}
 	}
 	d.Close()
@@ -107,6 +94,29 @@ func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts f
 	}
 	fmt.Fprintf(stderr, "criseq: %s (showing what was read before it)\n", termtext.String(err.Error()))
 	return calls, nil
+}
+
+// flowBarrier is the earliest start a flow still to come can have: after
+// the last chunk, the oldest call still open and the oldest flow being
+// built, unless those are late. Open polling calls (a GetContainerEvents
+// stream open for the life of kubelet's connection) are in no flow
+// unless all.
+func flowBarrier(last time.Time, g *flow.Grouper, d *decode.Decoder, all bool) time.Time {
+	barrier := last
+	if t, ok := g.Oldest(); ok && t.Before(barrier) {
+		barrier = t
+	}
+	var skip func(*decode.Call) bool
+	if !all {
+		skip = func(c *decode.Call) bool { return flow.IsPolling(c.Name) }
+	}
+	if t, ok := d.OldestExcept(skip); ok && t.Before(barrier) {
+		barrier = t
+	}
+	if floor := last.Add(-lateFlow); barrier.Before(floor) {
+		barrier = floor
+	}
+	return barrier
 }
 
 // loadFlows is streamFlows keeping every flow, sorted: for outputs that
