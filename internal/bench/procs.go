@@ -200,33 +200,18 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		fmt.Fprintf(stderr, "bench: round %d of %d\n", r, *runs)
 	}
-	// Memory with connections that never close: a capture of crictl
-	// (a connection per command), copied until it is as large.
-	unclosed := filepath.Join(tmp, "unclosed.pcapng")
-	ust, err := benchcap.WriteUnclosed(unclosed, filepath.Join(root, "testdata", "crictl-lifecycle", "capture.pcapng"), *size)
-	if err != nil {
-		return err
+	// Captures of one real capture copied without its connections' ends:
+	// crictl's (a connection per command), and kubelet's with the Evented
+	// PLEG (a GetContainerEvents stream open in every copy).
+	copied := []*copiedBench{
+		{title: "Connections never closed", source: "crictl-lifecycle", what: "a connection per crictl command"},
+		{title: "Event streams never closed", source: "kubelet-burst-containerd2", what: "kubelet with the Evented PLEG, its GetContainerEvents stream open in every copy; 20-pod bursts"},
 	}
-	ujobs := []*job{
-		{name: "calls", args: []string{"calls", "FILE"}},
-		{name: "calls --json", args: []string{"calls", "--json", "FILE"}},
-		{name: "render --format svg", args: []string{"render", "-o", "OUT", "--format", "svg", "FILE"}},
-		{name: "diff (the capture with itself)", args: []string{"diff", "FILE", "FILE"}},
-		{name: "watch -r --format svg", args: []string{"watch", "-r", "FILE", "-o", "OUT", "--format", "svg"}},
-	}
-	for _, j := range ujobs {
-		u, err := j.run(ctx, tmp, bin, unclosed, out)
-		if err != nil {
+	for _, cb := range copied {
+		if err := cb.run(ctx, root, tmp, bin, out, *size); err != nil {
 			return err
 		}
-		j.runs = append(j.runs, u)
 	}
-	var ufi os.FileInfo
-	if ufi, err = os.Stat(unclosed); err != nil {
-		return err
-	}
-	umb := float64(ufi.Size()) / 1e6
-	os.Remove(unclosed)
 
 	var tshark *job
 	if _, err := exec.LookPath("tshark"); err != nil || *tsharkRuns == 0 {
@@ -274,11 +259,8 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		fmt.Fprintf(stdout, "| criseq %s | %.2f | %.2f | %.0f | %s | %d MiB |\n", j.name, m.cpu.Seconds(), m.wall.Seconds(), mb/m.cpu.Seconds(), ratio, m.maxRSS>>20)
 	}
-	fmt.Fprintf(stdout, "\nConnections never closed: %.1f MB, %d copies of a real crictl capture (testdata/crictl-lifecycle), %d connections none of which is seen to close; one run each.\n\n", umb, ust.Rounds, ust.Conns)
-	fmt.Fprintf(stdout, "| command | CPU s | MB/s per CPU s | peak RSS |\n|---|---:|---:|---:|\n")
-	for _, j := range ujobs {
-		m := j.median()
-		fmt.Fprintf(stdout, "| criseq %s | %.2f | %.0f | %d MiB |\n", j.name, m.cpu.Seconds(), umb/m.cpu.Seconds(), m.maxRSS>>20)
+	for _, cb := range copied {
+		cb.print(stdout)
 	}
 	fmt.Fprintf(stdout, "\nRelay: a small unary call (RuntimeService/Version, %d per path and round) and a %d MiB ListContainers response, real grpc-go client and server; the best of %d interleaved rounds.\n\n", rb.calls, bigResponse>>20, rb.rounds)
 	if relayErr != nil {
@@ -296,6 +278,50 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			float64(p.best.big)/1e6, float64(p.best.big)/float64(direct.big))
 	}
 	return nil
+}
+
+// copiedBench runs each command once on copies of one real capture
+// without its connections' ends (benchcap.WriteUnclosed).
+type copiedBench struct {
+	title, source, what string
+	jobs                []*job
+	st                  benchcap.Stats
+	mb                  float64
+}
+
+func (cb *copiedBench) run(ctx context.Context, root, tmp, bin, out string, size int64) error {
+	path := filepath.Join(tmp, "copied.pcapng")
+	defer os.Remove(path)
+	var err error
+	if cb.st, err = benchcap.WriteUnclosed(path, filepath.Join(root, "testdata", cb.source, "capture.pcapng"), size); err != nil {
+		return err
+	}
+	cb.mb = float64(cb.st.Bytes) / 1e6
+	cb.jobs = []*job{
+		{name: "calls", args: []string{"calls", "FILE"}},
+		{name: "calls --json", args: []string{"calls", "--json", "FILE"}},
+		{name: "render --format svg", args: []string{"render", "-o", "OUT", "--format", "svg", "FILE"}},
+		{name: "diff (the capture with itself)", args: []string{"diff", "FILE", "FILE"}},
+		{name: "watch -r --format svg", args: []string{"watch", "-r", "FILE", "-o", "OUT", "--format", "svg"}},
+	}
+	for _, j := range cb.jobs {
+		u, err := j.run(ctx, tmp, bin, path, out)
+		if err != nil {
+			return err
+		}
+		j.runs = append(j.runs, u)
+	}
+	return nil
+}
+
+func (cb *copiedBench) print(stdout io.Writer) {
+	fmt.Fprintf(stdout, "\n%s: %.1f MB, %d copies of testdata/%s (%s), %d connections none of which is seen to close; one run each.\n\n",
+		cb.title, cb.mb, cb.st.Rounds, cb.source, cb.what, cb.st.Conns)
+	fmt.Fprintf(stdout, "| command | CPU s | MB/s per CPU s | peak RSS |\n|---|---:|---:|---:|\n")
+	for _, j := range cb.jobs {
+		m := j.median()
+		fmt.Fprintf(stdout, "| criseq %s | %.2f | %.0f | %d MiB |\n", j.name, m.cpu.Seconds(), cb.mb/m.cpu.Seconds(), m.maxRSS>>20)
+	}
 }
 
 func nproc() int { return runtime.NumCPU() }
