@@ -83,10 +83,11 @@ type Options struct {
 	// open may carry nothing before its decoding state (HPACK tables,
 	// buffers: a few KB) is dropped, so that memory follows the
 	// connections in use, not every connection the capture ever opened
-	// without closing; 0 means 10 minutes. Past maxConns connections, the
-	// longest idle without a call open go first. A forgotten connection
-	// that carries bytes again is decoded from the next frame boundary,
-	// as one caught midway (ErrForgotten).
+	// without closing; 0 means 10 minutes (looked for once a minute of
+	// capture time). Past maxConns connections, the longest idle without
+	// a call open go first. A forgotten connection that carries bytes
+	// again is decoded from the next frame boundary, as one caught midway
+	// (ErrForgotten).
 	IdleConn time.Duration
 
 	noPark    bool // tests only: hand unnamed calls out at once

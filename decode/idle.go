@@ -14,9 +14,12 @@ import (
 // memory follows the connections in use (Options.IdleConn).
 const (
 	defaultIdleConn = 10 * time.Minute
-	idleSweepEvery  = 10 * time.Second // capture time between sweeps
+	// Capture time between sweeps: each visits every connection, and a
+	// connection may then stay idle a sweep longer than IdleConn.
+	idleSweepEvery = time.Minute
 	// maxConns bounds the connections kept: past it, the longest idle
-	// without a call open are forgotten, down to three quarters.
+	// without a call open are forgotten, down to half (so that the sweep
+	// comes once every maxConns/2 new connections at most).
 	maxConns = 1024
 	// maxForgotten bounds the IDs remembered as forgotten: one that comes
 	// back later than that many others is decoded as caught midway all
@@ -79,7 +82,7 @@ func (d *Decoder) forgetIdle(now time.Time, cur *conn) {
 	if len(d.conns) > maxConns {
 		slices.SortFunc(quiet, func(a, b *conn) int { return a.last.Compare(b.last) })
 		for _, cn := range quiet {
-			if len(d.conns) <= maxConns*3/4 {
+			if len(d.conns) <= maxConns/2 {
 				break
 			}
 			d.forget(cn)
@@ -89,7 +92,7 @@ func (d *Decoder) forgetIdle(now time.Time, cur *conn) {
 	// again at every chunk.
 	d.connCap = maxConns
 	if len(d.conns) > maxConns {
-		d.connCap = len(d.conns) + maxConns/4
+		d.connCap = len(d.conns) + maxConns/2
 	}
 }
 

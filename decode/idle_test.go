@@ -68,7 +68,8 @@ func TestIdleConnectionsForgotten(t *testing.T) {
 		every  time.Duration
 		most   int // connections held at once, at most
 	}{
-		// A copy a minute: only the last ten minutes' connections stay.
+		// A copy a minute: only the last ten minutes' connections stay
+		// (and a minute's more, between sweeps).
 		{"idle", 40, time.Minute, 11 * len(perCopy)},
 		// Copies close together: the bound on connections decides.
 		{"many", 2 * maxConns / len(perCopy), span + time.Second, maxConns + 1},
