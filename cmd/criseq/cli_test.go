@@ -6,7 +6,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -406,8 +409,7 @@ func TestOtherTraffic(t *testing.T) {
 	// After kubelet's connections opened (so they keep their numbers):
 	// HTTP/1.1 exchanges seen from their handshake, and connections caught
 	// midway carrying bytes that are no HTTP/2.
-	req := []byte("GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:10248\r\nUser-Agent: kube-probe/1.37\r\nAccept: */*\r\n\r\n")
-	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n\r\nok")
+	req, resp := realHTTPExchange(t)
 	const nHTTP, nJunk = 300, 60
 	var other []capture.Chunk
 	for i := range nHTTP + nJunk {
@@ -458,4 +460,51 @@ func TestOtherTraffic(t *testing.T) {
 	if len(lines) > maxReported+2 || !strings.Contains(lines[len(lines)-1], "more connection errors") {
 		t.Errorf("%d lines on stderr, want at most %d, the last a count of the rest", len(lines), maxReported+2)
 	}
+}
+
+// realHTTPExchange makes one health probe between a real net/http client
+// and server over loopback and returns the bytes each side sent.
+func realHTTPExchange(t *testing.T) (req, resp []byte) {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	var sent, got bytes.Buffer
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &recordingConn{Conn: c, sent: &sent, got: &got}, nil
+	}}
+	defer tr.CloseIdleConnections()
+	r, err := (&http.Client{Transport: tr}).Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if string(body) != "ok" || !bytes.HasPrefix(sent.Bytes(), []byte("GET /healthz HTTP/1.1")) || !bytes.HasPrefix(got.Bytes(), []byte("HTTP/1.1 200")) {
+		t.Fatalf("probe: body %q, sent %q, got %q", body, sent.Bytes(), got.Bytes())
+	}
+	return bytes.Clone(sent.Bytes()), bytes.Clone(got.Bytes())
+}
+
+// recordingConn keeps what a connection wrote and read.
+type recordingConn struct {
+	net.Conn
+	sent, got *bytes.Buffer
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.sent.Write(p[:n])
+	return n, err
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.got.Write(p[:n])
+	return n, err
 }
