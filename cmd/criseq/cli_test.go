@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -470,13 +471,14 @@ func realHTTPExchange(t *testing.T) (req, resp []byte) {
 		io.WriteString(w, "ok")
 	}))
 	defer srv.Close()
+	var mu sync.Mutex
 	var sent, got bytes.Buffer
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return &recordingConn{Conn: c, sent: &sent, got: &got}, nil
+		return &recordingConn{Conn: c, mu: &mu, sent: &sent, got: &got}, nil
 	}}
 	defer tr.CloseIdleConnections()
 	r, err := (&http.Client{Transport: tr}).Get(srv.URL + "/healthz")
@@ -485,26 +487,34 @@ func realHTTPExchange(t *testing.T) (req, resp []byte) {
 	}
 	body, _ := io.ReadAll(r.Body)
 	r.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
 	if string(body) != "ok" || !bytes.HasPrefix(sent.Bytes(), []byte("GET /healthz HTTP/1.1")) || !bytes.HasPrefix(got.Bytes(), []byte("HTTP/1.1 200")) {
 		t.Fatalf("probe: body %q, sent %q, got %q", body, sent.Bytes(), got.Bytes())
 	}
 	return bytes.Clone(sent.Bytes()), bytes.Clone(got.Bytes())
 }
 
-// recordingConn keeps what a connection wrote and read.
+// recordingConn keeps what a connection wrote and read. The transport
+// writes on a goroutine of its own, which may not have returned when the
+// response is in: bytes are kept before they are written.
 type recordingConn struct {
 	net.Conn
+	mu        *sync.Mutex
 	sent, got *bytes.Buffer
 }
 
 func (c *recordingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.sent.Write(p[:n])
-	return n, err
+	c.mu.Lock()
+	c.sent.Write(p)
+	c.mu.Unlock()
+	return c.Conn.Write(p)
 }
 
 func (c *recordingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	c.mu.Lock()
 	c.got.Write(p[:n])
+	c.mu.Unlock()
 	return n, err
 }
