@@ -135,7 +135,7 @@ type Decoder struct {
 	methods     map[string]*method
 	red         redactor
 	gz          gunzipper
-	pruner      mapPruner // Options.SkipResponseMaps
+	maps        mapFiller // maps from the wire; its pruner: Options.SkipResponseMaps
 	free        [][]byte  // message buffers for reuse
 	freeStreams []*stream // ended streams for reuse
 	valid       validCache

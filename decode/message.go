@@ -157,14 +157,19 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 		typ = s.m.out
 	}
 	if typ != nil && !d.noProto && !s.m.skip {
-		msg := typ.New().Interface()
-		body := raw
+		var msg proto.Message
+		var err error
 		if dir == s2c && d.opts.SkipResponseMaps {
-			if b, ok := d.pruner.prune(planFor(typ.Descriptor()), raw); ok {
+			msg = typ.New().Interface()
+			body := raw
+			if b, ok := d.maps.pruner.prune(planFor(typ.Descriptor()), raw); ok {
 				body = b
 			}
+			err = proto.Unmarshal(body, msg)
+		} else {
+			msg, err = d.maps.unmarshal(typ, raw)
 		}
-		if err := proto.Unmarshal(body, msg); err != nil {
+		if err != nil {
 			return fmt.Errorf("unmarshal %s: %w", typ.Descriptor().FullName(), err)
 		}
 		if !d.opts.NoRedact {
