@@ -50,7 +50,6 @@ const (
 type owner struct {
 	pod         Pod
 	sid         string
-	o           *open             // nil for a sandbox without a start flow
 	annotations map[string]string // the sandbox config's; nil if unknown
 	kubelet     bool              // its work calls share one connection
 	conn        uint64            // the connection of its RunPodSandbox

@@ -302,7 +302,7 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 		if ann == nil {
 			ann = map[string]string{}
 		}
-		o.ow = &owner{pod: pod, sid: sid, o: o, annotations: ann, kubelet: true, conn: c.Conn, since: c.Start}
+		o.ow = &owner{pod: pod, sid: sid, annotations: ann, kubelet: true, conn: c.Conn, since: c.Start}
 		g.images.owners = append(g.images.owners, o.ow)
 		g.images.owned++
 		g.images.gen++

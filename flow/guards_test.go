@@ -1,9 +1,12 @@
 package flow
 
 import (
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"weak"
 
 	"golang.org/x/net/http2/hpack"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -205,4 +208,45 @@ func TestExactFollowsOwnersAndTraces(t *testing.T) {
 	if got := l.exact(ic, false); got != ow {
 		t.Errorf("status call names %v once its trace is known, want sb-web", got)
 	}
+}
+
+// TestHandedOutFlowsNotKept: a pod whose image never pulls keeps its
+// start flow open for ten minutes, and the image ledger keeps what may
+// still be attributed until then; the flows handed out meanwhile must not
+// be kept with it (on a busy node that was every flow of those minutes).
+func TestHandedOutFlowsNotKept(t *testing.T) {
+	cs := &calls{t0: time.Unix(1700000000, 0)}
+	cfg := podConfig("default", "broken", "uid-b")
+	cs.add("RunPodSandbox", &runtimeapi.RunPodSandboxRequest{Config: cfg}, &runtimeapi.RunPodSandboxResponse{PodSandboxId: "sbb"}, 0, 100*time.Millisecond)
+	img := &runtimeapi.ImageSpec{Image: "127.0.0.1:5000/missing:1"}
+	cs.add("PullImage", &runtimeapi.PullImageRequest{Image: img, SandboxConfig: cfg}, nil, 2, 20*time.Millisecond)
+	for i := range 40 {
+		cs.wait(10 * time.Second)
+		id := strconv.Itoa(i)
+		cs.startPod("default", "web-"+id, "uid-"+id, "sb-"+id, "app")
+	}
+	g := NewGrouper(Options{})
+	var handed []weak.Pointer[Flow]
+	for _, c := range cs.list {
+		for _, f := range g.Add(c) {
+			if f.Pod.Name == "broken" {
+				t.Fatal("the broken pod's start was handed out within ten minutes")
+			}
+			handed = append(handed, weak.Make(f))
+		}
+	}
+	if len(handed) < 20 {
+		t.Fatalf("%d flows handed out, want most of the 40 starts", len(handed))
+	}
+	runtime.GC()
+	kept := 0
+	for _, w := range handed {
+		if w.Value() != nil {
+			kept++
+		}
+	}
+	if kept > 0 {
+		t.Errorf("%d of %d flows handed out are still kept by the grouper", kept, len(handed))
+	}
+	runtime.KeepAlive(g)
 }

@@ -255,7 +255,9 @@ func (g *Grouper) pruneImages() {
 	l.slots = slots
 	owners := l.owners[:0]
 	for _, ow := range l.owners {
-		if ow.mark == l.mark || ow.o != nil && g.starts[ow.sid] == ow.o {
+		// An owner does not point to its start flow: the ledger would keep
+		// every flow handed out since the oldest one still open.
+		if s := g.starts[ow.sid]; ow.mark == l.mark || s != nil && s.ow == ow {
 			ow.mark = l.mark
 			owners = append(owners, ow)
 			continue
