@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -216,4 +218,48 @@ func TestFlowBarrierSkipsEventStream(t *testing.T) {
 			t.Errorf("all %v: barrier %v against the stream's start %v", all, barrier, stream.Start)
 		}
 	}
+}
+
+// TestHeldFlowsBounded: past maxHeldCalls, the flows held back for order
+// are handed out early; every flow still comes, once, and those behind
+// them come late.
+func TestHeldFlowsBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.pcapng")
+	if _, err := benchcap.Write(path, benchcap.DefaultSources(filepath.Join("..", "..")), 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	stream := func(limit int) (keys map[string]int, late int) {
+		saved := maxHeldCalls
+		maxHeldCalls = limit
+		defer func() { maxHeldCalls = saved }()
+		keys = map[string]int{}
+		var maxStart time.Time
+		if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, func(f *flow.Flow) error {
+			keys[f.Pod.String()+" "+f.Kind.String()+" "+f.Start.String()+" "+strconv.Itoa(len(f.Steps))]++
+			if f.Start.Before(maxStart) {
+				late++
+			}
+			maxStart = later(maxStart, f.Start)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return keys, late
+	}
+	all, lateAll := stream(1 << 30)
+	bounded, lateBounded := stream(20)
+	if !maps.Equal(all, bounded) {
+		t.Errorf("bounded: %d distinct flows, unbounded %d; they differ", len(bounded), len(all))
+	}
+	if lateBounded <= lateAll {
+		t.Errorf("%d flows late with at most 20 calls held, %d unbounded: the bound did not act", lateBounded, lateAll)
+	}
+	t.Logf("%d flows; late: %d unbounded, %d bounded", len(all), lateAll, lateBounded)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
