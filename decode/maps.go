@@ -202,7 +202,9 @@ func (mf *mapFiller) entry(mp *map[string]string, b []byte) bool {
 			return false
 		}
 		v, m := protowire.ConsumeBytes(b[n:])
-		if m < 0 {
+		// Each string given is checked, as protobuf-go does, not only
+		// the last one.
+		if m < 0 || !utf8.Valid(v) {
 			return false
 		}
 		b = b[n+m:]
@@ -211,9 +213,6 @@ func (mf *mapFiller) entry(mp *map[string]string, b []byte) bool {
 		} else {
 			val = v
 		}
-	}
-	if !utf8.Valid(key) || !utf8.Valid(val) {
-		return false
 	}
 	if *mp == nil {
 		*mp = map[string]string{}

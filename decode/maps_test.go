@@ -85,6 +85,8 @@ func TestMapsFromWire(t *testing.T) {
 		{"unknown field in an entry", info(entry(str(1, "k"), str(3, "x"), str(2, "v"))), false},
 		{"varint in an entry", info(entry(str(1, "k"), protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 7))), false},
 		{"invalid UTF-8 key", info(entry(str(1, "\xff"), str(2, "v"))), false},
+		{"invalid UTF-8 key, then a valid one", info(entry(str(1, "\xff"), str(1, "k"), str(2, "v"))), false},
+		{"invalid UTF-8 value, then a valid one", info(entry(str(1, "k"), str(2, "\xc3"), str(2, "v"))), false},
 		{"invalid UTF-8 value", inStatus(append(str(1, "s1"), protowire.AppendBytes(protowire.AppendTag(nil, 7, protowire.BytesType), entry(str(1, "k"), str(2, "\xc3")))...)), false},
 		{"status given twice, merged", append(inStatus(protowire.AppendBytes(protowire.AppendTag(nil, 7, protowire.BytesType), entry(str(1, "a"), str(2, "1")))), inStatus(protowire.AppendBytes(protowire.AppendTag(nil, 7, protowire.BytesType), entry(str(1, "b"), str(2, "2"))))...), false},
 		{"cut entry", info(entry(str(1, "k"), str(2, "v")))[:5], false},
