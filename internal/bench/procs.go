@@ -206,6 +206,8 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	copied := []*copiedBench{
 		{title: "Connections never closed", source: "crictl-lifecycle", what: "a connection per crictl command"},
 		{title: "Event streams never closed", source: "kubelet-burst-containerd2", what: "kubelet with the Evented PLEG, its GetContainerEvents stream open in every copy; 20-pod bursts"},
+		{title: "A busy node", source: "kubelet-burst-containerd2", busy: []string{"kubelet-burst-containerd2", "kubelet-missing"},
+			what: "20-pod bursts and a pod whose image is missing, in turn, a copy starting every 10 s so that they overlap, each with IDs of its own"},
 	}
 	for _, cb := range copied {
 		if err := cb.run(ctx, root, tmp, bin, out, *size); err != nil {
@@ -284,6 +286,7 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // without its connections' ends (benchcap.WriteUnclosed).
 type copiedBench struct {
 	title, source, what string
+	busy                []string // sources of benchcap.WriteBusy instead
 	jobs                []*job
 	st                  benchcap.Stats
 	mb                  float64
@@ -293,7 +296,16 @@ func (cb *copiedBench) run(ctx context.Context, root, tmp, bin, out string, size
 	path := filepath.Join(tmp, "copied.pcapng")
 	defer os.Remove(path)
 	var err error
-	if cb.st, err = benchcap.WriteUnclosed(path, filepath.Join(root, "testdata", cb.source, "capture.pcapng"), size); err != nil {
+	if len(cb.busy) > 0 {
+		var srcs []string
+		for _, b := range cb.busy {
+			srcs = append(srcs, filepath.Join(root, "testdata", b, "capture.pcapng"))
+		}
+		cb.st, err = benchcap.WriteBusy(path, srcs, size, 10*time.Second)
+	} else {
+		cb.st, err = benchcap.WriteUnclosed(path, filepath.Join(root, "testdata", cb.source, "capture.pcapng"), size)
+	}
+	if err != nil {
 		return err
 	}
 	cb.mb = float64(cb.st.Bytes) / 1e6
@@ -315,8 +327,12 @@ func (cb *copiedBench) run(ctx context.Context, root, tmp, bin, out string, size
 }
 
 func (cb *copiedBench) print(stdout io.Writer) {
-	fmt.Fprintf(stdout, "\n%s: %.1f MB, %d copies of testdata/%s (%s), %d connections none of which is seen to close; one run each.\n\n",
-		cb.title, cb.mb, cb.st.Rounds, cb.source, cb.what, cb.st.Conns)
+	src := "testdata/" + cb.source
+	if len(cb.busy) > 0 {
+		src = "testdata/" + strings.Join(cb.busy, " and testdata/")
+	}
+	fmt.Fprintf(stdout, "\n%s: %.1f MB, %d copies of %s (%s), %d connections none of which is seen to close; one run each.\n\n",
+		cb.title, cb.mb, cb.st.Rounds, src, cb.what, cb.st.Conns)
 	fmt.Fprintf(stdout, "| command | CPU s | MB/s per CPU s | peak RSS |\n|---|---:|---:|---:|\n")
 	for _, j := range cb.jobs {
 		m := j.median()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // TestWrite builds a small capture and checks what the benchmarks rely on:
@@ -126,5 +127,73 @@ func TestWriteUnclosed(t *testing.T) {
 		if c.Flags != 0 || c.Name == "" {
 			t.Fatalf("call %s on conn %d: flags %v, errors %v", c.Name, c.Conn, c.Flags, c.Errors)
 		}
+	}
+}
+
+// TestWriteBusy: copies of a real kubelet burst overlapping in time, in
+// time order, each with IDs of its own, decode as the source does.
+func TestWriteBusy(t *testing.T) {
+	src := filepath.Join("..", "..", "testdata", "kubelet-burst-containerd2", "capture.pcapng")
+	path := filepath.Join(t.TempDir(), "busy.pcapng")
+	st, err := WriteBusy(path, []string{src}, 6<<20, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, err := capture.OpenFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oneCalls, _, err := decode.DecodeAll(one, decode.Options{})
+	one.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sandboxes := func(calls []*decode.Call) map[string]bool {
+		ids := map[string]bool{}
+		for _, c := range calls {
+			if r, ok := c.Response().(*runtimeapi.RunPodSandboxResponse); ok {
+				ids[r.GetPodSandboxId()] = true
+			}
+		}
+		return ids
+	}
+	s, err := capture.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var calls []*decode.Call
+	var last time.Time
+	d := decode.New(decode.Options{OnCall: func(c *decode.Call) { calls = append(calls, c) }})
+	for {
+		c, err := s.Next()
+		if err != nil {
+			break
+		}
+		if c.Time.Before(last) {
+			t.Fatalf("chunk at %v after one at %v", c.Time, last)
+		}
+		last = c.Time
+		d.Feed(c)
+	}
+	d.Close()
+	if st.Rounds < 3 {
+		t.Fatalf("stats %+v: want several copies", st)
+	}
+	// Overlapping: the copies take less time than one after the other.
+	span := oneCalls[len(oneCalls)-1].Start.Sub(oneCalls[0].Start)
+	if got := calls[len(calls)-1].Start.Sub(calls[0].Start); got >= time.Duration(st.Rounds)*span {
+		t.Errorf("%d copies span %v, one %v: they do not overlap", st.Rounds, got, span)
+	}
+	if len(calls) != st.Rounds*len(oneCalls) {
+		t.Errorf("%d calls, want %d copies of %d", len(calls), st.Rounds, len(oneCalls))
+	}
+	for _, c := range calls {
+		if c.Flags&^decode.Incomplete != 0 || c.Name == "" {
+			t.Fatalf("call %s on conn %d: flags %v, errors %v", c.Name, c.Conn, c.Flags, c.Errors)
+		}
+	}
+	if got, want := len(sandboxes(calls)), st.Rounds*len(sandboxes(oneCalls)); got != want || want == 0 {
+		t.Errorf("%d distinct sandbox IDs, want %d: each copy's own", got, want)
 	}
 }

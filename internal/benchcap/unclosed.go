@@ -2,10 +2,6 @@ package benchcap
 
 import (
 	"bufio"
-	"errors"
-	"fmt"
-	"io"
-	"slices"
 	"time"
 
 	"github.com/criseq/criseq/capture"
@@ -18,33 +14,9 @@ import (
 // cut. crictl's captures open a connection per command, so a capture of
 // crictl makes many.
 func WriteUnclosed(path, src string, size int64) (Stats, error) {
-	s, err := capture.OpenFile(src)
+	chunks, maxConn, err := readUnclosed(src)
 	if err != nil {
 		return Stats{}, err
-	}
-	var chunks []capture.Chunk
-	var maxConn uint64
-	var bytes int64
-	for {
-		c, err := s.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			s.Close()
-			return Stats{}, err
-		}
-		if c.Kind == capture.Close {
-			continue
-		}
-		c.Data = slices.Clone(c.Data)
-		maxConn = max(maxConn, c.Conn)
-		bytes += int64(len(c.Data))
-		chunks = append(chunks, c)
-	}
-	s.Close()
-	if len(chunks) == 0 || bytes == 0 {
-		return Stats{}, fmt.Errorf("benchcap: %s holds no bytes", src)
 	}
 	f, err := capture.CreateFile(path)
 	if err != nil {
