@@ -44,6 +44,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runRelay(ctx, args, stdout, stderr)
 	case "cri-server":
 		return runCRIServer(ctx, args)
+	case "measure":
+		return runMeasure(args)
 	}
-	return fmt.Errorf("unknown command %q (table, capture, relay, cri-server)", cmd)
+	return fmt.Errorf("unknown command %q (table, capture, relay, cri-server, measure)", cmd)
 }

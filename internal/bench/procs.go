@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -13,7 +14,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/criseq/criseq/internal/benchcap"
@@ -26,9 +26,19 @@ type usage struct {
 }
 
 // timed runs a command to the end, its output thrown away, and returns
-// its whole-process figures.
+// its whole-process figures, as measure gives them.
 func timed(ctx context.Context, dir string, name string, args ...string) (usage, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
+	self, err := os.Executable()
+	if err != nil {
+		return usage{}, err
+	}
+	res, err := os.CreateTemp("", "criseq-bench-*.json")
+	if err != nil {
+		return usage{}, err
+	}
+	res.Close()
+	defer os.Remove(res.Name())
+	cmd := exec.CommandContext(ctx, self, append([]string{"measure", res.Name(), "--", name}, args...)...)
 	cmd.Dir = dir
 	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
@@ -37,16 +47,18 @@ func timed(ctx context.Context, dir string, name string, args ...string) (usage,
 	defer null.Close()
 	var stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = null, &stderr
-	t0 := time.Now()
 	if err := cmd.Run(); err != nil {
 		return usage{}, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
 	}
-	u := usage{wall: time.Since(t0)}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		u.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-		u.maxRSS = ru.Maxrss << 10
+	b, err := os.ReadFile(res.Name())
+	if err != nil {
+		return usage{}, err
 	}
-	return u, nil
+	var m measured
+	if err := json.Unmarshal(b, &m); err != nil {
+		return usage{}, fmt.Errorf("measure: %w", err)
+	}
+	return usage{cpu: m.CPU, wall: m.Wall, maxRSS: m.MaxRSS}, nil
 }
 
 // job is one command measured against the capture.

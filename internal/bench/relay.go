@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -169,6 +168,12 @@ func (rb *relayBench) stop() {
 	}
 	for i := len(rb.procs) - 1; i >= 0; i-- {
 		p := rb.procs[i]
+		if p == rb.record {
+			// Read while it runs: its ru_maxrss would count the bench's.
+			if rss, err := peakRSS(p.Process.Pid); err == nil {
+				rb.recordRSS = rss
+			}
+		}
 		p.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
 		go func() { p.Wait(); close(done) }()
@@ -177,9 +182,6 @@ func (rb *relayBench) stop() {
 		case <-time.After(5 * time.Second):
 			p.Process.Kill()
 			<-done
-		}
-		if ru, ok := p.ProcessState.SysUsage().(*syscall.Rusage); ok && p == rb.record {
-			rb.recordRSS = ru.Maxrss << 10
 		}
 	}
 	if rb.dir != "" {

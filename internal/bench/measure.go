@@ -1,0 +1,68 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// A child's ru_maxrss counts the high-water RSS of the process that
+// started it: os/exec's vfork shares the parent's memory until exec, and
+// Linux keeps that mark for the child. The bench, holding captures it
+// has just written, would be counted as the command's peak; so each
+// command is started by a small process of its own (measure), and a
+// daemon's peak is read from its /proc status (VmHWM) while it runs.
+
+// measured is what measure writes.
+type measured struct {
+	CPU, Wall time.Duration
+	MaxRSS    int64 // bytes
+}
+
+// runMeasure runs args[2:] (args: OUT --) and writes its figures to OUT
+// as JSON; the command's exit status is the error.
+func runMeasure(args []string) error {
+	if len(args) < 3 || args[1] != "--" {
+		return errors.New("usage: measure OUT -- COMMAND [ARG...]")
+	}
+	cmd := exec.Command(args[2], args[3:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	t0 := time.Now()
+	runErr := cmd.Run()
+	m := measured{Wall: time.Since(t0)}
+	if cmd.ProcessState != nil {
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			m.CPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			m.MaxRSS = ru.Maxrss << 10
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(args[0], b, 0o600); err != nil {
+		return err
+	}
+	return runErr
+}
+
+// peakRSS is a running process's high-water RSS, from /proc.
+func peakRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmHWM")
+}
