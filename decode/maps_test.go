@@ -70,8 +70,12 @@ func TestMapsFromWire(t *testing.T) {
 	str := func(num protowire.Number, s string) []byte {
 		return protowire.AppendString(protowire.AppendTag(nil, num, protowire.BytesType), s)
 	}
-	info := func(e []byte) []byte { return protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), e) }
-	inStatus := func(b []byte) []byte { return protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), b) }
+	info := func(e []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), e)
+	}
+	inStatus := func(b []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), b)
+	}
 	cases := []struct {
 		name   string
 		b      []byte
