@@ -82,15 +82,7 @@ func TestWriteUnclosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	one, err := capture.OpenFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	oneCalls, _, err := decode.DecodeAll(one, decode.Options{})
-	one.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	oneCalls := decodeFile(t, src)
 	s, err := capture.OpenFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -139,15 +131,7 @@ func TestWriteBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	one, err := capture.OpenFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	oneCalls, _, err := decode.DecodeAll(one, decode.Options{})
-	one.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	oneCalls := decodeFile(t, src)
 	sandboxes := func(calls []*decode.Call) map[string]bool {
 		ids := map[string]bool{}
 		for _, c := range calls {
@@ -196,4 +180,19 @@ func TestWriteBusy(t *testing.T) {
 	if got, want := len(sandboxes(calls)), st.Rounds*len(sandboxes(oneCalls)); got != want || want == 0 {
 		t.Errorf("%d distinct sandbox IDs, want %d: each copy's own", got, want)
 	}
+}
+
+// decodeFile decodes every call of a capture file.
+func decodeFile(t *testing.T, path string) []*decode.Call {
+	t.Helper()
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	calls, _, err := decode.DecodeAll(src, decode.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return calls
 }
