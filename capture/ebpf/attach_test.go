@@ -336,7 +336,9 @@ func testMatchesRelay(t *testing.T, via attachment) {
 // relay reads it, and reads a reply after the relay wrote it; queueing in
 // between (a busy relay, a client slow to read) can take milliseconds. So
 // the times must agree with that order, to within 1 ms (a write's own
-// duration, the clock conversion).
+// duration, the clock conversion). The tracer stamps a syscall at its
+// exit: a writer preempted after its bytes were copied is stamped late, so
+// a few chunks may break the order; many, or one by far, is a clock bug.
 func checkSkew(t testing.TB, skew [2][]time.Duration) {
 	t.Helper()
 	if len(skew[0]) == 0 || len(skew[1]) == 0 {
@@ -346,10 +348,15 @@ func checkSkew(t testing.TB, skew [2][]time.Duration) {
 	for d, sk := range skew {
 		slices.Sort(sk)
 		bad := 0
+		var worst time.Duration
 		for _, s := range sk {
-			if d == 0 && s > time.Millisecond || d == 1 && s < -time.Millisecond {
+			if d == 1 {
+				s = -s
+			}
+			if s > time.Millisecond {
 				bad++
 			}
+			worst = max(worst, s)
 		}
 		abs := make([]time.Duration, len(sk))
 		for i, s := range sk {
@@ -358,8 +365,8 @@ func checkSkew(t testing.TB, skew [2][]time.Duration) {
 		slices.Sort(abs)
 		t.Logf("%v: tracer − relay over %d chunks: min %v, median %v, max %v; |difference| median %v, p90 %v",
 			capture.Dir(d), len(sk), sk[0], sk[len(sk)/2], sk[len(sk)-1], abs[len(abs)/2], abs[len(abs)*9/10])
-		if bad > 0 {
-			t.Errorf("%v: %d of %d chunks seen by the tracer out of order with the relay by more than 1ms", capture.Dir(d), bad, len(sk))
+		if bad*20 > len(sk) || worst > 100*time.Millisecond {
+			t.Errorf("%v: %d of %d chunks seen by the tracer out of order with the relay by more than 1ms, the worst by %v", capture.Dir(d), bad, len(sk), worst)
 		}
 	}
 }
