@@ -266,7 +266,16 @@ func diffFlows(file string, specs []diffSpec, all bool, lists listStreaming, std
 	var flows []*flow.Flow
 	var last time.Time
 	matched := make([]int, len(specs))
-	calls, err := streamFlows(file, decode.Options{SkipResponseMaps: true}, lists, flow.Options{All: all}, stderr, func(f *flow.Flow) error {
+	// Only a flow some spec may pick is held whole.
+	mayPick := func(f *flow.Flow) bool {
+		for _, s := range specs {
+			if s.file == file && f.Kind == s.kind && len(filterPod([]*flow.Flow{f}, s.pod)) > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	calls, err := streamFlows(file, decode.Options{SkipResponseMaps: true}, lists, flow.Options{All: all}, stderr, mayPick, func(f *flow.Flow) error {
 		// A flow handed out late may sort before the ones above it: kept
 		// whole, whichever #N it turns out to be. A flow in order has
 		// every match handed out before it sort before it, so its #N is

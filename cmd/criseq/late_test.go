@@ -145,7 +145,7 @@ func TestFlowsStreamed(t *testing.T) {
 	var flows []*flow.Flow
 	var maxStart time.Time
 	late := 0
-	if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, func(f *flow.Flow) error {
+	if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, nil, func(f *flow.Flow) error {
 		flows = append(flows, f)
 		if f.Start.Before(maxStart) {
 			late++
@@ -234,7 +234,7 @@ func TestHeldFlowsBounded(t *testing.T) {
 		defer func() { maxHeldCalls = saved }()
 		keys = map[string]int{}
 		var maxStart time.Time
-		if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, func(f *flow.Flow) error {
+		if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, nil, func(f *flow.Flow) error {
 			keys[f.Pod.String()+" "+f.Kind.String()+" "+f.Start.String()+" "+strconv.Itoa(len(f.Steps))]++
 			if f.Start.Before(maxStart) {
 				late++
@@ -255,6 +255,29 @@ func TestHeldFlowsBounded(t *testing.T) {
 		t.Errorf("%d flows late with at most 20 calls held, %d unbounded: the bound did not act", lateBounded, lateAll)
 	}
 	t.Logf("%d flows; late: %d unbounded, %d bounded", len(all), lateAll, lateBounded)
+
+	// A flow want refuses comes as a stub, in its place.
+	stubs, whole := 0, 0
+	if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, func(f *flow.Flow) bool { return f.Kind == flow.Start }, func(f *flow.Flow) error {
+		switch {
+		case f.Kind == flow.Stop && len(f.Steps) == 0:
+			stubs++
+		case f.Kind == flow.Start && len(f.Steps) > 0:
+			whole++
+		default:
+			t.Errorf("%s %s with %d steps", f.Pod, f.Kind, len(f.Steps))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, n := range all {
+		total += n
+	}
+	if stubs == 0 || whole == 0 || stubs+whole != total {
+		t.Errorf("%d stubs and %d whole flows, want the stops as stubs and the starts whole, %d in all", stubs, whole, total)
+	}
 }
 
 func later(a, b time.Time) time.Time {

@@ -32,8 +32,10 @@ var maxHeldCalls = 4096
 // flow to emit in flow.Sort's order (start time, then pod), but for the
 // late ones (see lateFlow). Memory follows the open calls and flows, not
 // the length of the capture. Unless fopts.All, the bodies of kubelet's
-// polling calls are not unmarshalled: no flow shows them.
-func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts flow.Options, stderr io.Writer, emit func(*flow.Flow) error) (calls int, err error) {
+// polling calls are not unmarshalled: no flow shows them. A flow that
+// want refuses is held, and handed to emit, as a stub of its kind, pod
+// and start: it costs no memory while it waits for its turn.
+func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts flow.Options, stderr io.Writer, want func(*flow.Flow) bool, emit func(*flow.Flow) error) (calls int, err error) {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return 0, err
@@ -44,6 +46,9 @@ func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts f
 	var held flowHeap
 	seq, heldCalls := 0, 0
 	push := func(f *flow.Flow) {
+		if want != nil && !want(f) {
+			f = &flow.Flow{Kind: f.Kind, Pod: f.Pod, Start: f.Start}
+		}
 		seq++
 		heap.Push(&held, heldFlow{f, seq})
 		heldCalls += len(f.Steps) + len(f.Events)
@@ -135,7 +140,7 @@ func flowBarrier(last time.Time, g *flow.Grouper, d *decode.Decoder, all bool) t
 // loadFlows is streamFlows keeping every flow, sorted: for outputs that
 // need them all at once (the HTML viewer).
 func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer) (flows []*flow.Flow, calls int, err error) {
-	calls, err = streamFlows(path, dopts, "", fopts, stderr, func(f *flow.Flow) error {
+	calls, err = streamFlows(path, dopts, "", fopts, stderr, nil, func(f *flow.Flow) error {
 		flows = append(flows, f)
 		return nil
 	})

@@ -100,8 +100,9 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	fw := &flowFiles{formats: perFlow, dir: o.out, ro: render.Options{TimeScale: o.timescale}, stdout: stdout, seen: map[string]int{}}
 	var kept []*flow.Flow
 	n := 0
-	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html}, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, func(f *flow.Flow) error {
-		if o.pod != "" && len(filterPod([]*flow.Flow{f}, o.pod)) == 0 {
+	ofPod := func(f *flow.Flow) bool { return o.pod == "" || len(filterPod([]*flow.Flow{f}, o.pod)) > 0 }
+	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html}, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, ofPod, func(f *flow.Flow) error {
+		if !ofPod(f) {
 			return nil
 		}
 		n++
