@@ -21,11 +21,12 @@ import (
 // for more containers, a sandbox that never gets one ten).
 const lateFlow = 15 * time.Minute
 
-// maxHeldCalls bounds the calls of the flows held back for order: on a
-// busy node, 15 minutes of flows behind a call that never returns took
-// 200 MiB. Past it the earliest held flows are handed out, and a flow that
-// starts before them comes later, out of order, as after lateFlow. About
-// 1.5 KB a call: 6 MB. A variable for tests.
+// maxHeldCalls bounds the calls of the flows held back for order: 15
+// minutes of flows behind a call that never returns took 200 MiB on
+// overlapping copies of a burst that reused each other's IDs. Past it the
+// earliest held flows are handed out, and a flow that starts before them
+// comes later, out of order, as after lateFlow. About 1.5 KB a call:
+// 6 MB. A variable for tests.
 var maxHeldCalls = 4096
 
 // streamFlows decodes and groups a capture file as a stream and hands each
