@@ -269,7 +269,7 @@ func diffFlows(file string, specs []diffSpec, all bool, lists listStreaming, std
 	// Only a flow some spec may pick is held whole.
 	mayPick := func(f *flow.Flow) bool {
 		for _, s := range specs {
-			if s.file == file && f.Kind == s.kind && len(filterPod([]*flow.Flow{f}, s.pod)) > 0 {
+			if s.picks(file, f) {
 				return true
 			}
 		}
@@ -286,7 +286,7 @@ func diffFlows(file string, specs []diffSpec, all bool, lists listStreaming, std
 		}
 		keep := false
 		for i, s := range specs {
-			if s.file == file && f.Kind == s.kind && len(filterPod([]*flow.Flow{f}, s.pod)) > 0 {
+			if s.picks(file, f) {
 				matched[i]++
 				keep = keep || late || matched[i] <= s.n
 			}
@@ -302,6 +302,11 @@ func diffFlows(file string, specs []diffSpec, all bool, lists listStreaming, std
 	}
 	flow.Sort(flows) // flows handed out late
 	return flows, calls, nil
+}
+
+// picks says whether s may pick f, a flow of file: its kind and pod.
+func (s diffSpec) picks(file string, f *flow.Flow) bool {
+	return s.file == file && f.Kind == s.kind && ofPod(f, s.pod)
 }
 
 // pickFlow finds the flow a spec names, or says which flows the file has.

@@ -100,9 +100,9 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	fw := &flowFiles{formats: perFlow, dir: o.out, ro: render.Options{TimeScale: o.timescale}, stdout: stdout, seen: map[string]int{}}
 	var kept []*flow.Flow
 	n := 0
-	ofPod := func(f *flow.Flow) bool { return o.pod == "" || len(filterPod([]*flow.Flow{f}, o.pod)) > 0 }
-	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html}, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, ofPod, func(f *flow.Flow) error {
-		if !ofPod(f) {
+	wanted := func(f *flow.Flow) bool { return ofPod(f, o.pod) }
+	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html}, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, wanted, func(f *flow.Flow) error {
+		if !wanted(f) {
 			return nil
 		}
 		n++
@@ -162,11 +162,16 @@ func filterPod(flows []*flow.Flow, pod string) []*flow.Flow {
 	}
 	var out []*flow.Flow
 	for _, f := range flows {
-		if f.Pod.String() == pod || f.Pod.Name == pod {
+		if ofPod(f, pod) {
 			out = append(out, f)
 		}
 	}
 	return out
+}
+
+// ofPod says whether f is pod's (NAMESPACE/NAME or NAME; "": any pod's).
+func ofPod(f *flow.Flow, pod string) bool {
+	return pod == "" || f.Pod.String() == pod || f.Pod.Name == pod
 }
 
 // flowFiles writes one file per flow and format, as flows come, and a

@@ -285,7 +285,7 @@ func (w *watcher) emit(flows []*flow.Flow) {
 		if w.ns != "" && f.Pod.Namespace != w.ns {
 			continue
 		}
-		if len(filterPod([]*flow.Flow{f}, w.o.pod)) == 0 {
+		if !ofPod(f, w.o.pod) {
 			continue
 		}
 		base, again := w.names[f]
