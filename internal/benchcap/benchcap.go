@@ -33,7 +33,7 @@ import (
 
 // Version changes whenever the output for the same inputs changes, so that
 // a cached capture is made again.
-const Version = 1
+const Version = 2
 
 // DefaultSources returns the real captures the benchmarks copy: the
 // kubelet captures under testdata/ of the repository at root (kubelet-*),
@@ -77,6 +77,7 @@ type Stats struct {
 type source struct {
 	path   string
 	chunks []capture.Chunk // up to the cut, in file order
+	ids    [][]int         // by chunk, where its IDs are (findIDs)
 	start  time.Time       // first chunk's time
 	span   time.Duration   // first chunk to the cut
 	conns  map[uint64]bool
@@ -121,12 +122,15 @@ func Write(path string, sources []string, size int64) (Stats, error) {
 	for range rounds {
 		for _, s := range srcs {
 			shift := base.Add(cursor).Sub(s.start)
-			plan = append(plan, placed{s, shift})
 			for _, e := range s.events {
-				ev := cloneEvent(e.ev)
+				ev, err := copyEvent(e.ev, len(plan))
+				if err != nil {
+					return Stats{}, err
+				}
 				ev.CreatedAt = s.start.Add(shift + e.at).UnixNano()
 				events = append(events, timedEvent{cursor + e.at, ev})
 			}
+			plan = append(plan, placed{s, shift})
 			cursor += s.span + pause
 		}
 	}
@@ -156,10 +160,16 @@ func Write(path string, sources []string, size int64) (Stats, error) {
 		st.Payload += int64(len(c.Data))
 		return w.Write(c)
 	}
-	for _, p := range plan {
+	buf := make([]byte, 0, 1<<16)
+	for n, p := range plan {
 		ids := map[uint64]uint64{}
-		for _, c := range p.s.chunks {
+		for i, c := range p.s.chunks {
 			c.Time = c.Time.Add(p.shift)
+			if len(p.s.ids[i]) > 0 {
+				buf = append(buf[:0], c.Data...)
+				ownIDs(buf, p.s.ids[i], n)
+				c.Data = buf
+			}
 			for k < len(stream) && !at(stream[k].tag).After(c.Time) {
 				e := stream[k].chunk
 				e.Time = at(stream[k].tag)
@@ -285,6 +295,7 @@ func load(path string) (*source, error) {
 		s.conns[c.Conn] = true
 	}
 	s.span = cut.Sub(s.start)
+	s.ids = findIDs(s.chunks)
 	s.events = containerEvents(calls, cut, s.start)
 	return s, nil
 }
@@ -367,6 +378,16 @@ func containerEvents(calls []*decode.Call, cut, start time.Time) []timedEvent {
 	return out
 }
 
-func cloneEvent(e *runtimeapi.ContainerEventResponse) *runtimeapi.ContainerEventResponse {
-	return proto.Clone(e).(*runtimeapi.ContainerEventResponse)
+// copyEvent is e with the IDs of copy k (ownIDs).
+func copyEvent(e *runtimeapi.ContainerEventResponse, k int) (*runtimeapi.ContainerEventResponse, error) {
+	b, err := proto.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("benchcap: %w", err)
+	}
+	ownIDs(b, findIDs([]capture.Chunk{{Data: b}})[0], k)
+	ev := &runtimeapi.ContainerEventResponse{}
+	if err := proto.Unmarshal(b, ev); err != nil {
+		return nil, fmt.Errorf("benchcap: %w", err)
+	}
+	return ev, nil
 }

@@ -36,7 +36,23 @@ func TestWrite(t *testing.T) {
 	stopConns := map[uint64]bool{} // connections with a stop still open
 	var stream *decode.Call        // the one served for the benchmarks
 	var events, real int
+	sandboxes := map[string]int{}   // RunPodSandbox's answers
+	eventIDs := map[string]bool{}   // containers named in the events
+	containers := map[string]bool{} // CreateContainer's answers
 	for _, c := range calls {
+		switch r := c.Response().(type) {
+		case *runtimeapi.RunPodSandboxResponse:
+			sandboxes[r.GetPodSandboxId()]++
+		case *runtimeapi.CreateContainerResponse:
+			containers[r.GetContainerId()] = true
+		}
+		if c.Conn == 1 {
+			for _, m := range c.Responses {
+				if e, ok := m.Proto.(*runtimeapi.ContainerEventResponse); ok {
+					eventIDs[e.GetContainerId()] = true
+				}
+			}
+		}
 		switch {
 		case (c.Name == "StopContainer" || c.Name == "StopPodSandbox") && c.End.IsZero():
 			stopConns[c.Conn] = true
@@ -48,6 +64,21 @@ func TestWrite(t *testing.T) {
 			// open to the end (containerd 1.6's, in kubelet-burst, fail
 			// at once)
 			real++
+		}
+	}
+	// Each copy has sandboxes and containers of its own, and the events
+	// name the copy's containers.
+	for id, n := range sandboxes {
+		if n > 1 {
+			t.Errorf("sandbox %s run %d times: copies share IDs", id, n)
+		}
+	}
+	if len(sandboxes) < st.Rounds*2 {
+		t.Errorf("%d sandboxes in %d rounds", len(sandboxes), st.Rounds)
+	}
+	for id := range eventIDs {
+		if !containers[id] {
+			t.Errorf("event for container %s, which no copy created", id)
 		}
 	}
 	if real != st.Rounds {

@@ -69,9 +69,7 @@ func WriteBusy(path string, srcs []string, size int64, apart time.Duration) (Sta
 		}
 		if len(c.Data) > 0 {
 			buf = append(buf[:0], c.Data...)
-			for _, i := range at[cc.src][cc.i] {
-				copy(buf[i:i+8], fmt.Sprintf("%08x", cc.k))
-			}
+			ownIDs(buf, at[cc.src][cc.i], cc.k)
 			c.Data = buf
 		}
 		st.Payload += int64(len(c.Data))
@@ -131,6 +129,16 @@ func findIDs(chunks []capture.Chunk) [][]int {
 		}
 	}
 	return out
+}
+
+// ownIDs gives the IDs at offsets in b those of copy k: their first 8
+// digits become k's, so that copies of one capture do not share sandboxes,
+// containers, images or pods, as no two pods of a node do.
+func ownIDs(b []byte, at []int, k int) {
+	d := fmt.Sprintf("%08x", k)
+	for _, i := range at {
+		copy(b[i:i+8], d)
+	}
 }
 
 type copyCursor struct {
