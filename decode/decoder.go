@@ -89,6 +89,11 @@ type Options struct {
 	// again is decoded from the next frame boundary, as one caught midway
 	// (ErrForgotten).
 	IdleConn time.Duration
+	// RequestHeader, if set, says which request header fields a Call
+	// keeps, by name (e.g. flow.ReadsHeader); the others are not kept.
+	// An output that shows no headers keeps only what it reads: the
+	// copies were a tenth of what render allocated and kept.
+	RequestHeader func(name string) bool
 
 	noPark    bool // tests only: hand unnamed calls out at once
 	noElim    bool // tests only: parked calls are not named by elimination

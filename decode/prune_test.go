@@ -162,3 +162,52 @@ func TestSkipResponseMapsCaptures(t *testing.T) {
 		})
 	}
 }
+
+// TestRequestHeaderKept decodes every real capture keeping only some
+// request header fields: each call keeps exactly those of its full list,
+// in order, and nothing else changes.
+func TestRequestHeaderKept(t *testing.T) {
+	keep := func(name string) bool { return name == "user-agent" || name == "grpc-timeout" }
+	for _, path := range kubeletCaptures(t) {
+		t.Run(captureName(path), func(t *testing.T) {
+			chunks := readChunks(t, path)
+			decodeWith := func(o Options) (calls []*Call) {
+				o.OnCall = func(c *Call) { calls = append(calls, c) }
+				d := New(o)
+				for _, c := range chunks {
+					d.Feed(c)
+				}
+				d.Close()
+				return calls
+			}
+			full, lean := decodeWith(Options{}), decodeWith(Options{RequestHeader: keep})
+			if len(full) != len(lean) {
+				t.Fatalf("%d calls with every header, %d with some", len(full), len(lean))
+			}
+			kept := 0
+			for i, a := range full {
+				b := lean[i]
+				var want []string
+				for _, h := range a.RequestHeaders {
+					if keep(h.Name) {
+						want = append(want, h.String())
+					}
+				}
+				var got []string
+				for _, h := range b.RequestHeaders {
+					got = append(got, h.String())
+				}
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("call %d %s: kept %q, want %q", i, a.Method, got, want)
+				}
+				kept += len(got)
+				if a.Method != b.Method || a.Status != b.Status || len(a.Responses) != len(b.Responses) || fmt.Sprint(a.ResponseHeaders) != fmt.Sprint(b.ResponseHeaders) {
+					t.Fatalf("call %d: %s %d against %s %d", i, a.Method, a.Status, b.Method, b.Status)
+				}
+			}
+			if kept == 0 {
+				t.Error("no call had the fields kept: the test proves nothing on this capture")
+			}
+		})
+	}
+}

@@ -109,6 +109,22 @@ func (d *Decoder) newStream(cn *conn, sid uint32, t time.Time) *stream {
 	return s
 }
 
+// requestFields are the request header fields a Call keeps
+// (Options.RequestHeader), nil when none.
+func (d *Decoder) requestFields(fields []hpack.HeaderField, scratch bool) []hpack.HeaderField {
+	keep := d.opts.RequestHeader
+	if keep == nil {
+		return ownFields(fields, scratch)
+	}
+	var out []hpack.HeaderField
+	for _, f := range fields {
+		if keep(f.Name) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // maxFreeStreams bounds the streams kept for reuse.
 const maxFreeStreams = 256
 
@@ -135,7 +151,7 @@ func (d *Decoder) onHeaders(cn *conn, h *half, sid uint32, ended, truncated bool
 		s = d.newStream(cn, sid, t)
 		cn.maxStream = max(cn.maxStream, sid)
 		c := s.call
-		c.RequestHeaders = ownFields(fields, scratch)
+		c.RequestHeaders = d.requestFields(fields, scratch)
 		path := pseudoValue(fields, "path")
 		if bf != nil && len(bf.unknown) > 0 || bf != nil && bf.filled {
 			path = d.pathSlots(cn, h, s, path, fields, bf)

@@ -132,6 +132,11 @@ func withDefaultTag(image string) string {
 	return image + ":latest"
 }
 
+// ReadsHeader says whether grouping reads the request header field name:
+// a decoder for outputs that show no headers needs keep only these
+// (decode.Options.RequestHeader).
+func ReadsHeader(name string) bool { return name == "traceparent" }
+
 // traceID is the trace id of the request's W3C traceparent, or "".
 func traceID(c *decode.Call) string {
 	for _, h := range c.RequestHeaders {

@@ -101,7 +101,7 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	var kept []*flow.Flow
 	n := 0
 	wanted := func(f *flow.Flow) bool { return ofPod(f, o.pod) }
-	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html}, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, wanted, func(f *flow.Flow) error {
+	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html, RequestHeader: headersRead(html)}, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, wanted, func(f *flow.Flow) error {
 		if !wanted(f) {
 			return nil
 		}
@@ -206,6 +206,15 @@ func (w *flowFiles) write(f *flow.Flow) error {
 	}
 	fmt.Fprintf(w.stdout, "%-32s %s  → %s\n", termtext.String(f.Pod.String()), summary(f), strings.Join(names, ", "))
 	return nil
+}
+
+// headersRead is what a decoder keeps of request headers: all of them
+// for an output that shows them (html), else what grouping reads.
+func headersRead(shown bool) func(string) bool {
+	if shown {
+		return nil
+	}
+	return flow.ReadsHeader
 }
 
 // summary is the line printed for each flow (render, watch, demo): its
