@@ -109,8 +109,15 @@ func JSON(b []byte) []byte {
 	out := make([]byte, 0, len(b)+16)
 	out = append(out, b[:i]...)
 	for i < len(b) {
+		// Runs of plain ASCII are copied whole: a line with one "…" is
+		// otherwise read rune by rune from there on.
+		if j := plainASCII(b[i:]); j > 0 {
+			out = append(out, b[i:i+j]...)
+			i += j
+			continue
+		}
 		r, n := utf8.DecodeRune(b[i:])
-		if r == '\n' || r == '\t' || (r < utf8.RuneSelf && r != 0x7f) || strconv.IsPrint(r) && r != utf8.RuneError {
+		if strconv.IsPrint(r) && r != utf8.RuneError {
 			out = append(out, b[i:i+n]...)
 			i += n
 			continue
