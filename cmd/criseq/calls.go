@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -214,34 +213,34 @@ func streamCalls(path string, dopts decode.Options, lists listStreaming, keep fu
 	var held callHeap
 	size := 0 // message bytes held, roughly
 	var seq uint64
-	push := func(it *heldItem) {
+	push := func(it heldItem) {
 		seq++
 		it.seq = seq
-		heap.Push(&held, it)
 		size += it.size()
+		held.push(it)
 	}
 	dopts.OnCall = func(c *decode.Call) {
 		if keep == nil || keep(c) {
-			push(&heldItem{c: c, at: c.Start, conn: c.Conn, stream: c.Stream})
+			push(heldItem{c: c, at: c.Start, conn: c.Conn, stream: c.Stream})
 		}
 	}
 	dopts.OnStreamMessage = func(c *decode.Call, m decode.Message) {
 		if messages && (keep == nil || keep(c)) {
-			push(&heldItem{m: &m, method: c.Method, at: m.Time, conn: c.Conn, stream: c.Stream})
+			push(heldItem{m: &m, method: c.Method, at: m.Time, conn: c.Conn, stream: c.Stream})
 		}
 	}
 	d := decode.New(dopts)
 	var last time.Time
 	var emitErr error
-	var printed *heldItem // the last item printed in order
+	var printed, it heldItem // the last item printed in order, the next
 	pop := func() {
-		it := heap.Pop(&held).(*heldItem)
+		it = held.pop()
 		size -= it.size()
-		late := printed != nil && it.less(printed)
+		late := printed.seq != 0 && it.less(&printed)
 		if !late {
 			printed = it
 		}
-		emitErr = emit(it, late)
+		emitErr = emit(&it, late)
 	}
 	release := func(all bool) {
 		if all {
@@ -343,18 +342,48 @@ func (it *heldItem) less(o *heldItem) bool {
 	return it.seq < o.seq
 }
 
-type callHeap []*heldItem
+// callHeap is a min-heap of items by less. The items are held by value:
+// comparing pointers' items was a cache miss a level.
+type callHeap []heldItem
 
-func (h callHeap) Len() int           { return len(h) }
-func (h callHeap) Less(i, j int) bool { return h[i].less(h[j]) }
-func (h callHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *callHeap) Push(x any)        { *h = append(*h, x.(*heldItem)) }
-func (h *callHeap) Pop() any {
-	old := *h
-	it := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	return it
+func (h callHeap) Len() int { return len(h) }
+
+func (h *callHeap) push(it heldItem) {
+	*h = append(*h, it)
+	s := *h
+	for j := len(s) - 1; j > 0; {
+		i := (j - 1) / 2
+		if !s[j].less(&s[i]) {
+			break
+		}
+		s[i], s[j] = s[j], s[i]
+		j = i
+	}
+}
+
+func (h *callHeap) pop() heldItem {
+	s := *h
+	n := len(s) - 1
+	top := s[0]
+	s[0] = s[n]
+	s[n] = heldItem{} // let the call go
+	s = s[:n]
+	for i := 0; ; {
+		j := 2*i + 1
+		if j >= n {
+			break
+		}
+		if r := j + 1; r < n && s[r].less(&s[j]) {
+			j = r
+		}
+		if !s[j].less(&s[i]) {
+			break
+		}
+		s[i], s[j] = s[j], s[i]
+		i = j
+	}
+	*h = s
+	return top
 }
 
 func statusText(c *decode.Call) string {
