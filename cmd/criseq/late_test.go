@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"maps"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -285,4 +286,69 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// TestRenderDrawnAhead: render draws flows as they are built and names
+// and writes them in their turn (svg, puml, mmd, json); with html, which
+// keeps every flow, it holds the flows themselves. Both must give the
+// same files and lines, on copies of real captures where many pods start
+// twice (named -2, -3…) and flows wait behind calls that never return.
+func TestRenderDrawnAhead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "copies.pcapng")
+	if _, err := benchcap.Write(path, benchcap.DefaultSources(filepath.Join("..", "..")), 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	renderTo := func(formats string) (string, map[string][]byte) {
+		dir := t.TempDir()
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), []string{"render", "-o", dir, "--format", formats, path}, &stdout, &stderr); err != nil {
+			t.Fatalf("render --format %s: %v\n%s", formats, err, stderr.String())
+		}
+		files := map[string][]byte{}
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".html") {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			files[e.Name()] = b
+		}
+		// Lines without the directory and the viewer's line.
+		var lines []string
+		for _, l := range strings.Split(stdout.String(), "\n") {
+			if strings.HasPrefix(l, "viewer ") {
+				continue
+			}
+			lines = append(lines, strings.ReplaceAll(strings.ReplaceAll(l, dir+"/", ""), ", "+strings.TrimSuffix(filepath.Base(path), ".pcapng")+".html", ""))
+		}
+		return strings.Join(lines, "\n"), files
+	}
+	aheadOut, ahead := renderTo("svg,puml,mmd,json")
+	heldOut, held := renderTo("svg,puml,mmd,json,html")
+	again := 0
+	for name := range ahead {
+		if strings.Contains(name, "-2.") || strings.Contains(name, "-2_") {
+			again++
+		}
+	}
+	if len(ahead) == 0 || again == 0 {
+		t.Fatalf("%d files, %d of pods started again: the test proves nothing", len(ahead), again)
+	}
+	if len(ahead) != len(held) {
+		t.Errorf("%d files drawn ahead, %d held", len(ahead), len(held))
+	}
+	for name, b := range ahead {
+		if !bytes.Equal(b, held[name]) {
+			t.Errorf("%s differs drawn ahead (%d bytes) and held (%d bytes)", name, len(b), len(held[name]))
+		}
+	}
+	if aheadOut != heldOut {
+		t.Errorf("lines differ:\ndrawn ahead:\n%s\nheld:\n%s", aheadOut, heldOut)
+	}
 }

@@ -37,6 +37,19 @@ var maxHeldCalls = 4096
 // want refuses is held, and handed to emit, as a stub of its kind, pod
 // and start: it costs no memory while it waits for its turn.
 func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts flow.Options, stderr io.Writer, want func(*flow.Flow) bool, emit func(*flow.Flow) error) (calls int, err error) {
+	hold := func(f *flow.Flow) heldFlow {
+		if want != nil && !want(f) {
+			return heldFlow{f: &flow.Flow{Kind: f.Kind, Pod: f.Pod, Start: f.Start}}
+		}
+		return heldFlow{f: f, calls: len(f.Steps) + len(f.Events)}
+	}
+	return streamHeld(path, dopts, lists, fopts, stderr, hold, func(h heldFlow) error { return emit(h.f) })
+}
+
+// streamHeld is streamFlows with what is held of each flow while it waits
+// for its turn told by hold: the flow, a stub, or a stub with the flow
+// drawn. h.calls counts towards maxHeldCalls.
+func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts flow.Options, stderr io.Writer, hold func(*flow.Flow) heldFlow, emit func(heldFlow) error) (calls int, err error) {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return 0, err
@@ -47,17 +60,16 @@ func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts f
 	var held flowHeap
 	seq, heldCalls := 0, 0
 	push := func(f *flow.Flow) {
-		if want != nil && !want(f) {
-			f = &flow.Flow{Kind: f.Kind, Pod: f.Pod, Start: f.Start}
-		}
+		h := hold(f)
 		seq++
-		heap.Push(&held, heldFlow{f, seq})
-		heldCalls += len(f.Steps) + len(f.Events)
+		h.seq = seq
+		heap.Push(&held, h)
+		heldCalls += h.calls
 	}
-	pop := func() *flow.Flow {
-		f := heap.Pop(&held).(heldFlow).f
-		heldCalls -= len(f.Steps) + len(f.Events)
-		return f
+	pop := func() heldFlow {
+		h := heap.Pop(&held).(heldFlow)
+		heldCalls -= h.calls
+		return h
 	}
 	dopts.OnCall = func(c *decode.Call) {
 		calls++
@@ -157,8 +169,10 @@ func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.
 type flowHeap []heldFlow
 
 type heldFlow struct {
-	f   *flow.Flow
-	seq int
+	f     *flow.Flow // the flow, or its stub
+	calls int        // the flow's calls and events, held as they are
+	drawn *drawn     // the flow drawn, if held so
+	seq   int
 }
 
 func (h flowHeap) Len() int { return len(h) }

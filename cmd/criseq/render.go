@@ -101,15 +101,28 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	var kept []*flow.Flow
 	n := 0
 	wanted := func(f *flow.Flow) bool { return ofPod(f, o.pod) }
-	calls, err := streamFlows(path, decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html, RequestHeader: headersRead(html)}, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, wanted, func(f *flow.Flow) error {
+	hold := func(f *flow.Flow) heldFlow {
 		if !wanted(f) {
+			return heldFlow{f: stubOf(f)}
+		}
+		if html || !fw.drawsAhead() {
+			return heldFlow{f: f, calls: len(f.Steps) + len(f.Events)}
+		}
+		return heldFlow{f: stubOf(f), calls: len(f.Steps) + len(f.Events), drawn: fw.draw(f)}
+	}
+	dopts := decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html, RequestHeader: headersRead(html)}
+	calls, err := streamHeld(path, dopts, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, hold, func(h heldFlow) error {
+		if !wanted(h.f) {
 			return nil
 		}
 		n++
-		if html {
-			kept = append(kept, f)
+		if h.drawn != nil {
+			return fw.writeDrawn(h.drawn)
 		}
-		return fw.write(f)
+		if html {
+			kept = append(kept, h.f)
+		}
+		return fw.write(h.f)
 	})
 	if err != nil {
 		return err
@@ -187,25 +200,80 @@ type flowFiles struct {
 }
 
 func (w *flowFiles) write(f *flow.Flow) error {
-	base := strings.TrimSuffix(render.FileName(f, ""), ".")
+	return w.writeDrawn(w.draw(f))
+}
+
+// drawn is a flow drawn in every format, its files not yet named: flows
+// wait for their turn (start order) behind one still being built, up to
+// maxHeldCalls' worth, and their bytes cost the collector nothing to hold
+// where their calls and messages cost a sixth of render's CPU.
+type drawn struct {
+	stub  *flow.Flow // what names its files (stubOf)
+	line  string     // its summary
+	parts [][][]byte // by format: its file, or its Mermaid parts
+	err   error      // the drawing that failed (format parts[len(parts)])
+}
+
+// drawsAhead says whether w's flows are drawn as they are built: not in
+// formats whose bytes are many times the flow's (images).
+func (w *flowFiles) drawsAhead() bool {
+	for _, f := range w.formats {
+		switch f {
+		case "svg", "puml", "mmd", "json", "graph":
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// draw draws f in each of w's formats, up to the first that fails.
+func (w *flowFiles) draw(f *flow.Flow) *drawn {
+	d := &drawn{stub: stubOf(f), line: summary(f)}
+	for _, format := range w.formats {
+		p, err := w.fw.draw(format, f, w.ro)
+		if err != nil {
+			d.err = err
+			break
+		}
+		d.parts = append(d.parts, p)
+	}
+	return d
+}
+
+// writeDrawn names d's files (a pod started twice gets -2, -3… so no file
+// overwrites another), writes them and prints d's line.
+func (w *flowFiles) writeDrawn(d *drawn) error {
+	base := strings.TrimSuffix(render.FileName(d.stub, ""), ".")
 	w.seen[base]++
 	if n := w.seen[base]; n > 1 {
 		base = fmt.Sprintf("%s-%d", base, n)
 	}
 	var names []string
-	for _, format := range w.formats {
-		written, err := w.fw.diagram(w.dir, base, format, f, w.ro)
+	for i, format := range w.formats {
+		if i == len(d.parts) {
+			if format == "mmd" {
+				return d.err
+			}
+			return fmt.Errorf("render: %s: %w", filepath.Join(w.dir, base+render.Ext(format)), d.err)
+		}
+		written, err := w.fw.put(w.dir, base, format, d.parts[i])
 		names = append(names, written...)
 		if err != nil {
 			return err
 		}
 	}
 	if len(names) == 0 { // html only: the viewer is written after
-		fmt.Fprintf(w.stdout, "%-32s %s\n", termtext.String(f.Pod.String()), summary(f))
+		fmt.Fprintf(w.stdout, "%-32s %s\n", termtext.String(d.stub.Pod.String()), d.line)
 		return nil
 	}
-	fmt.Fprintf(w.stdout, "%-32s %s  → %s\n", termtext.String(f.Pod.String()), summary(f), strings.Join(names, ", "))
+	fmt.Fprintf(w.stdout, "%-32s %s  → %s\n", termtext.String(d.stub.Pod.String()), d.line, strings.Join(names, ", "))
 	return nil
+}
+
+// stubOf is what of f sorts it and names its files.
+func stubOf(f *flow.Flow) *flow.Flow {
+	return &flow.Flow{Kind: f.Kind, Pod: f.Pod, SandboxID: f.SandboxID, Start: f.Start}
 }
 
 // headersRead is what a decoder keeps of request headers: all of them
@@ -237,22 +305,51 @@ const renderBufSize = 64 << 10
 // diagram that is split to stay within its renderer's limits (Mermaid:
 // base_2.mmd, …). It returns the names written.
 func (fw *fileWriter) diagram(dir, base, format string, f *flow.Flow, ro render.Options) ([]string, error) {
-	if format != "mmd" {
-		name := filepath.Join(dir, base+render.Ext(format))
-		if err := fw.write(name, func(w io.Writer) error { return render.WriteWith(w, format, f, ro) }); err != nil {
+	parts, err := fw.draw(format, f, ro)
+	if err != nil {
+		if format == "mmd" {
 			return nil, err
 		}
-		return []string{name}, nil
+		return nil, fmt.Errorf("render: %s: %w", filepath.Join(dir, base+render.Ext(format)), err)
 	}
-	parts, err := render.MermaidParts(f)
+	return fw.put(dir, base, format, parts)
+}
+
+// draw draws f in format: one file's bytes, or Mermaid's parts.
+func (fw *fileWriter) draw(format string, f *flow.Flow, ro render.Options) ([][]byte, error) {
+	if format == "mmd" {
+		return render.MermaidParts(f)
+	}
+	fw.buf.Reset()
+	if fw.bw == nil {
+		fw.bw = bufio.NewWriterSize(&fw.buf, renderBufSize)
+	}
+	fw.bw.Reset(&fw.buf)
+	err := render.WriteWith(fw.bw, format, f, ro)
+	if err == nil {
+		err = fw.bw.Flush()
+	}
 	if err != nil {
 		return nil, err
+	}
+	return [][]byte{bytes.Clone(fw.buf.Bytes())}, nil
+}
+
+// put writes what draw drew to dir/base+ext (Mermaid: its parts); it
+// returns the names written.
+func (fw *fileWriter) put(dir, base, format string, parts [][]byte) ([]string, error) {
+	if format != "mmd" {
+		name := filepath.Join(dir, base+render.Ext(format))
+		if err := writeAtomic(name, parts[0]); err != nil {
+			return nil, fmt.Errorf("render: %w", err)
+		}
+		return []string{name}, nil
 	}
 	var names []string
 	for k, p := range parts {
 		name := filepath.Join(dir, base+render.PartExt(format, k))
-		if err := fw.write(name, func(w io.Writer) error { _, err := w.Write(p); return err }); err != nil {
-			return names, err
+		if err := writeAtomic(name, p); err != nil {
+			return names, fmt.Errorf("render: %w", err)
 		}
 		names = append(names, name)
 	}
