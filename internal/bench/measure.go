@@ -21,8 +21,8 @@ import (
 
 // measured is what measure writes.
 type measured struct {
-	CPU, Wall time.Duration
-	MaxRSS    int64 // bytes
+	CPU, Sys, Wall time.Duration // CPU is user+sys
+	MaxRSS         int64         // bytes
 }
 
 // runMeasure runs args[2:] (args: OUT --) and writes its figures to OUT
@@ -39,6 +39,7 @@ func runMeasure(args []string) error {
 	if cmd.ProcessState != nil {
 		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			m.CPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			m.Sys = time.Duration(ru.Stime.Nano())
 			m.MaxRSS = ru.Maxrss << 10
 		}
 	}
