@@ -188,8 +188,7 @@ func ofPod(f *flow.Flow, pod string) bool {
 }
 
 // flowFiles writes one file per flow and format, as flows come, and a
-// line per flow; a pod started twice gets -2, -3… so no file overwrites
-// another.
+// line per flow.
 type flowFiles struct {
 	formats []string
 	dir     string
@@ -200,7 +199,37 @@ type flowFiles struct {
 }
 
 func (w *flowFiles) write(f *flow.Flow) error {
-	return w.writeDrawn(w.draw(f))
+	base := w.base(f)
+	var names []string
+	for _, format := range w.formats {
+		written, err := w.fw.diagram(w.dir, base, format, f, w.ro)
+		names = append(names, written...)
+		if err != nil {
+			return err
+		}
+	}
+	w.line(f.Pod, summary(f), names)
+	return nil
+}
+
+// base names f's files: a pod started twice gets -2, -3… so no file
+// overwrites another.
+func (w *flowFiles) base(f *flow.Flow) string {
+	base := strings.TrimSuffix(render.FileName(f, ""), ".")
+	w.seen[base]++
+	if n := w.seen[base]; n > 1 {
+		base = fmt.Sprintf("%s-%d", base, n)
+	}
+	return base
+}
+
+// line prints a flow's line: its pod, its summary and its files.
+func (w *flowFiles) line(pod flow.Pod, summary string, names []string) {
+	if len(names) == 0 { // html only: the viewer is written after
+		fmt.Fprintf(w.stdout, "%-32s %s\n", termtext.String(pod.String()), summary)
+		return
+	}
+	fmt.Fprintf(w.stdout, "%-32s %s  → %s\n", termtext.String(pod.String()), summary, strings.Join(names, ", "))
 }
 
 // drawn is a flow drawn in every format, its files not yet named: flows
@@ -231,7 +260,7 @@ func (w *flowFiles) drawsAhead() bool {
 func (w *flowFiles) draw(f *flow.Flow) *drawn {
 	d := &drawn{stub: stubOf(f), line: summary(f)}
 	for _, format := range w.formats {
-		p, err := w.fw.draw(format, f, w.ro)
+		p, err := w.fw.draw(format, f, w.ro, true)
 		if err != nil {
 			d.err = err
 			break
@@ -241,14 +270,9 @@ func (w *flowFiles) draw(f *flow.Flow) *drawn {
 	return d
 }
 
-// writeDrawn names d's files (a pod started twice gets -2, -3… so no file
-// overwrites another), writes them and prints d's line.
+// writeDrawn names d's files, writes them and prints d's line.
 func (w *flowFiles) writeDrawn(d *drawn) error {
-	base := strings.TrimSuffix(render.FileName(d.stub, ""), ".")
-	w.seen[base]++
-	if n := w.seen[base]; n > 1 {
-		base = fmt.Sprintf("%s-%d", base, n)
-	}
+	base := w.base(d.stub)
 	var names []string
 	for i, format := range w.formats {
 		if i == len(d.parts) {
@@ -263,11 +287,7 @@ func (w *flowFiles) writeDrawn(d *drawn) error {
 			return err
 		}
 	}
-	if len(names) == 0 { // html only: the viewer is written after
-		fmt.Fprintf(w.stdout, "%-32s %s\n", termtext.String(d.stub.Pod.String()), d.line)
-		return nil
-	}
-	fmt.Fprintf(w.stdout, "%-32s %s  → %s\n", termtext.String(d.stub.Pod.String()), d.line, strings.Join(names, ", "))
+	w.line(d.stub.Pod, d.line, names)
 	return nil
 }
 
@@ -305,7 +325,7 @@ const renderBufSize = 64 << 10
 // diagram that is split to stay within its renderer's limits (Mermaid:
 // base_2.mmd, …). It returns the names written.
 func (fw *fileWriter) diagram(dir, base, format string, f *flow.Flow, ro render.Options) ([]string, error) {
-	parts, err := fw.draw(format, f, ro)
+	parts, err := fw.draw(format, f, ro, false)
 	if err != nil {
 		if format == "mmd" {
 			return nil, err
@@ -315,8 +335,9 @@ func (fw *fileWriter) diagram(dir, base, format string, f *flow.Flow, ro render.
 	return fw.put(dir, base, format, parts)
 }
 
-// draw draws f in format: one file's bytes, or Mermaid's parts.
-func (fw *fileWriter) draw(format string, f *flow.Flow, ro render.Options) ([][]byte, error) {
+// draw draws f in format: one file's bytes, or Mermaid's parts. The bytes
+// are fw's until its next draw, unless keep.
+func (fw *fileWriter) draw(format string, f *flow.Flow, ro render.Options, keep bool) ([][]byte, error) {
 	if format == "mmd" {
 		return render.MermaidParts(f)
 	}
@@ -332,7 +353,10 @@ func (fw *fileWriter) draw(format string, f *flow.Flow, ro render.Options) ([][]
 	if err != nil {
 		return nil, err
 	}
-	return [][]byte{bytes.Clone(fw.buf.Bytes())}, nil
+	if keep {
+		return [][]byte{bytes.Clone(fw.buf.Bytes())}, nil
+	}
+	return [][]byte{fw.buf.Bytes()}, nil
 }
 
 // put writes what draw drew to dir/base+ext (Mermaid: its parts); it
