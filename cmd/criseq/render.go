@@ -244,11 +244,14 @@ type drawn struct {
 }
 
 // drawsAhead says whether w's flows are drawn as they are built: not in
-// formats whose bytes are many times the flow's (images).
+// formats whose bytes are many times the flow's (images), nor the ID-flow
+// graph, whose engine (Graphviz in WebAssembly) takes much of the memory
+// already: held drawn, the bench capture's graphs took 79 MB, held as
+// flows 71.
 func (w *flowFiles) drawsAhead() bool {
 	for _, f := range w.formats {
 		switch f {
-		case "svg", "puml", "mmd", "json", "graph":
+		case "svg", "puml", "mmd", "json":
 		default:
 			return false
 		}

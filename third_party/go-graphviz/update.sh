@@ -13,7 +13,7 @@ NEW=github.com/criseq/criseq/third_party/go-graphviz
 src=$(go mod download -json "$MOD@$VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
 [ -d "$src" ] || { echo "update.sh: $MOD@$VERSION not downloaded" >&2; exit 1; }
 
-find . -mindepth 1 -maxdepth 1 ! -name update.sh ! -name README.md ! -name lazy.go.in -exec rm -rf {} +
+find . -mindepth 1 -maxdepth 1 ! -name update.sh ! -name README.md ! -name '*.go.in' -exec rm -rf {} +
 for f in LICENSE alias.go graphviz.go option.go; do cp "$src/$f" .; done
 mkdir -p cdt cgraph gvc internal/wasm
 cp "$src"/cdt/*.go cdt/
@@ -43,5 +43,11 @@ sed -i -E 's/^\t(Directed|StrictDirected|UnDirected|StrictUnDirected) +\*Desc$/\
 sed -i -E 's/^\t(Directed|StrictDirected|UnDirected|StrictUnDirected) = toDesc\((.*)\)$/\t*\1 = *toDesc(\2)/' "$c"
 sed -i 's/^func init() {$/func init() { wasm.OnLoad(loadGlobals) }\n\nfunc loadGlobals() {/' "$c"
 # gvc: registering the render callbacks touches no WebAssembly any more.
+
+# Drawing a graph frees what it copied into the module (leaks.go.in).
+cp leaks.go.in internal/wasm/leaks.go
+perl -0pi -e 's/\tvar \(\n\t\ts +string\n\t\trenderedLen uint\n\t\)\n\tif _, err := c\.gvc\.RenderData\(ctx, toGraphWasm\(g\), format, &s, &renderedLen\); err != nil \{\n\t\treturn err\n\t\}\n\tif _, err := w\.Write\(\[\]byte\(s\)\); err != nil \{\n\t\treturn err\n\t\}\n\treturn nil\n/\treturn c.gvc.RenderDataTo(ctx, toGraphWasm(g), format, w)\n/' gvc/gvc.go
+sed -i 's/wasm\.MemRead(context\.Background(), string(bytes))/wasm.MemReadFree(context.Background(), string(bytes))/' cgraph/cgraph.go
+grep -q 'RenderDataTo' gvc/gvc.go && grep -q 'MemReadFree' cgraph/cgraph.go || { echo "update.sh: the leak fixes no longer apply" >&2; exit 1; }
 gofmt -l . | xargs -r gofmt -w
 echo "update.sh: $MOD@$VERSION copied into $(pwd)"

@@ -284,7 +284,7 @@ func (d *DataDict) getWasm() *wasm.DataDict {
 type ID uint64
 
 func ParseBytes(bytes []byte) (*Graph, error) {
-	graph, err := wasm.MemRead(context.Background(), string(bytes))
+	graph, err := wasm.MemReadFree(context.Background(), string(bytes))
 	if err != nil {
 		return nil, err
 	}

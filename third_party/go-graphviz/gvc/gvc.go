@@ -59,17 +59,7 @@ func (c *Context) Layout(ctx context.Context, g *cgraph.Graph, engine string) er
 }
 
 func (c *Context) RenderData(ctx context.Context, g *cgraph.Graph, format string, w io.Writer) error {
-	var (
-		s           string
-		renderedLen uint
-	)
-	if _, err := c.gvc.RenderData(ctx, toGraphWasm(g), format, &s, &renderedLen); err != nil {
-		return err
-	}
-	if _, err := w.Write([]byte(s)); err != nil {
-		return err
-	}
-	return nil
+	return c.gvc.RenderDataTo(ctx, toGraphWasm(g), format, w)
 }
 
 func (c *Context) RenderImage(ctx context.Context, g *cgraph.Graph, format string) (image.Image, error) {
