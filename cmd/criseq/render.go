@@ -240,7 +240,7 @@ type drawn struct {
 	stub  *flow.Flow // what names its files (stubOf)
 	line  string     // its summary
 	parts [][][]byte // by format: its file, or its Mermaid parts
-	err   error      // the drawing that failed (format parts[len(parts)])
+	err   error      // why the format after the parts drawn failed
 }
 
 // drawsAhead says whether w's flows are drawn as they are built: not in
