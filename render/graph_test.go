@@ -238,7 +238,8 @@ func TestGraphSamples(t *testing.T) {
 // bindings copied each graph's DOT text and drawing into the WebAssembly
 // module's memory and never freed them; that memory, a Go slice here,
 // never shrinks, so drawing a capture's 3,716 graphs took 132 MB. (The
-// PNG graph still leaks, in go-graphviz's PNG device: see the README.)
+// PNG graph still leaks, in go-graphviz's Go PNG renderer: see
+// third_party/go-graphviz/README.md.)
 func TestGraphMemoryFlat(t *testing.T) {
 	f := captureFlows(t, "kubelet-pull")[0]
 	heap := func() uint64 {
