@@ -39,9 +39,9 @@ var maxHeldCalls = 4096
 func streamFlows(path string, dopts decode.Options, lists listStreaming, fopts flow.Options, stderr io.Writer, want func(*flow.Flow) bool, emit func(*flow.Flow) error) (calls int, err error) {
 	hold := func(f *flow.Flow) heldFlow {
 		if want != nil && !want(f) {
-			return heldFlow{f: &flow.Flow{Kind: f.Kind, Pod: f.Pod, Start: f.Start}}
+			return heldFlow{f: stubOf(f)}
 		}
-		return heldFlow{f: f, calls: len(f.Steps) + len(f.Events)}
+		return heldWhole(f)
 	}
 	return streamHeld(path, dopts, lists, fopts, stderr, hold, func(h heldFlow) error { return emit(h.f) })
 }
@@ -173,6 +173,16 @@ type heldFlow struct {
 	calls int        // the flow's calls and events, held as they are
 	drawn *drawn     // the flow drawn, if held so
 	seq   int
+}
+
+// heldWhole is f held as it is.
+func heldWhole(f *flow.Flow) heldFlow {
+	return heldFlow{f: f, calls: len(f.Steps) + len(f.Events)}
+}
+
+// stubOf is what of f sorts it and names its files.
+func stubOf(f *flow.Flow) *flow.Flow {
+	return &flow.Flow{Kind: f.Kind, Pod: f.Pod, SandboxID: f.SandboxID, Start: f.Start}
 }
 
 func (h flowHeap) Len() int { return len(h) }

@@ -101,14 +101,17 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	var kept []*flow.Flow
 	n := 0
 	wanted := func(f *flow.Flow) bool { return ofPod(f, o.pod) }
+	ahead := !html && fw.drawsAhead()
 	hold := func(f *flow.Flow) heldFlow {
-		if !wanted(f) {
+		switch {
+		case !wanted(f):
 			return heldFlow{f: stubOf(f)}
+		case !ahead:
+			return heldWhole(f)
 		}
-		if html || !fw.drawsAhead() {
-			return heldFlow{f: f, calls: len(f.Steps) + len(f.Events)}
-		}
-		return heldFlow{f: stubOf(f), calls: len(f.Steps) + len(f.Events), drawn: fw.draw(f)}
+		h := heldWhole(f)
+		h.f, h.drawn = stubOf(f), fw.draw(f)
+		return h
 	}
 	dopts := decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html, RequestHeader: headersRead(html)}
 	calls, err := streamHeld(path, dopts, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, hold, func(h heldFlow) error {
@@ -292,11 +295,6 @@ func (w *flowFiles) writeDrawn(d *drawn) error {
 	}
 	w.line(d.stub.Pod, d.line, names)
 	return nil
-}
-
-// stubOf is what of f sorts it and names its files.
-func stubOf(f *flow.Flow) *flow.Flow {
-	return &flow.Flow{Kind: f.Kind, Pod: f.Pod, SandboxID: f.SandboxID, Start: f.Start}
 }
 
 // headersRead is what a decoder keeps of request headers: all of them

@@ -69,17 +69,16 @@ type job struct {
 	target string
 }
 
-// outDirs counts the output directories made.
-var outDirs int
-
 // run runs j once on file, writing into a new directory named after out.
 // Removing the last run's thousands of files just before would charge
 // the kernel's clean-up of them to this run (on this VM's ext4, 0.2 s of
 // render's sys time became 1.2 s); they all go with the bench's
 // temporary directory, at its end.
 func (j *job) run(ctx context.Context, dir, bin, file, out string) (usage, error) {
-	outDirs++
-	out = fmt.Sprintf("%s-%d", out, outDirs)
+	out, err := os.MkdirTemp(filepath.Dir(out), filepath.Base(out)+"-")
+	if err != nil {
+		return usage{}, err
+	}
 	args := slices.Clone(j.args)
 	for i, a := range args {
 		args[i] = strings.NewReplacer("FILE", file, "OUT", out).Replace(a)
