@@ -11,6 +11,11 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/criseq/criseq/internal/testpeer"
 )
 
 // TestDiagramsReplacedWhole: while render draws the same capture into a
@@ -78,4 +83,108 @@ func TestDiagramsReplacedWhole(t *testing.T) {
 			t.Errorf("%s has mode %v, want 0644 less the umask %03o", e.Name(), m, old)
 		}
 	}
+}
+
+// TestNewDiagramsLinkedWhole: into a new directory, every diagram appears
+// under its own name, whole: no temporary name is ever created (inotify
+// sees every name made in the directory), and the files are the same bytes
+// and mode as those written the other way (a temporary name and a
+// rename), which a file system without O_TMPFILE takes.
+func TestNewDiagramsLinkedWhole(t *testing.T) {
+	capPath := filepath.Join("..", "..", "testdata", "kubelet-burst", "capture.pcapng")
+	renderInto := func(out string) []string {
+		ifd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(ifd)
+		if _, err := unix.InotifyAddWatch(ifd, out, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"render", "-o", out, "--format", "svg,puml,mmd,json", capPath}
+		if err := run(context.Background(), args, io.Discard, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		var made []string
+		buf := make([]byte, 1<<20)
+		for {
+			n, err := unix.Read(ifd, buf)
+			if err != nil || n <= 0 {
+				break
+			}
+			for b := buf[:n]; len(b) >= unix.SizeofInotifyEvent; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
+				name := b[unix.SizeofInotifyEvent : unix.SizeofInotifyEvent+int(ev.Len)]
+				made = append(made, strings.TrimRight(string(name), "\x00"))
+				if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+					t.Fatal("inotify queue overflowed")
+				}
+				b = b[unix.SizeofInotifyEvent+int(ev.Len):]
+			}
+		}
+		return made
+	}
+
+	linked := t.TempDir()
+	fd, err := unix.Open(linked, unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		testpeer.Missing(t, "the file system of %s has no O_TMPFILE (%v): diagrams take temporary names there", linked, err)
+	}
+	unix.Close(fd)
+	made := renderInto(linked)
+	got := readDir(t, linked)
+	if len(got) < 20 {
+		t.Fatalf("render wrote %d files", len(got))
+	}
+	for _, name := range made {
+		if _, ok := got[name]; !ok {
+			t.Errorf("a name other than a diagram's was made in the directory: %q", name)
+		}
+	}
+	if len(made) != len(got) {
+		t.Errorf("%d names made for %d diagrams", len(made), len(got))
+	}
+
+	unnamedFiles.Store(false)
+	defer unnamedFiles.Store(true)
+	renamed := t.TempDir()
+	if made := renderInto(renamed); len(made) <= len(got) {
+		t.Errorf("written by rename, %d names were made for %d diagrams: the test would not see temporary names", len(made), len(got))
+	}
+	want := readDir(t, renamed)
+	if len(want) != len(got) {
+		t.Errorf("%d files linked, %d renamed", len(got), len(want))
+	}
+	for name, w := range want {
+		g, ok := got[name]
+		if !ok || !bytes.Equal(g.data, w.data) || g.mode != w.mode {
+			t.Errorf("%s: linked %d bytes mode %v, renamed %d bytes mode %v", name, len(g.data), g.mode, len(w.data), w.mode)
+		}
+	}
+}
+
+type fileOf struct {
+	data []byte
+	mode os.FileMode
+}
+
+func readDir(t *testing.T, dir string) map[string]fileOf {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]fileOf{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = fileOf{b, info.Mode()}
+	}
+	return out
 }

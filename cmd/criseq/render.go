@@ -4,15 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/criseq/criseq/decode"
@@ -403,40 +399,6 @@ func (fw *fileWriter) write(name string, fill func(io.Writer) error) error {
 	}
 	if err := writeAtomic(name, fw.buf.Bytes()); err != nil {
 		return fmt.Errorf("render: %w", err)
-	}
-	return nil
-}
-
-// writeAtomic writes a file under a temporary name beside it, then renames
-// it into place: a reader (a CI step, a browser watching the directory,
-// watch rewriting a diagram) sees the old file or the new one, never half
-// of one. The temporary name is hidden and ends in .tmp, out of globs like
-// *.svg. The mode is 0644 less the umask, as os.Create gives.
-func writeAtomic(name string, data []byte) error {
-	dir, base := filepath.Split(name)
-	var f *os.File
-	var tmp string
-	var err error
-	for range 100 {
-		tmp = filepath.Join(dir, "."+base+"."+strconv.FormatUint(uint64(rand.Uint32()), 36)+".tmp")
-		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-		if !errors.Is(err, fs.ErrExist) {
-			break
-		}
-	}
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, name)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
 	}
 	return nil
 }
