@@ -35,7 +35,10 @@ func writeAtomic(name string, data []byte) error {
 // unnamedFiles is cleared once the file system says it has no O_TMPFILE.
 var unnamedFiles atomic.Bool
 
-func init() { unnamedFiles.Store(true) }
+func init() {
+	unnamedFiles.Store(true)
+	linkByFd.Store(true)
+}
 
 // writeLinked writes data into an unnamed file in name's directory and
 // links it as name; if name exists, it renames it into place. done is
@@ -63,10 +66,7 @@ func writeLinked(name string, data []byte) (done bool, err error) {
 		}
 		b = b[n:]
 	}
-	// linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; through /proc
-	// it needs nothing.
-	proc := "/proc/self/fd/" + strconv.Itoa(fd)
-	err = unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, name, unix.AT_SYMLINK_FOLLOW)
+	err = linkFd(fd, name)
 	switch {
 	case err == nil:
 		return true, nil
@@ -79,6 +79,23 @@ func writeLinked(name string, data []byte) (done bool, err error) {
 	return false, nil
 }
 
+// linkFd links the open file fd as name: by the descriptor itself
+// (AT_EMPTY_PATH, which needs CAP_DAC_READ_SEARCH: root), else through
+// /proc, which needs nothing but costs a path lookup.
+func linkFd(fd int, name string) error {
+	if linkByFd.Load() {
+		err := unix.Linkat(fd, "", unix.AT_FDCWD, name, unix.AT_EMPTY_PATH)
+		if err == nil || errors.Is(err, unix.EEXIST) || !(errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL)) {
+			return err
+		}
+		linkByFd.Store(false)
+	}
+	return unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, name, unix.AT_SYMLINK_FOLLOW)
+}
+
+// linkByFd is cleared once AT_EMPTY_PATH is refused.
+var linkByFd atomic.Bool
+
 // writeRenamed writes data (or links the unnamed file fd, if fd >= 0)
 // under a temporary name beside name, then renames it into place. The
 // temporary name is hidden and ends in .tmp, out of globs like *.svg.
@@ -90,7 +107,7 @@ func writeRenamed(name string, data []byte, fd int) error {
 	for range 100 {
 		tmp = filepath.Join(dir, "."+base+"."+strconv.FormatUint(uint64(rand.Uint32()), 36)+".tmp")
 		if fd >= 0 {
-			err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW)
+			err = linkFd(fd, tmp)
 			if err != nil {
 				err = &fs.PathError{Op: "link", Path: tmp, Err: err}
 			}

@@ -125,40 +125,45 @@ func TestNewDiagramsLinkedWhole(t *testing.T) {
 		return made
 	}
 
-	linked := t.TempDir()
-	fd, err := unix.Open(linked, unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
+	probe := t.TempDir()
+	fd, err := unix.Open(probe, unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		testpeer.Missing(t, "the file system of %s has no O_TMPFILE (%v): diagrams take temporary names there", linked, err)
+		testpeer.Missing(t, "the file system of %s has no O_TMPFILE (%v): diagrams take temporary names there", probe, err)
 	}
 	unix.Close(fd)
-	made := renderInto(linked)
-	got := readDir(t, linked)
-	if len(got) < 20 {
-		t.Fatalf("render wrote %d files", len(got))
+
+	renamed := t.TempDir()
+	unnamedFiles.Store(false)
+	made := renderInto(renamed)
+	unnamedFiles.Store(true)
+	want := readDir(t, renamed)
+	if len(want) < 20 {
+		t.Fatalf("render wrote %d files", len(want))
 	}
-	for _, name := range made {
-		if _, ok := got[name]; !ok {
-			t.Errorf("a name other than a diagram's was made in the directory: %q", name)
-		}
-	}
-	if len(made) != len(got) {
-		t.Errorf("%d names made for %d diagrams", len(made), len(got))
+	if len(made) <= len(want) {
+		t.Errorf("written by rename, %d names were made for %d diagrams: the test would not see temporary names", len(made), len(want))
 	}
 
-	unnamedFiles.Store(false)
-	defer unnamedFiles.Store(true)
-	renamed := t.TempDir()
-	if made := renderInto(renamed); len(made) <= len(got) {
-		t.Errorf("written by rename, %d names were made for %d diagrams: the test would not see temporary names", len(made), len(got))
-	}
-	want := readDir(t, renamed)
-	if len(want) != len(got) {
-		t.Errorf("%d files linked, %d renamed", len(got), len(want))
-	}
-	for name, w := range want {
-		g, ok := got[name]
-		if !ok || !bytes.Equal(g.data, w.data) || g.mode != w.mode {
-			t.Errorf("%s: linked %d bytes mode %v, renamed %d bytes mode %v", name, len(g.data), g.mode, len(w.data), w.mode)
+	// Linked by the descriptor (as root), then through /proc (as any user).
+	defer linkByFd.Store(true)
+	for _, byFd := range []bool{true, false} {
+		linkByFd.Store(byFd)
+		linked := t.TempDir()
+		made := renderInto(linked)
+		got := readDir(t, linked)
+		for _, name := range made {
+			if _, ok := got[name]; !ok {
+				t.Errorf("by fd %v: a name other than a diagram's was made in the directory: %q", byFd, name)
+			}
+		}
+		if len(made) != len(want) || len(got) != len(want) {
+			t.Errorf("by fd %v: %d names made for %d diagrams (%d renamed)", byFd, len(made), len(got), len(want))
+		}
+		for name, w := range want {
+			g, ok := got[name]
+			if !ok || !bytes.Equal(g.data, w.data) || g.mode != w.mode {
+				t.Errorf("by fd %v: %s: linked %d bytes mode %v, renamed %d bytes mode %v", byFd, name, len(g.data), g.mode, len(w.data), w.mode)
+			}
 		}
 	}
 }
