@@ -257,6 +257,30 @@ func TestHeldFlowsBounded(t *testing.T) {
 	}
 	t.Logf("%d flows; late: %d unbounded, %d bounded", len(all), lateAll, lateBounded)
 
+	// The bound holds for each flow: when a call completes a burst of
+	// flows, and to the end, where the decoder hands out the calls still
+	// open (the capture is cut in StopContainer calls) all at once.
+	saved := maxHeldCalls
+	maxHeldCalls = 20
+	outstanding, most, largest := 0, 0, 0
+	hold := func(f *flow.Flow) heldFlow {
+		h := heldWhole(f)
+		outstanding += h.calls
+		most, largest = max(most, outstanding), max(largest, h.calls)
+		return h
+	}
+	_, err := streamHeld(path, decode.Options{}, "", flow.Options{}, io.Discard, hold, func(h heldFlow) error {
+		outstanding -= h.calls
+		return nil
+	})
+	maxHeldCalls = saved
+	if err != nil {
+		t.Fatal(err)
+	}
+	if most > 20+largest {
+		t.Errorf("up to %d calls held with a bound of 20 (the largest flow has %d)", most, largest)
+	}
+
 	// A flow want refuses comes as a stub, in its place.
 	stubs, whole := 0, 0
 	if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, func(f *flow.Flow) bool { return f.Kind == flow.Start }, func(f *flow.Flow) error {

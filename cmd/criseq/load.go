@@ -71,10 +71,18 @@ func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts fl
 		heldCalls -= h.calls
 		return h
 	}
+	var emitErr error
 	dopts.OnCall = func(c *decode.Call) {
 		calls++
 		for _, f := range g.Add(c) {
 			push(f)
+			// Checked for each flow: one call can complete a burst of
+			// flows, and closing, the decoder hands out every call still
+			// open at once (thousands, in a capture cut while calls were
+			// open).
+			for heldCalls > maxHeldCalls && emitErr == nil {
+				emitErr = emit(pop())
+			}
 		}
 	}
 	dopts.OnStreamMessage = g.Event
@@ -82,7 +90,6 @@ func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts fl
 		dopts.SkipBodies = flow.SkipBody
 	}
 	d := decode.New(dopts)
-	var emitErr error
 	release := func(barrier time.Time) {
 		for held.Len() > 0 && emitErr == nil && (held[0].f.Start.Before(barrier) || heldCalls > maxHeldCalls) {
 			emitErr = emit(pop())
@@ -107,8 +114,24 @@ func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts fl
 		}
 	}
 	d.Close()
-	for _, f := range g.Flush() {
-		push(f)
+	// The flows still open at the end come in order with those held, each
+	// held (drawn, for render) just before it is handed out: held all at
+	// once, render's drawings of up to MaxOpen flows came on top of the
+	// flows, and the collector ran every few milliseconds to stay within
+	// the memory limit.
+	flushed := g.Flush()
+	flow.Sort(flushed) // ties in Flush's order, as seq would keep them
+	for _, f := range flushed {
+		for held.Len() > 0 && emitErr == nil && !flowBefore(f, held[0].f) {
+			emitErr = emit(pop())
+		}
+		if emitErr != nil {
+			break
+		}
+		h := hold(f)
+		seq++
+		h.seq = seq
+		emitErr = emit(h)
 	}
 	for held.Len() > 0 && emitErr == nil {
 		emitErr = emit(pop())
@@ -188,13 +211,20 @@ func stubOf(f *flow.Flow) *flow.Flow {
 func (h flowHeap) Len() int { return len(h) }
 func (h flowHeap) Less(i, j int) bool {
 	a, b := h[i].f, h[j].f
+	if flowBefore(a, b) || flowBefore(b, a) {
+		return flowBefore(a, b)
+	}
+	return h[i].seq < h[j].seq
+}
+
+// flowBefore is flow.Sort's order: a starts before b, or with it and its
+// pod sorts first.
+func flowBefore(a, b *flow.Flow) bool {
 	switch {
 	case !a.Start.Equal(b.Start):
 		return a.Start.Before(b.Start)
-	case a.Pod.String() != b.Pod.String():
-		return a.Pod.String() < b.Pod.String()
 	}
-	return h[i].seq < h[j].seq
+	return a.Pod.String() < b.Pod.String()
 }
 func (h flowHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
 func (h *flowHeap) Push(x any)   { *h = append(*h, x.(heldFlow)) }
