@@ -32,10 +32,197 @@ import (
 // move between calls, ←/→ or [/] between flows, Esc closes the panel.
 // Output is deterministic: the same flows give the same bytes.
 func HTML(w io.Writer, title string, flows []*flow.Flow) error {
-	if err := writeHTML(w, title, flows); err != nil {
+	p := NewHTMLPage(title, nil)
+	for _, f := range flows {
+		if err := p.Add(f); err != nil {
+			return err
+		}
+	}
+	return p.Write(w)
+}
+
+// HTMLPage is HTML built flow by flow, holding none of them: each flow's
+// list entry, diagram and details are written out as it comes, into three
+// spills, and Write puts the page together. Its flows are listed in the
+// order they were added.
+type HTMLPage struct {
+	title              string
+	nav, svgs, data    Spill
+	n, calls, complete int
+	err                error
+}
+
+// A Spill holds a part of the page until Write: in memory, or in a file
+// (render's caller keeps the page's memory bounded so).
+type Spill interface {
+	io.Writer
+	// Contents returns what was written, once, when the page is written (Write).
+	Contents() (io.Reader, error)
+}
+
+type memSpill struct{ bytes.Buffer }
+
+func (m *memSpill) Contents() (io.Reader, error) { return &m.Buffer, nil }
+
+// NewHTMLPage starts a page. spill makes each of its three spills; nil
+// keeps them in memory.
+func NewHTMLPage(title string, spill func() (Spill, error)) *HTMLPage {
+	p := &HTMLPage{title: cut(clean(title), maxLabel)}
+	if spill == nil {
+		spill = func() (Spill, error) { return &memSpill{}, nil }
+	}
+	for _, s := range []*Spill{&p.nav, &p.svgs, &p.data} {
+		if *s, p.err = spill(); p.err != nil {
+			p.err = fmt.Errorf("render html: %w", p.err)
+			return p
+		}
+	}
+	return p
+}
+
+// Add writes f's entry, diagram and details.
+func (p *HTMLPage) Add(f *flow.Flow) error {
+	if p.err != nil {
+		return p.err
+	}
+	if err := p.add(f); err != nil {
+		p.err = fmt.Errorf("render html: flow %d: %w", p.n+1, err)
+		return p.err
+	}
+	p.n++
+	return nil
+}
+
+func (p *HTMLPage) add(f *flow.Flow) error {
+	i := p.n
+	d, err := newDiagram(f)
+	if err != nil {
+		return err
+	}
+	// Encoded on its own, a flow's details are the very bytes it has in
+	// the list of them all.
+	js, err := json.Marshal(htmlFlow{Title: d.title, Calls: htmlCalls(f, d), Events: htmlEvents(f, d)}) // escapes <, > and &: no "</script>" in it
+	if err != nil {
+		return err
+	}
+	if i > 0 {
+		js = append([]byte{','}, js...)
+	}
+	if _, err := p.data.Write(js); err != nil {
+		return err
+	}
+	p.calls += len(f.Steps)
+	if f.Complete {
+		p.complete++
+	}
+
+	esc := html.EscapeString
+	state, cls := "complete", "ok"
+	if !f.Complete {
+		state, cls = "incomplete", "warn"
+	}
+	if d.failed > 0 {
+		state += ", " + strconv.Itoa(d.failed) + " failed"
+		cls = "bad"
+	}
+	when := ""
+	if !f.Start.IsZero() {
+		when = f.Start.UTC().Format("15:04:05.000")
+	}
+	pod := strings.TrimSuffix(d.title, " — pod "+f.Kind.String())
+	nw := newWriter(p.nav)
+	nw.str(`<li><button type="button" class="flow" data-flow="`, strconv.Itoa(i), `" title="`, esc(d.title), `">`,
+		`<span class="pod">`, esc(pod), `</span>`,
+		`<span class="line"><span class="kind `, f.Kind.String(), `">`, f.Kind.String(), `</span>`,
+		`<span class="state `, cls, `">`, state, `</span></span>`,
+		`<span class="line meta">`, esc(when), ` · `, plural(len(f.Steps), "call"), `</span>`,
+		`<span class="total">`, esc(timeText(f, f.Timing(), "")), `</span></button></li>
+`)
+	if err := nw.Flush(); err != nil {
+		return err
+	}
+
+	d.hits = true
+	l, err := layout(d)
+	if err != nil {
+		return err
+	}
+	sw := newWriter(p.svgs)
+	sw.str(`<section class="diagram" id="flow-`, strconv.Itoa(i), `" data-flow="`, strconv.Itoa(i), `" aria-label="`, esc(d.title), `"`)
+	if i > 0 {
+		sw.str(" hidden")
+	}
+	sw.str(">\n")
+	l.writeSVG(sw, true)
+	sw.str("</section>\n")
+	return sw.Flush()
+}
+
+// Write writes the page.
+func (p *HTMLPage) Write(w io.Writer) error {
+	if p.err != nil {
+		return p.err
+	}
+	if err := p.writeTo(w); err != nil {
 		return fmt.Errorf("render html: %w", err)
 	}
 	return nil
+}
+
+func (p *HTMLPage) writeTo(w io.Writer) error {
+	if p.n == 0 {
+		return errors.New("no flow")
+	}
+	bw := newWriter(w)
+	esc := html.EscapeString
+	bw.str(`<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta name="generator" content="criseq">
+<title>`, esc(p.title), ` — criseq</title>
+<style>`, htmlStyle, scopedSVGStyle(), `</style>
+</head>
+<body>
+<header id="top"><h1>`, esc(p.title), `</h1><p class="totals">`,
+		plural(p.n, "pod flow"), ` · `, strconv.Itoa(p.complete), ` complete · `, plural(p.calls, "call"),
+		`</p><p class="keys"><kbd>↑</kbd><kbd>↓</kbd> or <kbd>j</kbd><kbd>k</kbd> calls · <kbd>←</kbd><kbd>→</kbd> or <kbd>[</kbd><kbd>]</kbd> flows · <kbd>Esc</kbd> close</p></header>
+<div id="app">
+<nav id="flows" aria-label="Pod flows"><ol>
+`)
+	if err := copySpill(bw, p.nav); err != nil {
+		return err
+	}
+	bw.str(`</ol></nav>
+<main id="view" tabindex="-1">
+`)
+	if err := copySpill(bw, p.svgs); err != nil {
+		return err
+	}
+	bw.str(`<p id="hint">Click an arrow, or press <kbd>↓</kbd>, to see a call's messages, headers and timing.</p>
+</main>
+<aside id="detail" aria-label="Call details" hidden>
+<div class="dhead"><h2 id="d-title"></h2><button type="button" id="d-close" title="Close (Esc)" aria-label="Close">×</button></div>
+<div id="d-body"></div>
+</aside>
+</div>
+<script type="application/json" id="criseq-data">{"flows":[`)
+	if err := copySpill(bw, p.data); err != nil {
+		return err
+	}
+	bw.str("]}</script>\n<script>", htmlScript, "</script>\n</body>\n</html>\n")
+	return bw.Flush()
+}
+
+func copySpill(w io.Writer, s Spill) error {
+	r, err := s.Contents()
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(w, r)
+	return err
 }
 
 // htmlCall is what the detail panel shows of one call.
@@ -78,105 +265,6 @@ type htmlFlow struct {
 	Title  string      `json:"title"`
 	Calls  []htmlCall  `json:"calls"`
 	Events []htmlEvent `json:"events"`
-}
-
-func writeHTML(w io.Writer, title string, flows []*flow.Flow) error {
-	if len(flows) == 0 {
-		return errors.New("no flow")
-	}
-	title = cut(clean(title), maxLabel)
-	ds := make([]*diagram, len(flows))
-	data := struct {
-		Flows []htmlFlow `json:"flows"`
-	}{make([]htmlFlow, len(flows))}
-	calls, complete := 0, 0
-	for i, f := range flows {
-		d, err := newDiagram(f)
-		if err != nil {
-			return fmt.Errorf("flow %d: %w", i+1, err)
-		}
-		ds[i] = d
-		data.Flows[i] = htmlFlow{Title: d.title, Calls: htmlCalls(f, d), Events: htmlEvents(f, d)}
-		calls += len(f.Steps)
-		if f.Complete {
-			complete++
-		}
-	}
-	js, err := json.Marshal(data) // escapes <, > and &: no "</script>" in it
-	if err != nil {
-		return err
-	}
-
-	bw := newWriter(w)
-	esc := html.EscapeString
-	bw.str(`<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<meta name="generator" content="criseq">
-<title>`, esc(title), ` — criseq</title>
-<style>`, htmlStyle, scopedSVGStyle(), `</style>
-</head>
-<body>
-<header id="top"><h1>`, esc(title), `</h1><p class="totals">`,
-		plural(len(flows), "pod flow"), ` · `, strconv.Itoa(complete), ` complete · `, plural(calls, "call"),
-		`</p><p class="keys"><kbd>↑</kbd><kbd>↓</kbd> or <kbd>j</kbd><kbd>k</kbd> calls · <kbd>←</kbd><kbd>→</kbd> or <kbd>[</kbd><kbd>]</kbd> flows · <kbd>Esc</kbd> close</p></header>
-<div id="app">
-<nav id="flows" aria-label="Pod flows"><ol>
-`)
-	for i, f := range flows {
-		d := ds[i]
-		state, cls := "complete", "ok"
-		if !f.Complete {
-			state, cls = "incomplete", "warn"
-		}
-		if d.failed > 0 {
-			state += ", " + strconv.Itoa(d.failed) + " failed"
-			cls = "bad"
-		}
-		when := ""
-		if !f.Start.IsZero() {
-			when = f.Start.UTC().Format("15:04:05.000")
-		}
-		pod := strings.TrimSuffix(d.title, " — pod "+f.Kind.String())
-		bw.str(`<li><button type="button" class="flow" data-flow="`, strconv.Itoa(i), `" title="`, esc(d.title), `">`,
-			`<span class="pod">`, esc(pod), `</span>`,
-			`<span class="line"><span class="kind `, f.Kind.String(), `">`, f.Kind.String(), `</span>`,
-			`<span class="state `, cls, `">`, state, `</span></span>`,
-			`<span class="line meta">`, esc(when), ` · `, plural(len(f.Steps), "call"), `</span>`,
-			`<span class="total">`, esc(timeText(f, f.Timing(), "")), `</span></button></li>
-`)
-	}
-	bw.str(`</ol></nav>
-<main id="view" tabindex="-1">
-`)
-	for i, d := range ds {
-		d.hits = true
-		l, err := layout(d)
-		if err != nil {
-			return err
-		}
-		bw.str(`<section class="diagram" id="flow-`, strconv.Itoa(i), `" data-flow="`, strconv.Itoa(i), `" aria-label="`, esc(d.title), `"`)
-		if i > 0 {
-			bw.str(" hidden")
-		}
-		bw.str(">\n")
-		l.writeSVG(bw, true)
-		bw.str("</section>\n")
-	}
-	bw.str(`<p id="hint">Click an arrow, or press <kbd>↓</kbd>, to see a call's messages, headers and timing.</p>
-</main>
-<aside id="detail" aria-label="Call details" hidden>
-<div class="dhead"><h2 id="d-title"></h2><button type="button" id="d-close" title="Close (Esc)" aria-label="Close">×</button></div>
-<div id="d-body"></div>
-</aside>
-</div>
-<script type="application/json" id="criseq-data">`)
-	bw.Write(js)
-	bw.str("</script>\n<script>", htmlScript, "</script>\n</body>\n</html>\n")
-	return bw.Flush()
 }
 
 // htmlCalls is the detail of every call of f, in the order of d.calls

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"errors"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -100,6 +102,14 @@ var linkByFd atomic.Bool
 // under a temporary name beside name, then renames it into place. The
 // temporary name is hidden and ends in .tmp, out of globs like *.svg.
 func writeRenamed(name string, data []byte, fd int) error {
+	return writeRenamedFunc(name, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}, fd)
+}
+
+// writeRenamedFunc is writeRenamed with the file written by fill.
+func writeRenamedFunc(name string, fill func(io.Writer) error, fd int) error {
 	dir, base := filepath.Split(name)
 	var f *os.File
 	var tmp string
@@ -122,7 +132,7 @@ func writeRenamed(name string, data []byte, fd int) error {
 		return err
 	}
 	if f != nil {
-		_, err = f.Write(data)
+		err = fill(f)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -135,4 +145,61 @@ func writeRenamed(name string, data []byte, fd int) error {
 		return err
 	}
 	return nil
+}
+
+// writeAtomicFunc is writeAtomic for a file written as it is made (the
+// HTML viewer, too large to hold in memory): fill writes it, through a
+// buffer.
+func writeAtomicFunc(name string, fill func(io.Writer) error) error {
+	buffered := func(w io.Writer) error {
+		bw := bufio.NewWriterSize(w, renderBufSize)
+		if err := fill(bw); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	if unnamedFiles.Load() {
+		fd, err := unix.Open(filepath.Dir(name), unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
+		if err == nil {
+			f := os.NewFile(uintptr(fd), name)
+			defer f.Close()
+			if err := buffered(f); err != nil {
+				return err
+			}
+			err = linkFd(fd, name)
+			if errors.Is(err, unix.EEXIST) {
+				return writeRenamedFunc(name, nil, fd)
+			}
+			if err != nil {
+				unnamedFiles.Store(false)
+				return &fs.PathError{Op: "link", Path: name, Err: err}
+			}
+			return nil
+		}
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+			unnamedFiles.Store(false)
+		}
+	}
+	return writeRenamedFunc(name, buffered, -1)
+}
+
+// unnamedFile is a new file in dir that has no name, and so goes away
+// with criseq, whatever happens to it: O_TMPFILE, or a file created and
+// removed at once. Mode 0600: what it holds is for criseq alone.
+func unnamedFile(dir string) (*os.File, error) {
+	if unnamedFiles.Load() {
+		fd, err := unix.Open(dir, unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			return os.NewFile(uintptr(fd), filepath.Join(dir, "(unnamed)")), nil
+		}
+	}
+	f, err := os.CreateTemp(dir, ".criseq-*.tmp")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

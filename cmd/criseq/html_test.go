@@ -3,10 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/criseq/criseq/decode"
+	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/benchcap"
+	"github.com/criseq/criseq/render"
 )
 
 // TestRenderHTML: --format html writes one viewer per capture, named after
@@ -53,5 +59,61 @@ func TestRenderHTML(t *testing.T) {
 	}
 	if lines := strings.Split(strings.TrimSpace(stdout.String()), "\n"); len(lines) < 2 || !strings.Contains(lines[len(lines)-1], "demo.html") {
 		t.Errorf("demo printed:\n%s", stdout.String())
+	}
+}
+
+// TestRenderHTMLStreamed: render writes the viewer flow by flow, through
+// unnamed files, holding no flow for it: the page is the one render.HTML
+// makes of the flows in the order render hands them out (and prints
+// them), also when the bound on flows held for order sends some out late;
+// nothing but the diagrams and the page is left in the directory.
+func TestRenderHTMLStreamed(t *testing.T) {
+	capPath := filepath.Join(t.TempDir(), "flows.pcapng")
+	if _, err := benchcap.Write(capPath, benchcap.DefaultSources(filepath.Join("..", "..")), 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	for _, limit := range []int{maxHeldCalls, 20} {
+		saved := maxHeldCalls
+		maxHeldCalls = limit
+		var flows []*flow.Flow
+		if _, err := streamFlows(capPath, decode.Options{}, "", flow.Options{}, io.Discard, nil, func(f *flow.Flow) error {
+			flows = append(flows, f)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		late := 0
+		for i := 1; i < len(flows); i++ {
+			if flows[i].Start.Before(flows[i-1].Start) {
+				late++
+			}
+		}
+		if limit == 20 && late == 0 {
+			t.Errorf("with at most %d calls held, no flow came late: the test does not see the order kept", limit)
+		}
+		var want bytes.Buffer
+		if err := render.HTML(&want, filepath.Base(capPath), flows); err != nil {
+			t.Fatal(err)
+		}
+		out := t.TempDir()
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), []string{"render", "-o", out, "--format", "html,mmd", capPath}, &stdout, &stderr)
+		maxHeldCalls = saved
+		if err != nil {
+			t.Fatalf("render: %v\n%s", err, stderr.String())
+		}
+		got, err := os.ReadFile(filepath.Join(out, "flows.html"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want.Bytes()) {
+			t.Errorf("held calls %d: the page (%d bytes) is not render.HTML's of the %d flows in render's order (%d bytes)", limit, len(got), len(flows), want.Len())
+		}
+		ents, _ := os.ReadDir(out)
+		for _, e := range ents {
+			if n := e.Name(); n != "flows.html" && !strings.HasSuffix(n, ".mmd") {
+				t.Errorf("left in the directory: %s", n)
+			}
+		}
 	}
 }

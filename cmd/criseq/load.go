@@ -173,8 +173,7 @@ func flowBarrier(last time.Time, g *flow.Grouper, d *decode.Decoder, all bool) t
 	return barrier
 }
 
-// loadFlows is streamFlows keeping every flow, sorted: for outputs that
-// need them all at once (the HTML viewer).
+// loadFlows is streamFlows keeping every flow, sorted (tests).
 func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer) (flows []*flow.Flow, calls int, err error) {
 	calls, err = streamFlows(path, dopts, "", fopts, stderr, nil, func(f *flow.Flow) error {
 		flows = append(flows, f)

@@ -94,7 +94,26 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 		return fmt.Errorf("render: %w", err)
 	}
 	fw := &flowFiles{formats: perFlow, dir: o.out, ro: render.Options{TimeScale: o.timescale}, stdout: stdout, seen: map[string]int{}}
-	var kept []*flow.Flow
+	var page *render.HTMLPage
+	if html {
+		// The viewer is written flow by flow into unnamed files beside it,
+		// then put together: its memory does not grow with the capture.
+		var spills []*fileSpill
+		defer func() {
+			for _, s := range spills {
+				s.f.Close()
+			}
+		}()
+		page = render.NewHTMLPage(filepath.Base(path), func() (render.Spill, error) {
+			f, err := unnamedFile(o.out)
+			if err != nil {
+				return nil, err
+			}
+			s := &fileSpill{f: f, w: bufio.NewWriterSize(f, renderBufSize)}
+			spills = append(spills, s)
+			return s, nil
+		})
+	}
 	n := 0
 	wanted := func(f *flow.Flow) bool { return ofPod(f, o.pod) }
 	ahead := !html && fw.drawsAhead()
@@ -119,7 +138,9 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 			return fw.writeDrawn(h.drawn)
 		}
 		if html {
-			kept = append(kept, h.f)
+			if err := page.Add(h.f); err != nil {
+				return err
+			}
 		}
 		return fw.write(h.f)
 	})
@@ -136,14 +157,32 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	if !html {
 		return nil
 	}
-	flow.Sort(kept) // flows handed out late
 	base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 	name := filepath.Join(o.out, base+".html")
-	if err := fw.fw.write(name, func(w io.Writer) error { return render.HTML(w, filepath.Base(path), kept) }); err != nil {
-		return err
+	if err := writeAtomicFunc(name, page.Write); err != nil {
+		return fmt.Errorf("render: %w", err)
 	}
-	fmt.Fprintf(stdout, "%-32s %d flows  → %s\n", "viewer", len(kept), name)
+	fmt.Fprintf(stdout, "%-32s %d flows  → %s\n", "viewer", n, name)
 	return nil
+}
+
+// fileSpill is a part of the HTML viewer kept in an unnamed file until the
+// page is written.
+type fileSpill struct {
+	f *os.File
+	w *bufio.Writer
+}
+
+func (s *fileSpill) Write(p []byte) (int, error) { return s.w.Write(p) }
+
+func (s *fileSpill) Contents() (io.Reader, error) {
+	if err := s.w.Flush(); err != nil {
+		return nil, err
+	}
+	if _, err := s.f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return bufio.NewReaderSize(s.f, renderBufSize), nil
 }
 
 func parseFormats(s string) ([]string, error) {
@@ -382,23 +421,4 @@ func (fw *fileWriter) put(dir, base, format string, parts [][]byte) ([]string, e
 		}
 	}
 	return names, nil
-}
-
-func (fw *fileWriter) write(name string, fill func(io.Writer) error) error {
-	fw.buf.Reset()
-	if fw.bw == nil {
-		fw.bw = bufio.NewWriterSize(&fw.buf, renderBufSize)
-	}
-	fw.bw.Reset(&fw.buf)
-	err := fill(fw.bw)
-	if err == nil {
-		err = fw.bw.Flush()
-	}
-	if err != nil {
-		return fmt.Errorf("render: %s: %w", name, err)
-	}
-	if err := writeAtomic(name, fw.buf.Bytes()); err != nil {
-		return fmt.Errorf("render: %w", err)
-	}
-	return nil
 }
