@@ -8,7 +8,7 @@ require (
 	github.com/flopp/go-findfont v0.1.0
 	github.com/fogleman/gg v1.3.0
 	github.com/golang/freetype v0.0.0-20170609003504-e2365dfdc4a0
-	github.com/google/gopacket v1.1.19
+	github.com/gopacket/gopacket v1.7.7
 	github.com/tetratelabs/wazero v1.10.1
 	golang.org/x/image v0.48.0
 	golang.org/x/net v0.62.0

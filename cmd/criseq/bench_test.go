@@ -162,7 +162,9 @@ func BenchmarkPipelineRead(b *testing.B) {
 func BenchmarkWatchDay(b *testing.B) {
 	path, size := sharedLargeCapture(b)
 	bin := filepath.Join(b.TempDir(), "criseq")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build: the binary a user installs
+	if out, err := build.CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
 	out := b.TempDir()

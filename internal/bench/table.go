@@ -11,10 +11,13 @@ import (
 	"time"
 )
 
-// buildCriseq builds the criseq binary of this tree into dir.
+// buildCriseq builds the criseq binary of this tree into dir as make build
+// does (static, no cgo): the binary a user installs. A cgo build also maps
+// the C library, about 2.5 MB more of peak RSS.
 func buildCriseq(root, dir string) (string, error) {
 	bin := filepath.Join(dir, "criseq")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/criseq")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/criseq")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/criseq: %v\n%s", err, out)
