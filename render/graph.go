@@ -24,6 +24,20 @@ func Graph(w io.Writer, f *flow.Flow) error { return renderGraph(w, f, "svg") }
 // GraphPNG writes f's ID-flow graph as a PNG image.
 func GraphPNG(w io.Writer, f *flow.Flow) error { return renderGraph(w, f, "png") }
 
+// DrawGraphDOT lays out and draws DOT text written by GraphDOT in format
+// ("graph": SVG, "graph-png": PNG), as Graph and GraphPNG do: a caller can
+// hold a flow's small DOT text instead of the flow until its turn.
+func DrawGraphDOT(w io.Writer, dot []byte, format string) error {
+	gv := map[string]string{"graph": "svg", "graph-png": "png"}[format]
+	if gv == "" {
+		return fmt.Errorf("render graph: format %q is not an ID-flow graph", format)
+	}
+	if err := graphviz.Render(w, dot, gv); err != nil {
+		return fmt.Errorf("render graph: %w", err)
+	}
+	return nil
+}
+
 // GraphDOT writes f's ID-flow graph as Graphviz DOT text.
 func GraphDOT(w io.Writer, f *flow.Flow) error {
 	src, err := graphDOT(f)
@@ -247,11 +261,13 @@ func graphDOT(f *flow.Flow) (string, error) {
 	return b.String(), nil
 }
 
+// dotEscaper escapes backslashes and quotes: built once, as building it
+// costs more than using it.
+var dotEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+
 // dotEscape escapes text for a DOT string whose "\n" sequences are already
 // written: backslashes and quotes.
-func dotEscape(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s)
-}
+func dotEscape(s string) string { return dotEscaper.Replace(s) }
 
 // dotQuote quotes an already escaped DOT string.
 func dotQuote(s string) string { return `"` + s + `"` }

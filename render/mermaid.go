@@ -162,7 +162,7 @@ func writeMermaid(w *bytes.Buffer, d *diagram, calls []call, rs []row, from, to,
 	str("    participant ", d.parts[pClient].alias, " as ", mmdEsc(d.parts[pClient].name), "\n")
 	// Mermaid takes the box's colour greedily up to the last ')' of the
 	// line: the title's parentheses are escaped.
-	boxTitle := strings.NewReplacer("(", "#40;", ")", "#41;").Replace(mmdEsc(d.boxTitle))
+	boxTitle := mmdParens.Replace(mmdEsc(d.boxTitle))
 	str("    box rgb(245, 247, 250) ", boxTitle, "\n")
 	for _, p := range d.parts[1:] {
 		str("        participant ", p.alias, " as ", mmdEsc(p.name), "\n")
@@ -356,3 +356,6 @@ func mmdEsc(s string) string {
 	}
 	return b.String()
 }
+
+// mmdParens escapes parentheses as Mermaid entities.
+var mmdParens = strings.NewReplacer("(", "#40;", ")", "#41;")

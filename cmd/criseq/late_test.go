@@ -313,7 +313,8 @@ func later(a, b time.Time) time.Time {
 }
 
 // TestRenderDrawnAhead: render draws flows as they are built and names
-// and writes them in their turn (svg, puml, mmd, json); with html, which
+// and writes them in their turn (svg, puml, mmd, json, and the ID-flow
+// graph from its DOT text); with html, which
 // keeps every flow, it holds the flows themselves. Both must give the
 // same files and lines, on copies of real captures where many pods start
 // twice (named -2, -3…) and flows wait behind calls that never return.
@@ -353,8 +354,8 @@ func TestRenderDrawnAhead(t *testing.T) {
 		}
 		return strings.Join(lines, "\n"), files
 	}
-	aheadOut, ahead := renderTo("svg,puml,mmd,json")
-	heldOut, held := renderTo("svg,puml,mmd,json,html")
+	aheadOut, ahead := renderTo("svg,puml,mmd,json,graph")
+	heldOut, held := renderTo("svg,puml,mmd,json,graph,html")
 	again := 0
 	for name := range ahead {
 		if strings.Contains(name, "-2.") || strings.Contains(name, "-2_") {

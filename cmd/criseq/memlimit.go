@@ -16,6 +16,25 @@ const (
 	gcPercent   = 300
 )
 
+// graphEngine is what the ID-flow graph's engine (Graphviz in
+// WebAssembly, compiled by wazero) maps outside the Go heap, mostly its
+// compiled code: a command that draws graphs leaves it room.
+const graphEngine = 6 << 20
+
+// roomForGraphs lowers the heap's limit by graphEngine when formats hold
+// an ID-flow graph, unless GOMEMLIMIT says otherwise.
+func roomForGraphs(formats []string) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	for _, f := range formats {
+		if isGraph(f) {
+			debug.SetMemoryLimit(memoryLimit - graphEngine)
+			return
+		}
+	}
+}
+
 func init() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memoryLimit)

@@ -79,6 +79,7 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	roomForGraphs(formats)
 	// html is one viewer per capture, with every flow, not one per flow:
 	// only it keeps them all.
 	var perFlow []string
@@ -282,14 +283,13 @@ type drawn struct {
 }
 
 // drawsAhead says whether w's flows are drawn as they are built: not in
-// formats whose bytes are many times the flow's (images), nor the ID-flow
-// graph, whose engine (Graphviz in WebAssembly) takes much of the memory
-// already: held drawn, the bench capture's graphs took 79 MB, held as
-// flows 71.
+// formats whose bytes are many times the flow's (images). The ID-flow
+// graph is held as its DOT text and laid out in its turn: held as flows,
+// the bench capture's graphs kept 23 MB of flows live and peaked at 70 MB.
 func (w *flowFiles) drawsAhead() bool {
 	for _, f := range w.formats {
 		switch f {
-		case "svg", "puml", "mmd", "json":
+		case "svg", "puml", "mmd", "json", "graph", "graph-png":
 		default:
 			return false
 		}
@@ -297,11 +297,19 @@ func (w *flowFiles) drawsAhead() bool {
 	return true
 }
 
-// draw draws f in each of w's formats, up to the first that fails.
+// isGraph says whether format is the ID-flow graph's.
+func isGraph(format string) bool { return format == "graph" || format == "graph-png" }
+
+// draw draws f in each of w's formats, up to the first that fails; an
+// ID-flow graph is drawn as far as its DOT text (writeDrawn lays it out).
 func (w *flowFiles) draw(f *flow.Flow) *drawn {
 	d := &drawn{stub: stubOf(f), line: summary(f)}
 	for _, format := range w.formats {
-		p, err := w.fw.draw(format, f, w.ro, true)
+		draw := w.fw.draw
+		if isGraph(format) {
+			draw = w.fw.dot
+		}
+		p, err := draw(format, f, w.ro, true)
 		if err != nil {
 			d.err = err
 			break
@@ -322,7 +330,14 @@ func (w *flowFiles) writeDrawn(d *drawn) error {
 			}
 			return fmt.Errorf("render: %s: %w", filepath.Join(w.dir, base+render.Ext(format)), d.err)
 		}
-		written, err := w.fw.put(w.dir, base, format, d.parts[i])
+		parts := d.parts[i]
+		if isGraph(format) {
+			var err error
+			if parts, err = w.fw.layOut(format, parts[0]); err != nil {
+				return fmt.Errorf("render: %s: %w", filepath.Join(w.dir, base+render.Ext(format)), err)
+			}
+		}
+		written, err := w.fw.put(w.dir, base, format, parts)
 		names = append(names, written...)
 		if err != nil {
 			return err
@@ -391,6 +406,26 @@ func (fw *fileWriter) draw(format string, f *flow.Flow, ro render.Options, keep 
 	}
 	if keep {
 		return [][]byte{bytes.Clone(fw.buf.Bytes())}, nil
+	}
+	return [][]byte{fw.buf.Bytes()}, nil
+}
+
+// dot writes f's ID-flow graph as DOT text, kept: what layOut draws in
+// format later.
+func (fw *fileWriter) dot(_ string, f *flow.Flow, _ render.Options, _ bool) ([][]byte, error) {
+	var b bytes.Buffer
+	if err := render.GraphDOT(&b, f); err != nil {
+		return nil, err
+	}
+	return [][]byte{b.Bytes()}, nil
+}
+
+// layOut draws the DOT text dot wrote in format (graph or graph-png); the
+// bytes are fw's until its next draw.
+func (fw *fileWriter) layOut(format string, dot []byte) ([][]byte, error) {
+	fw.buf.Reset()
+	if err := render.DrawGraphDOT(&fw.buf, dot, format); err != nil {
+		return nil, err
 	}
 	return [][]byte{fw.buf.Bytes()}, nil
 }

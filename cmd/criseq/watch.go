@@ -99,6 +99,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	roomForGraphs(formats)
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return fmt.Errorf("watch: %w", err)
 	}

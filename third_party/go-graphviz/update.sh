@@ -44,6 +44,11 @@ sed -i -E 's/^\t(Directed|StrictDirected|UnDirected|StrictUnDirected) = toDesc\(
 sed -i 's/^func init() {$/func init() { wasm.OnLoad(loadGlobals) }\n\nfunc loadGlobals() {/' "$c"
 # gvc: registering the render callbacks touches no WebAssembly any more.
 
+# Each exported function is looked up once (funcs.go.in).
+cp funcs.go.in internal/wasm/funcs.go
+sed -i 's/^\treturn m\.mod\.ExportedFunction(name)$/\treturn exportedFunction(m.mod, name)/' "$w"
+grep -q 'return exportedFunction(m.mod, name)' "$w" || { echo "update.sh: the function cache no longer applies" >&2; exit 1; }
+
 # Drawing a graph frees what it copied into the module (leaks.go.in).
 cp leaks.go.in internal/wasm/leaks.go
 perl -0pi -e 's/\tvar \(\n\t\ts +string\n\t\trenderedLen uint\n\t\)\n\tif _, err := c\.gvc\.RenderData\(ctx, toGraphWasm\(g\), format, &s, &renderedLen\); err != nil \{\n\t\treturn err\n\t\}\n\tif _, err := w\.Write\(\[\]byte\(s\)\); err != nil \{\n\t\treturn err\n\t\}\n\treturn nil\n/\treturn c.gvc.RenderDataTo(ctx, toGraphWasm(g), format, w)\n/' gvc/gvc.go
