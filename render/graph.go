@@ -28,8 +28,13 @@ func GraphPNG(w io.Writer, f *flow.Flow) error { return renderGraph(w, f, "png")
 // ("graph": SVG, "graph-png": PNG), as Graph and GraphPNG do: a caller can
 // hold a flow's small DOT text instead of the flow until its turn.
 func DrawGraphDOT(w io.Writer, dot []byte, format string) error {
-	gv := map[string]string{"graph": "svg", "graph-png": "png"}[format]
-	if gv == "" {
+	var gv string
+	switch format {
+	case "graph":
+		gv = "svg"
+	case "graph-png":
+		gv = "png"
+	default:
 		return fmt.Errorf("render graph: format %q is not an ID-flow graph", format)
 	}
 	if err := graphviz.Render(w, dot, gv); err != nil {
