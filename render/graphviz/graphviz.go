@@ -26,19 +26,47 @@ import (
 // Graphviz runs in one WebAssembly instance, which is not safe for
 // concurrent use: renders take turns.
 var (
-	gvMu   sync.Mutex
-	gv     *graphviz.Graphviz
-	gvErr  error
-	gvOnce sync.Once
+	gvMu  sync.Mutex
+	gv    *graphviz.Graphviz
+	gvErr error // the module cannot be used: every render fails with it
+	// gvBase is the instance's memory when it was made.
+	gvBase uint64
 )
 
+// reloadGrowth is how far the instance's memory may grow past gvBase
+// before a new instance replaces it. WebAssembly memory never shrinks, and
+// drawing a PNG leaks about 150 KB a graph inside it (see
+// third_party/go-graphviz/README.md), SVG about 1.5 KB: a new instance
+// every ~25 PNG graphs (~2,700 SVG graphs) bounds it, at no cost seen.
+var reloadGrowth uint64 = 4 << 20
+
 func graphvizInstance(ctx context.Context) (*graphviz.Graphviz, error) {
-	gvOnce.Do(func() {
-		gvc.SetFontLoader(goFontFace)
-		gv, gvErr = newGraphviz(ctx)
-	})
+	if gv != nil || gvErr != nil {
+		return gv, gvErr
+	}
+	gvc.SetFontLoader(goFontFace)
+	gv, gvErr = newGraphviz(ctx)
+	gvBase = graphviz.MemorySize()
 	return gv, gvErr
 }
+
+// bound starts the module again once its memory has grown by
+// reloadGrowth. The old Graphviz is dropped, not closed: closing it would
+// call into the new instance with the old one's pointers.
+func bound(ctx context.Context) {
+	if gv == nil || graphviz.MemorySize() < gvBase+reloadGrowth {
+		return
+	}
+	gv = nil
+	if err := graphviz.Reload(ctx); err != nil {
+		gvErr = err
+		return
+	}
+	reloads++
+}
+
+// reloads counts the instances replaced, for tests.
+var reloads int
 
 // pngEngine is go-graphviz's PNG renderer with its curves stroked: v0.2.10
 // fills every Bézier curve (edges came out as blobs or not at all) and
@@ -65,7 +93,16 @@ var (
 	goFontsOnce          sync.Once
 	goRegular, goBoldTTF *truetype.Font
 	goFontsErr           error
+	// goFaces keeps each face made: a face allocates its glyph cache
+	// (hundreds of KB) when made, and go-graphviz asks for one per text span.
+	// Only the render holding gvMu uses them.
+	goFaces = map[goFaceKey]font.Face{}
 )
+
+type goFaceKey struct {
+	bold bool
+	size float64
+}
 
 // goFontFace draws the PNG's text with the Go fonts (bold for the bold
 // Helvetica of the title) instead of fonts looked up on the system.
@@ -79,11 +116,17 @@ func goFontFace(_ context.Context, job *gvc.Job, f *gvc.TextFont) (font.Face, er
 	if goFontsErr != nil {
 		return nil, goFontsErr
 	}
+	k := goFaceKey{strings.Contains(strings.ToLower(f.Name()), "bold"), f.Size() * job.Zoom()}
+	if face, ok := goFaces[k]; ok {
+		return face, nil
+	}
 	ft := goRegular
-	if strings.Contains(strings.ToLower(f.Name()), "bold") {
+	if k.bold {
 		ft = goBoldTTF
 	}
-	return truetype.NewFace(ft, &truetype.Options{Size: f.Size() * job.Zoom(), Hinting: font.HintingNone}), nil
+	face := truetype.NewFace(ft, &truetype.Options{Size: k.size, Hinting: font.HintingNone})
+	goFaces[k] = face
+	return face, nil
 }
 
 // Render lays out dot and writes it as format, "svg" or "png".
@@ -108,9 +151,11 @@ func Render(w io.Writer, dot []byte, format string) error {
 	if err != nil {
 		return fmt.Errorf("graphviz: %w", err)
 	}
-	defer graph.Close()
 	var buf bytes.Buffer
-	if err := g.Render(ctx, graph, f, &buf); err != nil {
+	err = g.Render(ctx, graph, f, &buf)
+	graph.Close()
+	bound(ctx)
+	if err != nil {
 		return fmt.Errorf("graphviz: %w", err)
 	}
 	_, err = w.Write(buf.Bytes())

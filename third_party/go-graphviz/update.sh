@@ -55,5 +55,11 @@ cp leaks.go.in internal/wasm/leaks.go
 perl -0pi -e 's/\tvar \(\n\t\ts +string\n\t\trenderedLen uint\n\t\)\n\tif _, err := c\.gvc\.RenderData\(ctx, toGraphWasm\(g\), format, &s, &renderedLen\); err != nil \{\n\t\treturn err\n\t\}\n\tif _, err := w\.Write\(\[\]byte\(s\)\); err != nil \{\n\t\treturn err\n\t\}\n\treturn nil\n/\treturn c.gvc.RenderDataTo(ctx, toGraphWasm(g), format, w)\n/' gvc/gvc.go
 sed -i 's/wasm\.MemRead(context\.Background(), string(bytes))/wasm.MemReadFree(context.Background(), string(bytes))/' cgraph/cgraph.go
 grep -q 'RenderDataTo' gvc/gvc.go && grep -q 'MemReadFree' cgraph/cgraph.go || { echo "update.sh: the leak fixes no longer apply" >&2; exit 1; }
+# A new instance can be made, its memory back at its start (reload.go.in).
+cp reload.go.in internal/wasm/reload.go
+cp memory.go.in memory.go
+perl -0pi -e 's/(\tcompiled, err := r\.CompileModule\(ctx, wasmFile\)\n\tif err != nil \{\n\t\tpanic\(err\)\n\t\}\n)/$1\tloaded.runtime, loaded.compiled = r, compiled\n/' "$w"
+sed -i '/^func load() {$/,/^}$/s/^\tctx := context.Background()$/\tctx := withLinearMemory(context.Background())/' "$w"
+grep -q 'ctx := withLinearMemory(context.Background())' "$w" && grep -q 'loaded.runtime, loaded.compiled = r, compiled' "$w" || { echo "update.sh: the reload no longer applies" >&2; exit 1; }
 gofmt -l . | xargs -r gofmt -w
 echo "update.sh: $MOD@$VERSION copied into $(pwd)"

@@ -393,7 +393,7 @@ func CreateCallbackFunc[T any](cb T, funcID uint64) *CallbackFunc[T] {
 }
 
 func load() {
-	ctx := context.Background()
+	ctx := withLinearMemory(context.Background())
 	cfg := wazero.NewRuntimeConfig()
 	if cache := getCompilationCache(); cache != nil {
 		cfg = cfg.WithCompilationCache(cache)
@@ -2797,6 +2797,7 @@ func load() {
 	if err != nil {
 		panic(err)
 	}
+	loaded.runtime, loaded.compiled = r, compiled
 	fs := &WasmFileSystem{}
 	m, err := r.InstantiateModule(
 		ctx,
