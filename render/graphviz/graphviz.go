@@ -99,6 +99,9 @@ var (
 	goFaces = map[goFaceKey]font.Face{}
 )
 
+// maxGoFaces bounds goFaces; criseq's graphs use four sizes.
+const maxGoFaces = 64
+
 type goFaceKey struct {
 	bold bool
 	size float64
@@ -125,6 +128,9 @@ func goFontFace(_ context.Context, job *gvc.Job, f *gvc.TextFont) (font.Face, er
 		ft = goBoldTTF
 	}
 	face := truetype.NewFace(ft, &truetype.Options{Size: k.size, Hinting: font.HintingNone})
+	if len(goFaces) >= maxGoFaces {
+		clear(goFaces) // a DOT of many sizes (zoomed by its size attribute)
+	}
 	goFaces[k] = face
 	return face, nil
 }
