@@ -47,6 +47,7 @@ sed -i 's/^func init() {$/func init() { wasm.OnLoad(loadGlobals) }\n\nfunc loadG
 # Each exported function is looked up once (funcs.go.in).
 cp funcs.go.in internal/wasm/funcs.go
 cp funcs_test.go.in internal/wasm/funcs_test.go
+cp reload_test.go.in internal/wasm/reload_test.go
 sed -i 's/^\treturn m\.mod\.ExportedFunction(name)$/\treturn exportedFunction(m.mod, name)/' "$w"
 grep -q 'return exportedFunction(m.mod, name)' "$w" || { echo "update.sh: the function cache no longer applies" >&2; exit 1; }
 
