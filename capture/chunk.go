@@ -62,6 +62,10 @@ type Chunk struct {
 	// handshake): its first Data is not its first byte, and a decoder must
 	// resynchronise. Offsets then count from the first byte seen.
 	Midway bool
+
+	// shared, if set, is the relay buffer Data lies in, given back when
+	// the Recorder is done with the chunk.
+	shared *relayBuf
 }
 
 // ConnInfo describes a connection, for error messages and output.

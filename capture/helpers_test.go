@@ -268,6 +268,7 @@ func (s *memSink) Write(c Chunk) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	c.Data = bytes.Clone(c.Data) // a relay reuses its buffer after Write
 	s.chunks = append(s.chunks, c)
 	return nil
 }

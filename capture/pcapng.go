@@ -46,7 +46,8 @@ func ClientEndpoint(id uint64) (net.IP, uint16) {
 	return ip, uint16(firstClientPort + (id-1)%clientPorts)
 }
 
-// Sink consumes chunks, in the order they were seen.
+// Sink consumes chunks, in the order they were seen. Write must not keep
+// c.Data once it returns: a relay reads its next bytes into it.
 type Sink interface {
 	Write(Chunk) error
 	Close() error

@@ -81,7 +81,7 @@ func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
 }
 
 // Record queues c without waiting and reports whether it was queued. The
-// Recorder owns c.Data from then on. Open and Close chunks are tiny and are
+// Recorder owns c.Data from then on, queued or not. Open and Close chunks are tiny and are
 // queued even when the queue is full, so connection boundaries survive
 // overload; they are dropped only once the Recorder failed or closed.
 //
@@ -115,7 +115,7 @@ func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 		c.Time = r.last
 	}
 	r.last = c.Time
-	full := len(r.queue) >= r.maxChunks || r.inFlight+len(c.Data) > r.maxBytes
+	full := len(r.queue) >= r.maxChunks || r.inFlight+c.held() > r.maxBytes
 	if r.closed || r.failed || (c.Kind == Data && full) {
 		logIt := !r.dropping && !r.closed && !r.failed
 		r.dropping = true
@@ -123,6 +123,7 @@ func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 		r.mu.Unlock()
 		r.dropped.Add(1)
 		r.droppedBytes.Add(int64(len(c.Data)))
+		c.release()
 		if logIt {
 			r.log("recorder: queue full (%d chunks, %d bytes), dropping data; the capture will show gaps", queued, inFlight)
 		}
@@ -131,7 +132,7 @@ func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 	r.dropping = false
 	r.queue = append(r.queue, c)
 	before := r.inFlight
-	r.inFlight += len(c.Data)
+	r.inFlight += c.held()
 	// The writer empties the whole queue once awake: only the first chunk
 	// after it took a batch needs to wake it, and one that fills a quarter
 	// of the queue to end its wait for a batch.
@@ -209,7 +210,7 @@ func (r *Recorder) run() {
 
 		n := 0
 		for i := range batch {
-			n += len(batch[i].Data)
+			n += batch[i].held()
 			r.write(batch[i])
 			batch[i] = Chunk{} // let the data go
 		}
@@ -258,6 +259,7 @@ func (r *Recorder) fail(err error) {
 }
 
 func (r *Recorder) write(c Chunk) {
+	defer c.release()
 	r.mu.Lock()
 	failed := r.failed
 	r.mu.Unlock()

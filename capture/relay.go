@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -98,7 +99,7 @@ func (r *relay) release() {
 type direction struct {
 	dir      Dir
 	src, dst int
-	buf      []byte
+	buf      *relayBuf
 	pending  []byte // read, not yet written
 	off      int64
 	gap      int
@@ -111,9 +112,14 @@ type direction struct {
 // run relays both directions until both end.
 func (p *Proxy) run(r *relay) {
 	flows := [2]*direction{
-		{dir: ClientToServer, src: r.fds[0], dst: r.fds[1], buf: make([]byte, relayBufSize), canRead: true},
-		{dir: ServerToClient, src: r.fds[1], dst: r.fds[0], buf: make([]byte, relayBufSize), canRead: true},
+		{dir: ClientToServer, src: r.fds[0], dst: r.fds[1], buf: newRelayBuf(), canRead: true},
+		{dir: ServerToClient, src: r.fds[1], dst: r.fds[0], buf: newRelayBuf(), canRead: true},
 	}
+	defer func() {
+		for _, f := range flows {
+			f.buf.release()
+		}
+	}()
 	var pfds [2]unix.PollFd
 	var of [2]*direction
 	var now unix.Timespec // a zero timeout
@@ -173,7 +179,12 @@ func (p *Proxy) step(r *relay, f *direction) {
 		}
 	}
 	for !f.eof && f.canRead {
-		n, errno := sysRead(f.src, f.buf)
+		if f.buf.refs.Load() > 1 {
+			// The Recorder still holds the last bytes read.
+			f.buf.release()
+			f.buf = newRelayBuf()
+		}
+		n, errno := sysRead(f.src, f.buf.b)
 		switch {
 		case errno == syscall.EINTR:
 			continue
@@ -188,7 +199,7 @@ func (p *Proxy) step(r *relay, f *direction) {
 		}
 		// A short read emptied the socket: ppoll, level-triggered, says
 		// when there is more.
-		f.canRead = n == len(f.buf)
+		f.canRead = n == len(f.buf.b)
 		if f.discard {
 			continue
 		}
@@ -199,7 +210,16 @@ func (p *Proxy) step(r *relay, f *direction) {
 			// ahead of the request it answers; timed by the Recorder as it
 			// is queued, so the file is in time order; the recorder is
 			// woken after, off the bytes' way.
-			c := Chunk{Conn: r.id, Dir: f.dir, Kind: Data, Gap: f.gap, Data: append([]byte(nil), f.buf[:n]...), Offset: f.off}
+			c := Chunk{Conn: r.id, Dir: f.dir, Kind: Data, Gap: f.gap, Offset: f.off}
+			if n >= shareAtLeast {
+				// Handed over, not copied: the relay reads into another
+				// buffer next, and this one is reused once the
+				// Recorder wrote it and the relay passed it on.
+				f.buf.refs.Add(1)
+				c.Data, c.shared = f.buf.b[:n], f.buf
+			} else {
+				c.Data = append([]byte(nil), f.buf.b[:n]...)
+			}
 			var ok bool
 			if ok, wake = rec.enqueue(c); ok {
 				f.gap = 0
@@ -208,7 +228,7 @@ func (p *Proxy) step(r *relay, f *direction) {
 			}
 		}
 		f.off += int64(n)
-		f.pending = f.buf[:n]
+		f.pending = f.buf.b[:n]
 		f.flush()
 		if wake {
 			rec.kick()
@@ -226,6 +246,50 @@ func (p *Proxy) step(r *relay, f *direction) {
 			p.Recorder.Record(Chunk{Conn: r.id, Dir: f.dir, Kind: Close, Gap: f.gap, Offset: f.off})
 		}
 	}
+}
+
+// relayBuf is a direction's read buffer. A large read is handed to the
+// Recorder in it rather than copied (copying a 16 MiB response and
+// collecting the copies was a sixth of the relay's CPU); refs counts the relay and a queued
+// chunk, and the buffer is reused when both are done. Small reads are
+// copied, so that a queued chunk of a few bytes does not hold a whole
+// buffer.
+type relayBuf struct {
+	b    []byte
+	refs atomic.Int32
+}
+
+// shareAtLeast is the smallest read handed over in its buffer.
+const shareAtLeast = relayBufSize / 4
+
+var relayBufs = sync.Pool{New: func() any { return &relayBuf{b: make([]byte, relayBufSize)} }}
+
+func newRelayBuf() *relayBuf {
+	b := relayBufs.Get().(*relayBuf)
+	b.refs.Store(1)
+	return b
+}
+
+func (b *relayBuf) release() {
+	if b.refs.Add(-1) == 0 {
+		relayBufs.Put(b)
+	}
+}
+
+// release gives back the relay buffer c.Data lies in, if any.
+func (c *Chunk) release() {
+	if c.shared != nil {
+		c.shared.release()
+		c.shared = nil
+	}
+}
+
+// held is the memory c holds while queued: its relay buffer, if it has one.
+func (c *Chunk) held() int {
+	if c.shared != nil {
+		return len(c.shared.b)
+	}
+	return len(c.Data)
 }
 
 // flush writes f's pending bytes as far as dst takes them now.
