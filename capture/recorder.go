@@ -81,9 +81,10 @@ func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
 }
 
 // Record queues c without waiting and reports whether it was queued. The
-// Recorder owns c.Data from then on, queued or not. Open and Close chunks are tiny and are
-// queued even when the queue is full, so connection boundaries survive
-// overload; they are dropped only once the Recorder failed or closed.
+// Recorder owns c.Data from then on, queued or not. Open and Close chunks
+// are tiny and are queued even when the queue is full, so connection
+// boundaries survive overload; they are dropped only once the Recorder
+// failed or closed.
 //
 // A chunk with a zero Time is timed here, as it is queued: chunks leave
 // the Recorder in time order whatever goroutines recorded them. Times are
