@@ -250,10 +250,10 @@ func (p *Proxy) step(r *relay, f *direction) {
 
 // relayBuf is a direction's read buffer. A large read is handed to the
 // Recorder in it rather than copied (copying a 16 MiB response and
-// collecting the copies was a sixth of the relay's CPU); refs counts the relay and a queued
-// chunk, and the buffer is reused when both are done. Small reads are
-// copied, so that a queued chunk of a few bytes does not hold a whole
-// buffer.
+// collecting the copies was a sixth of the relay's CPU); refs counts the
+// relay and a queued chunk, and the buffer is reused when both are done.
+// Small reads are copied, so that a queued chunk of a few bytes does not
+// hold a whole buffer.
 type relayBuf struct {
 	b    []byte
 	refs atomic.Int32
