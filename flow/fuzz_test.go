@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -186,7 +187,9 @@ func checkFlows(t *testing.T, flows []*Flow, in map[*decode.Call]bool) {
 // FuzzGroup: calls decoded from real captures, then dropped, repeated,
 // moved in time, failed, cut short or given requests and responses parsed
 // from the fuzzer's bytes, group without a panic into flows made of those
-// calls, offline and live. Seeds are in testdata/fuzz/FuzzGroup.
+// calls, offline and live, the same whether or not the scans of open
+// flows wait for a change or a flow's time. Seeds are in
+// testdata/fuzz/FuzzGroup.
 func FuzzGroup(f *testing.F) {
 	base := baseCalls(f)
 	f.Add([]byte{0})
@@ -230,6 +233,16 @@ func FuzzGroup(f *testing.F) {
 		l := NewLabeler(opts)
 		for _, c := range calls {
 			l.Label(c)
+		}
+
+		// Skipping the scans of open flows until one changes or its time
+		// comes hands out the same flows at the same calls.
+		for _, live := range []bool{false, true} {
+			opts.Live = live
+			want, got := grouped(calls, opts, true), grouped(calls, opts, false)
+			if !slices.Equal(got, want) {
+				t.Fatalf("live %v: skipping scans hands out\n%s\nscanning every call:\n%s", live, strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
 		}
 	})
 }
