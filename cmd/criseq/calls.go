@@ -68,6 +68,7 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// decoding time, are not read.
 		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
 		dopts.SkipResponseMaps = true
+		dopts.RequestHeader = flow.ReadsHeader // it shows no header
 	}
 	var keep func(*decode.Call) bool
 	if *hide {
