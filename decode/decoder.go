@@ -11,6 +11,7 @@ import (
 	"github.com/criseq/criseq/capture"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Errors a ConnError may wrap.
@@ -89,6 +90,14 @@ type Options struct {
 	// again is decoded from the next frame boundary, as one caught midway
 	// (ErrForgotten).
 	IdleConn time.Duration
+	// RequestFields, if set, lists for some request types (by full name,
+	// e.g. "runtime.v1.CreateContainerRequest") the only fields decoded,
+	// as paths of field names ("config.metadata"; a field named is decoded
+	// whole): e.g. flow.ReadsRequestFields, for outputs that show no
+	// message. The others are dropped from the wire bytes first: a
+	// container's or a sandbox's whole config is most of what decoding
+	// its request costs.
+	RequestFields map[protoreflect.FullName][]string
 	// RequestHeader, if set, says which request header fields a Call
 	// keeps, by name (e.g. flow.ReadsHeader); the others are not kept.
 	// An output that shows no headers keeps only what it reads: the
@@ -140,9 +149,10 @@ type Decoder struct {
 	methods     map[string]*method
 	red         redactor
 	gz          gunzipper
-	maps        mapFiller // maps from the wire; its pruner: Options.SkipResponseMaps
-	free        [][]byte  // message buffers for reuse
-	freeStreams []*stream // ended streams for reuse
+	maps        mapFiller   // maps from the wire; its pruner: Options.SkipResponseMaps
+	fields      fieldPruner // Options.RequestFields
+	free        [][]byte    // message buffers for reuse
+	freeStreams []*stream   // ended streams for reuse
 	valid       validCache
 	noProto     bool          // benchmarks only: stop below protobuf decoding
 	noFast      bool          // tests only: every frame through the Framer

@@ -159,6 +159,10 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 	if typ != nil && !d.noProto && !s.m.skip {
 		var msg proto.Message
 		var err error
+		body := raw
+		if dir == c2s && d.opts.RequestFields != nil {
+			body = d.fields.prune(typ.Descriptor(), d.opts.RequestFields, raw)
+		}
 		if dir == s2c && d.opts.SkipResponseMaps {
 			msg = typ.New().Interface()
 			body := raw
@@ -167,7 +171,7 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 			}
 			err = proto.Unmarshal(body, msg)
 		} else {
-			msg, err = d.maps.unmarshal(typ, raw)
+			msg, err = d.maps.unmarshal(typ, body)
 		}
 		if err != nil {
 			return fmt.Errorf("unmarshal %s: %w", typ.Descriptor().FullName(), err)

@@ -1,6 +1,7 @@
 package decode
 
 import (
+	"strings"
 	"sync"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -28,6 +29,16 @@ const (
 	pruneDrop          // a map field
 	pruneInto          // a message field holding maps somewhere
 )
+
+// set gives field n its action.
+func (p *prunePlan) set(num protoreflect.FieldNumber, act pruneAct, sub *prunePlan) {
+	n := int(num)
+	if n >= len(p.act) {
+		p.act = append(p.act, make([]pruneAct, n+1-len(p.act))...)
+		p.sub = append(p.sub, make([]*prunePlan, n+1-len(p.sub))...)
+	}
+	p.act[n], p.sub[n] = act, sub
+}
 
 // prunePlans caches plans by message type; nil: nothing to remove.
 var prunePlans sync.Map // protoreflect.FullName -> *prunePlan
@@ -69,12 +80,7 @@ func buildPlan(md protoreflect.MessageDescriptor, onPath map[protoreflect.FullNa
 		if p == nil {
 			p = &prunePlan{}
 		}
-		n := int(fd.Number())
-		if n >= len(p.act) {
-			p.act = append(p.act, make([]pruneAct, n+1-len(p.act))...)
-			p.sub = append(p.sub, make([]*prunePlan, n+1-len(p.sub))...)
-		}
-		p.act[n], p.sub[n] = act, sub
+		p.set(fd.Number(), act, sub)
 	}
 	return p
 }
@@ -138,4 +144,60 @@ func (mp *mapPruner) pruneAt(depth int, plan *prunePlan, b []byte) (out []byte, 
 	}
 	mp.scratch[depth] = out
 	return out, changed, true
+}
+
+// fieldPruner drops from requests' wire bytes the fields that
+// Options.RequestFields does not list.
+type fieldPruner struct {
+	mapPruner
+	plans map[protoreflect.FullName]*prunePlan // nil plan: the type is decoded whole
+}
+
+// prune returns b with only the fields fields lists for md, in a buffer
+// reused by the next call; b itself if md is not listed or b is not
+// well-formed (Unmarshal then reports it).
+func (fp *fieldPruner) prune(md protoreflect.MessageDescriptor, fields map[protoreflect.FullName][]string, b []byte) []byte {
+	plan, ok := fp.plans[md.FullName()]
+	if !ok {
+		if paths, listed := fields[md.FullName()]; listed {
+			plan = keepPlan(md, paths)
+		}
+		if fp.plans == nil {
+			fp.plans = map[protoreflect.FullName]*prunePlan{}
+		}
+		fp.plans[md.FullName()] = plan
+	}
+	out, ok := fp.mapPruner.prune(plan, b)
+	if !ok {
+		return b
+	}
+	return out
+}
+
+// keepPlan drops every length-delimited field of md that paths does not
+// name or lead into. Scalars are kept: they cost little to decode.
+func keepPlan(md protoreflect.MessageDescriptor, paths []string) *prunePlan {
+	p := &prunePlan{}
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		name := string(fd.Name())
+		act := pruneDrop
+		var sub *prunePlan
+		var under []string
+		for _, path := range paths {
+			if path == name {
+				act, under = pruneKeep, nil
+				break
+			}
+			if rest, ok := strings.CutPrefix(path, name+"."); ok {
+				under = append(under, rest)
+			}
+		}
+		if act == pruneDrop && len(under) > 0 && fd.Kind() == protoreflect.MessageKind && !fd.IsMap() {
+			act, sub = pruneInto, keepPlan(fd.Message(), under)
+		}
+		p.set(fd.Number(), act, sub)
+	}
+	return p
 }

@@ -211,3 +211,60 @@ func TestRequestHeaderKept(t *testing.T) {
 		})
 	}
 }
+
+// TestRequestFieldsKeepsListed: a request pruned to some fields decodes to
+// the request with those fields (and the scalars beside them) and no other,
+// and a type not listed is left as it is, byte for byte.
+func TestRequestFieldsKeepsListed(t *testing.T) {
+	full := &runtimeapi.CreateContainerRequest{
+		PodSandboxId: "sb1",
+		Config: &runtimeapi.ContainerConfig{
+			Metadata:    &runtimeapi.ContainerMetadata{Name: "web", Attempt: 2},
+			Image:       &runtimeapi.ImageSpec{Image: "nginx:1.25", Annotations: map[string]string{"a": "b"}},
+			Command:     []string{"/bin/sh"},
+			Envs:        []*runtimeapi.KeyValue{{Key: "PASSWORD", Value: []byte("hunter2")}},
+			Labels:      map[string]string{"app": "web"},
+			Annotations: map[string]string{"x": "y"},
+			Tty:         true,
+			LogPath:     "web/0.log",
+		},
+		SandboxConfig: &runtimeapi.PodSandboxConfig{
+			Metadata:    &runtimeapi.PodSandboxMetadata{Name: "web-1", Namespace: "default", Uid: "u1"},
+			Hostname:    "web-1",
+			Annotations: map[string]string{"k": "v"},
+			DnsConfig:   &runtimeapi.DNSConfig{Servers: []string{"10.0.0.10"}},
+		},
+	}
+	want := &runtimeapi.CreateContainerRequest{
+		PodSandboxId: "sb1",
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: full.Config.Metadata,
+			Image:    full.Config.Image,
+			Tty:      true,
+		},
+		SandboxConfig: &runtimeapi.PodSandboxConfig{Metadata: full.SandboxConfig.Metadata},
+	}
+	b, err := proto.Marshal(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[protoreflect.FullName][]string{
+		"runtime.v1.CreateContainerRequest": {"pod_sandbox_id", "config.metadata", "config.image", "sandbox_config.metadata"},
+	}
+	var fp fieldPruner
+	got := &runtimeapi.CreateContainerRequest{}
+	if err := proto.Unmarshal(fp.prune(full.ProtoReflect().Descriptor(), fields, b), got); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got, want) {
+		t.Errorf("pruned to\n%v\nwant\n%v", got, want)
+	}
+	other := &runtimeapi.RunPodSandboxRequest{Config: full.SandboxConfig}
+	ob, err := proto.Marshal(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := fp.prune(other.ProtoReflect().Descriptor(), fields, ob); !bytes.Equal(out, ob) {
+		t.Errorf("a type not listed changed: %x, want %x", out, ob)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/criseq/criseq/decode"
@@ -130,6 +131,16 @@ func withDefaultTag(image string) string {
 		return image
 	}
 	return image + ":latest"
+}
+
+// ReadsRequestFields lists, for the large requests, the only fields
+// grouping and the diagrams read (decode.Options.RequestFields): a
+// container's or a sandbox's whole config is most of what decoding them
+// costs. Other requests are read whole.
+var ReadsRequestFields = map[protoreflect.FullName][]string{
+	"runtime.v1.RunPodSandboxRequest":   {"config.metadata", "config.annotations"},
+	"runtime.v1.CreateContainerRequest": {"pod_sandbox_id", "config.metadata", "config.image", "sandbox_config.metadata", "sandbox_config.annotations"},
+	"runtime.v1.PullImageRequest":       {"image", "sandbox_config.metadata"},
 }
 
 // ReadsHeader says whether grouping reads the request header field name:

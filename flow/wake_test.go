@@ -116,15 +116,7 @@ func compareWake(t *testing.T, name string, calls []*decode.Call) {
 		if len(want) == 0 {
 			t.Fatalf("%s %+v: %d flows", name, opts, len(want))
 		}
-		if len(got) != len(want) {
-			t.Errorf("%s %+v: %d flows, scanning every call gives %d", name, opts, len(got), len(want))
-		}
-		for i := range min(len(got), len(want)) {
-			if got[i] != want[i] {
-				t.Errorf("%s %+v: flow %d differs:\n%s\nscanning every call:\n%s", name, opts, i, got[i], want[i])
-				break
-			}
-		}
+		sameLines(t, fmt.Sprintf("%s %+v", name, opts), got, want, "scanning every call")
 	}
 }
 
@@ -154,4 +146,19 @@ func pollingAfter(calls []*decode.Call) []*decode.Call {
 		}
 	}
 	return out
+}
+
+// sameLines reports the first line of got that differs from want, which
+// the way named by how gave.
+func sameLines(t *testing.T, what string, got, want []string, how string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: %d lines, %s gives %d", what, len(got), how, len(want))
+	}
+	for i := range min(len(got), len(want)) {
+		if got[i] != want[i] {
+			t.Errorf("%s: line %d differs:\n%s\n%s:\n%s", what, i, got[i], how, want[i])
+			return
+		}
+	}
 }
