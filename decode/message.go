@@ -165,7 +165,6 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 		}
 		if dir == s2c && d.opts.SkipResponseMaps {
 			msg = typ.New().Interface()
-			body := raw
 			if b, ok := d.maps.pruner.prune(planFor(typ.Descriptor()), raw); ok {
 				body = b
 			}
