@@ -8,7 +8,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -56,7 +55,7 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	bw := bufio.NewWriter(stdout)
 	defer bw.Flush()
 	labels := flow.NewLabeler(flow.Options{})
-	var out callWriter = &tableWriter{tw: tabwriter.NewWriter(bw, 0, 0, 2, ' ', 0)}
+	var out callWriter = &tableWriter{w: bw}
 	if *asJSON {
 		out = newJSONWriter(bw, *noRedact)
 	}
@@ -94,94 +93,6 @@ type callWriter interface {
 	flush() error
 }
 
-// tableWriter prints the aligned table; it flushes every tableBlock rows so
-// memory stays bounded (columns align within a block, and CRI method
-// names are short enough that blocks rarely differ).
-type tableWriter struct {
-	tw       *tabwriter.Writer
-	t0       time.Time
-	rows     int
-	buf      []byte
-	inferred bool // a row was marked ~
-	unknown  bool // a row's method is (unknown)
-}
-
-const tableBlock = 4096
-
-func (w *tableWriter) write(c *decode.Call, s flow.Step, late bool) error {
-	if w.rows == 0 {
-		w.t0 = c.Start
-		io.WriteString(w.tw, "TIME\tCONN\tSTREAM\tMETHOD\tDURATION\tSTATUS\tDETAIL\n")
-	}
-	b := appendOffset(w.buf[:0], c.Start.Sub(w.t0))
-	b = append(b, '\t')
-	b = strconv.AppendUint(b, c.Conn, 10)
-	b = append(b, '\t')
-	b = strconv.AppendUint(b, uint64(c.Stream), 10)
-	b = append(b, '\t')
-	method := s.Method
-	if c.Known {
-		method = s.Service + "/" + s.Method
-	}
-	switch {
-	case !c.Known && c.Method == "":
-		method = "(unknown)" // flow's label says so too
-		w.unknown = true
-	case c.Flags&decode.Inferred != 0:
-		method += "~"
-	}
-	b = append(b, termtext.String(method)...)
-	b = append(b, '\t')
-	if s.Done {
-		b = append(b, fmtDuration(s.Duration)...)
-	} else {
-		b = append(b, '-')
-	}
-	b = append(b, '\t')
-	b = append(b, statusText(c)...)
-	if c.Flags&decode.InferredStatus != 0 {
-		b = append(b, '~')
-	}
-	w.inferred = w.inferred || c.Flags&(decode.Inferred|decode.InferredStatus) != 0
-	b = append(b, '\t')
-	if late {
-		b = append(b, "late"...)
-	}
-	if det := detail(s, c); det != "" {
-		if late {
-			b = append(b, " · "...)
-		}
-		b = append(b, termtext.String(det)...)
-	}
-	b = append(b, '\n')
-	w.buf = b
-	if _, err := w.tw.Write(b); err != nil {
-		return err
-	}
-	w.rows++
-	if w.rows%tableBlock == 0 {
-		return w.tw.Flush()
-	}
-	return nil
-}
-
-func (w *tableWriter) flush() error {
-	if err := w.tw.Flush(); err != nil {
-		return err
-	}
-	if w.inferred {
-		if _, err := fmt.Fprintln(w.tw, "~ inferred from the messages: the :path or grpc-status was in a header table entry older than the capture"); err != nil {
-			return err
-		}
-	}
-	if w.unknown {
-		if _, err := fmt.Fprintln(w.tw, "(unknown): the :path was not read and no single method fits the messages; \"one of\" lists those that may"); err != nil {
-			return err
-		}
-	}
-	return w.tw.Flush()
-}
-
 // Calls are printed in start order (then connection, stream): each is held
 // until no call still open, nor any call not yet seen, can start before it.
 // A call open for longer than lateAfter (capture time; a server stream
@@ -215,20 +126,22 @@ func streamCalls(path string, dopts decode.Options, lists listStreaming, keep fu
 	var held callHeap
 	size := 0 // message bytes held, roughly
 	var seq uint64
-	push := func(it heldItem) {
+	push := func(it heldItem, at time.Time) {
 		seq++
 		it.seq = seq
-		size += it.size()
+		it.sec, it.nsec = at.Unix(), int32(at.Nanosecond())
+		it.size = it.bytes()
+		size += it.size
 		held.push(it)
 	}
 	dopts.OnCall = func(c *decode.Call) {
 		if keep == nil || keep(c) {
-			push(heldItem{c: c, at: c.Start, conn: c.Conn, stream: c.Stream})
+			push(heldItem{c: c, conn: c.Conn, stream: c.Stream}, c.Start)
 		}
 	}
 	dopts.OnStreamMessage = func(c *decode.Call, m decode.Message) {
 		if messages && (keep == nil || keep(c)) {
-			push(heldItem{m: &m, method: c.Method, at: m.Time, conn: c.Conn, stream: c.Stream})
+			push(heldItem{c: c, m: &m, conn: c.Conn, stream: c.Stream}, m.Time)
 		}
 	}
 	d := decode.New(dopts)
@@ -237,7 +150,7 @@ func streamCalls(path string, dopts decode.Options, lists listStreaming, keep fu
 	var printed, it heldItem // the last item printed in order, the next
 	pop := func() {
 		it = held.pop()
-		size -= it.size()
+		size -= it.size
 		late := printed.seq != 0 && it.less(&printed)
 		if !late {
 			printed = it
@@ -254,7 +167,7 @@ func streamCalls(path string, dopts decode.Options, lists listStreaming, keep fu
 		// A call not yet decoded starts at or after the last chunk's
 		// time, and after the oldest open call, unless that one is late.
 		barrier := last.Add(-lateAfter)
-		if held.Len() > 0 && !held[0].at.Before(barrier) {
+		if held.Len() > 0 && !held[0].before(barrier) {
 			if t, open := d.Oldest(); !open {
 				barrier = last
 			} else if t.After(barrier) {
@@ -264,7 +177,7 @@ func streamCalls(path string, dopts decode.Options, lists listStreaming, keep fu
 				}
 			}
 		}
-		for held.Len() > 0 && emitErr == nil && (held[0].at.Before(barrier) || held.Len() > heldCalls || size > heldBytes) {
+		for held.Len() > 0 && emitErr == nil && (held[0].before(barrier) || held.Len() > heldCalls || size > heldBytes) {
 			pop()
 		}
 	}
@@ -302,19 +215,22 @@ func streamCalls(path string, dopts decode.Options, lists listStreaming, keep fu
 }
 
 // heldItem is a call, or a message of a server stream, waiting for its
-// turn to be printed.
+// turn to be printed. Its time is kept as seconds and nanoseconds, which
+// compare as time.Time does (capture times have no monotonic reading) and
+// make a smaller item for the heap to move.
 type heldItem struct {
-	c      *decode.Call    // the call; nil for a message
-	m      *decode.Message // a server-stream message
-	method string          // the message's call's
-	at     time.Time       // the call's start, the message's time
+	c      *decode.Call    // the call, or the message's call
+	m      *decode.Message // a server-stream message; nil for a call
+	sec    int64           // the call's start, the message's time: Unix seconds
 	conn   uint64
-	stream uint32
 	seq    uint64 // arrival order, the last tie-break
+	size   int    // bytes
+	nsec   int32
+	stream uint32
 }
 
-// size is about what a held item costs.
-func (it *heldItem) size() int {
+// bytes is about what a held item costs.
+func (it *heldItem) bytes() int {
 	if it.m != nil {
 		return 256 + it.m.Size
 	}
@@ -328,12 +244,20 @@ func (it *heldItem) size() int {
 	return n
 }
 
+// before reports whether the item's time is before t.
+func (it *heldItem) before(t time.Time) bool {
+	sec := t.Unix()
+	return it.sec < sec || it.sec == sec && it.nsec < int32(t.Nanosecond())
+}
+
 // less orders items like decode.SortCalls: start (or message) time, then
 // connection and stream; a call before its messages.
 func (it *heldItem) less(o *heldItem) bool {
 	switch {
-	case !it.at.Equal(o.at):
-		return it.at.Before(o.at)
+	case it.sec != o.sec:
+		return it.sec < o.sec
+	case it.nsec != o.nsec:
+		return it.nsec < o.nsec
 	case it.conn != o.conn:
 		return it.conn < o.conn
 	case it.stream != o.stream:
@@ -396,23 +320,6 @@ func statusText(c *decode.Call) string {
 		return "no status"
 	}
 	return codes.Code(c.Status).String()
-}
-
-func detail(s flow.Step, c *decode.Call) string {
-	var parts []string
-	if c.Method == "" && len(c.Candidates) > 0 {
-		parts = append(parts, "one of "+strings.Join(c.Candidates, ", "))
-	}
-	if s.Arg != "" {
-		parts = append(parts, s.Arg)
-	}
-	if s.Err != "" {
-		parts = append(parts, "✗ "+oneLine(c.Message))
-	} else if s.Result != "" {
-		parts = append(parts, "→ "+s.Result)
-	}
-	parts = append(parts, c.Errors...)
-	return strings.Join(parts, " ")
 }
 
 func oneLine(s string) string {

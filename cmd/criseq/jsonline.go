@@ -97,13 +97,13 @@ func (w *jsonWriter) flush() error { return nil }
 // counts them (streamed).
 func (w *jsonWriter) message(it *heldItem, late bool) error {
 	b := append(w.buf[:0], `{"time":"`...)
-	b = it.at.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = it.m.Time.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","conn":`...)
 	b = strconv.AppendUint(b, it.conn, 10)
 	b = append(b, `,"stream":`...)
 	b = strconv.AppendUint(b, uint64(it.stream), 10)
 	b = append(b, `,"method":`...)
-	b = appendJSONString(b, it.method)
+	b = appendJSONString(b, it.c.Method)
 	b = append(b, `,"response":`...)
 	var err error
 	if b, err = w.messageJSON(b, *it.m); err != nil {

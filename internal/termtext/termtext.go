@@ -61,6 +61,9 @@ func String(s string) string {
 	return escape(s, false)
 }
 
+// Clean reports whether String(s) is s itself.
+func Clean(s string) bool { return clean(s, false) }
+
 // Lines is String for a message of several lines: newlines are kept.
 func Lines(s string) string {
 	if clean(s, true) {
