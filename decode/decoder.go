@@ -90,14 +90,16 @@ type Options struct {
 	// again is decoded from the next frame boundary, as one caught midway
 	// (ErrForgotten).
 	IdleConn time.Duration
-	// RequestFields, if set, lists for some request types (by full name,
-	// e.g. "runtime.v1.CreateContainerRequest") the only fields decoded,
-	// as paths of field names ("config.metadata"; a field named is decoded
-	// whole): e.g. flow.ReadsRequestFields, for outputs that show no
-	// message. The others are dropped from the wire bytes first: a
-	// container's or a sandbox's whole config is most of what decoding
-	// its request costs.
-	RequestFields map[protoreflect.FullName][]string
+	// Fields, if set, lists for some message types, requests and
+	// responses alike (by full name, e.g. "runtime.v1.CreateContainerRequest"),
+	// the only fields decoded, as paths of field names ("config.metadata";
+	// a field named is decoded whole; scalars beside them are kept): e.g.
+	// flow.ReadsFields, for outputs that show no message. The others are
+	// dropped from the wire bytes first: a container's or a sandbox's
+	// whole config, or a status's mounts, image and network, is most of
+	// what decoding the message costs. A response type not listed is
+	// decoded as SkipResponseMaps says.
+	Fields map[protoreflect.FullName][]string
 	// RequestHeader, if set, says which request header fields a Call
 	// keeps, by name (e.g. flow.ReadsHeader); the others are not kept.
 	// An output that shows no headers keeps only what it reads: the
@@ -150,7 +152,7 @@ type Decoder struct {
 	red         redactor
 	gz          gunzipper
 	maps        mapFiller   // maps from the wire; its pruner: Options.SkipResponseMaps
-	fields      fieldPruner // Options.RequestFields
+	fields      fieldPruner // Options.Fields
 	free        [][]byte    // message buffers for reuse
 	freeStreams []*stream   // ended streams for reuse
 	valid       validCache

@@ -159,14 +159,18 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 	if typ != nil && !d.noProto && !s.m.skip {
 		var msg proto.Message
 		var err error
-		body := raw
-		if dir == c2s && d.opts.RequestFields != nil {
-			body = d.fields.prune(typ.Descriptor(), d.opts.RequestFields, raw)
+		body, listed := raw, false
+		if d.opts.Fields != nil {
+			body, listed = d.fields.prune(typ.Descriptor(), d.opts.Fields, raw)
 		}
-		if dir == s2c && d.opts.SkipResponseMaps {
+		if dir == s2c && (listed || d.opts.SkipResponseMaps) {
+			// A response's fields listed keep no map; not listed, its
+			// maps are dropped as they are not read.
 			msg = typ.New().Interface()
-			if b, ok := d.maps.pruner.prune(planFor(typ.Descriptor()), raw); ok {
-				body = b
+			if !listed {
+				if b, ok := d.maps.pruner.prune(planFor(typ.Descriptor()), raw); ok {
+					body = b
+				}
 			}
 			err = proto.Unmarshal(body, msg)
 		} else {

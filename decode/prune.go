@@ -146,8 +146,8 @@ func (mp *mapPruner) pruneAt(depth int, plan *prunePlan, b []byte) (out []byte, 
 	return out, changed, true
 }
 
-// fieldPruner drops from requests' wire bytes the fields that
-// Options.RequestFields does not list.
+// fieldPruner drops from messages' wire bytes the fields that
+// Options.Fields does not list.
 type fieldPruner struct {
 	mapPruner
 	plans map[protoreflect.FullName]*prunePlan // nil plan: the type is decoded whole
@@ -155,11 +155,11 @@ type fieldPruner struct {
 
 // prune returns b with only the fields fields lists for md, in a buffer
 // reused by the next call; b itself if md is not listed or b is not
-// well-formed (Unmarshal then reports it).
-func (fp *fieldPruner) prune(md protoreflect.MessageDescriptor, fields map[protoreflect.FullName][]string, b []byte) []byte {
+// well-formed (Unmarshal then reports it). listed says whether md is.
+func (fp *fieldPruner) prune(md protoreflect.MessageDescriptor, fields map[protoreflect.FullName][]string, b []byte) (out []byte, listed bool) {
 	plan, ok := fp.plans[md.FullName()]
 	if !ok {
-		if paths, listed := fields[md.FullName()]; listed {
+		if paths, found := fields[md.FullName()]; found {
 			plan = keepPlan(md, paths)
 		}
 		if fp.plans == nil {
@@ -167,11 +167,14 @@ func (fp *fieldPruner) prune(md protoreflect.MessageDescriptor, fields map[proto
 		}
 		fp.plans[md.FullName()] = plan
 	}
-	out, ok := fp.mapPruner.prune(plan, b)
-	if !ok {
-		return b
+	if plan == nil {
+		return b, false
 	}
-	return out
+	out, ok = fp.mapPruner.prune(plan, b)
+	if !ok {
+		return b, true
+	}
+	return out, true
 }
 
 // keepPlan drops every length-delimited field of md that paths does not

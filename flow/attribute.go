@@ -133,14 +133,22 @@ func withDefaultTag(image string) string {
 	return image + ":latest"
 }
 
-// ReadsRequestFields lists, for the large requests, the only fields
-// grouping and the diagrams read (decode.Options.RequestFields): a
-// container's or a sandbox's whole config is most of what decoding them
-// costs. Other requests are read whole.
-var ReadsRequestFields = map[protoreflect.FullName][]string{
+// ReadsFields lists, for the large messages, the only fields grouping,
+// labels and the diagrams read (decode.Options.Fields), scalars aside: a
+// container's or a sandbox's whole config, a status's mounts, image and
+// network, are most of what decoding them costs. Other messages are read
+// whole (responses without their maps).
+var ReadsFields = map[protoreflect.FullName][]string{
 	"runtime.v1.RunPodSandboxRequest":   {"config.metadata", "config.annotations"},
 	"runtime.v1.CreateContainerRequest": {"pod_sandbox_id", "config.metadata", "config.image", "sandbox_config.metadata", "sandbox_config.annotations"},
 	"runtime.v1.PullImageRequest":       {"image", "sandbox_config.metadata"},
+	// learn, Label (state, exit code), Event.
+	"runtime.v1.PodSandboxStatusResponse": {"status.id", "status.metadata", "status.network.ip"},
+	"runtime.v1.ContainerStatusResponse":  {"status.id", "status.metadata"},
+	"runtime.v1.ImageStatusResponse":      {"image.id"},
+	"runtime.v1.ListPodSandboxResponse":   {"items.id", "items.metadata"},
+	"runtime.v1.ListContainersResponse":   {"containers.id", "containers.pod_sandbox_id", "containers.metadata"},
+	"runtime.v1.ContainerEventResponse":   {"container_id", "pod_sandbox_status.id", "pod_sandbox_status.metadata", "containers_statuses.id", "containers_statuses.metadata"},
 }
 
 // ReadsHeader says whether grouping reads the request header field name:

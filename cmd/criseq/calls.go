@@ -67,8 +67,8 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// decoding time, are not read.
 		dopts.SkipBodies = func(_, method string) bool { return flow.IsPolling(method) }
 		dopts.SkipResponseMaps = true
-		dopts.RequestHeader = flow.ReadsHeader        // it shows no header
-		dopts.RequestFields = flow.ReadsRequestFields // nor any message
+		dopts.RequestHeader = flow.ReadsHeader // it shows no header
+		dopts.Fields = flow.ReadsFields        // nor any message
 	}
 	var keep func(*decode.Call) bool
 	if *hide {

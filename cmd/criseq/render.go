@@ -131,7 +131,7 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 		h.f, h.drawn = stubOf(f), fw.draw(f)
 		return h
 	}
-	dopts := decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html, RequestHeader: headersRead(html), RequestFields: fieldsRead(html)}
+	dopts := decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html, RequestHeader: headersRead(html), Fields: fieldsRead(html)}
 	calls, err := streamHeld(path, dopts, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, hold, func(h heldFlow) error {
 		if !wanted(h.f) {
 			return nil
@@ -358,13 +358,13 @@ func headersRead(shown bool) func(string) bool {
 	return flow.ReadsHeader
 }
 
-// fieldsRead is what a decoder decodes of the large requests: all of them
+// fieldsRead is what a decoder decodes of the large messages: all of them
 // for an output that shows messages (html), else what grouping reads.
 func fieldsRead(shown bool) map[protoreflect.FullName][]string {
 	if shown {
 		return nil
 	}
-	return flow.ReadsRequestFields
+	return flow.ReadsFields
 }
 
 // summary is the line printed for each flow (render, watch, demo): its

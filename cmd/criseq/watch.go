@@ -225,7 +225,7 @@ func newWatcher(o renderOptions, formats []string, ns string, want int, listsUna
 		w.emit(w.g.Add(c))
 	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }, ListsUnary: listsUnary,
 		NameWait: liveNameWait, SkipResponseMaps: !slices.Contains(formats, "html"),
-		RequestHeader: headersRead(slices.Contains(formats, "html")), RequestFields: fieldsRead(slices.Contains(formats, "html"))}
+		RequestHeader: headersRead(slices.Contains(formats, "html")), Fields: fieldsRead(slices.Contains(formats, "html"))}
 	if !o.all {
 		dopts.SkipBodies = flow.SkipBody
 	}
