@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,27 +20,38 @@ import (
 )
 
 // TestDiagramsReplacedWhole: while render draws the same capture into a
-// directory again and again, a reader never finds a diagram shorter or
-// other than whole; no temporary file is left, and the files have the
-// usual mode.
+// directory again and again, each time with the client named otherwise, a
+// reader never finds a diagram shorter or other than one of the two whole;
+// no temporary file is left, and the files have the usual mode.
 func TestDiagramsReplacedWhole(t *testing.T) {
 	out := t.TempDir()
 	capPath := filepath.Join("..", "..", "testdata", "kubelet-init", "capture.pcapng")
-	args := []string{"render", "-o", out, "--format", "svg,puml,mmd,html", capPath}
-	if err := run(context.Background(), args, io.Discard, io.Discard); err != nil {
-		t.Fatal(err)
+	args := func(client string) []string {
+		return []string{"render", "-o", out, "--format", "svg,puml,mmd,html", "--client", client, capPath}
 	}
-	want := map[string][]byte{}
-	ents, _ := os.ReadDir(out)
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(out, e.Name()))
-		if err != nil {
+	var wants [2]map[string][]byte
+	for i, client := range []string{"kubelet", "the-kubelet"} {
+		if err := run(context.Background(), args(client), io.Discard, io.Discard); err != nil {
 			t.Fatal(err)
 		}
-		want[e.Name()] = b
+		wants[i] = map[string][]byte{}
+		ents, _ := os.ReadDir(out)
+		for _, e := range ents {
+			b, err := os.ReadFile(filepath.Join(out, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wants[i][e.Name()] = b
+		}
 	}
-	if len(want) < 7 {
-		t.Fatalf("render wrote %d files", len(want))
+	want := wants[0]
+	if len(want) < 7 || len(wants[1]) != len(want) {
+		t.Fatalf("render wrote %d files, then %d", len(want), len(wants[1]))
+	}
+	for name, b := range want {
+		if bytes.Equal(b, wants[1][name]) {
+			t.Fatalf("%s: the same with the client named otherwise: the test would not replace it", name)
+		}
 	}
 
 	var stop atomic.Bool
@@ -53,7 +65,7 @@ func TestDiagramsReplacedWhole(t *testing.T) {
 				for name, w := range want {
 					b, err := os.ReadFile(filepath.Join(out, name))
 					reads.Add(1)
-					if err != nil || !bytes.Equal(b, w) {
+					if err != nil || !bytes.Equal(b, w) && !bytes.Equal(b, wants[1][name]) {
 						if torn.Add(1) == 1 {
 							t.Errorf("%s read as %d bytes (err %v), the whole file is %d", name, len(b), err, len(w))
 						}
@@ -62,8 +74,8 @@ func TestDiagramsReplacedWhole(t *testing.T) {
 			}
 		}()
 	}
-	for range 20 {
-		if err := run(context.Background(), args, io.Discard, io.Discard); err != nil {
+	for i := range 20 {
+		if err := run(context.Background(), args([]string{"kubelet", "the-kubelet"}[i%2]), io.Discard, io.Discard); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -73,7 +85,7 @@ func TestDiagramsReplacedWhole(t *testing.T) {
 
 	old := syscall.Umask(0o022)
 	syscall.Umask(old)
-	ents, _ = os.ReadDir(out)
+	ents, _ := os.ReadDir(out)
 	for _, e := range ents {
 		if strings.HasSuffix(e.Name(), ".tmp") || strings.HasPrefix(e.Name(), ".") {
 			t.Errorf("left behind: %s", e.Name())
@@ -192,4 +204,79 @@ func readDir(t *testing.T, dir string) map[string]fileOf {
 		out[e.Name()] = fileOf{b, info.Mode()}
 	}
 	return out
+}
+
+// TestUnchangedDiagramsLeftAlone: rendering again into the same directory
+// leaves each file that already holds the diagram as it is (same inode,
+// same time); a file changed since, even at the same size, and a symbolic
+// link in a diagram's place are replaced by the diagram.
+func TestUnchangedDiagramsLeftAlone(t *testing.T) {
+	out := t.TempDir()
+	capPath := filepath.Join("..", "..", "testdata", "kubelet-burst", "capture.pcapng")
+	args := []string{"render", "-o", out, "--format", "svg,puml,mmd,json", capPath}
+	if err := run(context.Background(), args, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	want := readDir(t, out)
+	if len(want) < 8 {
+		t.Fatalf("render wrote %d files", len(want))
+	}
+	inodes := func() map[string]unix.Stat_t {
+		m := map[string]unix.Stat_t{}
+		for name := range want {
+			var st unix.Stat_t
+			if err := unix.Lstat(filepath.Join(out, name), &st); err != nil {
+				t.Fatal(err)
+			}
+			m[name] = st
+		}
+		return m
+	}
+	var changed, linked string
+	for name := range want {
+		switch {
+		case changed == "":
+			changed = name
+		case linked == "":
+			linked = name
+		}
+	}
+	b := bytes.Clone(want[changed].data)
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(filepath.Join(out, changed), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := filepath.Join(t.TempDir(), "same.txt")
+	if err := os.WriteFile(elsewhere, want[linked].data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(out, linked))
+	if err := os.Symlink(elsewhere, filepath.Join(out, linked)); err != nil {
+		t.Fatal(err)
+	}
+	before := inodes()
+	if err := run(context.Background(), args, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	after := inodes()
+	for name, st := range after {
+		was := before[name]
+		replaced := st.Ino != was.Ino
+		if replaced != (name == changed || name == linked) {
+			t.Errorf("%s: replaced %v", name, replaced)
+		}
+		if !replaced && st.Mtim != was.Mtim {
+			t.Errorf("%s: the same file, its time changed", name)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			t.Errorf("%s: mode %o, not a regular file", name, st.Mode)
+		}
+	}
+	same := func(a, b fileOf) bool { return bytes.Equal(a.data, b.data) && a.mode == b.mode }
+	if got := readDir(t, out); !maps.EqualFunc(got, want, same) {
+		t.Error("the files are not the diagrams")
+	}
+	if b, _ := os.ReadFile(elsewhere); !bytes.Equal(b, want[linked].data) {
+		t.Error("the file the link pointed to changed")
+	}
 }
