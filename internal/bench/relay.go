@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -148,6 +149,10 @@ func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
 func (rb *relayBench) spawn(ctx context.Context, sock, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stderr = os.Stderr
+	// A group of its own: an -extra relay run through a wrapper (sh -c,
+	// taskset) is stopped with the children it started, not orphaned.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -174,15 +179,17 @@ func (rb *relayBench) stop() {
 				rb.recordRSS = rss
 			}
 		}
-		p.Process.Signal(os.Interrupt)
+		pgid := -p.Process.Pid
+		syscall.Kill(pgid, syscall.SIGINT)
 		done := make(chan struct{})
 		go func() { p.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
-			p.Process.Kill()
+			syscall.Kill(pgid, syscall.SIGKILL)
 			<-done
 		}
+		syscall.Kill(pgid, syscall.SIGKILL) // what it left behind
 	}
 	if rb.dir != "" {
 		os.RemoveAll(rb.dir)
