@@ -101,6 +101,8 @@ type open struct {
 	settled    bool            // past Grace: only more containers may join
 	handedOut  bool            // Live: returned once, may still grow
 	containers map[string]bool // container IDs this flow knows (stop flows)
+	key        string          // its key in starts or stops
+	dirty      bool            // in Grouper.dirty
 }
 
 // Grouper groups calls as they come; flows are returned once they are
@@ -129,11 +131,13 @@ type Grouper struct {
 	runtime    string
 	maxPending int
 
-	// Before wake, and while no open flow has changed (changed false), no
-	// flow can settle or be done: settle and expire skip their scans of
-	// every open flow, which were a tenth of diff's time with hundreds open.
+	// Before wake, no flow left as it was can settle or be done: settle
+	// and expire look only at the flows changed since (dirty), not at
+	// every open flow, which was a tenth of diff's time with hundreds
+	// open. changed asks for a look at every one.
 	wake    time.Time
 	changed bool
+	dirty   []*open
 	noWake  bool // tests only: scan on every call
 }
 
@@ -244,7 +248,7 @@ func (g *Grouper) route(c *decode.Call) {
 		}
 		if cr, ok := resp.(*runtimeapi.CreateContainerResponse); ok && cr.GetContainerId() != "" {
 			o.created[cr.GetContainerId()] = true
-			g.changed = true
+			g.touch(o)
 		}
 		for k := range imageKeys(r.GetConfig().GetImage()) {
 			o.imageKeys[k] = true
@@ -289,7 +293,7 @@ func (g *Grouper) route(c *decode.Call) {
 				o.lastStart = c.End
 			}
 			o.settled = false
-			g.changed = true
+			g.touch(o)
 			g.worked(o.ow, c)
 		}
 		g.add(o, c)
@@ -311,7 +315,7 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 	o := g.newOpen(Start, pod, sid)
 	if sid != "" {
 		g.pods[sid] = pod
-		g.starts[sid] = o
+		g.starts[sid], o.key = o, sid
 		ann := r.GetConfig().GetAnnotations()
 		if ann == nil {
 			ann = map[string]string{}
@@ -325,7 +329,8 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 		g.takeEarly(o, sid)
 	} else {
 		// Failed sandbox: a flow of its own, keyed so later retries get new ones.
-		g.starts["failed:"+c.Method+":"+c.Start.String()] = o
+		o.key = "failed:" + c.Method + ":" + c.Start.String()
+		g.starts[o.key] = o
 	}
 	g.add(o, c)
 }
@@ -340,7 +345,7 @@ func (g *Grouper) startFlow(sid string, c *decode.Call) *open {
 		return nil
 	}
 	o.settled = false
-	g.changed = true
+	g.touch(o)
 	g.reopen(o)
 	return o
 }
@@ -350,7 +355,7 @@ func (g *Grouper) reopen(o *open) {
 	if o.handedOut {
 		o.handedOut = false
 		g.order = append(g.order, o)
-		g.changed = true
+		g.touch(o)
 	}
 }
 
@@ -362,7 +367,7 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 		if s := g.starts[sid]; s != nil && sid != "" {
 			s.settled = true
 			s.lastStart = time.Time{}
-			g.changed = true
+			g.touch(s)
 			delete(g.starts, sid)
 			g.closeSlot(s.ow, c.Start)
 		}
@@ -374,7 +379,7 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 			}
 		}
 		o = g.newOpen(Stop, pod, sid)
-		g.stops[key] = o
+		g.stops[key], o.key = o, key
 	}
 	if cid != "" {
 		o.containers[cid] = true
@@ -382,7 +387,7 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 	g.add(o, c)
 	if c.Name == "RemovePodSandbox" && c.OK() && !c.End.IsZero() {
 		o.f.Complete = true
-		g.changed = true
+		g.touch(o)
 	}
 }
 
@@ -402,7 +407,7 @@ func (g *Grouper) newOpen(k Kind, pod Pod, sid string) *open {
 		containers: map[string]bool{},
 	}
 	g.order = append(g.order, o)
-	g.changed = true
+	g.touch(o)
 	return o
 }
 
@@ -410,7 +415,16 @@ func (g *Grouper) add(o *open, c *decode.Call) {
 	st := g.step(c)
 	st.Attr.By = ByID
 	o.steps = append(o.steps, st)
-	g.changed = true
+	g.touch(o)
+}
+
+// touch notes that o changed: whether it settles or is done is looked at
+// again, by settle and expire.
+func (g *Grouper) touch(o *open) {
+	if !o.dirty {
+		o.dirty = true
+		g.dirty = append(g.dirty, o)
+	}
 }
 
 // attachAll adds a polling or foreign call to every flow open at its time.
@@ -420,7 +434,7 @@ func (g *Grouper) attachAll(c *decode.Call) {
 			st := g.step(c)
 			st.Attr.By = ByTime
 			o.steps = append(o.steps, st)
-			g.changed = true
+			g.touch(o)
 		}
 	}
 }
@@ -452,17 +466,26 @@ func imageKeys(s *runtimeapi.ImageSpec) map[string]bool {
 
 // settle stops start flows past their Grace from taking status calls.
 func (g *Grouper) settle() {
-	for _, o := range g.order {
-		if o.f.Kind == Start && !o.lastStart.IsZero() && g.now.Sub(o.lastStart) > g.opts.Grace && !o.settled {
+	flows := g.order
+	if !g.dueAll() {
+		flows = g.dirty
+	}
+	for _, o := range flows {
+		if g.settles(o) {
 			o.settled = true
-			g.changed = true
+			g.touch(o)
 		}
 	}
 }
 
+// settles reports whether o is past its Grace at g.now, not yet settled.
+func (g *Grouper) settles(o *open) bool {
+	return o.f.Kind == Start && !o.lastStart.IsZero() && g.now.Sub(o.lastStart) > g.opts.Grace && !o.settled
+}
+
 // expire closes the flows that can no longer grow at g.now.
 func (g *Grouper) expire() []*Flow {
-	if !g.due() {
+	if !g.due() || !g.dueAll() && g.quiet() {
 		g.pruneImages()
 		return nil
 	}
@@ -495,16 +518,60 @@ func (g *Grouper) expire() []*Flow {
 	return out
 }
 
-// due says whether settle and expire must look at every open flow: a flow
-// changed, a time it waits for has come, or too many are open.
-func (g *Grouper) due() bool {
+// due says whether settle and expire must look at a flow: one changed,
+// a time one waits for has come, or too many are open.
+func (g *Grouper) due() bool { return len(g.dirty) > 0 || g.dueAll() }
+
+// dueAll says whether settle and expire must look at every open flow.
+func (g *Grouper) dueAll() bool {
 	return g.changed || g.noWake || !g.now.Before(g.wake) || len(g.order) > g.opts.MaxOpen
+}
+
+// quiet reports whether no flow changed since wake was set can settle or
+// be done at g.now; if so, it clears them, wake moved to their times.
+// A wake set early (a flow's time moved later) costs one scan, no more.
+func (g *Grouper) quiet() bool {
+	for _, o := range g.dirty {
+		if g.settles(o) || g.done(o) {
+			return false
+		}
+	}
+	for _, o := range g.dirty {
+		if t, ok := g.wakeOf(o); ok && t.Before(g.wake) {
+			g.wake = t
+		}
+		o.dirty = false
+	}
+	clear(g.dirty)
+	g.dirty = g.dirty[:0]
+	return true
+}
+
+// wakeOf is the earliest time at which settle or done may give another
+// answer for the open flow o as it is now; ok is false for a stop flow,
+// done when it is complete: a change.
+func (g *Grouper) wakeOf(o *open) (t time.Time, ok bool) {
+	if o.f.Kind == Stop {
+		return t, false
+	}
+	t = g.doneAfter(o)
+	if !o.lastStart.IsZero() && !o.settled {
+		if settle := o.lastStart.Add(g.opts.Grace); settle.Before(t) {
+			t = settle
+		}
+	}
+	return t, true
 }
 
 // rewake sets wake to the earliest time at which settle or done may give
 // another answer for an open flow as it is now.
 func (g *Grouper) rewake() {
 	g.changed = false
+	for _, o := range g.dirty {
+		o.dirty = false
+	}
+	clear(g.dirty)
+	g.dirty = g.dirty[:0]
 	var wake time.Time
 	at := func(t time.Time) {
 		if wake.IsZero() || t.Before(wake) {
@@ -512,13 +579,9 @@ func (g *Grouper) rewake() {
 		}
 	}
 	for _, o := range g.order {
-		if o.f.Kind == Stop {
-			continue // done when complete: a change
+		if t, ok := g.wakeOf(o); ok {
+			at(t)
 		}
-		if !o.lastStart.IsZero() && !o.settled {
-			at(o.lastStart.Add(g.opts.Grace)) // settle
-		}
-		at(g.doneAfter(o))
 	}
 	if g.opts.Live {
 		for _, o := range g.starts {
@@ -569,15 +632,11 @@ func (g *Grouper) forget(o *open) {
 		last := o.steps[len(o.steps)-1]
 		g.closeSlot(o.ow, last.Start.Add(last.Duration))
 	}
-	for k, v := range g.starts {
-		if v == o {
-			delete(g.starts, k)
-		}
+	if g.starts[o.key] == o {
+		delete(g.starts, o.key)
 	}
-	for k, v := range g.stops {
-		if v == o {
-			delete(g.stops, k)
-		}
+	if g.stops[o.key] == o {
+		delete(g.stops, o.key)
 	}
 }
 

@@ -54,9 +54,9 @@ func grouped(calls []*decode.Call, opts Options, noWake bool) []string {
 	return out
 }
 
-// TestWakeSkipsNoFlow: skipping the scans of open flows until one of them
-// changes or its time comes hands out the same flows, at the same calls,
-// as scanning on every call. The captures are real traffic, copied in
+// TestWakeSkipsNoFlow: looking only at the open flows that changed until a
+// time one waits for comes hands out the same flows, at the same calls,
+// as looking at every open flow on every call. The captures are real traffic, copied in
 // time so that hundreds of flows are open at once.
 func TestWakeSkipsNoFlow(t *testing.T) {
 	dir := t.TempDir()
@@ -159,6 +159,98 @@ func sameLines(t *testing.T, what string, got, want []string, how string) {
 		if got[i] != want[i] {
 			t.Errorf("%s: line %d differs:\n%s\n%s:\n%s", what, i, got[i], how, want[i])
 			return
+		}
+	}
+}
+
+// TestForgetDropsKeys: once a flow is handed out for good, no sandbox or
+// container key leads to it, so later calls do not join a flow already
+// handed out and the keys do not grow with the capture.
+func TestForgetDropsKeys(t *testing.T) {
+	busy := filepath.Join(t.TempDir(), "busy.pcapng")
+	srcs := []string{
+		filepath.Join("..", "testdata", "kubelet-burst-containerd2", "capture.pcapng"),
+		filepath.Join("..", "testdata", "kubelet-missing", "capture.pcapng"),
+	}
+	if _, err := benchcap.WriteBusy(busy, srcs, 4<<20, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	files := []string{busy}
+	for _, name := range []string{"crictl-lifecycle", "kubelet-init", "kubelet-pull", "kubelet-warm"} {
+		files = append(files, filepath.Join("..", "testdata", name, "capture.pcapng"))
+	}
+	for _, file := range files {
+		src, err := capture.OpenFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls, _, err := decode.DecodeAll(src, decode.Options{})
+		src.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		decode.SortCalls(calls)
+		checkKeys(t, file, calls, false)
+	}
+	// A sandbox that failed to start is keyed by its call: the real pull
+	// with its RunPodSandbox calls failing, its polling going on after.
+	file := filepath.Join("..", "testdata", "kubelet-pull", "capture.pcapng")
+	src, err := capture.OpenFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls, _, err := decode.DecodeAll(src, decode.Options{})
+	src.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range calls {
+		if c.Name == "RunPodSandbox" {
+			failed := *c
+			failed.Responses, failed.Status = nil, 2
+			calls[i] = &failed
+		}
+	}
+	calls = pollingAfter(calls)
+	decode.SortCalls(calls)
+	checkKeys(t, file+" with its sandboxes failing", calls, true)
+}
+
+func checkKeys(t *testing.T, file string, calls []*decode.Call, failed bool) {
+	t.Helper()
+	for _, opts := range []Options{{}, {MaxOpen: 8}} {
+		g := NewGrouper(opts)
+		stops, handed, failures := 0, 0, 0
+		for i, c := range calls {
+			for _, f := range g.Add(c) {
+				handed++
+				if f.Kind == Stop {
+					stops++
+				}
+				if f.Kind == Start && f.SandboxID == "" {
+					failures++
+				}
+			}
+			open := map[*open]bool{}
+			for _, o := range g.order {
+				open[o] = true
+			}
+			for k, o := range g.starts {
+				if !open[o] {
+					t.Fatalf("%s %+v, call %d: start key %q leads to a flow handed out", file, opts, i, k)
+				}
+			}
+			for k, o := range g.stops {
+				if !open[o] {
+					t.Fatalf("%s %+v, call %d: stop key %q leads to a flow handed out", file, opts, i, k)
+				}
+			}
+		}
+		if failed && failures == 0 {
+			t.Fatalf("%s %+v: no failed sandbox handed out before the end: nothing checked", file, opts)
+		}
+		if !failed && (stops == 0 || handed == stops) {
+			t.Fatalf("%s %+v: %d flows handed out before the end, %d of them stops: nothing checked", file, opts, handed, stops)
 		}
 	}
 }
