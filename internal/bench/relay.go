@@ -149,8 +149,8 @@ func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
 func (rb *relayBench) spawn(ctx context.Context, sock, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stderr = os.Stderr
-	// A group of its own: an -extra relay run through a wrapper (sh -c,
-	// taskset) is stopped with the children it started, not orphaned.
+	// A group of its own: an -extra relay run through a wrapper that
+	// forks (timeout, say) is stopped with its children, not orphaned.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	if err := cmd.Start(); err != nil {
