@@ -86,10 +86,13 @@ func (f Flags) String() string {
 
 // Message is one gRPC message of a call.
 type Message struct {
-	Time       time.Time
-	Raw        []byte        // the uncompressed protobuf bytes (nil when redacted output is asked for)
-	Proto      proto.Message // decoded message, nil if the method's type is unknown
-	Size       int           // length of the uncompressed message, also when Raw is nil
+	Time  time.Time
+	Raw   []byte        // the uncompressed protobuf bytes (nil when redacted output is asked for)
+	Proto proto.Message // decoded message, nil if the method's type is unknown
+	// Encoded is what Options.Encode made of the message, if it did;
+	// Proto then holds only the fields Options.Fields lists.
+	Encoded    []byte
+	Size       int // length of the uncompressed message, also when Raw is nil
 	Compressed bool
 	Err        string // why the message could not be decoded, if so
 }

@@ -100,6 +100,13 @@ type Options struct {
 	// what decoding the message costs. A response type not listed is
 	// decoded as SkipResponseMaps says.
 	Fields map[protoreflect.FullName][]string
+	// Encode, if set, is handed each message of a CRI type with its wire
+	// bytes (uncompressed) first. When it says ok, Message.Encoded holds
+	// what it returned and the message is decoded to Fields alone (for
+	// what grouping and labels read; a response not listed, without its
+	// maps); when not, it is decoded as if Encode were unset. calls --json writes the messages from their wire bytes
+	// this way, without building them whole.
+	Encode func(md protoreflect.MessageDescriptor, wire []byte) (out []byte, ok bool)
 	// RequestHeader, if set, says which request header fields a Call
 	// keeps, by name (e.g. flow.ReadsHeader); the others are not kept.
 	// An output that shows no headers keeps only what it reads: the

@@ -412,7 +412,7 @@ func packable(k protoreflect.Kind) bool {
 
 // packed scores v as packed elements of f's kind, -1 if it is not.
 func (f *fieldShape) packed(v []byte) int32 {
-	typ := wireType(f.kind)
+	typ := WireType(f.kind)
 	score := int32(0)
 	for len(v) > 0 {
 		n, k := f.value(v, typ, true, 0)
@@ -425,8 +425,8 @@ func (f *fieldShape) packed(v []byte) int32 {
 	return score
 }
 
-// wireType is the wire type of a kind's values.
-func wireType(k protoreflect.Kind) protowire.Type {
+// WireType is the wire type of a kind's values.
+func WireType(k protoreflect.Kind) protowire.Type {
 	switch k {
 	case protoreflect.Fixed32Kind, protoreflect.Sfixed32Kind, protoreflect.FloatKind:
 		return protowire.Fixed32Type
@@ -444,7 +444,7 @@ func wireType(k protoreflect.Kind) protowire.Type {
 // (-1 if it does not fit) and score. defaults says a default value may
 // be written.
 func (f *fieldShape) value(b []byte, typ protowire.Type, defaults bool, depth int) (int, int32) {
-	if typ != wireType(f.kind) || typ == protowire.StartGroupType {
+	if typ != WireType(f.kind) || typ == protowire.StartGroupType {
 		return -1, 0
 	}
 	switch typ {

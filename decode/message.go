@@ -160,10 +160,18 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 		var msg proto.Message
 		var err error
 		body, listed := raw, false
-		if d.opts.Fields != nil {
-			body, listed = d.fields.prune(typ.Descriptor(), d.opts.Fields, raw)
+		fields, skipMaps := d.opts.Fields, d.opts.SkipResponseMaps
+		if d.opts.Encode != nil {
+			if out, ok := d.opts.Encode(typ.Descriptor(), raw); ok {
+				m.Encoded, skipMaps = out, true
+			} else {
+				fields = nil // decoded whole, for the output too
+			}
 		}
-		if dir == s2c && (listed || d.opts.SkipResponseMaps) {
+		if fields != nil {
+			body, listed = d.fields.prune(typ.Descriptor(), fields, raw)
+		}
+		if dir == s2c && (listed || skipMaps) {
 			// A response's fields listed keep no map; not listed, its
 			// maps are dropped as they are not read.
 			msg = typ.New().Interface()
@@ -177,6 +185,7 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 			msg, err = d.maps.unmarshal(typ, body)
 		}
 		if err != nil {
+			m.Encoded = nil
 			return fmt.Errorf("unmarshal %s: %w", typ.Descriptor().FullName(), err)
 		}
 		if !d.opts.NoRedact {

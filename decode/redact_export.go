@@ -66,3 +66,31 @@ func (r *Redaction) Headers(fields []hpack.HeaderField) bool {
 	}
 	return changed
 }
+
+// A Rule is what redacted output does to the values of one field.
+type Rule uint8
+
+const (
+	Keep          Rule = iota
+	Secret             // a string or bytes field, or a list of them: each value given is Redacted
+	SecretValue        // a list of messages (envs): the "value" field of each, when set, is Redacted
+	SecretEntries      // a map with string or bytes values (info): every value is Redacted
+)
+
+// FieldRule is the rule for field fd of message md itself, for tools that
+// write messages from their wire bytes. A field it keeps may lead to
+// messages with rules of their own; the messages of a field with a rule
+// have none but the one it says.
+func FieldRule(md protoreflect.MessageDescriptor, fd protoreflect.FieldDescriptor) Rule {
+	act, ok := direct(md, fd)
+	if !ok {
+		return Keep
+	}
+	switch act {
+	case actEnvs:
+		return SecretValue
+	case actMapValues:
+		return SecretEntries
+	}
+	return Secret
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,10 +12,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
+	"github.com/criseq/criseq/internal/crijson"
 	"github.com/criseq/criseq/internal/termtext"
 )
 
@@ -70,6 +73,26 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		dopts.RequestHeader = flow.ReadsHeader // it shows no header
 		dopts.Fields = flow.ReadsFields        // nor any message
 	}
+	if *asJSON && jsonFromWire {
+		// Messages are written as JSON from their wire bytes, and decoded
+		// only to what grouping and labels read.
+		wire := crijson.NewWire(!*noRedact)
+		var scratch []byte
+		dopts.Fields = flow.ReadsFields
+		dopts.Encode = func(md protoreflect.MessageDescriptor, b []byte) ([]byte, bool) {
+			out, ok := wire.Append(scratch[:0], md, b)
+			if cap(out) <= 1<<20 {
+				scratch = out
+			}
+			if onWireJSON != nil {
+				onWireJSON(ok)
+			}
+			if !ok {
+				return nil, false
+			}
+			return bytes.Clone(out), true
+		}
+	}
 	var keep func(*decode.Call) bool
 	if *hide {
 		keep = func(c *decode.Call) bool { return !c.Known || !flow.IsPolling(c.Name) }
@@ -86,6 +109,14 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	return err
 }
+
+// jsonFromWire: calls --json writes messages from their wire bytes (else
+// from the messages decoded whole: tests compare the two); onWireJSON,
+// if set, is told of each message whether it was.
+var (
+	jsonFromWire = true
+	onWireJSON   func(ok bool)
+)
 
 // callWriter prints calls one at a time.
 type callWriter interface {

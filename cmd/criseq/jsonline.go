@@ -192,6 +192,8 @@ func (w *jsonWriter) messages(b []byte, name string, ms []decode.Message) ([]byt
 func (w *jsonWriter) messageJSON(b []byte, m decode.Message) ([]byte, error) {
 	var err error
 	switch {
+	case m.Encoded != nil:
+		b = append(b, m.Encoded...)
 	case m.Proto != nil:
 		b, err = w.enc.Append(b, m.Proto)
 	case w.raw && m.Raw != nil:
@@ -219,7 +221,7 @@ func appendJSONString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		if c := s[i]; c < utf8.RuneSelf {
 			if c >= ' ' && c != '"' && c != '\\' {
-				i++
+				i = crijson.PlainRun(s, i+1)
 				continue
 			}
 			dst = append(dst, s[start:i]...)

@@ -130,10 +130,7 @@ func appendString(out []byte, in string) ([]byte, error) {
 	for i := 0; i < len(in); {
 		c := in[i]
 		if c >= ' ' && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			j := i + 1
-			for j < len(in) && in[j] >= ' ' && in[j] != '"' && in[j] != '\\' && in[j] < utf8.RuneSelf {
-				j++
-			}
+			j := PlainRun(in, i+1)
 			out = append(out, in[i:j]...)
 			i = j
 			continue
@@ -169,4 +166,29 @@ func appendString(out []byte, in string) ([]byte, error) {
 		i++
 	}
 	return append(out, '"'), nil
+}
+
+// PlainRun is the index of the first byte of s from i on that a JSON
+// string writer must look at (below 0x20, '"', '\\', not ASCII), or
+// len(s); eight bytes at a time, as most strings are plain.
+func PlainRun(s string, i int) int {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(s); i += 8 {
+		w := s[i : i+8] // one load, no bounds check per byte
+		x := uint64(w[0]) | uint64(w[1])<<8 | uint64(w[2])<<16 | uint64(w[3])<<24 |
+			uint64(w[4])<<32 | uint64(w[5])<<40 | uint64(w[6])<<48 | uint64(w[7])<<56
+		q, bs := x^(lo*'"'), x^(lo*'\\')
+		// A byte below 0x20, a zero byte of q or bs, or a high bit: each
+		// test exact for "some byte", none borrowing into a false "none".
+		if ((x-lo*0x20)&^x|(q-lo)&^q|(bs-lo)&^bs|x)&hi != 0 {
+			break
+		}
+	}
+	for i < len(s) {
+		if c := s[i]; c < ' ' || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			break
+		}
+		i++
+	}
+	return i
 }

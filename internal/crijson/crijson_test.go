@@ -157,34 +157,42 @@ func scalarValue(rng *rand.Rand, fd protoreflect.FieldDescriptor) protoreflect.V
 // TestCaptures compares every message of the repository's real captures,
 // redacted and not.
 func TestCaptures(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "*", "capture.pcapng"))
-	if len(files) == 0 {
-		t.Fatal("no testdata captures")
-	}
 	var e Encoder
 	n := 0
-	for _, f := range files {
-		for _, noRedact := range []bool{false, true} {
-			src, err := capture.OpenFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			calls, _, err := decode.DecodeAll(src, decode.Options{NoRedact: noRedact})
-			src.Close()
-			if err != nil && !errors.Is(err, io.EOF) {
-				t.Fatal(err)
-			}
-			for _, c := range calls {
-				for _, m := range append(c.Requests, c.Responses...) {
-					if m.Proto != nil {
-						check(t, &e, m.Proto)
-						n++
-					}
-				}
+	for _, noRedact := range []bool{false, true} {
+		for _, m := range captureMessages(t, noRedact) {
+			if m.Proto != nil {
+				check(t, &e, m.Proto)
+				n++
 			}
 		}
 	}
 	t.Logf("%d messages", n)
+}
+
+// captureMessages decodes the repository's real captures.
+func captureMessages(t *testing.T, noRedact bool) []decode.Message {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "*", "capture.pcapng"))
+	if len(files) == 0 {
+		t.Fatal("no testdata captures")
+	}
+	var msgs []decode.Message
+	for _, f := range files {
+		src, err := capture.OpenFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls, _, err := decode.DecodeAll(src, decode.Options{NoRedact: noRedact})
+		src.Close()
+		if err != nil && !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+		for _, c := range calls {
+			msgs = append(append(msgs, c.Requests...), c.Responses...)
+		}
+	}
+	return msgs
 }
 
 // TestOtherMessages: a message that is not a CRI type goes through
