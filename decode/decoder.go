@@ -104,8 +104,9 @@ type Options struct {
 	// bytes (uncompressed) first. When it says ok, Message.Encoded holds
 	// what it returned and the message is decoded to Fields alone (for
 	// what grouping and labels read; a response not listed, without its
-	// maps); when not, it is decoded as if Encode were unset. calls --json writes the messages from their wire bytes
-	// this way, without building them whole.
+	// maps); when not, it is decoded as if Encode were unset. calls
+	// --json writes messages as JSON from their wire bytes this way,
+	// without building them whole.
 	Encode func(md protoreflect.MessageDescriptor, wire []byte) (out []byte, ok bool)
 	// RequestHeader, if set, says which request header fields a Call
 	// keeps, by name (e.g. flow.ReadsHeader); the others are not kept.

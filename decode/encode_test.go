@@ -7,8 +7,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-
-	"github.com/criseq/criseq/capture"
 )
 
 // TestEncodeHook: a message Options.Encode takes keeps what it returned and
@@ -23,33 +21,26 @@ func TestEncodeHook(t *testing.T) {
 	for _, path := range kubeletCaptures(t) {
 		t.Run(captureName(path), func(t *testing.T) {
 			chunks := readChunks(t, path)
-			decodeWith := func(opts Options) (msgs []Message, dirs []capture.Dir) {
-				opts.OnCall = func(c *Call) {
-					for _, m := range c.Requests {
-						msgs, dirs = append(msgs, m), append(dirs, c2s)
-					}
-					for _, m := range c.Responses {
-						msgs, dirs = append(msgs, m), append(dirs, s2c)
-					}
-				}
-				opts.OnStreamMessage = func(_ *Call, m Message) { msgs, dirs = append(msgs, m), append(dirs, s2c) }
+			decodeWith := func(opts Options) (msgs []Message) {
+				opts.OnCall = func(c *Call) { msgs = append(append(msgs, c.Requests...), c.Responses...) }
+				opts.OnStreamMessage = func(_ *Call, m Message) { msgs = append(msgs, m) }
 				d := New(opts)
 				for _, c := range chunks {
 					d.Feed(c)
 				}
 				d.Close()
-				return msgs, dirs
+				return msgs
 			}
-			whole, _ := decodeWith(Options{})
-			lean, _ := decodeWith(Options{Fields: fields, SkipResponseMaps: true})
+			whole := decodeWith(Options{})
+			lean := decodeWith(Options{Fields: fields, SkipResponseMaps: true})
 			n := 0
 			takes := func(md protoreflect.MessageDescriptor, b []byte) ([]byte, bool) {
 				n++
 				return []byte(fmt.Sprintf("%s %d", md.FullName(), len(b))), true
 			}
 			declines := func(protoreflect.MessageDescriptor, []byte) ([]byte, bool) { return []byte("x"), false }
-			took, _ := decodeWith(Options{Fields: fields, Encode: takes})
-			declined, _ := decodeWith(Options{Fields: fields, Encode: declines})
+			took := decodeWith(Options{Fields: fields, Encode: takes})
+			declined := decodeWith(Options{Fields: fields, Encode: declines})
 			if len(took) != len(whole) || len(declined) != len(whole) || len(lean) != len(whole) {
 				t.Fatalf("%d messages whole, %d lean, %d taken, %d declined", len(whole), len(lean), len(took), len(declined))
 			}
