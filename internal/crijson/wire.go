@@ -163,8 +163,11 @@ func (w *Wire) Append(dst []byte, md protoreflect.MessageDescriptor, b []byte) (
 		mode = modeNone
 	}
 	out, ok := w.message(dst, w.plan(md, mode), b, 0)
+	w.ents, w.keys = w.ents[:0], w.keys[:0]
+	if cap(w.ents) > 1<<14 || cap(w.keys) > 1<<14 {
+		w.ents, w.keys = nil, nil // one huge message: not kept for the next
+	}
 	if !ok {
-		w.ents, w.keys = w.ents[:0], w.keys[:0]
 		return dst, false
 	}
 	return out, true
