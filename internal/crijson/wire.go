@@ -66,7 +66,7 @@ type wireField struct {
 	rule decode.Rule
 	enum protoreflect.EnumValueDescriptors
 	sub  *wirePlan // message kind; a map's value message
-	// A map: its value's kind (and enum, sub); its key is a string.
+	// A map: its value's kind (and sub); its key is a string.
 	isMap bool
 	val   protoreflect.Kind
 }
@@ -149,10 +149,7 @@ type wireEnt struct {
 	b  []byte // length-delimited value
 }
 
-type mapEntry struct {
-	key, val []byte
-	hasVal   bool
-}
+type mapEntry struct{ key, val []byte }
 
 // Append appends the JSON of the message of type md whose wire bytes are
 // b; ok is false where it cannot say exactly what Encoder.Append would
@@ -208,11 +205,11 @@ func (w *Wire) message(out []byte, p *wirePlan, b []byte, depth int) ([]byte, bo
 	}
 	// In the order of the fields' declarations, as protojson writes them;
 	// the bytes of one field keep their order.
-	ents := w.ents[start:]
-	for i := 1; i < len(ents); i++ {
-		for j := i; j > 0 && ents[j].f < ents[j-1].f; j-- {
-			ents[j], ents[j-1] = ents[j-1], ents[j]
-		}
+	// Encoders write them in that order, or by number: a stable sort
+	// only when needed (bytes made to interleave fields stay n log n).
+	byField := func(a, b wireEnt) int { return int(a.f) - int(b.f) }
+	if ents := w.ents[start:]; !slices.IsSortedFunc(ents, byField) {
+		slices.SortStableFunc(ents, byField)
 	}
 	end := len(w.ents)
 	out = append(out, '{')
@@ -422,7 +419,7 @@ func (w *Wire) mapField(out []byte, f *wireField, i, j, depth int) ([]byte, bool
 			if num == 1 {
 				me.key = v
 			} else {
-				me.val, me.hasVal = v, true
+				me.val = v
 			}
 		}
 		w.keys = append(w.keys, me)

@@ -158,6 +158,7 @@ func TestWireHandMade(t *testing.T) {
 		{"int32 past 32 bits", md(&runtimeapi.PodSandboxMetadata{}), wireMsg(4, uint64(1<<32)), true},
 		{"enum without a name", md(&runtimeapi.ContainerStatus{}), wireMsg(3, uint64(77)), true},
 		{"empty message", md(&runtimeapi.PodSandbox{}), wireMsg(2, []byte{}), true},
+		{"two lists interleaved", md(&runtimeapi.ContainerConfig{}), wireMsg(4, "a1", 3, "c1", 4, "a2", 3, "c2", 2, wireMsg(1, "img"), 3, "c3"), true},
 		{"list split by another field", md(&runtimeapi.ListContainersResponse{}), wireMsg(1, wireMsg(1, "a"), 9, "x", 1, wireMsg(1, "b")), true},
 		{"map entries unsorted", md(&runtimeapi.PodSandbox{}), wireMsg(6, label("z", "1"), 6, label("a", "2"), 6, label("m", "")), true},
 		{"map entry without value", md(&runtimeapi.PodSandbox{}), wireMsg(6, wireMsg(1, "k")), true},
