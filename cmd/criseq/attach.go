@@ -103,7 +103,7 @@ func recordAttached(ctx context.Context, a *attachFlags, out string, quiet bool,
 		return fmt.Errorf("record: %w", err)
 	}
 	start := time.Now()
-	tr.Recorder = capture.NewRecorder(capture.NewPcapngWriterNotes(f, attachNotes(at)), capture.RecorderOptions{Log: logf})
+	tr.Recorder = capture.NewRecorder(capture.NewPcapngWriterNotes(capture.NewWriteBehind(f), attachNotes(at)), capture.RecorderOptions{Log: logf})
 	if !quiet {
 		logf("%s", attachedMessage(at, "recorded to "+out))
 	}

@@ -147,7 +147,7 @@ func (r *recording) proxy() (*capture.Proxy, error) {
 		return nil, fmt.Errorf("record: %w", err)
 	}
 	r.start = time.Now()
-	rec := capture.NewRecorder(capture.NewPcapngWriter(f), capture.RecorderOptions{Log: r.logf})
+	rec := capture.NewRecorder(capture.NewPcapngWriter(capture.NewWriteBehind(f)), capture.RecorderOptions{Log: r.logf})
 	return &capture.Proxy{Recorder: rec, Log: r.logf}, nil
 }
 

@@ -127,7 +127,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			return fmt.Errorf("watch: %w", err)
 		}
-		w.file = capture.NewPcapngWriterNotes(f, notes)
+		w.file = capture.NewPcapngWriterNotes(capture.NewWriteBehind(f), notes)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()

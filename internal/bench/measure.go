@@ -53,6 +53,36 @@ func runMeasure(args []string) error {
 	return runErr
 }
 
+// groupCPU is the CPU time, user and system, of the processes of group
+// pgid that are running, from /proc.
+func groupCPU(pgid int) time.Duration {
+	procs, _ := os.ReadDir("/proc")
+	var ticks int64
+	for _, d := range procs {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// After the command's name, in parentheses: state, ppid, pgrp, …,
+		// utime and stime, the 12th and 13th.
+		i := strings.LastIndexByte(string(b), ')')
+		f := strings.Fields(string(b[i+1:]))
+		if i < 0 || len(f) < 13 || f[2] != strconv.Itoa(pgid) {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + s
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, /proc's unit of CPU time: 100 on Linux.
+const clockTicks = 100
+
 // peakRSS is a running process's high-water RSS, from /proc.
 func peakRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -292,11 +292,11 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "criseq record's peak RSS over the relay runs: %d MiB.\n\n", rb.recordRSS>>20)
 	}
 	direct := rb.paths[0].best
-	fmt.Fprintf(stdout, "| path | p50 | p99 | added p50 | p50 / direct | p99 / direct | 16 MiB response | / direct |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(stdout, "| path | p50 | p99 | added p50 | p50 / direct | p99 / direct | 16 MiB response | / direct | relay CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, p := range rb.paths {
-		fmt.Fprintf(stdout, "| %s | %s | %s | %s | %.2f | %.2f | %.1f ms | %.2f |\n", p.name, us(p.best.p50), us(p.best.p99), us(p.best.p50-direct.p50),
+		fmt.Fprintf(stdout, "| %s | %s | %s | %s | %.2f | %.2f | %.1f ms | %.2f | %s |\n", p.name, us(p.best.p50), us(p.best.p99), us(p.best.p50-direct.p50),
 			float64(p.best.p50)/float64(direct.p50), float64(p.best.p99)/float64(direct.p99),
-			float64(p.best.big)/1e6, float64(p.best.big)/float64(direct.big))
+			float64(p.best.big)/1e6, float64(p.best.big)/float64(direct.big), relayCPU(p))
 	}
 	return nil
 }

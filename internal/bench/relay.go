@@ -86,6 +86,8 @@ type relayPath struct {
 	sock string
 	cc   *grpc.ClientConn
 	best relayTimes
+	pgid int           // the relay's process group; 0 for direct
+	cpu  time.Duration // the relay's CPU over every round, read at stop
 }
 
 // relayBench times small unary calls and a large response on each path,
@@ -100,6 +102,7 @@ type relayBench struct {
 	extra     []string
 	record    *exec.Cmd // criseq record
 	recordRSS int64     // its peak RSS, bytes, once stopped
+	stopped   bool
 }
 
 func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
@@ -121,7 +124,11 @@ func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
 		return err
 	}
 	rb.record = rb.procs[len(rb.procs)-1]
-	paths := []struct{ name, sock string }{{"direct", upstream}, {"socat", socat}, {"criseq record", rec}}
+	type path struct {
+		name, sock string
+		pgid       int
+	}
+	paths := []path{{"direct", upstream, 0}, {"socat", socat, rb.procs[1].Process.Pid}, {"criseq record", rec, rb.record.Process.Pid}}
 	for i, x := range rb.extra {
 		name, command, ok := strings.Cut(x, "=")
 		if !ok {
@@ -132,7 +139,7 @@ func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
 		if err := rb.spawn(ctx, sock, args[0], args[1:]...); err != nil {
 			return err
 		}
-		paths = append(paths, struct{ name, sock string }{name, sock})
+		paths = append(paths, path{name, sock, rb.procs[len(rb.procs)-1].Process.Pid})
 	}
 	for _, p := range paths {
 		cc, err := grpc.NewClient("unix://"+p.sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -140,7 +147,7 @@ func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
 		if err != nil {
 			return err
 		}
-		rb.paths = append(rb.paths, &relayPath{name: p.name, sock: p.sock, cc: cc})
+		rb.paths = append(rb.paths, &relayPath{name: p.name, sock: p.sock, cc: cc, pgid: p.pgid})
 	}
 	return nil
 }
@@ -168,7 +175,16 @@ func (rb *relayBench) spawn(ctx context.Context, sock, name string, args ...stri
 }
 
 func (rb *relayBench) stop() {
+	if rb.stopped {
+		return
+	}
+	rb.stopped = true
 	for _, p := range rb.paths {
+		// Read while it runs: socat's child per connection is counted
+		// only while it lives.
+		if p.pgid != 0 {
+			p.cpu = groupCPU(p.pgid)
+		}
 		p.cc.Close()
 	}
 	for i := len(rb.procs) - 1; i >= 0; i-- {

@@ -61,16 +61,17 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := rb.run(ctx); err != nil {
 		return err
 	}
+	rb.stop() // reads each relay's CPU
 	printRelay(stdout, rb)
 	return nil
 }
 
 func printRelay(w io.Writer, rb *relayBench) {
 	direct := rb.paths[0].best
-	fmt.Fprintf(w, "%-14s %10s %10s %14s %10s %10s\n", "path", "p50", "p99", "16MiB resp", "p50/direct", "p99/direct")
+	fmt.Fprintf(w, "%-14s %10s %10s %14s %10s %10s %10s\n", "path", "p50", "p99", "16MiB resp", "p50/direct", "p99/direct", "relay CPU")
 	for _, p := range rb.paths {
-		fmt.Fprintf(w, "%-14s %10s %10s %14s %10.2f %10.2f\n", p.name, us(p.best.p50), us(p.best.p99), p.best.big.Round(100*time.Microsecond),
-			float64(p.best.p50)/float64(direct.p50), float64(p.best.p99)/float64(direct.p99))
+		fmt.Fprintf(w, "%-14s %10s %10s %14s %10.2f %10.2f %10s\n", p.name, us(p.best.p50), us(p.best.p99), p.best.big.Round(100*time.Microsecond),
+			float64(p.best.p50)/float64(direct.p50), float64(p.best.p99)/float64(direct.p99), relayCPU(p))
 	}
 }
 
@@ -78,5 +79,13 @@ type stringList []string
 
 func (l *stringList) String() string     { return fmt.Sprint(*l) }
 func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+// relayCPU is a relay's CPU over every round, in seconds.
+func relayCPU(p *relayPath) string {
+	if p.pgid == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f s", p.cpu.Seconds())
+}
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/1e3) }
