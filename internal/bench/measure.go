@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,9 +69,12 @@ func groupCPU(pgid int) time.Duration {
 		}
 		// After the command's name, in parentheses: state, ppid, pgrp, …,
 		// utime and stime, the 12th and 13th.
-		i := strings.LastIndexByte(string(b), ')')
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
 		f := strings.Fields(string(b[i+1:]))
-		if i < 0 || len(f) < 13 || f[2] != strconv.Itoa(pgid) {
+		if len(f) < 13 || f[2] != strconv.Itoa(pgid) {
 			continue
 		}
 		u, _ := strconv.ParseInt(f[11], 10, 64)

@@ -119,6 +119,7 @@ func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
 	if err := rb.spawn(ctx, socat, "socat", "UNIX-LISTEN:"+socat+",fork", "UNIX-CONNECT:"+upstream); err != nil {
 		return fmt.Errorf("socat: %w (apt-get install socat)", err)
 	}
+	socatCmd := rb.procs[len(rb.procs)-1]
 	rec := filepath.Join(dir, "criseq.sock")
 	if err := rb.spawn(ctx, rec, criseq, "record", "--upstream", upstream, "--listen", rec, "-w", filepath.Join(dir, "rec.pcapng")); err != nil {
 		return err
@@ -128,7 +129,7 @@ func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
 		name, sock string
 		pgid       int
 	}
-	paths := []path{{"direct", upstream, 0}, {"socat", socat, rb.procs[1].Process.Pid}, {"criseq record", rec, rb.record.Process.Pid}}
+	paths := []path{{"direct", upstream, 0}, {"socat", socat, socatCmd.Process.Pid}, {"criseq record", rec, rb.record.Process.Pid}}
 	for i, x := range rb.extra {
 		name, command, ok := strings.Cut(x, "=")
 		if !ok {
