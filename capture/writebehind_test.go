@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"io"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // TestWriteBehind: a file written behind holds every byte written, in
@@ -117,4 +119,45 @@ func TestWriteBehindRefused(t *testing.T) {
 	if !w.noHints {
 		t.Errorf("%s took the hints; the test needs a file that refuses them", os.DevNull)
 	}
+}
+
+// TestProxyRecordsWrittenBehind: real grpc-go calls through the relay,
+// recorded as record records them, into a file written behind: far more
+// than is kept cached, and the file holds every byte each peer saw.
+func TestProxyRecordsWrittenBehind(t *testing.T) {
+	if testing.Short() {
+		t.Skip("relays 80 MB (a minute under -race); not in -short runs")
+	}
+	dir := t.TempDir()
+	upstream, srvTees := startCRIServer(t, dir, 10000) // about 2 MB a ListContainers
+	path := filepath.Join(dir, "rec.pcapng")
+	f, err := CreateFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wb := NewWriteBehind(f)
+	p := &Proxy{Upstream: upstream, Listen: filepath.Join(dir, "proxy.sock"), Recorder: NewRecorder(NewPcapngWriter(wb), RecorderOptions{})}
+	stop := startProxy(t, p)
+	cl := newCRIClient(t, p.Listen)
+	for p.Recorder.Stats().Bytes+p.Recorder.Stats().DroppedBytes < dropBehind+2*writeBehindWindow {
+		if _, err := cl.runtime.ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl.close()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if wb.noHints || wb.dropped == 0 {
+		t.Fatalf("wrote %d bytes: hints refused %v, %d bytes dropped behind", wb.off, wb.noHints, wb.dropped)
+	}
+	if s := p.Recorder.Stats(); s.DroppedChunks != 0 {
+		t.Fatalf("dropped %d chunks", s.DroppedChunks)
+	}
+	src, err := OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	checkRecording(t, readAll(t, src), cl.connections(), srvTees.accepted())
 }
