@@ -67,6 +67,11 @@ type Options struct {
 	// connection costs no memory. The Message is the callee's; the Call
 	// is still the Decoder's and is handed to OnCall when it ends.
 	OnStreamMessage func(c *Call, m Message)
+	// Unwaited, if set, tells the open calls Oldest leaves out: those a
+	// caller never waits for, e.g. a server stream open for the life of
+	// its connection. It is asked of open calls whose method is known
+	// (Call.Name).
+	Unwaited func(*Call) bool
 	// ListsUnary says the clients never call KEP-5825's Stream* list
 	// methods (kubelet's CRIListStreaming gate is off: its default through
 	// v1.37). A call caught midway whose :path is unknown and whose
@@ -220,6 +225,12 @@ type conn struct {
 	// before began before decoding did.
 	maxStream uint32
 	last      time.Time // when the connection last carried a chunk
+	// oldest is the start of the oldest open call Oldest counts, if
+	// oldestOK; it stays valid until a stream opens or ends (oldestSet
+	// false): connections cut with calls open hold most open streams, and
+	// are scanned once, not at every Oldest.
+	oldest              time.Time
+	oldestOK, oldestSet bool
 }
 
 // half is one direction of a connection.
@@ -803,29 +814,38 @@ func SortCalls(calls []*Call) {
 }
 
 // Oldest is the earliest start a call not yet handed to OnCall can have:
-// the start of the oldest open call, or of a request header block still
-// being buffered. ok is false when nothing is open, so every call that
-// starts later comes after what was fed. It lets a caller print calls in
-// start order while holding only those that may still be overtaken.
-func (d *Decoder) Oldest() (t time.Time, ok bool) { return d.OldestExcept(nil) }
-
-// OldestExcept is Oldest leaving out the open calls skip says true of
-// (their method is known, Call.Name): e.g. a server stream open for the
-// life of its connection, which a caller knows it never waits for.
-func (d *Decoder) OldestExcept(skip func(*Call) bool) (t time.Time, ok bool) {
+// the start of the oldest open call (but those Options.Unwaited leaves
+// out), or of a request header block still being buffered. ok is false
+// when nothing is open, so every call that starts later comes after what
+// was fed. It lets a caller print calls in start order while holding only
+// those that may still be overtaken.
+func (d *Decoder) Oldest() (t time.Time, ok bool) {
 	for _, p := range d.parked {
 		if !ok || p.s.call.Start.Before(t) {
 			t, ok = p.s.call.Start, true
 		}
 	}
 	for _, cn := range d.conns {
-		for _, s := range cn.streams {
-			if s.call != nil && (!ok || s.call.Start.Before(t)) && (skip == nil || !s.call.Known || !skip(s.call)) {
-				t, ok = s.call.Start, true
-			}
+		if !cn.oldestSet {
+			cn.oldest, cn.oldestOK = d.oldestOpen(cn)
+			cn.oldestSet = true
+		}
+		if cn.oldestOK && (!ok || cn.oldest.Before(t)) {
+			t, ok = cn.oldest, true
 		}
 		if fs := &cn.half[capture.ClientToServer].fs; len(fs.buf) > 0 && (!ok || fs.marks[0].t.Before(t)) {
 			t, ok = fs.marks[0].t, true
+		}
+	}
+	return t, ok
+}
+
+// oldestOpen is the start of cn's oldest open call that Oldest counts.
+func (d *Decoder) oldestOpen(cn *conn) (t time.Time, ok bool) {
+	skip := d.opts.Unwaited
+	for _, s := range cn.streams {
+		if s.call != nil && (!ok || s.call.Start.Before(t)) && (skip == nil || !s.call.Known || !skip(s.call)) {
+			t, ok = s.call.Start, true
 		}
 	}
 	return t, ok

@@ -1,8 +1,11 @@
 package decode
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/criseq/criseq/capture"
 )
 
 // A call caught midway that its messages cannot name (an empty list reads
@@ -98,5 +101,65 @@ func TestParkedCallsNamedByElimination(t *testing.T) {
 	t.Logf("named: %d of %d with elimination, %d without", with.exact+with.inferred, with.total(), without.exact+without.inferred)
 	if with.exact+with.inferred <= without.exact+without.inferred {
 		t.Errorf("elimination named %d calls, no more than the %d named without it", with.exact+with.inferred, without.exact+without.inferred)
+	}
+}
+
+// Oldest keeps each connection's oldest open call until a stream opens or
+// ends there: after every chunk of real captures, whole and cut midway
+// (calls whose method comes late), it must equal a scan of every stream,
+// with and without Unwaited.
+func TestOldestCachedMatchesScan(t *testing.T) {
+	unwaited := func(c *Call) bool { return c.Name == "GetContainerEvents" || strings.HasPrefix(c.Name, "List") }
+	scan := func(d *Decoder) (t time.Time, ok bool) {
+		for _, p := range d.parked {
+			if !ok || p.s.call.Start.Before(t) {
+				t, ok = p.s.call.Start, true
+			}
+		}
+		for _, cn := range d.conns {
+			if o, open := d.oldestOpen(cn); open && (!ok || o.Before(t)) {
+				t, ok = o, true
+			}
+			if fs := &cn.half[capture.ClientToServer].fs; len(fs.buf) > 0 && (!ok || fs.marks[0].t.Before(t)) {
+				t, ok = fs.marks[0].t, true
+			}
+		}
+		return t, ok
+	}
+	checked, skipped := 0, 0
+	for _, name := range []string{"kubelet-burst-containerd2", "kubelet-burst", "kubelet-init"} {
+		p := planCapture(t, readChunks(t, kubeletCapture(t, name)))
+		for i, at := range p.bounds {
+			if i%150 != 0 {
+				continue
+			}
+			for _, skip := range []func(*Call) bool{nil, unwaited} {
+				d := New(Options{ListsUnary: true, Unwaited: skip, OnCall: func(*Call) {}})
+				n := 0
+				cutFeedEach(d, p.chunks, at, func() {
+					got, gotOK := d.Oldest()
+					want, wantOK := scan(d)
+					if gotOK != wantOK || !got.Equal(want) {
+						t.Fatalf("%s cut %v, chunk %d after it: Oldest %v %v, a scan of every stream %v %v", name, at, n, got, gotOK, want, wantOK)
+					}
+					n++
+					checked++
+					if skip != nil && len(d.conns) > 0 {
+						for _, cn := range d.conns {
+							for _, s := range cn.streams {
+								if s.call.Known && skip(s.call) {
+									skipped++
+								}
+							}
+						}
+					}
+				})
+				d.Close()
+			}
+		}
+	}
+	t.Logf("%d comparisons; %d open calls left out", checked, skipped)
+	if skipped == 0 {
+		t.Error("no open call was ever left out: the test proves nothing of Unwaited")
 	}
 }

@@ -106,6 +106,7 @@ func (d *Decoder) newStream(cn *conn, sid uint32, t time.Time) *stream {
 	*s = stream{call: &a.call, seq: d.seq, m: &noMethod}
 	s.first[c2s], s.first[s2c] = a.msgs[0:0:1], a.msgs[1:1:2]
 	cn.streams[sid] = s
+	cn.oldestSet = false
 	return s
 }
 
@@ -350,6 +351,7 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 		d.release(a)
 	}
 	delete(cn.streams, c.Stream)
+	cn.oldestSet = false
 	// The stream is reused: callers touch neither it nor its call after
 	// finish.
 	if park != nil {

@@ -88,6 +88,7 @@ func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts fl
 	dopts.OnStreamMessage = g.Event
 	if !fopts.All {
 		dopts.SkipBodies = flow.SkipBody
+		dopts.Unwaited = unwaited
 	}
 	d := decode.New(dopts)
 	release := func(barrier time.Time) {
@@ -110,7 +111,7 @@ func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts fl
 		// The barrier visits every open connection and flow: not too
 		// often.
 		if n++; n%4096 == 0 && held.Len() > 0 || heldCalls > maxHeldCalls {
-			release(flowBarrier(last, g, d, fopts.All))
+			release(flowBarrier(last, g, d))
 		}
 	}
 	d.Close()
@@ -152,19 +153,14 @@ func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts fl
 
 // flowBarrier is the earliest start a flow still to come can have: after
 // the last chunk, the oldest call still open and the oldest flow being
-// built, unless those are late. Open polling calls (a GetContainerEvents
-// stream open for the life of kubelet's connection) are in no flow
-// unless all.
-func flowBarrier(last time.Time, g *flow.Grouper, d *decode.Decoder, all bool) time.Time {
+// built, unless those are late. d leaves out the open calls that are in
+// no flow (unwaited).
+func flowBarrier(last time.Time, g *flow.Grouper, d *decode.Decoder) time.Time {
 	barrier := last
 	if t, ok := g.Oldest(); ok && t.Before(barrier) {
 		barrier = t
 	}
-	var skip func(*decode.Call) bool
-	if !all {
-		skip = func(c *decode.Call) bool { return flow.IsPolling(c.Name) }
-	}
-	if t, ok := d.OldestExcept(skip); ok && t.Before(barrier) {
+	if t, ok := d.Oldest(); ok && t.Before(barrier) {
 		barrier = t
 	}
 	if floor := last.Add(-lateFlow); barrier.Before(floor) {
@@ -172,6 +168,11 @@ func flowBarrier(last time.Time, g *flow.Grouper, d *decode.Decoder, all bool) t
 	}
 	return barrier
 }
+
+// unwaited says which open calls no flow waits for, unless flow.Options.All:
+// polling calls, such as a GetContainerEvents stream open for the life of
+// kubelet's connection.
+func unwaited(c *decode.Call) bool { return flow.IsPolling(c.Name) }
 
 // loadFlows is streamFlows keeping every flow, sorted (tests).
 func loadFlows(path string, dopts decode.Options, fopts flow.Options, stderr io.Writer) (flows []*flow.Flow, calls int, err error) {
