@@ -10,8 +10,9 @@ import (
 	"github.com/criseq/criseq/decode"
 )
 
-// captureFlows decodes and groups a testdata capture with the real decoder.
-func captureFlows(t *testing.T, name string) []*Flow {
+// captureCalls decodes a testdata capture whole with the real decoder,
+// every body read.
+func captureCalls(t *testing.T, name string) []*decode.Call {
 	t.Helper()
 	src, err := capture.OpenFile(filepath.Join("..", "testdata", name, "capture.pcapng"))
 	if err != nil {
@@ -22,7 +23,13 @@ func captureFlows(t *testing.T, name string) []*Flow {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Group(calls, Options{})
+	return calls
+}
+
+// captureFlows decodes and groups a testdata capture with the real decoder.
+func captureFlows(t *testing.T, name string) []*Flow {
+	t.Helper()
+	return Group(captureCalls(t, name), Options{})
 }
 
 func firstFlow(t *testing.T, name string, kind Kind) *Flow {
