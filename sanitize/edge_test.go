@@ -253,6 +253,9 @@ func TestSanitizeBadInput(t *testing.T) {
 	if !errors.Is(err, ErrPartial) {
 		t.Fatalf("truncated input: err = %v, want ErrPartial", err)
 	}
+	if msg := err.Error(); strings.Count(msg, "sanitize:") != 1 || !strings.Contains(msg, "cut.pcapng: offset") {
+		t.Errorf("truncated input: %q, want one naming the file and offset, prefixed once", msg)
+	}
 	calls, _, _ := decodeFile(t, out, false)
 	if len(calls) < 50 {
 		t.Errorf("truncated input: %d calls written", len(calls))

@@ -13,7 +13,7 @@ import (
 
 // ErrPartial marks a File whose input was damaged part way: the output holds
 // what was read before the damage.
-var ErrPartial = errors.New("sanitize: the capture is damaged; the output holds what was read before the damage")
+var ErrPartial = errors.New("the output holds what was read before the damage")
 
 // File sanitizes the capture at in (pcap or pcapng, as capture.OpenFile
 // reads them) into a pcapng file at out, created 0600 under a temporary
@@ -43,10 +43,11 @@ func File(in, out string, opts Options) (Stats, error) {
 	st, err := Rewrite(src, w, opts)
 	var readErr error
 	var werr error
+	var re *readError
 	switch {
 	case err == nil:
-	case errors.Is(err, errReading):
-		readErr = err
+	case errors.As(err, &re):
+		readErr = re.err
 	default:
 		werr = err
 	}
@@ -63,7 +64,7 @@ func File(in, out string, opts Options) (Stats, error) {
 		return st, werr
 	}
 	if readErr != nil {
-		return st, fmt.Errorf("%w: %w", ErrPartial, readErr)
+		return st, fmt.Errorf("sanitize: %w; %w", readErr, ErrPartial)
 	}
 	return st, nil
 }

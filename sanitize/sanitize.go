@@ -106,11 +106,17 @@ func Rewrite(src capture.Source, dst capture.Sink, opts Options) (Stats, error) 
 	if errors.Is(err, io.EOF) {
 		return rw.stats, nil
 	}
-	return rw.stats, fmt.Errorf("%w: %w", errReading, err)
+	return rw.stats, &readError{err}
 }
 
 // errReading marks Rewrite's errors that come from the source.
 var errReading = errors.New("sanitize: reading capture")
+
+// readError is an error of Rewrite's source.
+type readError struct{ err error }
+
+func (e *readError) Error() string   { return errReading.Error() + ": " + e.err.Error() }
+func (e *readError) Unwrap() []error { return []error{errReading, e.err} }
 
 // key places output: the input chunk that held the first byte of what an
 // output chunk stands for. Output goes in input order, and at its time.

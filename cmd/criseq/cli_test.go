@@ -68,11 +68,14 @@ func TestBadFiles(t *testing.T) {
 	empty := filepath.Join(dir, "empty.pcapng")
 	os.WriteFile(empty, nil, 0o600)
 	for _, f := range []string{text, empty, filepath.Join(dir, "missing.pcap")} {
-		for _, cmd := range []string{"calls", "render"} {
+		for _, cmd := range []string{"calls", "render", "watch"} {
 			var stdout, stderr bytes.Buffer
 			args := []string{cmd, f}
-			if cmd == "render" {
+			switch cmd {
+			case "render":
 				args = []string{cmd, "-o", filepath.Join(dir, "out"), f}
+			case "watch":
+				args = []string{cmd, "-r", f, "-o", filepath.Join(dir, "out")}
 			}
 			err := run(context.Background(), args, &stdout, &stderr)
 			if err == nil || !strings.Contains(err.Error(), filepath.Base(f)) {
@@ -97,6 +100,38 @@ func TestBadFiles(t *testing.T) {
 	}
 	if n := strings.Count(stdout.String(), "\n"); n < 10 {
 		t.Errorf("only %d lines from the first half of the capture", n)
+	}
+
+	// render and watch -r draw what comes before the cut, the same
+	// diagrams, and say where the file ends.
+	drawn := map[string]string{}
+	for _, args := range [][]string{
+		{"render", "-o", filepath.Join(dir, "render"), cut},
+		{"watch", "-r", cut, "-o", filepath.Join(dir, "watch")},
+	} {
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+			t.Fatalf("%s on a truncated file: %v", args[0], err)
+		}
+		if !strings.Contains(stderr.String(), "cut.pcapng") || !strings.Contains(stderr.String(), "showing what was read") {
+			t.Errorf("%s: truncation not reported: %q", args[0], stderr.String())
+		}
+		files, _ := filepath.Glob(filepath.Join(dir, args[0], "*.svg"))
+		if len(files) == 0 {
+			t.Fatalf("%s drew nothing from the first half of the capture", args[0])
+		}
+		var all []string
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, filepath.Base(f)+"\n"+string(b))
+		}
+		drawn[args[0]] = strings.Join(all, "\n")
+	}
+	if drawn["render"] != drawn["watch"] {
+		t.Error("watch -r and render drew the truncated capture differently")
 	}
 }
 

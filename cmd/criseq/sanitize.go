@@ -56,7 +56,7 @@ func runSanitize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "criseq sanitize: %s\n", termtext.String(err.Error()))
+		fmt.Fprintf(stderr, "criseq: %s\n", termtext.String(err.Error()))
 	}
 	if !*quiet {
 		fmt.Fprintf(stderr, "criseq sanitize: %d connections, %d messages (%d rewritten, %d sent empty), %d header fields redacted → %s\n",

@@ -150,7 +150,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	switch {
 	case *replay != "":
-		err = w.replay(runCtx, *replay)
+		err = w.replay(runCtx, *replay, stderr)
 	case at.on:
 		go w.ticker(runCtx, stderr)
 		tr.Recorder = capture.NewRecorder(w, capture.RecorderOptions{Log: logf})
@@ -372,20 +372,26 @@ func (w *watcher) ticker(ctx context.Context, stderr io.Writer) {
 	}
 }
 
-// replay feeds a capture file through the live pipeline.
-func (w *watcher) replay(ctx context.Context, path string) error {
+// replay feeds a capture file through the live pipeline. A file damaged
+// part way (a capture copied while it was written) is drawn up to the
+// damage, as render draws it.
+func (w *watcher) replay(ctx context.Context, path string, stderr io.Writer) error {
 	src, err := capture.OpenFile(path)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	for ctx.Err() == nil {
+	for n := 0; ctx.Err() == nil; n++ {
 		c, err := src.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return err
+			if n == 0 {
+				return err
+			}
+			fmt.Fprintf(stderr, "criseq: %s (showing what was read before it)\n", termtext.String(err.Error()))
+			return nil
 		}
 		w.Write(c)
 	}

@@ -204,6 +204,7 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		{name: "calls", args: []string{"calls", "FILE"}},
 		{name: "calls --json", args: []string{"calls", "--json", "FILE"}},
 		{name: "render --format svg", args: []string{"render", "-o", "OUT", "--format", "svg", "FILE"}},
+		{name: "render --all --format svg", args: []string{"render", "--all", "-o", "OUT", "--format", "svg", "FILE"}},
 		{name: "diff (two pods)", args: []string{"diff", "FILE", "--pod", "default/warm-criseq-lab", "--pod", "default/hello-criseq-lab"}},
 		{name: "watch -r --format svg", args: []string{"watch", "-r", "FILE", "-o", "OUT", "--format", "svg"}},
 	}
