@@ -51,6 +51,7 @@ func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{}, {"nope"}, {"calls"}, {"calls", "a", "b"}, {"render", "--format", "gif", "x"},
 		{"record", "-w", "x.pcapng"}, {"record", "--listen", "/tmp/x.sock"},
+		{"render", "--timescale", "-1", "x"}, {"render", "--timescale", "NaN", "x"}, {"watch", "-r", "x", "--timescale", "Inf"},
 	} {
 		var stderr bytes.Buffer
 		err := run(context.Background(), args, &stderr, &stderr)

@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -41,14 +44,13 @@ type renderOptions struct {
 	noRedact  bool
 	pod       string
 	client    string
-	timescale float64
+	timescale pxPerSecond
 	lists     listStreaming
 }
 
 func (o *renderOptions) register(fs interface {
 	StringVar(*string, string, string, string)
 	BoolVar(*bool, string, bool, string)
-	Float64Var(*float64, string, float64, string)
 	Var(flag.Value, string, string)
 }, defaultOut string) {
 	fs.StringVar(&o.out, "o", defaultOut, "directory to write the diagrams to (created if missing)")
@@ -56,9 +58,23 @@ func (o *renderOptions) register(fs interface {
 	fs.BoolVar(&o.all, "all", false, "keep kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats) in the diagrams")
 	fs.BoolVar(&o.noRedact, "no-redact", false, "show registry credentials and environment values (redacted by default)")
 	fs.StringVar(&o.pod, "pod", "", "only the flows of this pod (NAMESPACE/NAME or NAME)")
-	fs.Float64Var(&o.timescale, "timescale", 0, "space SVG/PNG rows in proportion to time, in pixels per second (e.g. 200), so a slow pull looks slow; 0: evenly")
+	fs.Var(&o.timescale, "timescale", "space SVG/PNG rows in proportion to time, in `pixels` per second (e.g. 200), so a slow pull looks slow; 0: evenly")
 	fs.StringVar(&o.client, "client", "", `name of the CRI client's lifeline (default "kubelet", or "crictl" when each call has its own connection)`)
 	registerListStreaming(fs, &o.lists)
+}
+
+// pxPerSecond is --timescale: pixels per second, a number, 0 or more.
+type pxPerSecond float64
+
+func (p *pxPerSecond) String() string { return strconv.FormatFloat(float64(*p), 'g', -1, 64) }
+
+func (p *pxPerSecond) Set(s string) error {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+		return errors.New("want pixels per second, 0 or more (e.g. 200; 0: rows evenly spaced)")
+	}
+	*p = pxPerSecond(v)
+	return nil
 }
 
 func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -96,7 +112,7 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return fmt.Errorf("render: %w", err)
 	}
-	fw := &flowFiles{formats: perFlow, dir: o.out, ro: render.Options{TimeScale: o.timescale}, stdout: stdout, seen: map[string]int{}}
+	fw := &flowFiles{formats: perFlow, dir: o.out, ro: render.Options{TimeScale: float64(o.timescale)}, stdout: stdout, seen: map[string]int{}}
 	var page *render.HTMLPage
 	if html {
 		// The viewer is written flow by flow into unnamed files beside it,

@@ -181,6 +181,17 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return &exitError{3, fmt.Errorf("watch: %d of %d flows written before the %v timeout", w.count(), *pods, *timeout)}
 		}
 	}
+	if *replay != "" && w.count() == 0 && ctx.Err() == nil {
+		// As render says it: a replay that drew nothing is no success.
+		what := "no pod start or stop"
+		switch {
+		case o.pod != "":
+			what = "no flow of pod " + o.pod
+		case *namespace != "":
+			what = "no flow in namespace " + *namespace
+		}
+		return fmt.Errorf("watch: %s found in %s (%d calls); try criseq calls %s", what, *replay, w.calls, *replay)
+	}
 	return nil
 }
 
@@ -281,9 +292,12 @@ func (w *watcher) Flush() error {
 	return nil
 }
 
-// emit writes flows that passed the filters; w.mu is held.
+// emit writes flows that passed the filters, up to --pods; w.mu is held.
 func (w *watcher) emit(flows []*flow.Flow) {
 	for _, f := range flows {
+		if w.want > 0 && w.written >= w.want {
+			return // a burst (or a replay) completes many flows at once
+		}
 		if w.ns != "" && f.Pod.Namespace != w.ns {
 			continue
 		}
@@ -312,7 +326,7 @@ func (w *watcher) emit(flows []*flow.Flow) {
 		}
 		var first string
 		for _, format := range w.formats {
-			names, err := w.fw.diagram(w.o.out, base, format, f, render.Options{TimeScale: w.o.timescale})
+			names, err := w.fw.diagram(w.o.out, base, format, f, render.Options{TimeScale: float64(w.o.timescale)})
 			if err != nil && w.err == nil {
 				w.err = err
 			}

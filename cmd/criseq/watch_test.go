@@ -155,3 +155,32 @@ func TestWatchTimeout(t *testing.T) {
 		t.Fatalf("err = %v, want exit code 3", err)
 	}
 }
+
+// TestWatchPodsExact: --pods N writes N flows, though a burst completes
+// many at once: the real 20-pod burst, replayed, with --pods 3.
+func TestWatchPodsExact(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"watch", "-r", filepath.Join("..", "..", "testdata", "kubelet-burst", "capture.pcapng"),
+		"-o", out, "--format", "svg", "--pods", "3"}, &stdout, &stderr); err != nil {
+		t.Fatalf("watch: %v\n%s", err, stderr.String())
+	}
+	files, _ := filepath.Glob(filepath.Join(out, "*.svg"))
+	if lines := strings.Count(stdout.String(), "\n"); lines != 3 || len(files) != 3 {
+		t.Errorf("--pods 3: %d lines, %d files, want 3 of each:\n%s", lines, len(files), stdout.String())
+	}
+}
+
+// TestWatchReplayNothing: a replay that draws no flow fails as render
+// does, naming the filter and the file.
+func TestWatchReplayNothing(t *testing.T) {
+	capture := filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng")
+	for _, filter := range [][]string{{"--pod", "nosuch"}, {"--namespace", "kube-system"}} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"watch", "-r", capture, "-o", filepath.Join(t.TempDir(), "out")}, filter...)
+		err := run(context.Background(), args, &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), filter[1]) || !strings.Contains(err.Error(), "capture.pcapng") {
+			t.Errorf("watch -r %s: err = %v, want one naming %s and the file", filter, err, filter[1])
+		}
+	}
+}
