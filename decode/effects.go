@@ -223,30 +223,9 @@ func (d *Decoder) answer(s *stream, m *method, resp []byte, end time.Time) {
 	}
 	switch m.name {
 	case "ListContainers", "ListPodSandbox":
-		kind, stateField := kindContainer, protowire.Number(6)
-		if m.name == "ListPodSandbox" {
-			kind, stateField = kindSandbox, 3
-		}
-		seen := map[string]bool{}
-		eachField(resp, 1, func(item []byte) {
-			id, state := idAndState(item, stateField)
-			seen[id] = true
-			d.look(id, kind, state, c.Start, end)
-		})
-		if !s.filtered { // a full list also says what is gone
-			var gone []string
-			for id, h := range d.ids {
-				// Seen before this list began: one made meanwhile may be
-				// missing from it.
-				if h.kind == kind && !seen[id] && !h.last.end.IsZero() && h.last.end.Before(c.Start) && h.last.state != stateGone {
-					gone = append(gone, id)
-				}
-			}
-			slices.Sort(gone) // calls named in the same order every time
-			for _, id := range gone {
-				d.look(id, kind, stateGone, c.Start, end)
-			}
-		}
+		l := d.newListAnswer(s, m, end)
+		eachField(resp, 1, l.item)
+		l.done()
 	case "ContainerStatus", "PodSandboxStatus":
 		kind := kindContainer
 		if m.name == "PodSandboxStatus" {
@@ -265,6 +244,68 @@ func (d *Decoder) answer(s *stream, m *method, resp []byte, end time.Time) {
 			kind = kindSandbox
 		}
 		d.look(string(firstString(resp, 1)), kind, 0, c.Start, end) // CREATED, READY
+	}
+}
+
+// listAnswer reads what a list's answer shows, item by item (answer, or
+// a list too large to hold, as its bytes come): the states of those
+// listed and, of a full list, those gone. It notes them when done, as one
+// answer.
+type listAnswer struct {
+	d          *Decoder
+	s          *stream
+	kind       idKind
+	stateField protowire.Number
+	end        time.Time
+	items      []listed
+}
+
+type listed struct {
+	id    string
+	state int32
+}
+
+// answersList says whether answer reads m's answer as a list.
+func answersList(m *method) bool {
+	return m != nil && m.known && !m.serverStream && (m.name == "ListContainers" || m.name == "ListPodSandbox")
+}
+
+func (d *Decoder) newListAnswer(s *stream, m *method, end time.Time) *listAnswer {
+	l := &listAnswer{d: d, s: s, kind: kindContainer, stateField: 6, end: end}
+	if m.name == "ListPodSandbox" {
+		l.kind, l.stateField = kindSandbox, 3
+	}
+	return l
+}
+
+// item takes one listed Container or PodSandbox message.
+func (l *listAnswer) item(b []byte) {
+	id, state := idAndState(b, l.stateField)
+	l.items = append(l.items, listed{id, state})
+}
+
+// done notes the list's items, and of a full list what is gone.
+func (l *listAnswer) done() {
+	d, c := l.d, l.s.call
+	seen := make(map[string]bool, len(l.items))
+	for _, it := range l.items {
+		seen[it.id] = true
+		d.look(it.id, l.kind, it.state, c.Start, l.end)
+	}
+	if l.s.filtered { // only a full list also says what is gone
+		return
+	}
+	var gone []string
+	for id, h := range d.ids {
+		// Seen before this list began: one made meanwhile may be
+		// missing from it.
+		if h.kind == l.kind && !seen[id] && !h.last.end.IsZero() && h.last.end.Before(c.Start) && h.last.state != stateGone {
+			gone = append(gone, id)
+		}
+	}
+	slices.Sort(gone) // calls named in the same order every time
+	for _, id := range gone {
+		d.look(id, l.kind, stateGone, c.Start, l.end)
 	}
 }
 

@@ -25,7 +25,26 @@ type assembler struct {
 	want uint32 // payload length, once nhdr == 5
 	buf  []byte // payload so far
 	t    time.Time
+	// passing: the payload is not held, only counted in got (passes); a
+	// list's answer is read as it passes by list.
+	passing bool
+	got     uint32
+	list    *fieldStream
+	answer  *listAnswer
 }
+
+// seen is how much of the payload came.
+func (a *assembler) seen() int {
+	if a.passing {
+		return int(a.got)
+	}
+	return len(a.buf)
+}
+
+// maxHeldSkipped is the largest message whose body no output reads that
+// is still held whole: larger ones (a 16 MiB ListContainers answer) pass,
+// so memory does not follow message size.
+var maxHeldSkipped uint32 = 1 << 20 // a variable for tests
 
 // assemble adds a DATA frame's payload to a direction of a stream.
 func (d *Decoder) assemble(s *stream, dir capture.Dir, data []byte, t time.Time) {
@@ -51,9 +70,27 @@ func (d *Decoder) assemble(s *stream, dir capture.Dir, data []byte, t time.Time)
 				return
 			}
 			a.want = binary.BigEndian.Uint32(a.hdr[1:5])
-			if a.buf == nil {
+			if d.passes(s, dir, a) {
+				a.passing = true
+			} else if a.buf == nil {
 				a.buf = d.buffer(a.want)
 			}
+		}
+		if a.passing {
+			k := min(uint64(a.want)-uint64(a.got), uint64(len(data)))
+			if a.list != nil {
+				a.list.write(data[:k])
+			}
+			a.got += uint32(k)
+			data = data[k:]
+			if a.got == a.want {
+				if a.answer != nil {
+					a.answer.done()
+				}
+				d.passed(s, dir, int(a.want), a.t)
+				d.release(a)
+			}
+			continue
 		}
 		k := min(uint64(a.want)-uint64(len(a.buf)), uint64(len(data)))
 		a.buf = append(a.buf, data[:k]...)
@@ -84,6 +121,58 @@ func (d *Decoder) release(a *assembler) {
 	a.buf = nil
 	a.nhdr = 0
 	a.want = 0
+	a.passing, a.got, a.list, a.answer = false, 0, nil, nil
+}
+
+// passes says whether the message a starts lets pass unheld: a large one
+// whose body nothing reads (Options.SkipBodies), uncompressed, of a named
+// call, unless what the first message says of the runtime's IDs
+// (effects.go) needs it whole. A list's answer is then read as it passes.
+func (d *Decoder) passes(s *stream, dir capture.Dir, a *assembler) bool {
+	if a.want <= maxHeldSkipped || a.hdr[0] != 0 || !s.m.skip || s.deferred() || d.opts.NoRedact {
+		return false
+	}
+	c := s.call
+	if !d.tracking || dir == s2c && len(c.Responses) > 0 || dir == c2s && len(c.Requests) > 0 {
+		return true
+	}
+	if dir == c2s {
+		return false // request: the ID it acts on, its filter
+	}
+	switch {
+	case answersList(s.m):
+		a.answer = d.newListAnswer(s, s.m, a.t)
+		a.list = &fieldStream{num: 1, fn: a.answer.item}
+		return true
+	case s.m.serverStream:
+		return true
+	}
+	switch s.m.name {
+	case "ContainerStatus", "PodSandboxStatus", "CreateContainer", "RunPodSandbox":
+		return false
+	}
+	return true
+}
+
+// passed is message for one that passed unheld: its size counted, its
+// body read by nothing.
+func (d *Decoder) passed(s *stream, dir capture.Dir, size int, t time.Time) {
+	d.nPassed++
+	c := s.call
+	m := Message{Time: t, Size: size}
+	if dir == s2c && s.m.serverStream && d.opts.OnStreamMessage != nil {
+		c.Streamed++
+		d.opts.OnStreamMessage(c, m)
+		return
+	}
+	list := &c.Requests
+	if dir == s2c {
+		list = &c.Responses
+	}
+	if *list == nil {
+		*list = s.first[dir]
+	}
+	*list = append(*list, m)
 }
 
 // message decodes one gRPC message. payload is only valid during the call.

@@ -346,7 +346,7 @@ func (d *Decoder) finish(cn *conn, s *stream, t time.Time) {
 			if c.Flags&(Incomplete|Reset|Gap) == 0 {
 				c.Flags |= Malformed
 			}
-			c.Errors = append(c.Errors, fmt.Sprintf("%s message truncated: %d of %d bytes", dirNoun[dir], len(a.buf), a.want))
+			c.Errors = append(c.Errors, fmt.Sprintf("%s message truncated: %d of %d bytes", dirNoun[dir], a.seen(), a.want))
 		}
 		d.release(a)
 	}
