@@ -81,12 +81,15 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		dopts.Fields = flow.ReadsFields
 		dopts.Encode = func(md protoreflect.MessageDescriptor, b []byte) ([]byte, bool) {
 			out, ok := wire.Append(scratch[:0], md, b)
-			if cap(out) <= 1<<20 {
-				scratch = out
-			}
 			if onWireJSON != nil {
 				onWireJSON(ok)
 			}
+			if cap(out) > 1<<20 {
+				// Not kept as scratch: a huge message's JSON is not copied.
+				scratch = nil
+				return out, ok
+			}
+			scratch = out
 			if !ok {
 				return nil, false
 			}

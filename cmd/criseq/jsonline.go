@@ -192,6 +192,17 @@ func (w *jsonWriter) messages(b []byte, name string, ms []decode.Message) ([]byt
 func (w *jsonWriter) messageJSON(b []byte, m decode.Message) ([]byte, error) {
 	var err error
 	switch {
+	case len(m.Encoded) > 64<<10:
+		// Written as it is, not copied into the line: the line so far
+		// first. Escaping for the terminal goes rune by rune, so in parts
+		// it writes the same bytes.
+		if _, err := w.w.Write(termtext.JSON(b)); err != nil {
+			return b, err
+		}
+		if _, err := w.w.Write(termtext.JSON(m.Encoded)); err != nil {
+			return b, err
+		}
+		b = b[:0]
 	case m.Encoded != nil:
 		b = append(b, m.Encoded...)
 	case m.Proto != nil:
