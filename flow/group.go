@@ -409,7 +409,10 @@ func stopKey(cid, sid string) string {
 
 func (g *Grouper) newOpen(k Kind, pod Pod, sid string) *open {
 	o := &open{
-		f:          &Flow{Kind: k, Pod: pod, SandboxID: sid, Client: g.opts.Client},
+		// The runtime that answers its first call: taken at its end, a
+		// flow drawn live and the same flow drawn from the file could name
+		// different runtimes across an upgrade.
+		f:          &Flow{Kind: k, Pod: pod, SandboxID: sid, Client: g.opts.Client, Runtime: g.runtime},
 		imageKeys:  map[string]bool{},
 		created:    map[string]bool{},
 		started:    map[string]bool{},

@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/criseq/criseq/internal/benchcap"
 
 	"github.com/gopacket/gopacket/pcapgo"
 	"google.golang.org/grpc"
@@ -186,4 +190,52 @@ func dirFiles(t *testing.T, dir string) map[string][]byte {
 		m[e.Name()] = b
 	}
 	return m
+}
+
+// TestReplayAgreesWithRenderAcrossRuntimes: copies of real captures of
+// two runtimes (containerd 1.6 and 2.x, as across an upgrade), replayed
+// through watch's live pipeline and rendered from the file, give the same
+// diagrams (their names aside: watch numbers a pod's flows as they
+// complete, render as they start), each naming the runtime that answered
+// its first call.
+func TestReplayAgreesWithRenderAcrossRuntimes(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "two.pcapng")
+	srcs := []string{
+		filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng"),
+		filepath.Join("..", "..", "testdata", "kubelet-pull-containerd2", "capture.pcapng"),
+	}
+	if _, err := benchcap.Write(file, srcs, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	contents := map[string][]string{}
+	for _, args := range [][]string{
+		{"watch", "-r", file, "-o", filepath.Join(dir, "watch"), "--format", "svg,puml"},
+		{"render", "-o", filepath.Join(dir, "render"), "--format", "svg,puml", file},
+	} {
+		var out bytes.Buffer
+		if err := run(context.Background(), args, &out, &out); err != nil {
+			t.Fatalf("%s: %v\n%s", args[0], err, out.String())
+		}
+		for _, b := range dirFiles(t, filepath.Join(dir, args[0])) {
+			contents[args[0]] = append(contents[args[0]], string(b))
+		}
+		slices.Sort(contents[args[0]])
+	}
+	w, r := contents["watch"], contents["render"]
+	if !slices.Equal(w, r) {
+		t.Fatalf("watch -r drew %d files, render %d; not the same diagrams", len(w), len(r))
+	}
+	runtimes := map[string]int{}
+	for _, s := range w {
+		for _, rt := range []string{"containerd 1.6", "containerd v2", "containerd 2"} {
+			if strings.Contains(s, rt) {
+				runtimes[rt]++
+			}
+		}
+	}
+	if len(runtimes) < 2 {
+		t.Errorf("diagrams name the runtimes %v, want both", runtimes)
+	}
+	t.Logf("%d files, runtimes %v", len(w), runtimes)
 }
