@@ -140,3 +140,42 @@ func TestPassingRealLargeLists(t *testing.T) {
 	}
 	t.Logf("answers of %v bytes", sizes)
 }
+
+// FuzzPassing: whatever the bytes, from the first one or caught midway,
+// letting every skipped body pass unheld gives what holding them gives:
+// the same calls, errors and IDs learnt.
+func FuzzPassing(f *testing.F) {
+	for _, s := range seedStreams(f) {
+		f.Add(s[0], s[1], uint16(0), uint16(0), uint8(7))
+	}
+	resyncSeeds(f)
+	f.Fuzz(func(t *testing.T, c, s []byte, cutC, cutS uint16, piece uint8) {
+		n := 1 + int(piece)
+		midway := cutC > 0 || cutS > 0
+		if midway {
+			c, s = c[min(int(cutC), len(c)):], s[min(int(cutS), len(s)):]
+		}
+		run := func(limit uint32) string {
+			saved := maxHeldSkipped
+			maxHeldSkipped = limit
+			defer func() { maxHeldSkipped = saved }()
+			var calls []*Call
+			d := New(Options{ListsUnary: true, SkipBodies: skipPolling, OnCall: func(c *Call) { calls = append(calls, c) }})
+			if midway {
+				feedMidway(d, c, s, n)
+			} else {
+				feedStreams(d, c, s, n, true)
+			}
+			var ids []string
+			for id, h := range d.ids {
+				ids = append(ids, fmt.Sprint(id, h.kind, h.last, h.prev, len(h.acts)))
+			}
+			slices.Sort(ids)
+			d.Close()
+			return summaries(calls, d.Errors()) + "\n" + strings.Join(ids, "\n")
+		}
+		if a, b := run(0), run(math.MaxUint32); a != b {
+			t.Fatalf("passing and holding differ:\n%s", firstDiff(a, b))
+		}
+	})
+}
