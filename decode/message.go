@@ -84,7 +84,7 @@ func (d *Decoder) assemble(s *stream, dir capture.Dir, data []byte, t time.Time)
 			a.got += uint32(k)
 			data = data[k:]
 			if a.got == a.want {
-				if a.answer != nil {
+				if a.answer != nil && d.tracking { // as message decides
 					a.answer.done()
 				}
 				d.passed(s, dir, int(a.want), a.t)
@@ -134,25 +134,22 @@ func (d *Decoder) release(a *assembler) {
 
 // passes says whether the message a starts lets pass unheld: a large one
 // whose body nothing reads (Options.SkipBodies), uncompressed, of a named
-// call, unless what the first message says of the runtime's IDs
-// (effects.go) needs it whole. A list's answer is then read as it passes.
+// call, unless what a call's first message says of the runtime's IDs
+// (effects.go) may be needed whole. A list's first answer is read as it
+// passes, and noted at its end if IDs are tracked by then.
 func (d *Decoder) passes(s *stream, dir capture.Dir, a *assembler) bool {
 	if a.want <= maxHeldSkipped || a.hdr[0] != 0 || !s.m.skip || s.deferred() || d.opts.NoRedact {
 		return false
 	}
 	c := s.call
-	if !d.tracking || dir == s2c && len(c.Responses) > 0 || dir == c2s && len(c.Requests) > 0 {
-		return true
-	}
-	if dir == c2s {
-		return false // request: the ID it acts on, its filter
-	}
 	switch {
+	case dir == c2s:
+		return len(c.Requests) > 0 // the first: the ID it acts on, its filter
+	case len(c.Responses) > 0 || s.m.serverStream:
+		return true
 	case answersList(s.m):
 		a.answer = d.newListAnswer(s, s.m, a.t)
 		a.list = &fieldStream{num: 1, fn: a.answer.item}
-		return true
-	case s.m.serverStream:
 		return true
 	}
 	switch s.m.name {
