@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/criseq/criseq/capture"
 	"google.golang.org/protobuf/proto"
@@ -139,6 +140,58 @@ func TestPassingRealLargeLists(t *testing.T) {
 		t.Errorf("%d IDs learnt, want the 12000 listed", ids)
 	}
 	t.Logf("answers of %v bytes", sizes)
+}
+
+// A connection caught midway while a large list's first answer passes on
+// another starts the tracking of IDs before the answer ends: the answer
+// is noted then, as a held one is (real grpc-go peers).
+func TestPassingTrackingStartsMidAnswer(t *testing.T) {
+	cc2, rec2 := criPeers(t, fakeRuntime{})
+	if _, err := runtimeapi.NewRuntimeServiceClient(cc2).Version(context.Background(), &runtimeapi.VersionRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cc, rec := criPeers(t, fakeRuntime{containers: 8000})
+	if _, err := runtimeapi.NewRuntimeServiceClient(cc).ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cc.Close()
+	cc2.Close()
+	big := rec.take()
+	// The other connection's answer, caught from its fourth byte, in the
+	// middle of the list's answer.
+	var other capture.Chunk
+	for _, c := range rec2.take() {
+		if c.Kind == capture.Data && c.Dir == s2c {
+			other = c
+			break
+		}
+	}
+	other.Conn, other.Data, other.Offset = 1000, other.Data[3:], 0
+	var mid int
+	var answer int64
+	for i, c := range big {
+		if c.Kind == capture.Data && c.Dir == s2c {
+			if answer += int64(len(c.Data)); answer > 2<<20 {
+				mid = i
+				break
+			}
+		}
+	}
+	if mid == 0 {
+		t.Fatal("no large answer")
+	}
+	chunks := slices.Concat(big[:mid], []capture.Chunk{{Conn: 1000, Kind: capture.Open, Midway: true, Time: other.Time}, other}, big[mid:])
+	for i := range chunks {
+		chunks[i].Time = big[0].Time.Add(time.Duration(i) * time.Microsecond) // in order, as fed
+	}
+	a, passed := passDecode(t, chunks, pos{}, false)
+	b, _ := passDecode(t, chunks, pos{}, true)
+	if a != b {
+		t.Fatalf("passing and holding differ:\n%s", firstDiff(a, b))
+	}
+	if ids := strings.Count(a[strings.Index(a, "--\n"):], "\n"); passed == 0 || ids < 8000 {
+		t.Errorf("%d messages passed, %d IDs learnt; want the answer passed and its 8000 IDs", passed, ids)
+	}
 }
 
 // FuzzPassing: whatever the bytes, from the first one or caught midway,
