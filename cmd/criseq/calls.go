@@ -87,13 +87,16 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if cap(out) > 1<<20 {
 				// Not kept as scratch: a huge message's JSON is not copied.
 				scratch = nil
-				return out, ok
+			} else {
+				scratch = out
+				if ok {
+					out = bytes.Clone(out)
+				}
 			}
-			scratch = out
 			if !ok {
 				return nil, false
 			}
-			return bytes.Clone(out), true
+			return out, true
 		}
 	}
 	var keep func(*decode.Call) bool
