@@ -494,9 +494,15 @@ func (d *flowDiff) writeText(w io.Writer) {
 	}
 }
 
-func mdCell(s string) string {
-	return strings.ReplaceAll(s, "|", `\|`)
-}
+// mdCell escapes text for a Markdown table cell: the punctuation that
+// makes inline markup (emphasis from the "_" of an image name, links,
+// images, HTML, strikethrough from a "~" of a runtime version) shows as
+// itself, so wire text cannot change a CI summary's page.
+func mdCell(s string) string { return mdEscaper.Replace(s) }
+
+var mdEscaper = strings.NewReplacer(
+	`\`, `\\`, "`", "\\`", `*`, `\*`, `_`, `\_`, `[`, `\[`, `]`, `\]`,
+	`<`, `\<`, `>`, `\>`, `!`, `\!`, `|`, `\|`, `~`, `\~`, `&`, `\&`)
 
 func (d *flowDiff) writeMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "**A**: %s  \n**B**: %s\n\n", mdCell(d.a.describe()), mdCell(d.b.describe()))
