@@ -218,7 +218,7 @@ func (d *Decoder) request(s *stream, raw []byte) {
 // creations. end is when it came.
 func (d *Decoder) answer(s *stream, m *method, resp []byte, end time.Time) {
 	c := s.call
-	if m == nil || !m.known || m.serverStream {
+	if !readsAnswer(m) {
 		return
 	}
 	switch m.name {
@@ -263,6 +263,19 @@ type listAnswer struct {
 type listed struct {
 	id    string
 	state int32
+}
+
+// readsAnswer says whether answer reads anything of m's answer: the
+// cases of its switch.
+func readsAnswer(m *method) bool {
+	if m == nil || !m.known || m.serverStream {
+		return false
+	}
+	switch m.name {
+	case "ListContainers", "ListPodSandbox", "ContainerStatus", "PodSandboxStatus", "CreateContainer", "RunPodSandbox":
+		return true
+	}
+	return false
 }
 
 // answersList says whether answer reads m's answer as a list.

@@ -152,32 +152,14 @@ func (d *Decoder) passes(s *stream, dir capture.Dir, a *assembler) bool {
 		a.list = &fieldStream{num: 1, fn: a.answer.item}
 		return true
 	}
-	switch s.m.name {
-	case "ContainerStatus", "PodSandboxStatus", "CreateContainer", "RunPodSandbox":
-		return false
-	}
-	return true
+	return !readsAnswer(s.m)
 }
 
 // passed is message for one that passed unheld: its size counted, its
 // body read by nothing.
 func (d *Decoder) passed(s *stream, dir capture.Dir, size int, t time.Time) {
 	d.nPassed++
-	c := s.call
-	m := Message{Time: t, Size: size}
-	if dir == s2c && s.m.serverStream && d.opts.OnStreamMessage != nil {
-		c.Streamed++
-		d.opts.OnStreamMessage(c, m)
-		return
-	}
-	list := &c.Requests
-	if dir == s2c {
-		list = &c.Responses
-	}
-	if *list == nil {
-		*list = s.first[dir]
-	}
-	*list = append(*list, m)
+	d.keep(s, dir, Message{Time: t, Size: size})
 }
 
 // message decodes one gRPC message. payload is only valid during the call.
@@ -233,10 +215,21 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 	if err != nil {
 		d.messageError(c, dir, &m, len(*list)+1, err)
 	}
+	d.keep(s, dir, m)
+}
+
+// keep hands a server stream's message to OnStreamMessage, or adds m to
+// its call's messages.
+func (d *Decoder) keep(s *stream, dir capture.Dir, m Message) {
+	c := s.call
 	if dir == s2c && s.m.serverStream && d.opts.OnStreamMessage != nil && !s.deferred() {
 		c.Streamed++
 		d.opts.OnStreamMessage(c, m)
 		return
+	}
+	list := &c.Requests
+	if dir == s2c {
+		list = &c.Responses
 	}
 	if *list == nil {
 		*list = s.first[dir]

@@ -167,11 +167,7 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 		return err
 	}
 	if n == 0 {
-		what := "no pod start or stop"
-		if o.pod != "" {
-			what = "no flow of pod " + o.pod
-		}
-		return fmt.Errorf("render: %s found in %s (%d calls); try criseq calls %s", what, path, calls, path)
+		return noFlow("render", path, o.pod, "", calls)
 	}
 	if !html {
 		return nil
@@ -183,6 +179,19 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%-32s %d flows  → %s\n", "viewer", n, name)
 	return nil
+}
+
+// noFlow is the error of a command that found no flow to draw in path
+// (of pod, or in namespace ns, when given).
+func noFlow(cmd, path, pod, ns string, calls int) error {
+	what := "no pod start or stop"
+	switch {
+	case pod != "":
+		what = "no flow of pod " + pod
+	case ns != "":
+		what = "no flow in namespace " + ns
+	}
+	return fmt.Errorf("%s: %s found in %s (%d calls); try criseq calls %s", cmd, what, path, calls, path)
 }
 
 // fileSpill is a part of the HTML viewer kept in an unnamed file until the

@@ -182,15 +182,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	if *replay != "" && w.count() == 0 && ctx.Err() == nil {
-		// As render says it: a replay that drew nothing is no success.
-		what := "no pod start or stop"
-		switch {
-		case o.pod != "":
-			what = "no flow of pod " + o.pod
-		case *namespace != "":
-			what = "no flow in namespace " + *namespace
-		}
-		return fmt.Errorf("watch: %s found in %s (%d calls); try criseq calls %s", what, *replay, w.calls, *replay)
+		return noFlow("watch", *replay, o.pod, *namespace, w.calls) // as render: nothing drawn is no success
 	}
 	return nil
 }
