@@ -31,6 +31,7 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Flags note what is unusual about a call.
@@ -91,10 +92,20 @@ type Message struct {
 	Proto proto.Message // decoded message, nil if the method's type is unknown
 	// Encoded is what Options.Encode made of the message, if it did;
 	// Proto then holds only the fields Options.Fields lists.
-	Encoded    []byte
+	Encoded []byte
+	// Wire is the message's wire bytes (uncompressed) and type, kept
+	// for the output to write as it prints it where Options.KeepWire
+	// said so; Proto then holds only the fields Options.Fields lists.
+	Wire       *WireMessage
 	Size       int // length of the uncompressed message, also when Raw is nil
 	Compressed bool
 	Err        string // why the message could not be decoded, if so
+}
+
+// WireMessage is a message kept as it came (Message.Wire).
+type WireMessage struct {
+	Type  protoreflect.MessageDescriptor
+	Bytes []byte
 }
 
 // Call is one gRPC call (one HTTP/2 stream).

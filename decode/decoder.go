@@ -113,6 +113,13 @@ type Options struct {
 	// --json writes messages as JSON from their wire bytes this way,
 	// without building them whole.
 	Encode func(md protoreflect.MessageDescriptor, wire []byte) (out []byte, ok bool)
+	// KeepWire, if set with Encode, is asked first: when it says true,
+	// the message is not handed to Encode but kept as it came
+	// (Message.Wire, not copied where the decoder held it whole), and is
+	// decoded as when Encode says ok. calls --json keeps a message over
+	// 1 MiB so and writes its JSON as it prints it: the JSON of a 16 MiB
+	// answer is never held whole.
+	KeepWire func(md protoreflect.MessageDescriptor, wire []byte) bool
 	// RequestHeader, if set, says which request header fields a Call
 	// keeps, by name (e.g. flow.ReadsHeader); the others are not kept.
 	// An output that shows no headers keeps only what it reads: the

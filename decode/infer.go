@@ -692,7 +692,7 @@ func (d *Decoder) name(s *stream, m *method) {
 			if raw == nil || i >= len(list) || list[i].Err != "" {
 				continue
 			}
-			if err := d.unmarshal(s, capture.Dir(dir), &list[i], raw); err != nil {
+			if err := d.unmarshal(s, capture.Dir(dir), &list[i], raw, true); err != nil {
 				d.messageError(c, capture.Dir(dir), &list[i], i+1, err)
 			}
 		}

@@ -54,7 +54,7 @@ func (d *Decoder) assemble(s *stream, dir capture.Dir, data []byte, t time.Time)
 			// Fast path: a whole message in the frame is decoded in place.
 			n := binary.BigEndian.Uint32(data[1:5])
 			if uint64(len(data)-5) >= uint64(n) {
-				d.message(s, dir, data[0], data[5:5+n], t)
+				d.message(s, dir, data[0], data[5:5+n], t, false)
 				data = data[5+n:]
 				continue
 			}
@@ -94,17 +94,25 @@ func (d *Decoder) assemble(s *stream, dir capture.Dir, data []byte, t time.Time)
 		}
 		k := min(uint64(a.want)-uint64(len(a.buf)), uint64(len(data)))
 		if need := uint64(len(a.buf)) + k; need > uint64(cap(a.buf)) {
-			// Doubled up to the message's size, as its bytes come (a
-			// length from the wire alone proves nothing): append's
-			// smaller steps left 45 MB of copies behind a 9 MB message.
-			b := make([]byte, len(a.buf), min(max(2*uint64(cap(a.buf)), need), uint64(a.want)))
+			// Doubled as its bytes come (a length from the wire alone
+			// proves nothing), and made the message's size once that is
+			// at most 8 times what came: append's smaller steps left
+			// 45 MB of copies behind a 9 MB message, and the last
+			// doubling of a 16 MiB one held 24 MiB at once.
+			size := max(2*uint64(cap(a.buf)), need)
+			if uint64(a.want) <= 8*need {
+				size = uint64(a.want)
+			}
+			b := make([]byte, len(a.buf), min(size, uint64(a.want)))
 			copy(b, a.buf)
 			a.buf = b
 		}
 		a.buf = append(a.buf, data[:k]...)
 		data = data[k:]
 		if uint64(len(a.buf)) == uint64(a.want) {
-			d.message(s, dir, a.hdr[0], a.buf, a.t)
+			if d.message(s, dir, a.hdr[0], a.buf, a.t, true) {
+				a.buf = nil // the message keeps it
+			}
 			d.release(a)
 		}
 	}
@@ -162,8 +170,10 @@ func (d *Decoder) passed(s *stream, dir capture.Dir, size int, t time.Time) {
 	d.keep(s, dir, Message{Time: t, Size: size})
 }
 
-// message decodes one gRPC message. payload is only valid during the call.
-func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte, t time.Time) {
+// message decodes one gRPC message. payload is only valid during the
+// call, unless held (the assembler's own buffer): then kept says the
+// message kept it (Message.Wire).
+func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte, t time.Time, held bool) (kept bool) {
 	c := s.call
 	list := &c.Requests
 	if dir == s2c {
@@ -207,7 +217,8 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 				m.Raw = bytes.Clone(raw)
 			}
 		} else {
-			err = d.unmarshal(s, dir, &m, raw)
+			err = d.unmarshal(s, dir, &m, raw, held && flag == 0)
+			kept = m.Wire != nil && held && flag == 0
 		}
 	} else if s.deferred() && len(s.rs.raw[dir]) < maxDeferred {
 		s.rs.raw[dir] = append(s.rs.raw[dir], nil) // not readable: no evidence
@@ -216,6 +227,7 @@ func (d *Decoder) message(s *stream, dir capture.Dir, flag byte, payload []byte,
 		d.messageError(c, dir, &m, len(*list)+1, err)
 	}
 	d.keep(s, dir, m)
+	return kept
 }
 
 // keep hands a server stream's message to OnStreamMessage, or adds m to
@@ -237,8 +249,9 @@ func (d *Decoder) keep(s *stream, dir capture.Dir, m Message) {
 	*list = append(*list, m)
 }
 
-// unmarshal decodes a message's protobuf bytes with the call's type.
-func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) error {
+// unmarshal decodes a message's protobuf bytes with the call's type;
+// owned: raw may be kept (Message.Wire) without a copy.
+func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte, owned bool) error {
 	typ := s.m.in
 	if dir == s2c {
 		typ = s.m.out
@@ -249,7 +262,13 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 		body, listed := raw, false
 		fields, skipMaps := d.opts.Fields, d.opts.SkipResponseMaps
 		if d.opts.Encode != nil {
-			if out, ok := d.opts.Encode(typ.Descriptor(), raw); ok {
+			if d.opts.KeepWire != nil && d.opts.KeepWire(typ.Descriptor(), raw) {
+				w := raw
+				if !owned {
+					w = bytes.Clone(raw)
+				}
+				m.Wire, skipMaps = &WireMessage{Type: typ.Descriptor(), Bytes: w}, true
+			} else if out, ok := d.opts.Encode(typ.Descriptor(), raw); ok {
 				m.Encoded, skipMaps = out, true
 			} else {
 				fields = nil // decoded whole, for the output too
@@ -272,7 +291,7 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 			msg, err = d.maps.unmarshal(typ, body)
 		}
 		if err != nil {
-			m.Encoded = nil
+			m.Encoded, m.Wire = nil, nil
 			return fmt.Errorf("unmarshal %s: %w", typ.Descriptor().FullName(), err)
 		}
 		if !d.opts.NoRedact {
@@ -281,7 +300,11 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte) 
 		m.Proto = msg
 	}
 	if d.opts.NoRedact && m.Raw == nil {
-		m.Raw = bytes.Clone(raw)
+		if m.Wire != nil {
+			m.Raw = m.Wire.Bytes // the same bytes, read only
+		} else {
+			m.Raw = bytes.Clone(raw)
+		}
 	}
 	return nil
 }

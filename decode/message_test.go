@@ -3,6 +3,8 @@ package decode
 import (
 	"bytes"
 	"compress/gzip"
+	"math"
+	"runtime"
 	"testing"
 	"time"
 
@@ -52,5 +54,36 @@ func TestMessageFraming(t *testing.T) {
 		if s.asm[s2c].nhdr != 0 {
 			t.Fatalf("cut at %d: bytes left in the assembler", cut)
 		}
+	}
+}
+
+// A message's buffer grows with what came, not with the length its
+// prefix claims: 4 GiB claimed and 3 MiB sent allocate about twice what
+// came; and it is made the message's size once that is at most eight
+// times what came, so a 16 MiB message allocates 1, 2 and 16 MiB (it
+// doubled to 31 MiB, appending left 45 MB behind a 9 MB message).
+func TestMessageBufferGrowth(t *testing.T) {
+	feed := func(claim uint32, send int) uint64 {
+		d := New(Options{})
+		s := &stream{call: &Call{Status: -1}, m: d.method(pathEvents)}
+		piece := make([]byte, 16<<10)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		d.assemble(s, s2c, []byte{0, byte(claim >> 24), byte(claim >> 16), byte(claim >> 8), byte(claim)}, time.Time{})
+		for sent := 0; sent < send; sent += len(piece) {
+			d.assemble(s, s2c, piece[:min(len(piece), send-sent)], time.Time{})
+		}
+		runtime.ReadMemStats(&after)
+		if got := s.asm[s2c].seen(); got != send {
+			t.Fatalf("claim %d: %d bytes held, sent %d", claim, got, send)
+		}
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	const mib = 1 << 20
+	if got := feed(math.MaxUint32, 3*mib); got > 7*mib+mib/2 {
+		t.Errorf("4 GiB claimed, 3 MiB sent: %.1f MiB allocated, want at most 7 (1, 2 and 4)", float64(got)/mib)
+	}
+	if got := feed(16*mib, 16*mib-1); got > 19*mib+mib/2 {
+		t.Errorf("16 MiB claimed and sent: %.1f MiB allocated, want at most 19 (1, 2 and 16)", float64(got)/mib)
 	}
 }

@@ -59,8 +59,9 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer bw.Flush()
 	labels := flow.NewLabeler(flow.Options{})
 	var out callWriter = &tableWriter{w: bw}
+	wire := crijson.NewWire(!*noRedact)
 	if *asJSON {
-		out = newJSONWriter(bw, *noRedact)
+		out = newJSONWriter(bw, *noRedact, wire)
 	}
 	dopts := decode.Options{NoRedact: *noRedact}
 	if !*asJSON {
@@ -76,9 +77,24 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *asJSON && jsonFromWire {
 		// Messages are written as JSON from their wire bytes, and decoded
 		// only to what grouping and labels read.
-		wire := crijson.NewWire(!*noRedact)
 		var scratch []byte
 		dopts.Fields = flow.ReadsFields
+		dopts.KeepWire = func(md protoreflect.MessageDescriptor, b []byte) bool {
+			// A large message is kept as it came, its JSON written as
+			// the line is (jsonWriter.messageJSON): checked here, so
+			// that one the wire cannot write is decoded whole now.
+			if len(b) <= keepWireAbove {
+				return false
+			}
+			ok := wire.Check(md, b)
+			if onWireJSON != nil {
+				onWireJSON(ok)
+			}
+			if ok && onWireKept != nil {
+				onWireKept()
+			}
+			return ok
+		}
 		dopts.Encode = func(md protoreflect.MessageDescriptor, b []byte) ([]byte, bool) {
 			out, ok := wire.Append(scratch[:0], md, b)
 			if onWireJSON != nil {
@@ -118,10 +134,15 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // jsonFromWire: calls --json writes messages from their wire bytes (else
 // from the messages decoded whole: tests compare the two); onWireJSON,
-// if set, is told of each message whether it was.
+// if set, is told of each message whether it was, and onWireKept of each
+// kept to be written as it is printed.
 var (
 	jsonFromWire = true
 	onWireJSON   func(ok bool)
+	onWireKept   func()
+	// keepWireAbove: a message larger is kept as it came and its JSON
+	// written as it is printed (a variable for tests).
+	keepWireAbove = 1 << 20
 )
 
 // callWriter prints calls one at a time.

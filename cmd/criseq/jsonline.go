@@ -30,13 +30,16 @@ import (
 // end or no status). A server stream's messages have lines of their own
 // (see message); its call's line counts them in streamed.
 type jsonWriter struct {
-	w   io.Writer
-	raw bool
-	enc crijson.Encoder
-	buf []byte
+	w    io.Writer
+	raw  bool
+	enc  crijson.Encoder
+	wire *crijson.Wire // for messages kept as they came (Message.Wire)
+	buf  []byte
 }
 
-func newJSONWriter(out io.Writer, raw bool) *jsonWriter { return &jsonWriter{w: out, raw: raw} }
+func newJSONWriter(out io.Writer, raw bool, wire *crijson.Wire) *jsonWriter {
+	return &jsonWriter{w: out, raw: raw, wire: wire}
+}
 
 func (w *jsonWriter) write(c *decode.Call, s flow.Step, late bool) error {
 	b := append(w.buf[:0], `{"time":"`...)
@@ -192,6 +195,20 @@ func (w *jsonWriter) messages(b []byte, name string, ms []decode.Message) ([]byt
 func (w *jsonWriter) messageJSON(b []byte, m decode.Message) ([]byte, error) {
 	var err error
 	switch {
+	case m.Wire != nil:
+		// Written as it is made, after the line so far: checked when
+		// it was kept (Wire.Check), so it is written whole.
+		if _, err := w.w.Write(termtext.JSON(b)); err != nil {
+			return b, err
+		}
+		ok, err := w.wire.Write(termtext.JSONWriter(w.w), m.Wire.Type, m.Wire.Bytes)
+		if err == nil && !ok {
+			err = fmt.Errorf("calls: %s changed after it was checked", m.Wire.Type.FullName())
+		}
+		if err != nil {
+			return b, err
+		}
+		b = b[:0]
 	case len(m.Encoded) > 64<<10:
 		// Written as it is, not copied into the line: the line so far
 		// first. Escaping for the terminal goes rune by rune, so in parts

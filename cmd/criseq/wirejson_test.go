@@ -85,9 +85,10 @@ func (s listServer) ListContainers(context.Context, *runtimeapi.ListContainersRe
 }
 
 // Large messages (ListContainers answers of 0.2 to 4 MB, written to the
-// output without being copied into their line), recorded between real
-// grpc-go peers: the lines are those written from the messages decoded
-// whole, and each is one JSON object.
+// output without being copied into their line; those over 1 MiB kept as
+// they came and written as they are printed, in pieces), recorded
+// between real grpc-go peers: the lines are those written from the
+// messages decoded whole, and each is one JSON object.
 func TestCallsJSONLargeMessages(t *testing.T) {
 	srv := listServer{&criServer{}, 0}
 	var files []string
@@ -102,11 +103,14 @@ func TestCallsJSONLargeMessages(t *testing.T) {
 			}
 		}))
 	}
-	defer func() { jsonFromWire = true }()
-	for _, f := range files {
+	kept := 0
+	onWireKept = func() { kept++ }
+	defer func() { jsonFromWire, onWireKept = true, nil }()
+	for fi, f := range files {
 		for _, extra := range [][]string{nil, {"--no-redact"}} {
 			args := append(append([]string{"calls", "--json"}, extra...), f)
 			var lines [2][]byte
+			kept = 0
 			for i, wire := range []bool{true, false} {
 				jsonFromWire = wire
 				var stdout, stderr bytes.Buffer
@@ -114,6 +118,9 @@ func TestCallsJSONLargeMessages(t *testing.T) {
 					t.Fatalf("%v: %v", args, err)
 				}
 				lines[i] = stdout.Bytes()
+			}
+			if want := []int{0, 2}[fi]; kept != want {
+				t.Errorf("%v: %d messages kept to be written as printed, want %d", args, kept, want)
 			}
 			if !bytes.Equal(lines[0], lines[1]) {
 				t.Fatalf("%v: from the wire (%d bytes) and decoded whole (%d bytes) differ", args, len(lines[0]), len(lines[1]))

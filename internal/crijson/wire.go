@@ -3,6 +3,7 @@ package crijson
 import (
 	"bytes"
 	"encoding/base64"
+	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -29,7 +30,17 @@ type Wire struct {
 	plans  map[planKey]*wirePlan
 	ents   []wireEnt  // the fields of the messages being written, a stack
 	keys   []mapEntry // the map entries being written, a stack
+	// flush, while Check or Write runs, is handed the JSON made so far
+	// after each element of the message's own lists and maps, and
+	// returns the buffer to go on with: a 16 MiB list's JSON is not
+	// held whole.
+	flush func(out []byte) []byte
+	buf   []byte // Check's and Write's, bounded
 }
+
+// flushAt is how much JSON Check and Write make before handing it on
+// (a variable for tests).
+var flushAt = 32 << 10
 
 // NewWire returns a Wire; redact: as decode does unless NoRedact.
 func NewWire(redact bool) *Wire { return &Wire{redact: redact, plans: map[planKey]*wirePlan{}} }
@@ -155,6 +166,46 @@ type mapEntry struct{ key, val []byte }
 // b; ok is false where it cannot say exactly what Encoder.Append would
 // (then dst is returned as it was).
 func (w *Wire) Append(dst []byte, md protoreflect.MessageDescriptor, b []byte) (_ []byte, ok bool) {
+	out, ok := w.run(dst, md, b)
+	if !ok {
+		return dst, false
+	}
+	return out, true
+}
+
+// Check reports whether Append would write the message (ok), without
+// keeping what it makes: Write's first pass, in bounded memory.
+func (w *Wire) Check(md protoreflect.MessageDescriptor, b []byte) bool {
+	w.flush = func(out []byte) []byte { return out[:0] }
+	_, ok := w.run(w.buf[:0], md, b)
+	w.flush = nil
+	return ok
+}
+
+// Write writes to dst what Append would append, in pieces of about
+// 32 KiB, so that a large message's JSON is never held whole. Its
+// pieces end between elements of the message's lists, never inside a
+// string. Write only bytes Check said ok of: what is made is written
+// as it goes, and a message that is not ok stops part way (ok false).
+func (w *Wire) Write(dst io.Writer, md protoreflect.MessageDescriptor, b []byte) (ok bool, err error) {
+	w.flush = func(out []byte) []byte {
+		if err == nil {
+			_, err = dst.Write(out)
+		}
+		return out[:0]
+	}
+	out, ok := w.run(w.buf[:0], md, b)
+	w.flush = nil
+	if ok && err == nil {
+		_, err = dst.Write(out)
+	}
+	if cap(out) <= 4*flushAt {
+		w.buf = out[:0]
+	}
+	return ok, err
+}
+
+func (w *Wire) run(dst []byte, md protoreflect.MessageDescriptor, b []byte) ([]byte, bool) {
 	mode := modeRules
 	if !w.redact {
 		mode = modeNone
@@ -164,10 +215,7 @@ func (w *Wire) Append(dst []byte, md protoreflect.MessageDescriptor, b []byte) (
 	if cap(w.ents) > 1<<14 || cap(w.keys) > 1<<14 {
 		w.ents, w.keys = nil, nil // one huge message: not kept for the next
 	}
-	if !ok {
-		return dst, false
-	}
-	return out, true
+	return out, ok
 }
 
 func (w *Wire) message(out []byte, p *wirePlan, b []byte, depth int) ([]byte, bool) {
@@ -385,6 +433,9 @@ func (w *Wire) listField(out []byte, f *wireField, i, j, depth int) (_ []byte, w
 				if out, _, ok = w.value(out, f, f.kind, false, &v, true, depth); !ok {
 					return out, true, false
 				}
+				if depth == 0 && w.flush != nil && len(out) >= flushAt {
+					out = w.flush(out)
+				}
 			}
 			continue
 		}
@@ -394,6 +445,9 @@ func (w *Wire) listField(out []byte, f *wireField, i, j, depth int) (_ []byte, w
 		n++
 		if out, _, ok = w.value(out, f, f.kind, secret, &e, true, depth); !ok {
 			return out, true, false
+		}
+		if depth == 0 && w.flush != nil && len(out) >= flushAt {
+			out = w.flush(out)
 		}
 	}
 	return append(out, ']'), n > 0, true
@@ -460,6 +514,9 @@ func (w *Wire) mapField(out []byte, f *wireField, i, j, depth int) ([]byte, bool
 		}
 		if !ok {
 			break
+		}
+		if depth == 0 && w.flush != nil && len(out) >= flushAt {
+			out = w.flush(out)
 		}
 	}
 	clear(w.keys[kb:])

@@ -45,6 +45,7 @@ func checkWire(t testing.TB, w *Wire, md protoreflect.MessageDescriptor, b []byt
 	if string(got[:6]) != "prefix" {
 		t.Fatalf("%s: the bytes before were changed: %q", md.FullName(), got)
 	}
+	checkWritten(t, w, md, b, ok, got[6:])
 	if !ok {
 		if string(got) != "prefix" {
 			t.Fatalf("%s: declined, but appended %q", md.FullName(), got[6:])
@@ -62,6 +63,58 @@ func checkWire(t testing.TB, w *Wire, md protoreflect.MessageDescriptor, b []byt
 		t.Fatalf("%s (redact %v), bytes %x:\n got %s\nwant %s", md.FullName(), redact, b, got[6:], want)
 	}
 	return true
+}
+
+// checkWritten: Check says what Append said (ok), and Write writes what
+// Append appended, in pieces that each end outside any string: here a
+// piece after each element of the message's lists and maps.
+func checkWritten(t testing.TB, w *Wire, md protoreflect.MessageDescriptor, b []byte, ok bool, want []byte) {
+	t.Helper()
+	if c := w.Check(md, b); c != ok {
+		t.Fatalf("%s: Check says %v, Append %v: %x", md.FullName(), c, ok, b)
+	}
+	if !ok {
+		return
+	}
+	defer func(n int) { flushAt = n }(flushAt)
+	flushAt = 1
+	var pw pieces
+	if wok, err := w.Write(&pw, md, b); !wok || err != nil {
+		t.Fatalf("%s: Write: %v, %v after Check said ok", md.FullName(), wok, err)
+	}
+	var all []byte
+	in := false
+	for i, p := range pw {
+		all = append(all, p...)
+		in = inString(in, p)
+		if in {
+			t.Fatalf("%s: piece %d of %d ends inside a string: %q", md.FullName(), i+1, len(pw), p)
+		}
+	}
+	if string(all) != string(want) {
+		t.Fatalf("%s: Write wrote\n%s\nAppend\n%s", md.FullName(), all, want)
+	}
+}
+
+// pieces records each Write.
+type pieces [][]byte
+
+func (p *pieces) Write(b []byte) (int, error) {
+	*p = append(*p, append([]byte(nil), b...))
+	return len(b), nil
+}
+
+// inString says whether JSON that was inside a string (in) is after b.
+func inString(in bool, b []byte) bool {
+	for i := 0; i < len(b); i++ {
+		switch {
+		case in && b[i] == '\\':
+			i++
+		case b[i] == '"':
+			in = !in
+		}
+	}
+	return in
 }
 
 // TestWireRandom: every CRI message type filled with random values (every

@@ -1,0 +1,106 @@
+package decode
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/criseq/criseq/capture"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// wireOf decodes chunks cut at at and returns each message's bytes by
+// call and place: with keep, what Message.Wire kept of every message
+// (KeepWire says yes to all), read once the whole capture is decoded;
+// else the copies --no-redact keeps (Message.Raw) of those decoded.
+func wireOf(t *testing.T, chunks []capture.Chunk, at pos, keep bool) (map[string][]byte, int) {
+	t.Helper()
+	var calls []*Call
+	opts := Options{ListsUnary: true, OnCall: func(c *Call) { calls = append(calls, c) }}
+	if keep {
+		opts.Encode = func(protoreflect.MessageDescriptor, []byte) ([]byte, bool) { return nil, false }
+		opts.KeepWire = func(protoreflect.MessageDescriptor, []byte) bool { return true }
+	} else {
+		opts.NoRedact = true
+	}
+	d := New(opts)
+	cutFeedEach(d, chunks, at, func() {})
+	d.Close()
+	out, held := map[string][]byte{}, 0
+	for _, c := range calls {
+		for dir, ms := range [][]Message{c.Requests, c.Responses} {
+			for i, m := range ms {
+				k := fmt.Sprint(c.Conn, " ", c.Stream, " ", dir, " ", i)
+				switch {
+				case !keep:
+					if m.Proto != nil {
+						out[k] = m.Raw
+					}
+				case m.Wire != nil:
+					out[k] = m.Wire.Bytes
+					if m.Wire.Type == nil {
+						t.Fatalf("%s: kept without its type", k)
+					}
+					if m.Size > 16<<10 {
+						held++ // more than a frame: held by the assembler
+					}
+				}
+			}
+		}
+	}
+	return out, held
+}
+
+// A message kept as it came (Options.KeepWire) keeps its bytes: the
+// assembler's buffer it took is not reused for later messages, the
+// bytes of a frame decoded in place are copied, and those of a call
+// named late (caught midway) are its own. Real captures, whole and cut,
+// and real grpc-go peers' ListContainers answers held across frames.
+func TestKeepWireKeepsBytes(t *testing.T) {
+	cc, rec := criPeers(t, fakeRuntime{containers: 40})
+	rt := runtimeapi.NewRuntimeServiceClient(cc)
+	for range 6 {
+		if _, err := rt.ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Version(context.Background(), &runtimeapi.VersionRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc.Close()
+	sets := map[string][]capture.Chunk{"grpc-go": rec.take()}
+	for _, name := range []string{"kubelet-missing", "kubelet-warm"} {
+		sets[name] = readChunks(t, kubeletCapture(t, name))
+	}
+	n, held := 0, 0
+	for name, chunks := range sets {
+		ats := []pos{{}}
+		if name != "grpc-go" {
+			p := planCapture(t, chunks)
+			for i := 0; i < len(p.bounds); i += len(p.bounds)/7 + 1 {
+				ats = append(ats, p.bounds[i])
+			}
+		}
+		for _, at := range ats {
+			got, h := wireOf(t, chunks, at, true)
+			want, _ := wireOf(t, chunks, at, false)
+			for k, w := range want {
+				g, ok := got[k]
+				if !ok {
+					t.Fatalf("%s cut at %v: message %s not kept", name, at, k)
+				}
+				if !bytes.Equal(g, w) {
+					t.Fatalf("%s cut at %v: message %s kept %d bytes that differ from the %d it came with", name, at, k, len(g), len(w))
+				}
+				n++
+			}
+			held += h
+		}
+	}
+	t.Logf("%d messages kept as they came, %d of them held across frames", n, held)
+	if held < 6 {
+		t.Errorf("%d messages held across frames, want the 6 answers at least", held)
+	}
+}
