@@ -225,6 +225,111 @@ func writeAtomicFunc(name string, fill func(io.Writer) error) error {
 	return writeRenamedFunc(name, buffered, -1)
 }
 
+// spillAt is how much of a drawing writeAtomicDrawn holds in memory
+// (a variable for tests).
+var spillAt = 4 << 20
+
+// writeAtomicDrawn writes to name what draw writes, as writeAtomic does:
+// held in buf up to spillAt, so that a file that holds it already is left
+// alone; past that, drawn on into a file with no name yet (or a
+// temporary one), linked or renamed into place once whole. drawErr is
+// draw's error (or the spill file's); then nothing is written.
+func writeAtomicDrawn(name string, buf *bytes.Buffer, draw func(io.Writer) error) (drawErr, err error) {
+	sw := &spillWriter{buf: buf, name: name}
+	defer sw.close()
+	bw := bufio.NewWriterSize(sw, renderBufSize)
+	if drawErr = draw(bw); drawErr == nil {
+		drawErr = bw.Flush()
+	}
+	if drawErr != nil {
+		return drawErr, nil
+	}
+	if sw.f == nil {
+		return nil, writeAtomic(name, buf.Bytes())
+	}
+	if sw.tmp != "" {
+		err := sw.f.Close()
+		sw.f = nil
+		if err == nil {
+			err = os.Rename(sw.tmp, name)
+		}
+		if err != nil {
+			os.Remove(sw.tmp)
+		}
+		return nil, err
+	}
+	err = linkFd(int(sw.f.Fd()), name)
+	if errors.Is(err, unix.EEXIST) {
+		return nil, writeRenamedFunc(name, nil, int(sw.f.Fd()))
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "link", Path: name, Err: err}
+	}
+	return nil, nil
+}
+
+// spillWriter holds what is written in buf until it passes spillAt, then
+// writes it all into a file beside name: unnamed (O_TMPFILE), or under a
+// temporary name where the file system has no unnamed files.
+type spillWriter struct {
+	buf  *bytes.Buffer
+	name string
+	f    *os.File
+	tmp  string // the temporary name, if the file has one
+}
+
+func (sw *spillWriter) Write(p []byte) (int, error) {
+	if sw.f == nil && sw.buf.Len()+len(p) <= spillAt {
+		return sw.buf.Write(p)
+	}
+	if sw.f == nil {
+		if err := sw.open(); err != nil {
+			return 0, err
+		}
+		if _, err := sw.f.Write(sw.buf.Bytes()); err != nil {
+			return 0, err
+		}
+		sw.buf.Reset()
+	}
+	return sw.f.Write(p)
+}
+
+func (sw *spillWriter) open() error {
+	dir, base := filepath.Split(sw.name)
+	if unnamedFiles.Load() {
+		fd, err := unix.Open(filepath.Clean(dir), unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
+		if err == nil {
+			sw.f = os.NewFile(uintptr(fd), sw.name)
+			return nil
+		}
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+			unnamedFiles.Store(false)
+		}
+	}
+	var err error
+	for range 100 {
+		sw.tmp = filepath.Join(dir, "."+base+"."+strconv.FormatUint(uint64(rand.Uint32()), 36)+".tmp")
+		sw.f, err = os.OpenFile(sw.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
+	if err != nil {
+		sw.f, sw.tmp = nil, ""
+	}
+	return err
+}
+
+// close drops what was not linked or renamed into place.
+func (sw *spillWriter) close() {
+	if sw.f != nil {
+		sw.f.Close()
+		if sw.tmp != "" {
+			os.Remove(sw.tmp)
+		}
+	}
+}
+
 // unnamedFile is a new file in dir that has no name, and so goes away
 // with criseq, whatever happens to it: O_TMPFILE, or a file created and
 // removed at once. Mode 0600: what it holds is for criseq alone.

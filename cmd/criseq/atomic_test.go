@@ -280,3 +280,84 @@ func TestUnchangedDiagramsLeftAlone(t *testing.T) {
 		t.Error("the file the link pointed to changed")
 	}
 }
+
+// A drawing past spillAt goes on into a file with no name, or a temporary
+// one where unnamed files are off, and shows whole: new, replacing an
+// older file, or the same bytes again. One whose drawing fails leaves
+// neither the file nor a temporary one.
+func TestDrawingsSpilledWhole(t *testing.T) {
+	defer func(n int) { spillAt = n }(spillAt)
+	spillAt = renderBufSize + 1000 // past what the bufio.Writer holds
+	drawing := bytes.Repeat([]byte("0123456789abcdef"), 20000)
+	draw := func(b []byte, fail bool) func(io.Writer) error {
+		return func(w io.Writer) error {
+			for p := b; len(p) > 0; p = p[min(len(p), 777):] {
+				if _, err := w.Write(p[:min(len(p), 777)]); err != nil {
+					return err
+				}
+			}
+			if fail {
+				return io.ErrUnexpectedEOF
+			}
+			return nil
+		}
+	}
+	for _, unnamed := range []bool{true, false} {
+		unnamedFiles.Store(unnamed)
+		dir := t.TempDir()
+		name := filepath.Join(dir, "a.png")
+		var buf bytes.Buffer
+		for i, want := range [][]byte{drawing, drawing[:len(drawing)/2], drawing[:len(drawing)/2], drawing[:spillAt-1]} {
+			if drawErr, err := writeAtomicDrawn(name, &buf, draw(want, false)); drawErr != nil || err != nil {
+				t.Fatalf("unnamed %v, write %d: %v, %v", unnamed, i, drawErr, err)
+			}
+			got, err := os.ReadFile(name)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("unnamed %v, write %d: %d bytes, want %d (%v)", unnamed, i, len(got), len(want), err)
+			}
+			if st, _ := os.Stat(name); st.Mode().Perm()&^0o022 != 0o644&^0o022 || st.Mode().Perm()&0o600 != 0o600 {
+				t.Errorf("unnamed %v: mode %v", unnamed, st.Mode())
+			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+				t.Fatalf("unnamed %v, write %d: %d entries in the directory, want the file alone", unnamed, i, len(ents))
+			}
+		}
+		if drawErr, _ := writeAtomicDrawn(filepath.Join(dir, "b.png"), &buf, draw(drawing, true)); drawErr == nil {
+			t.Fatalf("unnamed %v: a failed drawing reported no error", unnamed)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Fatalf("unnamed %v: a failed drawing left %d entries", unnamed, len(ents)-1)
+		}
+	}
+	unnamedFiles.Store(true)
+}
+
+// A flow drawn as PNG past spillAt is the PNG drawn in memory, byte for
+// byte (a real kubelet capture).
+func TestPNGSpilledSameBytes(t *testing.T) {
+	capPath := filepath.Join("..", "..", "testdata", "kubelet-pull", "capture.pcapng")
+	draw := func(spill int) map[string]fileOf {
+		defer func(n int) { spillAt = n }(spillAt)
+		spillAt = spill
+		out := t.TempDir()
+		if err := run(context.Background(), []string{"render", "-o", out, "--format", "png", capPath}, io.Discard, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		return readDir(t, out)
+	}
+	const at = renderBufSize + 1000 // past what the bufio.Writer holds
+	held, spilled := draw(1<<30), draw(at)
+	big := 0
+	for _, f := range held {
+		if len(f.data) > at {
+			big++
+		}
+	}
+	if big == 0 {
+		t.Fatalf("no PNG over %d bytes: none spilled", at)
+	}
+	same := func(a, b fileOf) bool { return bytes.Equal(a.data, b.data) && a.mode == b.mode }
+	if len(held) == 0 || !maps.EqualFunc(held, spilled, same) {
+		t.Fatalf("%d PNGs held, %d spilled: they differ", len(held), len(spilled))
+	}
+}

@@ -253,7 +253,7 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 
-	rb := &relayBench{calls: *calls, bigCalls: 10, rounds: *rounds}
+	rb := &relayBench{calls: *calls, bigCalls: 10, rounds: *rounds, keep: filepath.Join(tmp, "relayed.pcapng")}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -263,6 +263,13 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		relayErr = rb.run(ctx)
 	}
 	rb.stop()
+	var large *largeBench
+	if relayErr == nil {
+		large = &largeBench{answers: rb.bigCalls * rb.rounds, small: rb.calls * rb.rounds}
+		if err := large.run(ctx, tmp, bin, rb.keep, out, *runs); err != nil {
+			return err
+		}
+	}
 
 	fmt.Fprintf(stdout, "Large capture: %.1f MB, %d copies of %d real kubelet captures (each cut in a StopContainer), one GetContainerEvents stream open throughout (%d events).\n",
 		mb, st.Rounds, len(benchcap.DefaultSources(root)), st.Events)
@@ -283,6 +290,9 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	for _, cb := range copied {
 		cb.print(stdout)
+	}
+	if large != nil {
+		large.print(stdout)
 	}
 	fmt.Fprintf(stdout, "\nRelay: a small unary call (RuntimeService/Version, %d per path and round) and a %d MiB ListContainers response, real grpc-go client and server; the best of %d interleaved rounds.\n\n", rb.calls, bigResponse>>20, rb.rounds)
 	if relayErr != nil {
@@ -336,14 +346,30 @@ func (cb *copiedBench) run(ctx context.Context, root, tmp, bin, out string, size
 		{name: "diff (the capture with itself)", args: []string{"diff", "FILE", "FILE"}},
 		{name: "watch -r --format svg", args: []string{"watch", "-r", "FILE", "-o", "OUT", "--format", "svg"}},
 	}
-	for _, j := range cb.jobs {
-		u, err := j.run(ctx, tmp, bin, path, out)
-		if err != nil {
-			return err
+	return runJobs(ctx, cb.jobs, 1, tmp, bin, path, out)
+}
+
+// runJobs runs each job on file, in turn, rounds times.
+func runJobs(ctx context.Context, jobs []*job, rounds int, tmp, bin, file, out string) error {
+	for range rounds {
+		for _, j := range jobs {
+			u, err := j.run(ctx, tmp, bin, file, out)
+			if err != nil {
+				return err
+			}
+			j.runs = append(j.runs, u)
 		}
-		j.runs = append(j.runs, u)
 	}
 	return nil
+}
+
+// printJobs prints a table of jobs on mb megabytes.
+func printJobs(stdout io.Writer, jobs []*job, mb float64) {
+	fmt.Fprintf(stdout, "| command | CPU s | MB/s per CPU s | peak RSS |\n|---|---:|---:|---:|\n")
+	for _, j := range jobs {
+		m := j.median()
+		fmt.Fprintf(stdout, "| criseq %s | %.2f | %.0f | %d MiB |\n", j.name, m.cpu.Seconds(), mb/m.cpu.Seconds(), m.maxRSS>>20)
+	}
 }
 
 func (cb *copiedBench) print(stdout io.Writer) {
@@ -353,11 +379,42 @@ func (cb *copiedBench) print(stdout io.Writer) {
 	}
 	fmt.Fprintf(stdout, "\n%s: %.1f MB, %d copies of %s (%s), %d connections none of which is seen to close; one run each.\n\n",
 		cb.title, cb.mb, cb.st.Rounds, src, cb.what, cb.st.Conns)
-	fmt.Fprintf(stdout, "| command | CPU s | MB/s per CPU s | peak RSS |\n|---|---:|---:|---:|\n")
-	for _, j := range cb.jobs {
-		m := j.median()
-		fmt.Fprintf(stdout, "| criseq %s | %.2f | %.0f | %d MiB |\n", j.name, m.cpu.Seconds(), cb.mb/m.cpu.Seconds(), m.maxRSS>>20)
-	}
+	printJobs(stdout, cb.jobs, cb.mb)
 }
 
 func nproc() int { return runtime.NumCPU() }
+
+// largeBench runs calls and the commands that show or rewrite message
+// bodies on what criseq record wrote during the relay runs (no pod
+// starts, so nothing to draw):
+// 16 MiB ListContainers answers among small calls, real grpc-go peers.
+type largeBench struct {
+	answers, small int
+	jobs           []*job
+	mb             float64
+}
+
+func (lb *largeBench) run(ctx context.Context, tmp, bin, path, out string, runs int) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	lb.mb = float64(fi.Size()) / 1e6
+	lb.jobs = []*job{
+		{name: "calls", args: []string{"calls", "FILE"}},
+		{name: "calls --json", args: []string{"calls", "--json", "FILE"}},
+		{name: "sanitize", args: []string{"sanitize", "FILE", "OUT/sanitized.pcapng"}},
+	}
+	return runJobs(ctx, lb.jobs, max((runs+1)/2, 1), tmp, bin, path, out)
+}
+
+func (lb *largeBench) print(stdout io.Writer) {
+	runs := "one run"
+	if n := len(lb.jobs[0].runs); n > 1 {
+		runs = fmt.Sprintf("the median of %d runs, peak RSS the largest", n)
+	}
+	fmt.Fprintf(stdout, "\nLarge messages: %.1f MB that criseq record wrote during the relay runs below: %d ListContainers answers of 16 MiB among %d small calls; %s.\n\n",
+		lb.mb, lb.answers, lb.small, runs)
+	printJobs(stdout, lb.jobs, lb.mb)
+}

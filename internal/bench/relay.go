@@ -103,6 +103,8 @@ type relayBench struct {
 	record    *exec.Cmd // criseq record
 	recordRSS int64     // its peak RSS, bytes, once stopped
 	stopped   bool
+	// keep, if set, is where stop moves the capture criseq record wrote.
+	keep string
 }
 
 func (rb *relayBench) start(ctx context.Context, self, criseq string) error {
@@ -209,6 +211,9 @@ func (rb *relayBench) stop() {
 		syscall.Kill(pgid, syscall.SIGKILL) // what it left behind
 	}
 	if rb.dir != "" {
+		if rb.keep != "" {
+			os.Rename(filepath.Join(rb.dir, "rec.pcapng"), rb.keep)
+		}
 		os.RemoveAll(rb.dir)
 	}
 }
