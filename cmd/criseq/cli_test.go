@@ -554,3 +554,21 @@ func (c *recordingConn) Read(p []byte) (int, error) {
 	c.mu.Unlock()
 	return n, err
 }
+
+// A format given twice is drawn once: one file, named once.
+func TestFormatGivenTwice(t *testing.T) {
+	out := t.TempDir()
+	var stdout bytes.Buffer
+	capPath := filepath.Join("..", "..", "testdata", "kubelet-init", "capture.pcapng")
+	if err := run(context.Background(), []string{"render", "-o", out, "--format", "svg,puml,svg", capPath}, &stdout, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		if n := strings.Count(line, ".svg"); n != 1 {
+			t.Errorf("%d SVGs named on a line, want 1: %s", n, line)
+		}
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 4 {
+		t.Errorf("%d files, want 4 (two flows, svg and puml)", len(ents))
+	}
+}

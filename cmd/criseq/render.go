@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -227,7 +228,9 @@ func parseFormats(s string) ([]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: unknown format %q (valid: %s)", errUsage, f, strings.Join(render.Formats(), ", "))
 		}
-		out = append(out, f)
+		if !slices.Contains(out, f) { // "svg,svg": one file, written once
+			out = append(out, f)
+		}
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%w: --format is empty (valid: %s)", errUsage, strings.Join(render.Formats(), ", "))
