@@ -105,6 +105,12 @@ type Options struct {
 	// what decoding the message costs. A response type not listed is
 	// decoded as SkipResponseMaps says.
 	Fields map[protoreflect.FullName][]string
+	// FieldsAbove, if set, limits Fields to the messages larger than it
+	// (uncompressed bytes), decoded then without their maps too; smaller
+	// ones are decoded whole. The HTML viewer shows the messages up to
+	// this size and only the size of larger ones: a 16 MiB list is not
+	// built whole, maps and all.
+	FieldsAbove int
 	// Encode, if set, is handed each message of a CRI type with its wire
 	// bytes (uncompressed) first. When it says ok, Message.Encoded holds
 	// what it returned and the message is decoded to Fields alone (for

@@ -104,3 +104,34 @@ func TestKeepWireKeepsBytes(t *testing.T) {
 		t.Errorf("%d messages held across frames, want the 6 answers at least", held)
 	}
 }
+
+// Options.FieldsAbove: a message up to it is decoded whole, maps and all
+// (the HTML viewer shows it); a larger one only to Fields, without maps
+// (real grpc-go peers, a ListContainers answer of about 31 KB).
+func TestFieldsAbove(t *testing.T) {
+	cc, rec := criPeers(t, fakeRuntime{containers: 40})
+	if _, err := runtimeapi.NewRuntimeServiceClient(cc).ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cc.Close()
+	chunks := rec.take()
+	fields := map[protoreflect.FullName][]string{"runtime.v1.ListContainersResponse": {"containers.id"}}
+	for _, above := range []int{0, 16 << 10, 64 << 10} {
+		var got *runtimeapi.ListContainersResponse
+		d := New(Options{Fields: fields, FieldsAbove: above, OnCall: func(c *Call) {
+			if r, ok := c.Response().(*runtimeapi.ListContainersResponse); ok {
+				got = r
+			}
+		}})
+		cutFeedEach(d, chunks, pos{}, func() {})
+		d.Close()
+		if got == nil || len(got.Containers) != 40 {
+			t.Fatalf("above %d: answer %v", above, got)
+		}
+		ct := got.Containers[0]
+		whole := ct.GetImageRef() != "" && len(ct.GetLabels()) > 0
+		if want := above == 64<<10; whole != want || ct.GetId() == "" {
+			t.Errorf("above %d: decoded whole %v, want %v (id %q)", above, whole, want, ct.GetId())
+		}
+	}
+}

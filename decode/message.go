@@ -261,6 +261,13 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte, 
 		var err error
 		body, listed := raw, false
 		fields, skipMaps := d.opts.Fields, d.opts.SkipResponseMaps
+		if d.opts.FieldsAbove > 0 {
+			if len(raw) <= d.opts.FieldsAbove {
+				fields = nil
+			} else {
+				skipMaps = true
+			}
+		}
 		if d.opts.Encode != nil {
 			if d.opts.KeepWire != nil && d.opts.KeepWire(typ.Descriptor(), raw) {
 				w := raw

@@ -381,12 +381,20 @@ func headerPairs(hs []hpack.HeaderField) [][2]string {
 	return out
 }
 
+// MaxShownMessage is the largest message the HTML viewer shows; a larger
+// one (a list of thousands of containers) is shown by its size, and need
+// not be decoded whole (decode.Options.FieldsAbove).
+const MaxShownMessage = 1 << 20
+
 // messageJSON is m as indented JSON with the proto field names, or a note
 // saying why it is not shown.
 func messageJSON(m decode.Message) string {
 	size := plural(m.Size, "byte")
 	if m.Compressed {
 		size += ", compressed"
+	}
+	if m.Size > MaxShownMessage {
+		return "(" + size + ": too large to show here; criseq calls --json writes it)"
 	}
 	if m.Proto == nil {
 		if m.Err != "" {

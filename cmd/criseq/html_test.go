@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
 	"github.com/criseq/criseq/internal/benchcap"
@@ -115,5 +118,54 @@ func TestRenderHTMLStreamed(t *testing.T) {
 				t.Errorf("left in the directory: %s", n)
 			}
 		}
+	}
+}
+
+// With --all, a list answer larger than the viewer shows (1.4 MB here,
+// between real grpc-go peers) is shown by its size, not decoded whole;
+// the pod's own messages are shown whole.
+func TestRenderHTMLLargeListsBySize(t *testing.T) {
+	srv := listServer{&criServer{}, 6000}
+	dir, upstream := serveCRIWith(t, srv, srv)
+	capPath := recordSession(t, dir, upstream, func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient) {
+		big := grpc.MaxCallRecvMsgSize(64 << 20)
+		cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "lists", Namespace: "default", Uid: "u1"}}
+		sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{}, big); err != nil {
+			t.Fatal(err)
+		}
+		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: cfg,
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}, Image: &runtimeapi.ImageSpec{Image: "busybox"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{}, big); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	out := t.TempDir()
+	if err := run(context.Background(), []string{"render", "--all", "-o", out, "--format", "html", capPath}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	page, err := os.ReadFile(filepath.Join(out, "cri.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(page, []byte("too large to show here")); n != 2 {
+		t.Errorf("%d messages shown by size, want the 2 list answers", n)
+	}
+	for _, want := range []string{"pod_sandbox_id", "sandbox_config"} {
+		if !bytes.Contains(page, []byte(want)) {
+			t.Errorf("the page lacks %q: the pod's own messages are not shown", want)
+		}
+	}
+	if bytes.Contains(page, []byte("io.kubernetes.pod.namespace")) {
+		t.Error("a list answer's labels are shown")
 	}
 }

@@ -15,8 +15,6 @@ import (
 	"strconv"
 	"strings"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
-
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
 	"github.com/criseq/criseq/internal/termtext"
@@ -148,8 +146,10 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 		h.f, h.drawn = stubOf(f), fw.draw(f)
 		return h
 	}
-	dopts := decode.Options{NoRedact: o.noRedact, SkipResponseMaps: !html, RequestHeader: headersRead(html), Fields: fieldsRead(html)}
-	calls, err := streamHeld(path, dopts, o.lists, flow.Options{All: o.all, Client: o.client}, stderr, hold, func(h heldFlow) error {
+	dopts := decode.Options{NoRedact: o.noRedact}
+	fopts := flow.Options{All: o.all, Client: o.client}
+	messagesShown(html, &dopts, &fopts)
+	calls, err := streamHeld(path, dopts, o.lists, fopts, stderr, hold, func(h heldFlow) error {
 		if !wanted(h.f) {
 			return nil
 		}
@@ -377,6 +377,19 @@ func (w *flowFiles) writeDrawn(d *drawn) error {
 	return nil
 }
 
+// messagesShown sets what a decoder decodes and a grouper keeps of the
+// messages: for an output that shows them (html), all of them, whole up to
+// the viewer's limit (render.MaxShownMessage) and past it only what
+// grouping reads, its size shown; else only what grouping reads.
+func messagesShown(html bool, d *decode.Options, f *flow.Options) {
+	d.SkipResponseMaps = !html
+	d.RequestHeader = headersRead(html)
+	d.Fields = flow.ReadsFields
+	if html {
+		d.FieldsAbove, f.ShownMessages = render.MaxShownMessage, render.MaxShownMessage
+	}
+}
+
 // headersRead is what a decoder keeps of request headers: all of them
 // for an output that shows them (html), else what grouping reads.
 func headersRead(shown bool) func(string) bool {
@@ -384,15 +397,6 @@ func headersRead(shown bool) func(string) bool {
 		return nil
 	}
 	return flow.ReadsHeader
-}
-
-// fieldsRead is what a decoder decodes of the large messages: all of them
-// for an output that shows messages (html), else what grouping reads.
-func fieldsRead(shown bool) map[protoreflect.FullName][]string {
-	if shown {
-		return nil
-	}
-	return flow.ReadsFields
 }
 
 // summary is the line printed for each flow (render, watch, demo): its

@@ -222,13 +222,14 @@ const liveNameWait = 3 * time.Second
 func newWatcher(o renderOptions, formats []string, ns string, want int, listsUnary bool, out io.Writer) *watcher {
 	w := &watcher{o: o, formats: formats, ns: ns, want: want, out: out,
 		names: map[*flow.Flow]string{}, used: map[string]int{}, enough: make(chan struct{})}
-	w.g = flow.NewGrouper(flow.Options{All: o.all, Client: o.client, Live: true})
+	fopts := flow.Options{All: o.all, Client: o.client, Live: true}
 	dopts := decode.Options{NoRedact: o.noRedact, OnCall: func(c *decode.Call) {
 		w.calls++
 		w.emit(w.g.Add(c))
 	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }, ListsUnary: listsUnary,
-		NameWait: liveNameWait, SkipResponseMaps: !slices.Contains(formats, "html"),
-		RequestHeader: headersRead(slices.Contains(formats, "html")), Fields: fieldsRead(slices.Contains(formats, "html"))}
+		NameWait: liveNameWait}
+	messagesShown(slices.Contains(formats, "html"), &dopts, &fopts)
+	w.g = flow.NewGrouper(fopts)
 	if !o.all {
 		dopts.SkipBodies = flow.SkipBody
 	}
