@@ -106,37 +106,7 @@ func (secretRuntime) ContainerStatus(_ context.Context, r *runtimeapi.ContainerS
 // calls gzip-compressed, over two connections.
 func recordSecrets(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "san")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	upstream, listen, file := filepath.Join(dir, "rt.sock"), filepath.Join(dir, "relay.sock"), filepath.Join(dir, "secrets.pcapng")
-	l, err := net.Listen("unix", upstream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	runtimeapi.RegisterRuntimeServiceServer(srv, secretRuntime{})
-	runtimeapi.RegisterImageServiceServer(srv, secretRuntime{})
-	go srv.Serve(l)
-	defer srv.Stop()
-
-	f, err := capture.CreateFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &capture.Proxy{Upstream: upstream, Listen: listen, Recorder: capture.NewRecorder(capture.NewPcapngWriter(f), capture.RecorderOptions{})}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	ready := make(chan struct{})
-	p.Ready = func() { close(ready) }
-	go func() { done <- p.Run(ctx) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("relay: %v", err)
-	}
+	listen, file, stop := relayed(t, "secrets.pcapng", secretRuntime{}, secretRuntime{})
 
 	for conn := range 2 {
 		cc, err := grpc.NewClient("unix://"+listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -179,12 +149,58 @@ func recordSecrets(t *testing.T) string {
 		must(rt.ContainerStatus(cctx, &runtimeapi.ContainerStatusRequest{ContainerId: ct.ContainerId, Verbose: true}, zip))
 		cc.Close()
 	}
-	time.Sleep(50 * time.Millisecond)
-	cancel()
-	if err := <-done; err != nil {
+	stop()
+	return file
+}
+
+// relayed starts a real grpc-go server of rt and img and criseq's relay
+// (capture.Proxy) in front of it, recording into a pcapng file named
+// name; stop ends both once the last bytes are recorded.
+func relayed(t *testing.T, name string, rt runtimeapi.RuntimeServiceServer, img runtimeapi.ImageServiceServer) (listen, file string, stop func()) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "san")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	upstream := filepath.Join(dir, "rt.sock")
+	listen, file = filepath.Join(dir, "relay.sock"), filepath.Join(dir, name)
+	l, err := net.Listen("unix", upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv, rt)
+	runtimeapi.RegisterImageServiceServer(srv, img)
+	go srv.Serve(l)
+
+	f, err := capture.CreateFile(file)
+	if err != nil {
+		srv.Stop()
+		t.Fatal(err)
+	}
+	p := &capture.Proxy{Upstream: upstream, Listen: listen, Recorder: capture.NewRecorder(capture.NewPcapngWriter(f), capture.RecorderOptions{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	p.Ready = func() { close(ready) }
+	go func() { done <- p.Run(ctx) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		srv.Stop()
 		t.Fatalf("relay: %v", err)
 	}
-	return file
+	return listen, file, func() {
+		t.Helper()
+		time.Sleep(50 * time.Millisecond)
+		cancel()
+		err := <-done
+		srv.Stop()
+		if err != nil {
+			t.Fatalf("relay: %v", err)
+		}
+	}
 }
 
 // TestSanitizeRealSecrets: a capture of real grpc-go traffic carrying every

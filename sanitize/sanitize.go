@@ -23,7 +23,9 @@
 // parse, are sent empty: nothing in them can be shown to hold no secret.
 // Every CRI message is parsed and encoded again (unknown fields dropped);
 // one that comes out identical keeps its original bytes. Each such event is
-// logged.
+// logged. A large message whose type holds no secret (a list's answer) is
+// parsed one element at a time, and kept as it came when every element
+// parses with no unknown field; the whole message is never built.
 package sanitize
 
 import (
@@ -38,12 +40,18 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 )
+
+// largeMessage is the payload size over which a message is checked one
+// element at a time and framed only as it is written; a variable so that
+// tests can lower it.
+var largeMessage = 1 << 20
 
 const (
 	// frameSize is the size of the frames written: the smallest maximum a
@@ -57,10 +65,12 @@ const (
 	maxMessage = 64 << 20
 	// maxBlock bounds a header block (HEADERS and CONTINUATION frames).
 	maxBlock = 32 << 20
-	// maxQueued bounds the bytes held back to keep the output in input
-	// order while a long frame or message completes; past it they go out.
-	maxQueued = 64 << 20
 )
+
+// maxQueued bounds the bytes held back to keep the output in input order
+// while a long frame or message completes; past it they go out. A
+// variable so that tests can lower it.
+var maxQueued = 64 << 20
 
 // Options tune Rewrite.
 type Options struct {
@@ -141,6 +151,16 @@ type rewriter struct {
 	zr    *gzip.Reader
 	// blanked says which notes were logged already.
 	blanked map[string]bool
+
+	run   []*item // the pieces release joins, reused
+	early int     // bytes releaseDone wrote, still in q.bytes
+	seg   []byte  // the chunks writeLarge writes, reused
+	// spare is the buffer of a large message written, for the next;
+	// dropped if none comes within spareChunks input chunks of spareAt.
+	spare   []byte
+	spareAt uint64
+	// elements are the messages plainElements parses into, by field.
+	elements map[protoreflect.FullName]proto.Message
 }
 
 func newRewriter(dst capture.Sink, opts Options) *rewriter {
@@ -294,6 +314,9 @@ func (rw *rewriter) feed(c capture.Chunk) {
 	}
 	if rw.seq%64 == 0 || rw.q.bytes > maxQueued {
 		rw.release(false)
+		if rw.seq-rw.spareAt > spareChunks {
+			rw.spare = nil
+		}
 	}
 }
 
@@ -543,12 +566,33 @@ func (rw *rewriter) dataFrame(cn *conn, h *half, f *http2.DataFrame, k key) {
 			}
 		}
 		n := min(int(a.want)-len(a.buf), len(data))
+		if need := len(a.buf) + n; need > cap(a.buf) {
+			// Doubled as its bytes come (a length from the wire alone
+			// proves nothing), and made the message's size once that is
+			// at most 8 times what came: append's smaller steps leave
+			// copies of a large message behind.
+			size := max(2*cap(a.buf), need)
+			if int(a.want) <= 8*need {
+				size = int(a.want)
+			}
+			size = min(size, int(a.want))
+			var b []byte
+			if size > largeMessage && cap(rw.spare) >= size {
+				b, rw.spare = rw.spare[:len(a.buf)], nil
+			} else {
+				b = make([]byte, len(a.buf), size)
+			}
+			copy(b, a.buf)
+			a.buf = b
+		}
 		a.buf = append(a.buf, data[:n]...)
 		data = data[n:]
 		if len(a.buf) == int(a.want) {
 			end := f.StreamEnded() && len(data) == 0
-			rw.message(cn, h, s, sid, a, end)
 			a.active = false
+			if rw.message(cn, h, s, sid, a, end) {
+				rw.releaseDone()
+			}
 			wrote = wrote || end
 		}
 	}
@@ -568,21 +612,80 @@ func (rw *rewriter) dataFrame(cn *conn, h *half, f *http2.DataFrame, k key) {
 }
 
 // message writes one complete message, rewritten, as DATA frames at the
-// key of its first byte.
-func (rw *rewriter) message(cn *conn, h *half, s *stream, sid uint32, a *assembler, end bool) {
+// key of its first byte. A large one is framed only as it is written
+// (framing), and its buffer goes with it; it reports whether it was.
+func (rw *rewriter) message(cn *conn, h *half, s *stream, sid uint32, a *assembler, end bool) (large bool) {
 	rw.stats.Messages++
 	flag, payload := rw.rewriteMessage(cn, h, s, sid, a.hdr[0], a.buf)
-	out := make([]byte, 0, 5+len(payload))
-	out = append(out, flag, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(out[1:5], uint32(len(payload)))
-	out = append(out, payload...)
-	h.wbuf.Reset()
-	for len(out) > 0 {
-		n := min(len(out), frameSize)
-		h.wfr.WriteData(sid, end && n == len(out), out[:n])
-		out = out[n:]
+	fm := &framing{sid: sid, end: end, flag: flag, payload: payload}
+	fm.size = framedSize(len(payload))
+	if len(a.buf) > largeMessage || len(payload) > largeMessage {
+		a.buf = nil
+		rw.pushItem(&item{k: a.k, conn: cn.id, dir: h.dir, kind: capture.Data, msg: fm})
+		return true
 	}
-	rw.push(a.k, cn.id, h.dir, capture.Data, h.wbuf.Bytes())
+	b := make([]byte, fm.size)
+	fm.read(b)
+	rw.pushItem(&item{k: a.k, conn: cn.id, dir: h.dir, kind: capture.Data, data: b})
+	return false
+}
+
+// framing is a message's DATA frames, as http2.Framer writes them (no
+// padding, frameSize bytes of prefix and payload a frame), produced as
+// they are read: a large payload is never copied whole again.
+type framing struct {
+	sid     uint32
+	end     bool // END_STREAM on the last frame
+	flag    byte
+	payload []byte
+	size    int // framedSize(len(payload))
+	pos     int // bytes read so far
+}
+
+// framedSize is the size of the DATA frames of an n-byte payload.
+func framedSize(n int) int {
+	c := 5 + n
+	return c + 9*((c+frameSize-1)/frameSize)
+}
+
+// read fills p with the next len(p) bytes of the frames.
+func (fm *framing) read(p []byte) {
+	c := 5 + len(fm.payload) // bytes of content: prefix and payload
+	for len(p) > 0 {
+		i, o := fm.pos/(9+frameSize), fm.pos%(9+frameSize)
+		start := i * frameSize // content offset of frame i
+		n := min(frameSize, c-start)
+		var k int
+		if o < 9 {
+			var hdr [9]byte
+			hdr[0], hdr[1], hdr[2] = byte(n>>16), byte(n>>8), byte(n)
+			hdr[3] = byte(http2.FrameData)
+			if fm.end && start+n == c {
+				hdr[4] = byte(http2.FlagDataEndStream)
+			}
+			binary.BigEndian.PutUint32(hdr[5:], fm.sid)
+			k = copy(p, hdr[o:])
+		} else {
+			at := start + o - 9
+			k = min(len(p), n-(o-9))
+			for j := 0; j < k && at+j < 5; j++ {
+				p[j] = fm.prefix(at + j)
+			}
+			if skip := max(5-at, 0); skip < k {
+				copy(p[skip:k], fm.payload[at+skip-5:])
+			}
+		}
+		p = p[k:]
+		fm.pos += k
+	}
+}
+
+// prefix is byte i of the message's 5-byte gRPC prefix.
+func (fm *framing) prefix(i int) byte {
+	if i == 0 {
+		return fm.flag
+	}
+	return byte(uint32(len(fm.payload)) >> (8 * (4 - i)))
 }
 
 // rewriteMessage returns a message's flag and payload with its secrets
@@ -614,6 +717,9 @@ func (rw *rewriter) rewriteMessage(cn *conn, h *half, s *stream, sid uint32, fla
 		}
 	default:
 		return blank(fmt.Sprintf("bad compressed flag %d", flag))
+	}
+	if len(raw) > largeMessage && !rw.red.Needs(mt.Descriptor()) && rw.plainElements(mt, raw) {
+		return flag, payload
 	}
 	m := mt.New().Interface()
 	if err := proto.Unmarshal(raw, m); err != nil {
@@ -647,6 +753,78 @@ func (rw *rewriter) rewriteMessage(cn *conn, h *half, s *stream, sid uint32, fla
 		return 1, rw.gzip(out)
 	}
 	return 0, out
+}
+
+// elementOptions parse an element as proto.Unmarshal does inside its
+// message, one level down.
+var elementOptions = proto.UnmarshalOptions{RecursionLimit: protowire.DefaultRecursionLimit - 1}
+
+// checkedByElements, when set, is called for each message plainElements
+// passes (tests).
+var checkedByElements func()
+
+// plainElements reports whether raw, a message of type mt that can hold no
+// secret, parses with no field unknown, so that its bytes are kept. It
+// parses one element of its top-level fields at a time, never the whole
+// list of a large answer, so it takes only fields of message type sent
+// length-delimited (a list's elements or a message); false for anything
+// else, and for an element that does not parse or holds an unknown field,
+// leaves the message to the whole-message path, which says why.
+func (rw *rewriter) plainElements(mt protoreflect.MessageType, raw []byte) bool {
+	md := mt.Descriptor()
+	fields := md.Fields()
+	var m proto.Message
+	defer func() {
+		if m != nil {
+			proto.Reset(m) // its strings are the message's size
+		}
+	}()
+	for len(raw) > 0 {
+		num, typ, n := protowire.ConsumeTag(raw)
+		if n < 0 || typ != protowire.BytesType {
+			return false
+		}
+		raw = raw[n:]
+		fd := fields.ByNumber(num)
+		if fd == nil || fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
+			return false
+		}
+		v, n := protowire.ConsumeBytes(raw)
+		if n < 0 {
+			return false
+		}
+		raw = raw[n:]
+		if m == nil || m.ProtoReflect().Descriptor() != fd.Message() {
+			m = rw.element(mt, fd)
+		}
+		if err := elementOptions.Unmarshal(v, m); err != nil || hasUnknown(m.ProtoReflect()) {
+			return false
+		}
+	}
+	if checkedByElements != nil {
+		checkedByElements()
+	}
+	return true
+}
+
+// element returns an empty message of the type of fd, a field of mt of
+// message type, kept for the next message of that type.
+func (rw *rewriter) element(mt protoreflect.MessageType, fd protoreflect.FieldDescriptor) proto.Message {
+	if m, ok := rw.elements[fd.FullName()]; ok {
+		return m
+	}
+	v := mt.New().NewField(fd)
+	var m proto.Message
+	if fd.IsList() {
+		m = v.List().NewElement().Message().Interface()
+	} else {
+		m = v.Message().Interface()
+	}
+	if rw.elements == nil {
+		rw.elements = map[protoreflect.FullName]proto.Message{}
+	}
+	rw.elements[fd.FullName()] = m
+	return m
 }
 
 // note logs once per key.
@@ -805,6 +983,15 @@ type item struct {
 	dir   capture.Dir
 	kind  capture.Kind
 	data  []byte
+	msg   *framing // a large message, in place of data
+}
+
+// size is the number of bytes it writes.
+func (it *item) size() int {
+	if it.msg != nil {
+		return it.msg.size
+	}
+	return len(it.data)
 }
 
 type outQueue struct {
@@ -832,12 +1019,18 @@ func (q *outQueue) Pop() any {
 
 // push queues an output piece; data is copied.
 func (rw *rewriter) push(k key, conn uint64, dir capture.Dir, kind capture.Kind, data []byte) {
-	rw.order++
-	it := &item{k: k, order: rw.order, conn: conn, dir: dir, kind: kind}
+	it := &item{k: k, conn: conn, dir: dir, kind: kind}
 	if len(data) > 0 {
 		it.data = bytes.Clone(data)
 	}
-	rw.q.bytes += len(it.data)
+	rw.pushItem(it)
+}
+
+// pushItem queues it, whose data it owns, after what was queued before.
+func (rw *rewriter) pushItem(it *item) {
+	rw.order++
+	it.order = rw.order
+	rw.q.bytes += it.size()
 	heap.Push(&rw.q, it)
 }
 
@@ -876,26 +1069,117 @@ func (rw *rewriter) pending() (seq uint64, ok bool) {
 // them at the end, or when too many bytes wait), merging consecutive
 // pieces of one direction from one input chunk into one chunk.
 func (rw *rewriter) release(all bool) {
+	rw.q.bytes -= rw.early
+	rw.early = 0
 	limit, held := rw.pending()
 	for rw.q.Len() > 0 && rw.werr == nil {
 		it := rw.q.items[0]
 		if !all && held && it.k.seq > limit && rw.q.bytes <= maxQueued {
 			break
 		}
-		heap.Pop(&rw.q)
-		rw.q.bytes -= len(it.data)
-		if it.kind == capture.Data {
-			for rw.q.Len() > 0 {
-				nx := rw.q.items[0]
-				if nx.kind != capture.Data || nx.conn != it.conn || nx.dir != it.dir || nx.k.seq != it.k.seq {
-					break
-				}
-				heap.Pop(&rw.q)
-				rw.q.bytes -= len(nx.data)
-				it.data = append(it.data, nx.data...)
+		rw.q.bytes -= rw.writeHead()
+	}
+}
+
+// releaseDone writes, after a large message, the queued pieces of input
+// chunks before any still pending: nothing can join or precede them any
+// more, and the next release would write them first, in the same chunks.
+// Their bytes stay counted until then, so that it comes when it would
+// have: the output is the same, but a large message is not held.
+func (rw *rewriter) releaseDone() {
+	limit, held := rw.pending()
+	if !held {
+		limit = rw.cur.seq
+	}
+	for rw.q.Len() > 0 && rw.werr == nil && rw.q.items[0].k.seq < limit {
+		rw.early += rw.writeHead()
+	}
+}
+
+// writeHead writes the first piece queued, joined with the pieces after
+// it of the same direction and input chunk, and returns their size.
+func (rw *rewriter) writeHead() int {
+	it := heap.Pop(&rw.q).(*item)
+	size := it.size()
+	run := append(rw.run[:0], it)
+	if it.kind == capture.Data {
+		for rw.q.Len() > 0 {
+			nx := rw.q.items[0]
+			if nx.kind != capture.Data || nx.conn != it.conn || nx.dir != it.dir || nx.k.seq != it.k.seq {
+				break
+			}
+			heap.Pop(&rw.q)
+			size += nx.size()
+			run = append(run, nx)
+		}
+	}
+	large := false
+	for _, x := range run {
+		large = large || x.msg != nil
+	}
+	switch {
+	case large:
+		rw.writeLarge(run)
+	case len(run) > 1:
+		b := make([]byte, 0, size)
+		for _, x := range run {
+			b = append(b, x.data...)
+		}
+		it.data = b
+		fallthrough
+	default:
+		rw.write(it)
+	}
+	clear(run)
+	rw.run = run[:0]
+	return size
+}
+
+// segment is the largest TCP segment capture.PcapngWriter writes: it cuts
+// a chunk every segment bytes, so chunks of whole segments make the same
+// packets as the one chunk they would join into
+// (TestLargeRunSamePackets).
+const segment = 65000
+
+// spareChunks is how long a large message's buffer waits for the next.
+const spareChunks = 1024
+
+// writeLarge writes a run of pieces that holds a large message as one
+// chunk would be written, in chunks of whole segments made as they are
+// written: the message's frames are never held whole.
+func (rw *rewriter) writeLarge(run []*item) {
+	n := 0
+	for _, x := range run {
+		n += x.size()
+	}
+	first := run[0]
+	i, off := 0, 0 // the piece being read, and bytes read of it
+	if rw.seg == nil {
+		rw.seg = make([]byte, 4*segment) // a Sink keeps no chunk's Data
+	}
+	for n > 0 && rw.werr == nil {
+		b := rw.seg[:min(n, len(rw.seg))]
+		for at := 0; at < len(b); {
+			x := run[i]
+			k := min(len(b)-at, x.size()-off)
+			if x.msg != nil {
+				x.msg.read(b[at : at+k])
+			} else {
+				copy(b[at:], x.data[off:off+k])
+			}
+			at += k
+			if off += k; off == x.size() {
+				i, off = i+1, 0
 			}
 		}
-		rw.write(it)
+		n -= len(b)
+		rw.write(&item{k: first.k, conn: first.conn, dir: first.dir, kind: capture.Data, data: b})
+	}
+	// A large message's buffer is kept for the next one, a while.
+	for _, x := range run {
+		if x.msg != nil && cap(x.msg.payload) > max(largeMessage, cap(rw.spare)) {
+			rw.spare, rw.spareAt = x.msg.payload[:0], rw.seq
+		}
 	}
 }
 
