@@ -43,7 +43,7 @@ type Options struct {
 	// viewer's); a list answer larger (all of them, when 0) is dropped
 	// once grouping learnt from it: with All, a flow would otherwise hold
 	// every list kubelet polled while it was open (21 answers of 8,000
-	// containers took 71 MB).
+	// containers took 66 MB).
 	ShownMessages int
 }
 
