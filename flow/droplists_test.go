@@ -2,7 +2,6 @@ package flow
 
 import (
 	"fmt"
-	"math"
 	"strings"
 	"testing"
 
@@ -10,9 +9,9 @@ import (
 )
 
 // A list answer is dropped once grouping learnt from it (Options.
-// ShownMessages): with All, the flows of real captures are those grouped
-// with every answer kept, step for step, and no list answer larger than
-// what the output shows is left decoded.
+// DropLists): with All, the flows of real captures are those grouped with
+// every answer kept, step for step, and no list answer larger than what
+// the output shows is left decoded; without DropLists, none is dropped.
 func TestListAnswersDroppedOnceLearnt(t *testing.T) {
 	sig := func(fs []*Flow) string {
 		var b strings.Builder
@@ -28,9 +27,16 @@ func TestListAnswersDroppedOnceLearnt(t *testing.T) {
 	for _, name := range []string{"kubelet-burst", "kubelet-missing", "kubelet-warm", "crictl-lifecycle"} {
 		for _, shown := range []int{0, 64} {
 			kept := captureCalls(t, name)
-			want := sig(Group(kept, Options{All: true, ShownMessages: math.MaxInt}))
+			want := sig(Group(kept, Options{All: true, ShownMessages: shown}))
+			for _, c := range kept {
+				for _, m := range c.Responses {
+					if strings.HasPrefix(c.Name, "List") && m.Size > 0 && m.Proto == nil {
+						t.Fatalf("%s: a %s answer dropped without DropLists", name, c.Name)
+					}
+				}
+			}
 			calls := captureCalls(t, name)
-			if got := sig(Group(calls, Options{All: true, ShownMessages: shown})); got != want {
+			if got := sig(Group(calls, Options{All: true, DropLists: true, ShownMessages: shown})); got != want {
 				t.Fatalf("%s, shown up to %d bytes: flows differ when list answers are dropped:\n%s\nwant\n%s", name, shown, got, want)
 			}
 			for i, c := range calls {
@@ -63,7 +69,7 @@ func TestListAnswerLearntBeforeDropped(t *testing.T) {
 			continue
 		}
 		ct := r.GetContainers()[0]
-		g := NewGrouper(Options{All: true})
+		g := NewGrouper(Options{All: true, DropLists: true})
 		g.Add(c)
 		if c.Responses[0].Proto != nil {
 			t.Fatal("the answer is still decoded")

@@ -39,11 +39,13 @@ type Options struct {
 	// kubelet's tracing puts on each request: to see what kubelet's order
 	// alone decides.
 	IgnoreTraceparent bool
-	// ShownMessages is the largest message the output shows (the HTML
-	// viewer's); a list answer larger (all of them, when 0) is dropped
-	// once grouping learnt from it: with All, a flow would otherwise hold
-	// every list kubelet polled while it was open (21 answers of 8,000
-	// containers took 66 MB).
+	// DropLists drops the decoded items of each list answer once
+	// grouping learnt from them, but for answers of at most ShownMessages
+	// bytes (what an output that shows messages, the HTML viewer, shows):
+	// with All, a flow would otherwise hold every list kubelet polled
+	// while it was open (21 answers of 8,000 containers took 66 MB). It
+	// changes the calls handed in.
+	DropLists     bool
 	ShownMessages int
 }
 
@@ -74,9 +76,9 @@ var polling = map[string]bool{
 func IsPolling(method string) bool { return polling[method] }
 
 // dropList drops the decoded answers of a list call larger than the
-// output shows (Options.ShownMessages): nothing but learn reads them.
+// output shows (Options.DropLists): nothing but learn reads them.
 func (g *Grouper) dropList(c *decode.Call) {
-	if !polling[c.Name] || !strings.HasPrefix(c.Name, "List") && !strings.HasPrefix(c.Name, "Stream") {
+	if !g.opts.DropLists || !polling[c.Name] || !strings.HasPrefix(c.Name, "List") && !strings.HasPrefix(c.Name, "Stream") {
 		return
 	}
 	for i := range c.Responses {

@@ -385,6 +385,7 @@ func messagesShown(html bool, d *decode.Options, f *flow.Options) {
 	d.SkipResponseMaps = !html
 	d.RequestHeader = headersRead(html)
 	d.Fields = flow.ReadsFields
+	f.DropLists = true
 	if html {
 		d.FieldsAbove, f.ShownMessages = render.MaxShownMessage, render.MaxShownMessage
 	}
