@@ -180,6 +180,7 @@ type Decoder struct {
 	maps        mapFiller   // maps from the wire; its pruner: Options.SkipResponseMaps
 	fields      fieldPruner // Options.Fields
 	free        [][]byte    // message buffers for reuse
+	spare       []byte      // a large message's buffer handed back (Recycle)
 	freeStreams []*stream   // ended streams for reuse
 	valid       validCache
 	noProto     bool          // benchmarks only: stop below protobuf decoding

@@ -135,3 +135,49 @@ func TestFieldsAbove(t *testing.T) {
 		}
 	}
 }
+
+// Bytes handed back (Recycle) are where the next large message is
+// assembled: each answer kept is whole and right, and from the second on
+// it lies in the buffer of the one before (real grpc-go peers, four
+// ListContainers answers of about 2.3 MB).
+func TestRecycledBuffer(t *testing.T) {
+	cc, rec := criPeers(t, fakeRuntime{containers: 3000})
+	rt := runtimeapi.NewRuntimeServiceClient(cc)
+	for range 4 {
+		if _, err := rt.ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc.Close()
+	chunks := rec.take()
+	want, _ := wireOf(t, chunks, pos{}, false)
+	var d *Decoder
+	var last []byte
+	n, reused := 0, 0
+	d = New(Options{
+		Encode:   func(protoreflect.MessageDescriptor, []byte) ([]byte, bool) { return nil, false },
+		KeepWire: func(_ protoreflect.MessageDescriptor, b []byte) bool { return len(b) > 1<<20 },
+		OnCall: func(c *Call) {
+			for i, m := range c.Responses {
+				if m.Wire == nil {
+					continue
+				}
+				k := fmt.Sprint(c.Conn, " ", c.Stream, " ", 1, " ", i)
+				if !bytes.Equal(m.Wire.Bytes, want[k]) {
+					t.Fatalf("answer %s: %d bytes kept differ from the %d it came with", k, len(m.Wire.Bytes), len(want[k]))
+				}
+				if last != nil && &m.Wire.Bytes[0] == &last[0] {
+					reused++
+				}
+				n++
+				last = m.Wire.Bytes
+				d.Recycle(m.Wire.Bytes) // printed: done with
+			}
+		},
+	})
+	cutFeedEach(d, chunks, pos{}, func() {})
+	d.Close()
+	if n != 4 || reused != 3 {
+		t.Errorf("%d answers kept, %d in the buffer handed back before; want 4 and 3", n, reused)
+	}
+}

@@ -132,6 +132,24 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return err
 }
 
+// recycle hands the decoder back the bytes of the messages of it kept as
+// they came, now printed.
+func recycle(d *decode.Decoder, it *heldItem) {
+	if it.m != nil {
+		if it.m.Wire != nil {
+			d.Recycle(it.m.Wire.Bytes)
+		}
+		return
+	}
+	for _, ms := range [][]decode.Message{it.c.Requests, it.c.Responses} {
+		for _, m := range ms {
+			if m.Wire != nil {
+				d.Recycle(m.Wire.Bytes)
+			}
+		}
+	}
+}
+
 // jsonFromWire: calls --json writes messages from their wire bytes (else
 // from the messages decoded whole: tests compare the two); onWireJSON,
 // if set, is told of each message whether it was, and onWireKept of each
@@ -214,6 +232,7 @@ func streamCalls(path string, dopts decode.Options, lists listStreaming, keep fu
 			printed = it
 		}
 		emitErr = emit(&it, late)
+		recycle(d, &it)
 	}
 	release := func(all bool) {
 		if all {
