@@ -385,9 +385,9 @@ func (cb *copiedBench) print(stdout io.Writer) {
 func nproc() int { return runtime.NumCPU() }
 
 // largeBench runs calls and the commands that show or rewrite message
-// bodies on what criseq record wrote during the relay runs (no pod
-// starts, so nothing to draw):
-// 16 MiB ListContainers answers among small calls, real grpc-go peers.
+// bodies on what criseq record wrote during the relay runs: 16 MiB
+// ListContainers answers among small calls, real grpc-go peers (no pod
+// starts, so nothing to draw).
 type largeBench struct {
 	answers, small int
 	jobs           []*job
