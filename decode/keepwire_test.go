@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/criseq/criseq/capture"
@@ -180,4 +182,73 @@ func TestRecycledBuffer(t *testing.T) {
 	if n != 4 || reused != 3 {
 		t.Errorf("%d answers kept, %d in the buffer handed back before; want 4 and 3", n, reused)
 	}
+}
+
+// FuzzKeepWire: whatever bytes come, from the start or caught midway, in
+// pieces of any size, every message kept as it came (KeepWire) keeps the
+// bytes a decoder keeping copies (NoRedact) sees, read once all is
+// decoded; the calls are the same either way.
+func FuzzKeepWire(f *testing.F) {
+	for _, s := range seedStreams(f) {
+		f.Add(s[0], s[1], uint16(0), uint16(0), uint8(7))
+	}
+	resyncSeeds(f)
+	// Answers held across frames, in buffers the assembler would reuse.
+	cc, rec := criPeers(f, fakeRuntime{containers: 40})
+	for range 2 {
+		if _, err := runtimeapi.NewRuntimeServiceClient(cc).ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	cc.Close()
+	st := dirStreams(rec.take())
+	f.Add(st[[2]uint64{1, 0}], st[[2]uint64{1, 1}], uint16(0), uint16(0), uint8(255))
+	f.Fuzz(func(t *testing.T, c, s []byte, cutC, cutS uint16, piece uint8) {
+		n := 1 + int(piece)
+		midway := cutC > 0 || cutS > 0
+		if midway {
+			c, s = c[min(int(cutC), len(c)):], s[min(int(cutS), len(s)):]
+		}
+		run := func(keep bool) ([]*Call, string) {
+			var calls []*Call
+			opts := Options{ListsUnary: true, OnCall: func(c *Call) { calls = append(calls, c) }}
+			if keep {
+				opts.Encode = func(protoreflect.MessageDescriptor, []byte) ([]byte, bool) { return nil, false }
+				opts.KeepWire = func(protoreflect.MessageDescriptor, []byte) bool { return true }
+			} else {
+				opts.NoRedact = true
+			}
+			d := New(opts)
+			if midway {
+				feedMidway(d, c, s, n)
+			} else {
+				feedStreams(d, c, s, n, true)
+			}
+			d.Close()
+			var out []string
+			for _, c := range calls {
+				var sizes []int
+				for _, m := range append(slices.Clone(c.Requests), c.Responses...) {
+					sizes = append(sizes, m.Size)
+				}
+				out = append(out, fmt.Sprint(c.Conn, c.Stream, c.Method, c.Known, c.Flags, c.Status, c.Start.UnixNano(), c.End.UnixNano(), sizes, c.Streamed, c.Candidates, c.Errors))
+			}
+			return calls, strings.Join(out, "\n")
+		}
+		kept, a := run(true)
+		raw, b := run(false)
+		if a != b {
+			t.Fatalf("calls differ when messages are kept as they came:\n%s", firstDiff(a, b))
+		}
+		for i, c := range kept {
+			for dir, ms := range [][]Message{c.Requests, c.Responses} {
+				want := [][]Message{raw[i].Requests, raw[i].Responses}[dir]
+				for j, m := range ms {
+					if m.Wire != nil && (j >= len(want) || !bytes.Equal(m.Wire.Bytes, want[j].Raw)) {
+						t.Fatalf("call %d, %s message %d: the bytes kept changed", i, dirNoun[capture.Dir(dir)], j+1)
+					}
+				}
+			}
+		}
+	})
 }
