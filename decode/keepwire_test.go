@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 
@@ -13,6 +12,20 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
+// keptOrCopied are the options of a decoder that keeps every message as
+// it came (keep), or a copy of its bytes (--no-redact), handing calls to
+// onCall.
+func keptOrCopied(keep bool, onCall func(*Call)) Options {
+	opts := Options{ListsUnary: true, OnCall: onCall}
+	if keep {
+		opts.Encode = func(protoreflect.MessageDescriptor, []byte) ([]byte, bool) { return nil, false }
+		opts.KeepWire = func(protoreflect.MessageDescriptor, []byte) bool { return true }
+	} else {
+		opts.NoRedact = true
+	}
+	return opts
+}
+
 // wireOf decodes chunks cut at at and returns each message's bytes by
 // call and place: with keep, what Message.Wire kept of every message
 // (KeepWire says yes to all), read once the whole capture is decoded;
@@ -20,14 +33,7 @@ import (
 func wireOf(t *testing.T, chunks []capture.Chunk, at pos, keep bool) (map[string][]byte, int) {
 	t.Helper()
 	var calls []*Call
-	opts := Options{ListsUnary: true, OnCall: func(c *Call) { calls = append(calls, c) }}
-	if keep {
-		opts.Encode = func(protoreflect.MessageDescriptor, []byte) ([]byte, bool) { return nil, false }
-		opts.KeepWire = func(protoreflect.MessageDescriptor, []byte) bool { return true }
-	} else {
-		opts.NoRedact = true
-	}
-	d := New(opts)
+	d := New(keptOrCopied(keep, func(c *Call) { calls = append(calls, c) }))
 	cutFeedEach(d, chunks, at, func() {})
 	d.Close()
 	out, held := map[string][]byte{}, 0
@@ -211,14 +217,7 @@ func FuzzKeepWire(f *testing.F) {
 		}
 		run := func(keep bool) ([]*Call, string) {
 			var calls []*Call
-			opts := Options{ListsUnary: true, OnCall: func(c *Call) { calls = append(calls, c) }}
-			if keep {
-				opts.Encode = func(protoreflect.MessageDescriptor, []byte) ([]byte, bool) { return nil, false }
-				opts.KeepWire = func(protoreflect.MessageDescriptor, []byte) bool { return true }
-			} else {
-				opts.NoRedact = true
-			}
-			d := New(opts)
+			d := New(keptOrCopied(keep, func(c *Call) { calls = append(calls, c) }))
 			if midway {
 				feedMidway(d, c, s, n)
 			} else {
@@ -227,11 +226,7 @@ func FuzzKeepWire(f *testing.F) {
 			d.Close()
 			var out []string
 			for _, c := range calls {
-				var sizes []int
-				for _, m := range append(slices.Clone(c.Requests), c.Responses...) {
-					sizes = append(sizes, m.Size)
-				}
-				out = append(out, fmt.Sprint(c.Conn, c.Stream, c.Method, c.Known, c.Flags, c.Status, c.Start.UnixNano(), c.End.UnixNano(), sizes, c.Streamed, c.Candidates, c.Errors))
+				out = append(out, callLine(c))
 			}
 			return calls, strings.Join(out, "\n")
 		}
