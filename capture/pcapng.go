@@ -26,8 +26,10 @@ const (
 	ServerPort      = 10010
 	firstClientPort = 40001
 	clientPorts     = 65535 - firstClientPort + 1 // 25535
-	// maxSegment keeps a segment's IPv4 total length under 65535.
-	maxSegment = 65000
+	// MaxSegment is the most data PcapngWriter puts in one TCP segment
+	// (a chunk is cut every MaxSegment bytes): it keeps a segment's IPv4
+	// total length under 65535.
+	MaxSegment = 65000
 )
 
 // ServerIP is the synthetic address of the runtime in recorded files.
@@ -172,7 +174,7 @@ func (w *PcapngWriter) write(c Chunk) error {
 		}
 		data := c.Data
 		for len(data) > 0 {
-			n := min(len(data), maxSegment)
+			n := min(len(data), MaxSegment)
 			err := w.packet(c.Time, f, d, true, false, false, f.seq[d], f.seq[o], data[:n], comment)
 			if err != nil {
 				return err

@@ -29,7 +29,7 @@ func TestPlainPacketLikeGopacket(t *testing.T) {
 		payload := make([]byte, rng.Intn(3000))
 		switch {
 		case i == 0:
-			payload = make([]byte, maxSegment)
+			payload = make([]byte, MaxSegment)
 		case i%5 == 1:
 			payload = make([]byte, i%7) // padded to Ethernet's minimum
 		}

@@ -1139,7 +1139,7 @@ func (rw *rewriter) writeHead() int {
 // a chunk every segment bytes, so chunks of whole segments make the same
 // packets as the one chunk they would join into
 // (TestLargeRunSamePackets).
-const segment = 65000
+const segment = capture.MaxSegment
 
 // spareChunks is how long a large message's buffer waits for the next.
 const spareChunks = 1024
