@@ -79,6 +79,17 @@ var holdsBuf = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b 
 // unnamedFiles is cleared once the file system says it has no O_TMPFILE.
 var unnamedFiles atomic.Bool
 
+// openUnnamed opens a new unnamed file in dir for writing, mode 0644
+// (O_TMPFILE). Where that is not supported (EOPNOTSUPP; EISDIR or EINVAL
+// from kernels before 3.11), unnamedFiles is cleared: not asked again.
+func openUnnamed(dir string) (int, error) {
+	fd, err := unix.Open(dir, unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+		unnamedFiles.Store(false)
+	}
+	return fd, err
+}
+
 func init() {
 	unnamedFiles.Store(true)
 	linkByFd.Store(true)
@@ -88,15 +99,10 @@ func init() {
 // links it as name; if name exists, it renames it into place. done is
 // false where the caller should write it another way.
 func writeLinked(name string, data []byte) (done bool, err error) {
-	dir := filepath.Dir(name)
-	fd, err := unix.Open(dir, unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
+	fd, err := openUnnamed(filepath.Dir(name))
 	if err != nil {
-		// Not supported here (EOPNOTSUPP; EISDIR or EINVAL from kernels
-		// before 3.11): not asked again. Other errors (a directory not
-		// writable, say) are reported by the other way, by name.
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
-			unnamedFiles.Store(false)
-		}
+		// Other errors than no O_TMPFILE (a directory not writable, say)
+		// are reported by the other way, by name.
 		return false, nil
 	}
 	defer unix.Close(fd)
@@ -152,23 +158,21 @@ func writeRenamed(name string, data []byte, fd int) error {
 
 // writeRenamedFunc is writeRenamed with the file written by fill.
 func writeRenamedFunc(name string, fill func(io.Writer) error, fd int) error {
-	dir, base := filepath.Split(name)
 	var f *os.File
 	var tmp string
 	var err error
-	for range 100 {
-		tmp = filepath.Join(dir, "."+base+"."+strconv.FormatUint(uint64(rand.Uint32()), 36)+".tmp")
-		if fd >= 0 {
-			err = linkFd(fd, tmp)
-			if err != nil {
+	if fd >= 0 {
+		for range 100 {
+			tmp = tempName(name)
+			if err = linkFd(fd, tmp); err != nil {
 				err = &fs.PathError{Op: "link", Path: tmp, Err: err}
 			}
-		} else {
-			f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if !errors.Is(err, fs.ErrExist) {
+				break
+			}
 		}
-		if !errors.Is(err, fs.ErrExist) {
-			break
-		}
+	} else {
+		f, tmp, err = createTemp(name)
 	}
 	if err != nil {
 		return err
@@ -201,7 +205,7 @@ func writeAtomicFunc(name string, fill func(io.Writer) error) error {
 		return bw.Flush()
 	}
 	if unnamedFiles.Load() {
-		fd, err := unix.Open(filepath.Dir(name), unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
+		fd, err := openUnnamed(filepath.Dir(name))
 		if err == nil {
 			f := os.NewFile(uintptr(fd), name)
 			defer f.Close()
@@ -217,9 +221,6 @@ func writeAtomicFunc(name string, fill func(io.Writer) error) error {
 				return &fs.PathError{Op: "link", Path: name, Err: err}
 			}
 			return nil
-		}
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
-			unnamedFiles.Store(false)
 		}
 	}
 	return writeRenamedFunc(name, buffered, -1)
@@ -295,29 +296,36 @@ func (sw *spillWriter) Write(p []byte) (int, error) {
 }
 
 func (sw *spillWriter) open() error {
-	dir, base := filepath.Split(sw.name)
 	if unnamedFiles.Load() {
-		fd, err := unix.Open(filepath.Clean(dir), unix.O_WRONLY|unix.O_TMPFILE|unix.O_CLOEXEC, 0o644)
-		if err == nil {
+		if fd, err := openUnnamed(filepath.Dir(sw.name)); err == nil {
 			sw.f = os.NewFile(uintptr(fd), sw.name)
 			return nil
 		}
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
-			unnamedFiles.Store(false)
-		}
 	}
 	var err error
+	if sw.f, sw.tmp, err = createTemp(sw.name); err != nil {
+		sw.f, sw.tmp = nil, ""
+	}
+	return err
+}
+
+// tempName is a hidden temporary name beside name, ending in .tmp, out of
+// globs like *.svg.
+func tempName(name string) string {
+	dir, base := filepath.Split(name)
+	return filepath.Join(dir, "."+base+"."+strconv.FormatUint(uint64(rand.Uint32()), 36)+".tmp")
+}
+
+// createTemp creates a new file under a temporary name beside name.
+func createTemp(name string) (f *os.File, tmp string, err error) {
 	for range 100 {
-		sw.tmp = filepath.Join(dir, "."+base+"."+strconv.FormatUint(uint64(rand.Uint32()), 36)+".tmp")
-		sw.f, err = os.OpenFile(sw.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		tmp = tempName(name)
+		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 		if !errors.Is(err, fs.ErrExist) {
 			break
 		}
 	}
-	if err != nil {
-		sw.f, sw.tmp = nil, ""
-	}
-	return err
+	return f, tmp, err
 }
 
 // close drops what was not linked or renamed into place.
