@@ -63,6 +63,10 @@ type Chunk struct {
 	// resynchronise. Offsets then count from the first byte seen.
 	Midway bool
 
+	// Done, if set, is called once a Recorder is done with Data (written
+	// or dropped): its source may then reuse the memory.
+	Done func()
+
 	// shared, if set, is the relay buffer Data lies in, given back when
 	// the Recorder is done with the chunk.
 	shared *relayBuf

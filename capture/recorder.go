@@ -24,8 +24,10 @@ type Recorder struct {
 	log       func(format string, args ...any)
 	maxChunks int
 	maxBytes  int
+	wait      bool
 
 	mu       sync.Mutex
+	room     sync.Cond // signalled when the writer took chunks off the queue, or closed
 	queue    []Chunk
 	spare    []Chunk
 	inFlight int // bytes queued or being written
@@ -49,6 +51,11 @@ type RecorderOptions struct {
 	MaxChunks int                              // queued chunks (DefaultMaxChunks)
 	MaxBytes  int                              // queued data bytes (DefaultMaxBytes)
 	Log       func(format string, args ...any) // nil: silent
+	// Wait: Record waits for room in a full queue rather than drop the
+	// chunk. For a source with a buffer of its own, which holds what comes
+	// meanwhile (the kernel's ring for attach); never for a relay, whose
+	// bytes must not wait for the disk.
+	Wait bool
 }
 
 // RecorderStats counts what a Recorder wrote and dropped.
@@ -64,6 +71,7 @@ func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
 		log:       opts.Log,
 		maxChunks: opts.MaxChunks,
 		maxBytes:  opts.MaxBytes,
+		wait:      opts.Wait,
 		wake:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
 	}
@@ -76,6 +84,7 @@ func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
 	if r.log == nil {
 		r.log = func(string, ...any) {}
 	}
+	r.room.L = &r.mu
 	go r.run()
 	return r
 }
@@ -107,6 +116,17 @@ func (r *Recorder) Record(c Chunk) bool {
 // is not on the way of the bytes). wake says a kick is due.
 func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 	r.mu.Lock()
+	full := len(r.queue) >= r.maxChunks || r.inFlight+c.held() > r.maxBytes
+	if r.wait && c.Kind == Data {
+		// A chunk larger than the queue goes in once the queue is empty.
+		full = len(r.queue) >= r.maxChunks || r.inFlight > 0 && r.inFlight+c.held() > r.maxBytes
+		for full && !r.closed && !r.failed {
+			r.kick() // the writer's wait for a batch ends
+			r.room.Wait()
+			full = len(r.queue) >= r.maxChunks || r.inFlight > 0 && r.inFlight+c.held() > r.maxBytes
+		}
+	}
+	// Timed once it waited no more, so that the queue stays in time order.
 	if c.Time.IsZero() {
 		c.Time = time.Now().Round(0)
 	} else {
@@ -116,7 +136,6 @@ func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 		c.Time = r.last
 	}
 	r.last = c.Time
-	full := len(r.queue) >= r.maxChunks || r.inFlight+c.held() > r.maxBytes
 	if r.closed || r.failed || (c.Kind == Data && full) {
 		logIt := !r.dropping && !r.closed && !r.failed
 		r.dropping = true
@@ -211,13 +230,24 @@ func (r *Recorder) run() {
 
 		n := 0
 		for i := range batch {
-			n += batch[i].held()
+			h := batch[i].held()
 			r.write(batch[i])
 			batch[i] = Chunk{} // let the data go
+			if r.wait {
+				// Room as soon as each chunk is written: a source
+				// waiting for it is not reading its own buffer.
+				r.mu.Lock()
+				r.inFlight -= h
+				r.room.Broadcast()
+				r.mu.Unlock()
+			} else {
+				n += h
+			}
 		}
 		r.mu.Lock()
 		r.inFlight -= n
 		r.spare = batch[:0]
+		r.room.Broadcast()
 		r.mu.Unlock()
 		dirty = true
 	}
@@ -254,6 +284,7 @@ func (r *Recorder) flush() {
 func (r *Recorder) fail(err error) {
 	r.mu.Lock()
 	r.failed = true
+	r.room.Broadcast()
 	r.err = fmt.Errorf("recorder: %w", err)
 	r.mu.Unlock()
 	r.log("recorder: %v; recording stopped, traffic still relayed", err)
@@ -304,6 +335,7 @@ func (r *Recorder) Close() error {
 	r.once.Do(func() {
 		r.mu.Lock()
 		r.closed = true
+		r.room.Broadcast()
 		r.mu.Unlock()
 		select {
 		case r.wake <- struct{}{}:

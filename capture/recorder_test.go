@@ -231,3 +231,104 @@ func TestRecorderTimesInOrder(t *testing.T) {
 		t.Errorf("a chunk timed an hour back was written at %v, want raised to the last time %v", last.Time, got[len(got)-2].Time)
 	}
 }
+
+// TestRecorderWaits: with Wait, a chunk that finds the queue full waits
+// for the writer rather than being dropped, a chunk larger than the whole
+// queue goes in once it is empty, and Close releases a waiting Record. Each
+// chunk's Done is called once, written or dropped.
+func TestRecorderWaits(t *testing.T) {
+	sink := &stepSink{got: make(chan Chunk), proceed: make(chan struct{})}
+	rec := NewRecorder(sink, RecorderOptions{MaxBytes: 4 << 10, Wait: true})
+	var mu sync.Mutex
+	done := map[int64]int{}
+	chunk := func(off int64, n int) Chunk {
+		return Chunk{Conn: 1, Kind: Data, Offset: off, Data: make([]byte, n), Done: func() {
+			mu.Lock()
+			done[off]++
+			mu.Unlock()
+		}}
+	}
+	recorded := make(chan bool)
+	record := func(c Chunk) { go func() { recorded <- rec.Record(c) }() }
+	waiting := func(what string) {
+		t.Helper()
+		select {
+		case ok := <-recorded:
+			t.Fatalf("%s: Record returned %v, want it waiting", what, ok)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	queued := func(what string) {
+		t.Helper()
+		select {
+		case ok := <-recorded:
+			if !ok {
+				t.Fatalf("%s: dropped", what)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: Record still waiting", what)
+		}
+	}
+	written := func(off int64) {
+		t.Helper()
+		if c := <-sink.got; c.Offset != off {
+			t.Fatalf("sink got the chunk at %d, want %d", c.Offset, off)
+		}
+		sink.proceed <- struct{}{}
+	}
+
+	record(chunk(0, 1<<10))
+	queued("first chunk")
+	c := <-sink.got // the writer holds it: 1 KiB in flight
+	if c.Offset != 0 {
+		t.Fatalf("sink got %d first", c.Offset)
+	}
+	record(chunk(1<<10, 3<<10))
+	queued("a chunk that fills the queue")
+	record(chunk(4<<10, 1<<10))
+	waiting("a chunk past the queue's bytes")
+	sink.proceed <- struct{}{} // the first is written: room again
+	written(1 << 10)
+	queued("a chunk that waited")
+	written(4 << 10)
+
+	record(chunk(5<<10, 64<<10))
+	queued("a chunk larger than the queue, the queue empty")
+	c = <-sink.got
+	record(chunk(69<<10, 1))
+	waiting("a chunk behind one larger than the queue")
+	sink.proceed <- struct{}{}
+	queued("the chunk behind")
+	written(69 << 10)
+
+	c = chunk(69<<10+1, 8<<10)
+	record(c)
+	queued("a chunk larger than the queue")
+	<-sink.got
+	record(chunk(77<<10+1, 1))
+	waiting("a chunk while the writer is stuck")
+	closed := make(chan error)
+	go func() { closed <- rec.Close() }()
+	select {
+	case ok := <-recorded:
+		if ok {
+			t.Error("a chunk waiting at Close was queued")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not release a waiting Record")
+	}
+	sink.proceed <- struct{}{}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, off := range []int64{0, 1 << 10, 4 << 10, 5 << 10, 69 << 10, 69<<10 + 1, 77<<10 + 1} {
+		if done[off] != 1 {
+			t.Errorf("chunk at %d: Done called %d times, want once", off, done[off])
+		}
+	}
+	if st := rec.Stats(); st.Chunks != 6 || st.DroppedChunks != 1 {
+		t.Errorf("stats %+v, want 6 written and 1 dropped", st)
+	}
+}

@@ -276,18 +276,27 @@ func (b *relayBuf) release() {
 	}
 }
 
-// release gives back the relay buffer c.Data lies in, if any.
+// release gives back the memory c.Data lies in: a relay buffer, or its
+// source's (Done).
 func (c *Chunk) release() {
 	if c.shared != nil {
 		c.shared.release()
 		c.shared = nil
 	}
+	if c.Done != nil {
+		c.Done()
+		c.Done = nil
+	}
 }
 
-// held is the memory c holds while queued: its relay buffer, if it has one.
+// held is the memory c holds while queued: its relay buffer, or the
+// capacity of a buffer its source takes back.
 func (c *Chunk) held() int {
-	if c.shared != nil {
+	switch {
+	case c.shared != nil:
 		return len(c.shared.b)
+	case c.Done != nil:
+		return cap(c.Data)
 	}
 	return len(c.Data)
 }

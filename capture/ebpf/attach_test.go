@@ -76,8 +76,14 @@ func (l *logBuf) logf(format string, args ...any) {
 // attach starts tr and waits until it is attached.
 func attach(t testing.TB, tr *Tracer) *tracing {
 	t.Helper()
-	r := &tracing{tr: tr, sink: &memSink{}, done: make(chan error, 1), logs: &logBuf{t: t}}
-	tr.Recorder = capture.NewRecorder(r.sink, capture.RecorderOptions{MaxBytes: 256 << 20, MaxChunks: 1 << 16})
+	return attachTo(t, tr, &memSink{}, capture.RecorderOptions{MaxBytes: 256 << 20, MaxChunks: 1 << 16})
+}
+
+// attachTo is attach recording into sink through a Recorder with opts.
+func attachTo(t testing.TB, tr *Tracer, sink *memSink, opts capture.RecorderOptions) *tracing {
+	t.Helper()
+	r := &tracing{tr: tr, sink: sink, done: make(chan error, 1), logs: &logBuf{t: t}}
+	tr.Recorder = capture.NewRecorder(r.sink, opts)
 	tr.Log = r.logs.logf
 	ready := make(chan struct{})
 	tr.Ready = func(Attached) { close(ready) }

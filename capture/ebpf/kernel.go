@@ -29,7 +29,7 @@ const (
 	eventSize = 64
 
 	// DefaultRingSize is the ring buffer between the kernel and criseq.
-	DefaultRingSize = 16 << 20
+	DefaultRingSize = 8 << 20
 	// ProgPrefix begins the name of every BPF program criseq loads.
 	ProgPrefix = "cq_"
 )

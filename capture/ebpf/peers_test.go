@@ -125,13 +125,16 @@ func startRelay(t testing.TB, dir, sock string) (listen string, sink *memSink, s
 	return listen, sink, stop
 }
 
-// memSink keeps chunks in memory (a capture.Sink).
+// memSink keeps chunks in memory (a capture.Sink), taking delay over each
+// as a slow disk would.
 type memSink struct {
 	mu     sync.Mutex
 	chunks []capture.Chunk
+	delay  time.Duration
 }
 
 func (s *memSink) Write(c capture.Chunk) error {
+	time.Sleep(s.delay)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c.Data = append([]byte(nil), c.Data...)

@@ -103,7 +103,7 @@ func recordAttached(ctx context.Context, a *attachFlags, out string, quiet bool,
 		return fmt.Errorf("record: %w", err)
 	}
 	start := time.Now()
-	tr.Recorder = capture.NewRecorder(capture.NewPcapngWriterNotes(capture.NewWriteBehind(f), attachNotes(at)), capture.RecorderOptions{Log: logf})
+	tr.Recorder = capture.NewRecorder(capture.NewPcapngWriterNotes(capture.NewWriteBehind(f), attachNotes(at)), attachRecorder(logf))
 	if !quiet {
 		logf("%s", attachedMessage(at, "recorded to "+out))
 	}
@@ -114,4 +114,11 @@ func recordAttached(ctx context.Context, a *attachFlags, out string, quiet bool,
 		return fmt.Errorf("record: %w", err)
 	}
 	return nil
+}
+
+// attachRecorder's options: the kernel's ring holds what comes while the
+// writer catches up, so the queue is small and a full one waits rather than
+// drops.
+func attachRecorder(logf func(string, ...any)) capture.RecorderOptions {
+	return capture.RecorderOptions{Log: logf, MaxBytes: 2 << 20, Wait: true}
 }

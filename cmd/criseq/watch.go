@@ -153,7 +153,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		err = w.replay(runCtx, *replay, stderr)
 	case at.on:
 		go w.ticker(runCtx, stderr)
-		tr.Recorder = capture.NewRecorder(w, capture.RecorderOptions{Log: logf})
+		tr.Recorder = capture.NewRecorder(w, attachRecorder(logf))
 		start := time.Now()
 		err = tr.Run(runCtx) // closes the Recorder, which closes w
 		reportTracer(tr, true, start, logf)

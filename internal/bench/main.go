@@ -42,10 +42,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCapture(args, stdout, stderr)
 	case "relay":
 		return runRelay(ctx, args, stdout, stderr)
+	case "attach":
+		return runAttach(ctx, args, stdout, stderr)
 	case "cri-server":
 		return runCRIServer(ctx, args)
 	case "measure":
 		return runMeasure(args)
 	}
-	return fmt.Errorf("unknown command %q (table, capture, relay, cri-server, measure)", cmd)
+	return fmt.Errorf("unknown command %q (table, capture, relay, attach, cri-server, measure)", cmd)
 }

@@ -177,19 +177,12 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	load0 := loadavg()
-	root, err := repoRoot()
+	w, err := newWorkspace()
 	if err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp("", "criseq-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	bin, err := buildCriseq(root, tmp)
-	if err != nil {
-		return err
-	}
+	defer w.remove()
+	root, tmp, bin, self := w.root, w.tmp, w.bin, w.self
 	capPath, st, err := cachedCapture(root, *size, stderr)
 	if err != nil {
 		return err
@@ -254,15 +247,27 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 
 	rb := &relayBench{calls: *calls, bigCalls: 10, rounds: *rounds, keep: filepath.Join(tmp, "relayed.pcapng")}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	relayErr := rb.start(ctx, self, bin)
 	if relayErr == nil {
 		relayErr = rb.run(ctx)
 	}
 	rb.stop()
+	var attach *attachBench
+	var attached []attachResult
+	if os.Geteuid() == 0 {
+		attach = &attachBench{calls: *calls, big: 25, parallel: 4}
+		for range 3 {
+			r, err := attach.run(ctx, self, bin, tmp)
+			if err != nil {
+				fmt.Fprintf(stderr, "bench: attach: %v\n", err)
+				attach = nil
+				break
+			}
+			attached = append(attached, r)
+		}
+	} else {
+		fmt.Fprintf(stderr, "bench: not root: record --attach not measured\n")
+	}
 	var large *largeBench
 	if relayErr == nil {
 		large = &largeBench{answers: rb.bigCalls * rb.rounds, small: rb.calls * rb.rounds}
@@ -295,6 +300,9 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		large.print(stdout)
 	}
 	fmt.Fprintf(stdout, "\nRelay: a small unary call (RuntimeService/Version, %d per path and round) and a %d MiB ListContainers response, real grpc-go client and server; the best of %d interleaved rounds.\n\n", rb.calls, bigResponse>>20, rb.rounds)
+	if attach != nil {
+		defer attach.print(stdout, attached)
+	}
 	if relayErr != nil {
 		fmt.Fprintf(stdout, "(not measured: %v)\n", relayErr)
 		return nil

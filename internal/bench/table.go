@@ -25,6 +25,32 @@ func buildCriseq(root, dir string) (string, error) {
 	return bin, nil
 }
 
+// workspace is what a bench run needs: a temporary directory, the criseq
+// binary of this tree built into it, and the bench's own binary (its
+// CRI server).
+type workspace struct{ root, tmp, bin, self string }
+
+func newWorkspace() (*workspace, error) {
+	w := &workspace{}
+	var err error
+	if w.root, err = repoRoot(); err != nil {
+		return nil, err
+	}
+	if w.self, err = os.Executable(); err != nil {
+		return nil, err
+	}
+	if w.tmp, err = os.MkdirTemp("", "criseq-bench-"); err != nil {
+		return nil, err
+	}
+	if w.bin, err = buildCriseq(w.root, w.tmp); err != nil {
+		w.remove()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *workspace) remove() { os.RemoveAll(w.tmp) }
+
 func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -36,23 +62,12 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	root, err := repoRoot()
+	w, err := newWorkspace()
 	if err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp("", "criseq-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	bin, err := buildCriseq(root, tmp)
-	if err != nil {
-		return err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
+	defer w.remove()
+	bin, self := w.bin, w.self
 	rb := &relayBench{calls: *calls, bigCalls: *bigCalls, rounds: *rounds, extra: extra}
 	defer rb.stop()
 	if err := rb.start(ctx, self, bin); err != nil {
