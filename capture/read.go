@@ -15,6 +15,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/reassembly"
+
+	"github.com/criseq/criseq/internal/termtext"
 )
 
 // h2Preface opens every HTTP/2 connection, sent by the client.
@@ -47,9 +49,19 @@ const (
 	maxUndecided = 4 << 20
 )
 
-// OpenFile opens a pcap or pcapng file (optionally gzip-compressed) for reading.
+// Stdin is the path OpenFile reads standard input for.
+const Stdin = "-"
+
+// OpenFile opens a pcap or pcapng file (optionally gzip-compressed) for
+// reading; Stdin ("-") reads standard input.
 // See NewReader.
 func OpenFile(path string) (Source, error) {
+	if path == Stdin {
+		if termtext.IsTerminal(os.Stdin) {
+			return nil, errors.New("open capture: - reads a capture from standard input, which is a terminal here: pipe one in (cat cri.pcapng | criseq ...) or name the file")
+		}
+		return NewReader(os.Stdin, "standard input")
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open capture: %w", err)

@@ -3,6 +3,7 @@ package sanitize
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -25,6 +26,8 @@ var ErrPartial = errors.New("the output holds what was read before the damage")
 // An input that cannot be opened, or an output that cannot be written,
 // leaves no file. An input damaged part way gives an error wrapping
 // ErrPartial and the input's error, with out written.
+//
+// in "-" is standard input (capture.Stdin).
 func File(in, out string, opts Options) (Stats, error) {
 	src, err := capture.OpenFile(in)
 	if err != nil {
@@ -65,6 +68,30 @@ func File(in, out string, opts Options) (Stats, error) {
 	}
 	if readErr != nil {
 		return st, fmt.Errorf("sanitize: %w; %w", readErr, ErrPartial)
+	}
+	return st, nil
+}
+
+// Stream sanitizes the capture at in ("-": standard input) into w as it
+// goes, as File does into a file. w is not closed.
+func Stream(in string, w io.Writer, opts Options) (Stats, error) {
+	src, err := capture.OpenFile(in)
+	if err != nil {
+		return Stats{}, fmt.Errorf("sanitize: %w", err)
+	}
+	defer src.Close()
+	pw := capture.NewPcapngWriter(struct{ io.Writer }{w}) // hides a Close
+	st, err := Rewrite(src, pw, opts)
+	var re *readError
+	partial := errors.As(err, &re)
+	if err != nil && !partial {
+		return st, err
+	}
+	if ferr := pw.Close(); ferr != nil {
+		return st, fmt.Errorf("sanitize: writing: %w", ferr)
+	}
+	if partial {
+		return st, fmt.Errorf("sanitize: %w; %w", re.err, ErrPartial)
 	}
 	return st, nil
 }

@@ -24,8 +24,9 @@ import (
 const callsUsage = `Usage: criseq calls [flags] FILE
 
 Lists every gRPC call in a capture (pcap or pcapng, criseq's own or made by
-tcpdump/tshark): when it started relative to the first call, its connection and
-stream, the method, how long it took, its status, and what it was about.
+tcpdump/tshark; FILE - reads standard input): when it started relative to the
+first call, its connection and stream, the method, how long it took, its
+status, and what it was about.
 
 A connection caught midway (criseq record --attach), or whose bytes were
 lost, is decoded from the next frame found. A method whose :path cannot be read

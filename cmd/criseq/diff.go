@@ -29,7 +29,8 @@ A SPEC picks one flow of a capture:
 
   FILE[:POD][@KIND][#N]
 
-  FILE    a capture file (pcap or pcapng)
+  FILE    a capture file (pcap or pcapng); - reads standard input (after
+          --, as in diff -- -@start -@stop, when the SPEC starts with -)
   :POD    the pod, NAMESPACE/NAME or NAME (default: --pod, else any pod)
   @KIND   start or stop (default: --kind)
   #N      the Nth such flow in the capture, from 1 (default 1): a pod

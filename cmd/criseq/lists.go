@@ -50,17 +50,6 @@ func registerListStreaming(fs interface {
 	fs.Var(l, "cri-list-streaming", listStreamingUsage)
 }
 
-// fileNotes returns what a capture file says of itself (nothing if it
-// cannot be read: the command reading it will say why).
-func fileNotes(path string) capture.Notes {
-	src, err := capture.OpenFile(path)
-	if err != nil {
-		return capture.Notes{}
-	}
-	defer src.Close()
-	return capture.NotesOf(src)
-}
-
 // attachNotes are the notes of a capture made by attaching.
 func attachNotes(a ebpf.Attached) capture.Notes {
 	return capture.Notes{NoListStreaming: a.Lists.Unary, Why: a.Lists.Why}

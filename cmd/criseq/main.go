@@ -139,7 +139,13 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 			}
 			return nil, fmt.Errorf("%w: %v", errUsage, err)
 		}
-		args = fs.Args()
+		rest := fs.Args()
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			// Everything after -- is an argument, even one that starts
+			// with - (diff -- -@start -@stop).
+			return append(pos, rest...), nil
+		}
+		args = rest
 		if len(args) == 0 {
 			return pos, nil
 		}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/decode"
 	"github.com/criseq/criseq/flow"
 	"github.com/criseq/criseq/internal/termtext"
@@ -25,7 +26,8 @@ const renderUsage = `Usage: criseq render [flags] FILE
 
 Draws each pod start and stop found in a capture as a sequence diagram, one
 file per flow and format, named after the pod (e.g. default_nginx_start.svg);
-html is one viewer for the whole capture, named after it (cri.html).
+html is one viewer for the whole capture, named after it (cri.html). FILE -
+reads the capture from standard input (files named after "stdin").
 
 Examples:
   criseq render cri.pcapng                          # SVG, PlantUML and Mermaid into ./out
@@ -174,6 +176,9 @@ func renderFile(path string, o renderOptions, stdout, stderr io.Writer) error {
 		return nil
 	}
 	base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	if path == capture.Stdin {
+		base = "stdin"
+	}
 	name := filepath.Join(o.out, base+".html")
 	if err := writeAtomicFunc(name, page.Write); err != nil {
 		return fmt.Errorf("render: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/criseq/criseq/capture"
 	"github.com/criseq/criseq/internal/termtext"
 	"github.com/criseq/criseq/sanitize"
 )
@@ -26,11 +27,13 @@ and a direction whose bytes were lost are cut where that is found; the
 messages of methods that are not CRI (secrets unknown) are sent empty. Each
 is said on stderr. Connections are written as criseq records them (TCP from
 127.0.0.1:40000+N to 127.0.0.1:10010). OUT is created 0600 under a temporary
-name and renamed into place when complete; IN may be OUT.
+name and renamed into place when complete; IN may be OUT. IN - reads
+standard input, OUT - writes standard output.
 
 Examples:
   criseq sanitize cri.pcapng cri-shareable.pcapng
   criseq sanitize -q capture.pcap capture.pcap   # in place, quietly
+  ssh node cat cri.pcapng | criseq sanitize - - > shareable.pcapng
 `
 
 func runSanitize(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -51,7 +54,15 @@ func runSanitize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			fmt.Fprintf(stderr, "criseq sanitize: %s\n", termtext.String(fmt.Sprintf(format, args...)))
 		}
 	}
-	st, err := sanitize.File(in, out, opts)
+	var st sanitize.Stats
+	if out == capture.Stdin {
+		if isTerminal(stdout) {
+			return fmt.Errorf("%w: OUT - writes the capture to standard output, which is a terminal here: redirect it (> shareable.pcapng) or name a file", errUsage)
+		}
+		st, err = sanitize.Stream(in, stdout, opts)
+	} else {
+		st, err = sanitize.File(in, out, opts)
+	}
 	if err != nil && !errors.Is(err, sanitize.ErrPartial) {
 		return err
 	}
@@ -60,7 +71,15 @@ func runSanitize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	if !*quiet {
 		fmt.Fprintf(stderr, "criseq sanitize: %d connections, %d messages (%d rewritten, %d sent empty), %d header fields redacted → %s\n",
-			st.Conns, st.Messages, st.Rewritten, st.Blanked, st.HeaderFields, out)
+			st.Conns, st.Messages, st.Rewritten, st.Blanked, st.HeaderFields, outName(out))
 	}
 	return nil
+}
+
+// outName is how an output is named in messages.
+func outName(out string) string {
+	if out == capture.Stdin {
+		return "standard output"
+	}
+	return out
 }

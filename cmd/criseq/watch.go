@@ -34,7 +34,7 @@ Capture modes:
                                     criseq record --swap does (see its -h), and put it back
   --attach [--pid N] [--socket SOCK]  trace the running kubelet with eBPF, as
                                     criseq record --attach does (see its -h)
-  -r FILE                           replay a capture file as if live
+  -r FILE                           replay a capture file as if live (- reads standard input)
 
 Exit codes: 0 done (Ctrl-C, or --pods flows written); 1 error; 2 bad usage;
 3 --timeout passed before --pods flows were written.
@@ -106,6 +106,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "criseq watch: "+format+"\n", args...) }
 	var tr *ebpf.Tracer
 	var notes capture.Notes
+	var replaySrc capture.Source
 	switch {
 	case at.on:
 		tr = at.tracer(nil, logf)
@@ -116,7 +117,14 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		logf("%s", attachedMessage(a, "drawn into "+o.out))
 		notes = attachNotes(a)
 	case *replay != "":
-		notes = fileNotes(*replay)
+		// Opened now: its notes say how to read list calls, and standard
+		// input can be read only once.
+		src, err := capture.OpenFile(*replay)
+		if err != nil {
+			return fmt.Errorf("watch: %w", err)
+		}
+		defer src.Close()
+		replaySrc, notes = src, capture.NotesOf(src)
 	}
 	w := newWatcher(o, formats, *namespace, *pods, o.lists.unary(notes), stdout)
 	if *record != "" {
@@ -150,7 +158,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	switch {
 	case *replay != "":
-		err = w.replay(runCtx, *replay, stderr)
+		err = w.replay(runCtx, replaySrc, stderr)
 	case at.on:
 		go w.ticker(runCtx, stderr)
 		tr.Recorder = capture.NewRecorder(w, attachRecorder(logf))
@@ -382,12 +390,7 @@ func (w *watcher) ticker(ctx context.Context, stderr io.Writer) {
 // replay feeds a capture file through the live pipeline. A file damaged
 // part way (a capture copied while it was written) is drawn up to the
 // damage, as render draws it.
-func (w *watcher) replay(ctx context.Context, path string, stderr io.Writer) error {
-	src, err := capture.OpenFile(path)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
+func (w *watcher) replay(ctx context.Context, src capture.Source, stderr io.Writer) error {
 	for n := 0; ctx.Err() == nil; n++ {
 		c, err := src.Next()
 		if errors.Is(err, io.EOF) {
@@ -414,9 +417,5 @@ func btoi(b bool) int {
 
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return ok && termtext.IsTerminal(f)
 }

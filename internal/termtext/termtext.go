@@ -13,9 +13,12 @@ package termtext
 import (
 	"encoding/binary"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 )
 
 // clean reports whether s needs no escaping: printable ASCII only, or
@@ -174,4 +177,11 @@ func appendU(b []byte, r rune) []byte {
 func surrogates(r rune) (rune, rune) {
 	r -= 0x10000
 	return 0xd800 + (r>>10)&0x3ff, 0xdc00 + r&0x3ff
+}
+
+// IsTerminal says whether f is a terminal (not merely a character device
+// such as /dev/null).
+func IsTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
