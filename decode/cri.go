@@ -23,6 +23,7 @@ type method struct {
 	known         bool
 	in, out       protoreflect.MessageType // nil unless known
 	skip          bool                     // Options.SkipBodies said so
+	encodeOnly    bool                     // Options.EncodeOnly said so
 	serverStream  bool                     // the server sends a stream of messages
 	// For inference (criMethods only): the index in criMethods and the
 	// shapes of the types.
@@ -46,6 +47,11 @@ func (d *Decoder) method(path string) *method {
 	if d.opts.SkipBodies != nil && m.known && d.opts.SkipBodies(m.service, m.name) {
 		c := *m
 		c.skip = true
+		m = &c
+	}
+	if d.opts.EncodeOnly != nil && d.opts.Encode != nil && m.known && d.opts.EncodeOnly(m.service, m.name) {
+		c := *m
+		c.encodeOnly = true
 		m = &c
 	}
 	if len(d.methods) < maxMethods {

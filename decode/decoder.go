@@ -56,6 +56,12 @@ type Options struct {
 	// stays nil, Size is set). Unmarshalling is most of the decoding cost,
 	// and kubelet's polling is most of the bytes.
 	SkipBodies func(service, method string) bool
+	// EncodeOnly, if set with Encode, is asked once per CRI method; when
+	// it says true, that method's messages are encoded (or kept, KeepWire)
+	// but not unmarshalled: Message.Proto stays nil unless Encode cannot
+	// write one. For an output that prints every message but reads none
+	// of that method's.
+	EncodeOnly func(service, method string) bool
 	// SkipResponseMaps unmarshals responses without their map fields
 	// (labels, annotations, the info maps): for outputs that show none of
 	// them. Building Go maps is most of the cost of a status response.

@@ -247,3 +247,69 @@ func FuzzKeepWire(f *testing.F) {
 		}
 	})
 }
+
+// TestEncodeOnly: the methods EncodeOnly names are encoded (or kept as
+// they came) but not unmarshalled: Proto stays nil, unless Encode
+// declines, and then the message is decoded whole as before; other
+// methods are decoded. With NoRedact, each still keeps its raw bytes.
+// Real grpc-go peers: ListContainers answers of 40 containers, Version.
+func TestEncodeOnly(t *testing.T) {
+	cc, rec := criPeers(t, fakeRuntime{containers: 40})
+	rt := runtimeapi.NewRuntimeServiceClient(cc)
+	for range 2 {
+		if _, err := rt.ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Version(context.Background(), &runtimeapi.VersionRequest{Version: "v1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc.Close()
+	chunks := rec.take()
+	for _, tc := range []struct {
+		name     string
+		encode   bool // Encode writes the message
+		noRedact bool
+	}{{"encoded", true, false}, {"declined", false, false}, {"encoded, raw kept", true, true}} {
+		var calls []*Call
+		encoded := 0
+		d := New(Options{
+			ListsUnary: true, NoRedact: tc.noRedact,
+			OnCall: func(c *Call) { calls = append(calls, c) },
+			Encode: func(_ protoreflect.MessageDescriptor, b []byte) ([]byte, bool) {
+				encoded++
+				return []byte("{}"), tc.encode
+			},
+			EncodeOnly: func(_, method string) bool { return method == "ListContainers" },
+		})
+		cutFeedEach(d, chunks, pos{}, func() {})
+		d.Close()
+		lists, versions := 0, 0
+		for _, c := range calls {
+			for _, ms := range [][]Message{c.Requests, c.Responses} {
+				for _, m := range ms {
+					decoded := m.Proto != nil
+					switch {
+					case c.Name == "ListContainers" && decoded == tc.encode:
+						t.Errorf("%s: a ListContainers message decoded %v", tc.name, decoded)
+					case c.Name == "Version" && !decoded:
+						t.Errorf("%s: a Version message not decoded", tc.name)
+					case tc.encode && m.Encoded == nil:
+						t.Errorf("%s: %s message not encoded", tc.name, c.Name)
+					case tc.noRedact && m.Raw == nil:
+						t.Errorf("%s: %s message without its raw bytes", tc.name, c.Name)
+					}
+				}
+			}
+			switch c.Name {
+			case "ListContainers":
+				lists++
+			case "Version":
+				versions++
+			}
+		}
+		if lists != 2 || versions != 2 || encoded != 8 {
+			t.Errorf("%s: %d ListContainers and %d Version calls, %d messages encoded; want 2, 2, 8", tc.name, lists, versions, encoded)
+		}
+	}
+}

@@ -272,11 +272,9 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte, 
 	if dir == s2c {
 		typ = s.m.out
 	}
+	body, listed := raw, false
+	fields, skipMaps := d.opts.Fields, d.opts.SkipResponseMaps
 	if typ != nil && !d.noProto && !s.m.skip {
-		var msg proto.Message
-		var err error
-		body, listed := raw, false
-		fields, skipMaps := d.opts.Fields, d.opts.SkipResponseMaps
 		if d.opts.FieldsAbove > 0 {
 			if len(raw) <= d.opts.FieldsAbove {
 				fields = nil
@@ -297,6 +295,13 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte, 
 				fields = nil // decoded whole, for the output too
 			}
 		}
+		if s.m.encodeOnly && (m.Encoded != nil || m.Wire != nil) {
+			typ = nil // nothing reads its Proto
+		}
+	}
+	if typ != nil && !d.noProto && !s.m.skip {
+		var msg proto.Message
+		var err error
 		if fields != nil {
 			body, listed = d.fields.prune(typ.Descriptor(), fields, raw)
 		}

@@ -80,6 +80,10 @@ func runCalls(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// only to what grouping and labels read.
 		var scratch []byte
 		dopts.Fields = flow.ReadsFields
+		// The polling calls' messages are written, not decoded: labels
+		// learn from them no more than the table's do (but for the
+		// container events, whose labels read them).
+		dopts.EncodeOnly = func(_, method string) bool { return flow.IsPolling(method) && method != "GetContainerEvents" }
 		dopts.KeepWire = func(md protoreflect.MessageDescriptor, b []byte) bool {
 			// A large message is kept as it came, its JSON written as
 			// the line is (jsonWriter.messageJSON): checked here, so
