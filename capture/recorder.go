@@ -15,7 +15,8 @@ const (
 
 // Recorder moves chunks from relays to a Sink on its own goroutine, so that
 // relays never wait for the disk. Its queue is bounded; a chunk that does not
-// fit is dropped and Record reports it, so the caller can mark the gap.
+// fit is dropped and Record reports it, so the caller can mark the gap (with
+// RecorderOptions.Wait, Record waits for room instead).
 //
 // After the Sink's first error, the error is logged once and every later chunk
 // is dropped: traffic keeps flowing, the recording just stops.
@@ -89,7 +90,8 @@ func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
 	return r
 }
 
-// Record queues c without waiting and reports whether it was queued. The
+// Record queues c without waiting (unless RecorderOptions.Wait) and
+// reports whether it was queued. The
 // Recorder owns c.Data from then on, queued or not. Open and Close chunks
 // are tiny and are queued even when the queue is full, so connection
 // boundaries survive overload; they are dropped only once the Recorder
