@@ -106,6 +106,7 @@ type Message struct {
 type WireMessage struct {
 	Type  protoreflect.MessageDescriptor
 	Bytes []byte
+	items *itemPruner // Items prunes each item so
 }
 
 // Call is one gRPC call (one HTTP/2 stream).

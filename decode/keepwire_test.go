@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/criseq/criseq/capture"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -311,5 +314,95 @@ func TestEncodeOnly(t *testing.T) {
 		if lists != 2 || versions != 2 || encoded != 8 {
 			t.Errorf("%s: %d ListContainers and %d Version calls, %d messages encoded; want 2, 2, 8", tc.name, lists, versions, encoded)
 		}
+	}
+}
+
+// TestListsAbove: a list answer past ListsAbove is kept as it came, not
+// decoded, and read item by item gives what decoding it whole to Fields
+// gives, item for item (real grpc-go peers: 400 containers and 20 pod
+// sandboxes). One with a name that is not UTF-8 is decoded whole instead,
+// and the call says what is wrong as before.
+func TestListsAbove(t *testing.T) {
+	cc, rec := criPeers(t, fakeRuntime{containers: 400})
+	rt := runtimeapi.NewRuntimeServiceClient(cc)
+	if _, err := rt.ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.ListPodSandbox(context.Background(), &runtimeapi.ListPodSandboxRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cc.Close()
+	chunks := rec.take()
+	fields := map[protoreflect.FullName][]string{
+		"runtime.v1.ListContainersResponse": {"containers.id", "containers.pod_sandbox_id", "containers.metadata"},
+		"runtime.v1.ListPodSandboxResponse": {"items.id", "items.metadata"},
+	}
+	decodeAll := func(chunks []capture.Chunk, above int) []*Call {
+		var calls []*Call
+		d := New(Options{ListsUnary: true, Fields: fields, ListsAbove: above, OnCall: func(c *Call) { calls = append(calls, c) }})
+		cutFeedEach(d, chunks, pos{}, func() {})
+		d.Close()
+		return calls
+	}
+	// What each answer's items say, as text, read whole or item by item.
+	items := func(c *Call) (out []string) {
+		m := c.Responses[0]
+		switch {
+		case m.Proto != nil:
+			switch r := m.Proto.(type) {
+			case *runtimeapi.ListContainersResponse:
+				for _, ct := range r.Containers {
+					out = append(out, prototext.Format(ct))
+				}
+			case *runtimeapi.ListPodSandboxResponse:
+				for _, s := range r.Items {
+					out = append(out, prototext.Format(s))
+				}
+			}
+		case m.Wire != nil:
+			var item proto.Message = &runtimeapi.Container{}
+			if c.Name == "ListPodSandbox" {
+				item = &runtimeapi.PodSandbox{}
+			}
+			if err := m.Wire.Items(item, func() { out = append(out, prototext.Format(item)) }); err != nil {
+				t.Fatalf("%s: %v", c.Name, err)
+			}
+		}
+		return out
+	}
+	whole, byItems := decodeAll(chunks, 0), decodeAll(chunks, 1<<10)
+	if len(whole) != 2 || len(byItems) != 2 {
+		t.Fatalf("%d and %d calls, want 2", len(whole), len(byItems))
+	}
+	for i, c := range byItems {
+		m := c.Responses[0]
+		if m.Proto != nil || m.Wire == nil || m.Size <= 1<<10 {
+			t.Errorf("%s (%d bytes): decoded %v, kept %v; want kept as it came", c.Name, m.Size, m.Proto != nil, m.Wire != nil)
+		}
+		want, got := items(whole[i]), items(c)
+		if len(want) == 0 || !slices.Equal(got, want) {
+			t.Errorf("%s: %d items read one by one, %d decoded whole, or they differ", c.Name, len(got), len(want))
+		}
+		if strings.Contains(strings.Join(got, ""), "registry.k8s.io") {
+			t.Errorf("%s: items read whole, not pruned to Fields", c.Name)
+		}
+	}
+
+	// A name that is not UTF-8, in the bytes the runtime sent.
+	bad := slices.Clone(chunks)
+	found := false
+	for i, ch := range bad {
+		if j := bytes.Index(ch.Data, []byte("container-7")); j >= 0 && ch.Dir == capture.ServerToClient && !found {
+			bad[i].Data = slices.Clone(ch.Data)
+			bad[i].Data[j] = 0xff
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("no container name found in the answer's bytes")
+	}
+	w, b := decodeAll(bad, 0)[0], decodeAll(bad, 1<<10)[0]
+	if w.Flags&Malformed == 0 || b.Flags&Malformed == 0 || !slices.Equal(w.Errors, b.Errors) || b.Responses[0].Wire != nil {
+		t.Errorf("not UTF-8: whole %v %q, by items %v %q (kept %v); want the same error", w.Flags, w.Errors, b.Flags, b.Errors, b.Responses[0].Wire != nil)
 	}
 }

@@ -297,6 +297,9 @@ func (d *Decoder) unmarshal(s *stream, dir capture.Dir, m *Message, raw []byte, 
 		}
 		if s.m.encodeOnly && (m.Encoded != nil || m.Wire != nil) {
 			typ = nil // nothing reads its Proto
+		} else if d.opts.ListsAbove > 0 && m.Wire == nil && len(raw) > d.opts.ListsAbove && readByItems(typ.Descriptor()) &&
+			d.keepByItems(m, typ.Descriptor(), raw, owned) {
+			typ = nil // read by items (else decoded, to say what is wrong)
 		}
 	}
 	if typ != nil && !d.noProto && !s.m.skip {

@@ -157,6 +157,19 @@ type fieldPruner struct {
 // reused by the next call; b itself if md is not listed or b is not
 // well-formed (Unmarshal then reports it). listed says whether md is.
 func (fp *fieldPruner) prune(md protoreflect.MessageDescriptor, fields map[protoreflect.FullName][]string, b []byte) (out []byte, listed bool) {
+	plan := fp.plan(md, fields)
+	if plan == nil {
+		return b, false
+	}
+	out, ok := fp.mapPruner.prune(plan, b)
+	if !ok {
+		return b, true
+	}
+	return out, true
+}
+
+// plan is md's plan for fields, made once; nil if fields does not list md.
+func (fp *fieldPruner) plan(md protoreflect.MessageDescriptor, fields map[protoreflect.FullName][]string) *prunePlan {
 	plan, ok := fp.plans[md.FullName()]
 	if !ok {
 		if paths, found := fields[md.FullName()]; found {
@@ -167,14 +180,7 @@ func (fp *fieldPruner) prune(md protoreflect.MessageDescriptor, fields map[proto
 		}
 		fp.plans[md.FullName()] = plan
 	}
-	if plan == nil {
-		return b, false
-	}
-	out, ok = fp.mapPruner.prune(plan, b)
-	if !ok {
-		return b, true
-	}
-	return out, true
+	return plan
 }
 
 // keepPlan drops every length-delimited field of md that paths does not

@@ -44,7 +44,8 @@ type Options struct {
 	// bytes (what an output that shows messages, the HTML viewer, shows):
 	// with All, a flow would otherwise hold every list kubelet polled
 	// while it was open (21 answers of 8,000 containers took 66 MB). It
-	// changes the calls handed in.
+	// changes the calls handed in. A list answer kept as it came
+	// (decode.Options.ListsAbove) is learnt from item by item.
 	DropLists     bool
 	ShownMessages int
 }
@@ -83,7 +84,7 @@ func (g *Grouper) dropList(c *decode.Call) {
 	}
 	for i := range c.Responses {
 		if m := &c.Responses[i]; m.Size > g.opts.ShownMessages {
-			m.Proto = nil
+			m.Proto, m.Wire = nil, nil
 		}
 	}
 }

@@ -12,6 +12,10 @@ import (
 
 // learn records what a call tells about pods, containers and the runtime.
 func (g *Grouper) learn(c *decode.Call) {
+	if g.opts.DropLists && len(c.Responses) > 0 && c.Responses[0].Proto == nil && c.Responses[0].Wire != nil {
+		g.learnItems(c.Responses[0].Wire) // a large list kept as it came (decode.Options.ListsAbove)
+		return
+	}
 	switch r := c.Response().(type) {
 	case *runtimeapi.VersionResponse:
 		if r.GetRuntimeName() != "" {
@@ -35,6 +39,19 @@ func (g *Grouper) learn(c *decode.Call) {
 	case *runtimeapi.CreateContainerResponse:
 		req, _ := c.Request().(*runtimeapi.CreateContainerRequest)
 		g.learnContainer(r.GetContainerId(), req.GetPodSandboxId(), req.GetConfig().GetMetadata().GetName())
+	}
+}
+
+// learnItems learns from a list answer kept as it came, one item at a
+// time, as learn does from one decoded whole.
+func (g *Grouper) learnItems(w *decode.WireMessage) {
+	switch w.Type.FullName() {
+	case "runtime.v1.ListPodSandboxResponse":
+		s := &runtimeapi.PodSandbox{}
+		w.Items(s, func() { g.learnPod(s.GetId(), s.GetMetadata()) })
+	case "runtime.v1.ListContainersResponse":
+		ct := &runtimeapi.Container{}
+		w.Items(ct, func() { g.learnContainer(ct.GetId(), ct.GetPodSandboxId(), ct.GetMetadata().GetName()) })
 	}
 }
 

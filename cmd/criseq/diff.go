@@ -276,7 +276,7 @@ func diffFlows(file string, specs []diffSpec, all bool, lists listStreaming, std
 		}
 		return false
 	}
-	calls, err := streamFlows(file, decode.Options{SkipResponseMaps: true, RequestHeader: flow.ReadsHeader, Fields: flow.ReadsFields}, lists, flow.Options{All: all, DropLists: true}, stderr, mayPick, func(f *flow.Flow) error {
+	calls, err := streamFlows(file, decode.Options{SkipResponseMaps: true, RequestHeader: flow.ReadsHeader, Fields: flow.ReadsFields, ListsAbove: listsByItemsAbove}, lists, flow.Options{All: all, DropLists: true}, stderr, mayPick, func(f *flow.Flow) error {
 		// A flow handed out late may sort before the ones above it: kept
 		// whole, whichever #N it turns out to be. A flow in order has
 		// every match handed out before it sort before it, so its #N is

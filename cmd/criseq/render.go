@@ -382,15 +382,23 @@ func (w *flowFiles) writeDrawn(d *drawn) error {
 	return nil
 }
 
+// listsByItemsAbove: a list answer larger is read item by item
+// (decode.Options.ListsAbove), twice (checked, then learnt from): 1.7×
+// the CPU of decoding it to a message per item, for 37 MB less at 17 MB.
+// Below, the messages take little memory.
+const listsByItemsAbove = 4 << 20
+
 // messagesShown sets what a decoder decodes and a grouper keeps of the
 // messages: for an output that shows them (html), all of them, whole up to
 // the viewer's limit (render.MaxShownMessage) and past it only what
-// grouping reads, its size shown; else only what grouping reads.
+// grouping reads, its size shown; else only what grouping reads. A list
+// answer past listsByItemsAbove is not decoded: grouping reads it item by
+// item.
 func messagesShown(html bool, d *decode.Options, f *flow.Options) {
 	d.SkipResponseMaps = !html
 	d.RequestHeader = headersRead(html)
 	d.Fields = flow.ReadsFields
-	f.DropLists = true
+	d.ListsAbove, f.DropLists = listsByItemsAbove, true
 	if html {
 		d.FieldsAbove, f.ShownMessages = render.MaxShownMessage, render.MaxShownMessage
 	}
