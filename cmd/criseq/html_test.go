@@ -125,30 +125,7 @@ func TestRenderHTMLStreamed(t *testing.T) {
 // between real grpc-go peers) is shown by its size, not decoded whole;
 // the pod's own messages are shown whole.
 func TestRenderHTMLLargeListsBySize(t *testing.T) {
-	srv := listServer{&criServer{}, 6000}
-	dir, upstream := serveCRIWith(t, srv, srv)
-	capPath := recordSession(t, dir, upstream, func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient) {
-		big := grpc.MaxCallRecvMsgSize(64 << 20)
-		cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "lists", Namespace: "default", Uid: "u1"}}
-		sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{}, big); err != nil {
-			t.Fatal(err)
-		}
-		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: cfg,
-			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}, Image: &runtimeapi.ImageSpec{Image: "busybox"}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{}, big); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
-			t.Fatal(err)
-		}
-	})
+	capPath := podWithLists(t, 6000, 1, 1)
 	out := t.TempDir()
 	if err := run(context.Background(), []string{"render", "--all", "-o", out, "--format", "html", capPath}, io.Discard, io.Discard); err != nil {
 		t.Fatal(err)
@@ -168,4 +145,84 @@ func TestRenderHTMLLargeListsBySize(t *testing.T) {
 	if bytes.Contains(page, []byte("io.kubernetes.pod.namespace")) {
 		t.Error("a list answer's labels are shown")
 	}
+}
+
+// TestRenderAllListsByItems: with --all, ListContainers answers over
+// listsByItemsAbove (about 6 MB here, recorded between real grpc-go
+// peers) are read item by item and their bytes handed back once learnt
+// from; every file render writes, in every format, is the one it writes
+// decoding them whole, and so is what watch -r draws.
+func TestRenderAllListsByItems(t *testing.T) {
+	capPath := podWithLists(t, 25000, 3, 0)
+	if st, err := os.Stat(capPath); err != nil || st.Size() < 3*int64(listsByItemsAbove) {
+		t.Fatalf("capture %v, %v: want three answers over %d bytes", st, err, listsByItemsAbove)
+	}
+	recycled := 0
+	onListRecycled = func() { recycled++ }
+	defer func(above int) { onListRecycled, listsByItemsAbove = nil, above }(listsByItemsAbove)
+	outputs := func(above int) (map[string]fileOf, int) {
+		listsByItemsAbove, recycled = above, 0
+		out, watched := t.TempDir(), t.TempDir()
+		for _, args := range [][]string{
+			{"render", "--all", "-o", out, "--format", "svg,html,json,puml", capPath},
+			{"watch", "--all", "-r", capPath, "-o", watched, "--format", "svg"},
+		} {
+			if err := run(context.Background(), args, io.Discard, io.Discard); err != nil {
+				t.Fatal(err)
+			}
+		}
+		files := readDir(t, out)
+		for name, f := range readDir(t, watched) {
+			files["watch/"+name] = f
+		}
+		return files, recycled
+	}
+	want, n := outputs(0)
+	if n != 0 {
+		t.Fatalf("%d answers handed back with the answers decoded whole", n)
+	}
+	got, n := outputs(4 << 20)
+	if n != 6 { // three answers, by render and by watch
+		t.Errorf("%d answers read item by item and handed back, want 6", n)
+	}
+	if len(want) < 5 || len(got) != len(want) {
+		t.Fatalf("%d files, want %d", len(got), len(want))
+	}
+	for name, w := range want {
+		if g, ok := got[name]; !ok || !bytes.Equal(g.data, w.data) {
+			t.Errorf("%s differs when the answers are read item by item", name)
+		}
+	}
+}
+
+// podWithLists records a pod started between real grpc-go peers, with
+// before ListContainers answers of n containers before its container is
+// created and after more before it is started.
+func podWithLists(t *testing.T, n, before, after int) string {
+	srv := listServer{&criServer{}, n}
+	dir, upstream := serveCRIWith(t, srv, srv)
+	return recordSession(t, dir, upstream, func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, img runtimeapi.ImageServiceClient) {
+		lists := func(k int) {
+			for range k {
+				if _, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{}, grpc.MaxCallRecvMsgSize(64<<20)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		cfg := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "lists", Namespace: "default", Uid: "u1"}}
+		sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lists(before)
+		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, SandboxConfig: cfg,
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}, Image: &runtimeapi.ImageSpec{Image: "busybox"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lists(after)
+		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

@@ -72,8 +72,10 @@ func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts fl
 		return h
 	}
 	var emitErr error
+	var d *decode.Decoder
 	dopts.OnCall = func(c *decode.Call) {
 		calls++
+		kept := keptLists(c)
 		for _, f := range g.Add(c) {
 			push(f)
 			// Checked for each flow: one call can complete a burst of
@@ -84,13 +86,14 @@ func streamHeld(path string, dopts decode.Options, lists listStreaming, fopts fl
 				emitErr = emit(pop())
 			}
 		}
+		recycleLists(d, c, kept)
 	}
 	dopts.OnStreamMessage = g.Event
 	if !fopts.All {
 		dopts.SkipBodies = flow.SkipBody
 		dopts.Unwaited = unwaited
 	}
-	d := decode.New(dopts)
+	d = decode.New(dopts)
 	release := func(barrier time.Time) {
 		for held.Len() > 0 && emitErr == nil && (held[0].f.Start.Before(barrier) || heldCalls > maxHeldCalls) {
 			emitErr = emit(pop())
@@ -270,3 +273,36 @@ func plural(n int, what string) string {
 	}
 	return s
 }
+
+// keptLists are the bytes of c's answers kept as they came for grouping to
+// read item by item (decode.Options.ListsAbove), by answer.
+func keptLists(c *decode.Call) map[int][]byte {
+	var kept map[int][]byte
+	for i, m := range c.Responses {
+		if m.Wire != nil && m.Proto == nil {
+			if kept == nil {
+				kept = map[int][]byte{}
+			}
+			kept[i] = m.Wire.Bytes
+		}
+	}
+	return kept
+}
+
+// recycleLists hands the decoder back the bytes of the answers grouping
+// dropped once it learnt from them: the next large answer is assembled in
+// them, not in new memory.
+func recycleLists(d *decode.Decoder, c *decode.Call, kept map[int][]byte) {
+	for i, b := range kept {
+		if c.Responses[i].Wire == nil {
+			d.Recycle(b)
+			if onListRecycled != nil {
+				onListRecycled()
+			}
+		}
+	}
+}
+
+// onListRecycled, if set, is told of each list answer's bytes handed back
+// (tests).
+var onListRecycled func()

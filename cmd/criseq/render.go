@@ -386,7 +386,7 @@ func (w *flowFiles) writeDrawn(d *drawn) error {
 // (decode.Options.ListsAbove), twice (checked, then learnt from): 1.7×
 // the CPU of decoding it to a message per item, for 37 MB less at 17 MB.
 // Below, the messages take little memory.
-const listsByItemsAbove = 4 << 20
+var listsByItemsAbove = 4 << 20 // a variable for tests
 
 // messagesShown sets what a decoder decodes and a grouper keeps of the
 // messages: for an output that shows them (html), all of them, whole up to

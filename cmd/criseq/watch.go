@@ -233,7 +233,9 @@ func newWatcher(o renderOptions, formats []string, ns string, want int, listsUna
 	fopts := flow.Options{All: o.all, Client: o.client, Live: true}
 	dopts := decode.Options{NoRedact: o.noRedact, OnCall: func(c *decode.Call) {
 		w.calls++
+		kept := keptLists(c)
 		w.emit(w.g.Add(c))
+		recycleLists(w.dec, c, kept)
 	}, OnStreamMessage: func(c *decode.Call, m decode.Message) { w.g.Event(c, m) }, ListsUnary: listsUnary,
 		NameWait: liveNameWait}
 	messagesShown(slices.Contains(formats, "html"), &dopts, &fopts)
