@@ -213,28 +213,8 @@ func FuzzKeepWire(f *testing.F) {
 	st := dirStreams(rec.take())
 	f.Add(st[[2]uint64{1, 0}], st[[2]uint64{1, 1}], uint16(0), uint16(0), uint8(255))
 	f.Fuzz(func(t *testing.T, c, s []byte, cutC, cutS uint16, piece uint8) {
-		n := 1 + int(piece)
-		midway := cutC > 0 || cutS > 0
-		if midway {
-			c, s = c[min(int(cutC), len(c)):], s[min(int(cutS), len(s)):]
-		}
-		run := func(keep bool) ([]*Call, string) {
-			var calls []*Call
-			d := New(keptOrCopied(keep, func(c *Call) { calls = append(calls, c) }))
-			if midway {
-				feedMidway(d, c, s, n)
-			} else {
-				feedStreams(d, c, s, n, true)
-			}
-			d.Close()
-			var out []string
-			for _, c := range calls {
-				out = append(out, callLine(c))
-			}
-			return calls, strings.Join(out, "\n")
-		}
-		kept, a := run(true)
-		raw, b := run(false)
+		kept, a := decodeFuzzed(func(on func(*Call)) Options { return keptOrCopied(true, on) }, c, s, cutC, cutS, piece)
+		raw, b := decodeFuzzed(func(on func(*Call)) Options { return keptOrCopied(false, on) }, c, s, cutC, cutS, piece)
 		if a != b {
 			t.Fatalf("calls differ when messages are kept as they came:\n%s", firstDiff(a, b))
 		}
@@ -323,52 +303,13 @@ func TestEncodeOnly(t *testing.T) {
 // sandboxes). One with a name that is not UTF-8 is decoded whole instead,
 // and the call says what is wrong as before.
 func TestListsAbove(t *testing.T) {
-	cc, rec := criPeers(t, fakeRuntime{containers: 400})
-	rt := runtimeapi.NewRuntimeServiceClient(cc)
-	if _, err := rt.ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rt.ListPodSandbox(context.Background(), &runtimeapi.ListPodSandboxRequest{}); err != nil {
-		t.Fatal(err)
-	}
-	cc.Close()
-	chunks := rec.take()
-	fields := map[protoreflect.FullName][]string{
-		"runtime.v1.ListContainersResponse": {"containers.id", "containers.pod_sandbox_id", "containers.metadata"},
-		"runtime.v1.ListPodSandboxResponse": {"items.id", "items.metadata"},
-	}
+	chunks := recordLists(t, 400, 1)
 	decodeAll := func(chunks []capture.Chunk, above int) []*Call {
 		var calls []*Call
-		d := New(Options{ListsUnary: true, Fields: fields, ListsAbove: above, OnCall: func(c *Call) { calls = append(calls, c) }})
+		d := New(Options{ListsUnary: true, Fields: listFields, ListsAbove: above, OnCall: func(c *Call) { calls = append(calls, c) }})
 		cutFeedEach(d, chunks, pos{}, func() {})
 		d.Close()
 		return calls
-	}
-	// What each answer's items say, as text, read whole or item by item.
-	items := func(c *Call) (out []string) {
-		m := c.Responses[0]
-		switch {
-		case m.Proto != nil:
-			switch r := m.Proto.(type) {
-			case *runtimeapi.ListContainersResponse:
-				for _, ct := range r.Containers {
-					out = append(out, prototext.Format(ct))
-				}
-			case *runtimeapi.ListPodSandboxResponse:
-				for _, s := range r.Items {
-					out = append(out, prototext.Format(s))
-				}
-			}
-		case m.Wire != nil:
-			var item proto.Message = &runtimeapi.Container{}
-			if c.Name == "ListPodSandbox" {
-				item = &runtimeapi.PodSandbox{}
-			}
-			if err := m.Wire.Items(item, func() { out = append(out, prototext.Format(item)) }); err != nil {
-				t.Fatalf("%s: %v", c.Name, err)
-			}
-		}
-		return out
 	}
 	whole, byItems := decodeAll(chunks, 0), decodeAll(chunks, 1<<10)
 	if len(whole) != 2 || len(byItems) != 2 {
@@ -379,7 +320,7 @@ func TestListsAbove(t *testing.T) {
 		if m.Proto != nil || m.Wire == nil || m.Size <= 1<<10 {
 			t.Errorf("%s (%d bytes): decoded %v, kept %v; want kept as it came", c.Name, m.Size, m.Proto != nil, m.Wire != nil)
 		}
-		want, got := items(whole[i]), items(c)
+		want, got := listItems(t, whole[i].Responses[0]), listItems(t, m)
 		if len(want) == 0 || !slices.Equal(got, want) {
 			t.Errorf("%s: %d items read one by one, %d decoded whole, or they differ", c.Name, len(got), len(want))
 		}
@@ -405,4 +346,115 @@ func TestListsAbove(t *testing.T) {
 	if w.Flags&Malformed == 0 || b.Flags&Malformed == 0 || !slices.Equal(w.Errors, b.Errors) || b.Responses[0].Wire != nil {
 		t.Errorf("not UTF-8: whole %v %q, by items %v %q (kept %v); want the same error", w.Flags, w.Errors, b.Flags, b.Errors, b.Responses[0].Wire != nil)
 	}
+}
+
+// FuzzListsAbove: whatever bytes come, from the start or caught midway,
+// in pieces of any size, a decoder keeping list answers to be read item by
+// item (ListsAbove) hands out the calls one decoding them whole does, the
+// same errors included, and the items it reads from a kept answer are
+// those of the answer decoded whole (both pruned to Fields).
+func FuzzListsAbove(f *testing.F) {
+	for _, s := range seedStreams(f) {
+		f.Add(s[0], s[1], uint16(0), uint16(0), uint8(7))
+	}
+	resyncSeeds(f)
+	st := dirStreams(recordLists(f, 40, 2))
+	f.Add(st[[2]uint64{1, 0}], st[[2]uint64{1, 1}], uint16(0), uint16(0), uint8(255))
+	f.Fuzz(func(t *testing.T, c, s []byte, cutC, cutS uint16, piece uint8) {
+		above := func(n int) func(func(*Call)) Options {
+			return func(on func(*Call)) Options {
+				return Options{ListsUnary: true, Fields: listFields, ListsAbove: n, OnCall: on}
+			}
+		}
+		kept, a := decodeFuzzed(above(1), c, s, cutC, cutS, piece)
+		whole, b := decodeFuzzed(above(0), c, s, cutC, cutS, piece)
+		if a != b {
+			t.Fatalf("calls differ when list answers are read item by item:\n%s", firstDiff(a, b))
+		}
+		for i, c := range kept {
+			for j, m := range c.Responses {
+				if m.Wire == nil {
+					continue
+				}
+				got, want := listItems(t, m), listItems(t, whole[i].Responses[j])
+				if !slices.Equal(got, want) {
+					t.Fatalf("call %d: %d items read one by one, %d decoded whole, or they differ", i, len(got), len(want))
+				}
+			}
+		}
+	})
+}
+
+// listFields: what grouping reads of list answers (flow.ReadsFields).
+var listFields = map[protoreflect.FullName][]string{
+	"runtime.v1.ListContainersResponse": {"containers.id", "containers.pod_sandbox_id", "containers.metadata"},
+	"runtime.v1.ListPodSandboxResponse": {"items.id", "items.metadata"},
+}
+
+// recordLists records rounds of a ListContainers answer of n containers
+// and a ListPodSandbox answer between real grpc-go peers.
+func recordLists(tb testing.TB, n, rounds int) []capture.Chunk {
+	cc, rec := criPeers(tb, fakeRuntime{containers: n})
+	rt := runtimeapi.NewRuntimeServiceClient(cc)
+	for range rounds {
+		if _, err := rt.ListContainers(context.Background(), &runtimeapi.ListContainersRequest{}); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := rt.ListPodSandbox(context.Background(), &runtimeapi.ListPodSandboxRequest{}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	cc.Close()
+	return rec.take()
+}
+
+// listItems is what a list answer's items say, as text, decoded whole or
+// kept as it came and read item by item.
+func listItems(t *testing.T, m Message) (out []string) {
+	t.Helper()
+	switch r := m.Proto.(type) {
+	case *runtimeapi.ListContainersResponse:
+		for _, ct := range r.Containers {
+			out = append(out, prototext.Format(ct))
+		}
+	case *runtimeapi.ListPodSandboxResponse:
+		for _, s := range r.Items {
+			out = append(out, prototext.Format(s))
+		}
+	}
+	if m.Wire != nil {
+		var item proto.Message = &runtimeapi.Container{}
+		if m.Wire.Type.FullName() == "runtime.v1.ListPodSandboxResponse" {
+			item = &runtimeapi.PodSandbox{}
+		}
+		if err := m.Wire.Items(item, func() { out = append(out, prototext.Format(item)) }); err != nil {
+			t.Fatalf("%s kept as it came does not read: %v", m.Wire.Type.FullName(), err)
+		}
+	}
+	return out
+}
+
+// decodeFuzzed decodes a fuzzer's client and server bytes, cut at cutC
+// and cutS (caught midway when either is set) and fed in pieces of
+// piece+1 bytes, with the options opts makes around OnCall; it returns
+// the calls and a line for each.
+func decodeFuzzed(opts func(onCall func(*Call)) Options, c, s []byte, cutC, cutS uint16, piece uint8) ([]*Call, string) {
+	n := 1 + int(piece)
+	midway := cutC > 0 || cutS > 0
+	if midway {
+		c, s = c[min(int(cutC), len(c)):], s[min(int(cutS), len(s)):]
+	}
+	var calls []*Call
+	d := New(opts(func(c *Call) { calls = append(calls, c) }))
+	if midway {
+		feedMidway(d, c, s, n)
+	} else {
+		feedStreams(d, c, s, n, true)
+	}
+	d.Close()
+	var out []string
+	for _, c := range calls {
+		out = append(out, callLine(c))
+	}
+	return calls, strings.Join(out, "\n")
 }
