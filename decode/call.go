@@ -106,7 +106,7 @@ type Message struct {
 type WireMessage struct {
 	Type  protoreflect.MessageDescriptor
 	Bytes []byte
-	items *itemPruner // Items prunes each item so
+	items *itemPruner // what Items prunes each item to (Options.Fields)
 }
 
 // Call is one gRPC call (one HTTP/2 stream).

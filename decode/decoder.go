@@ -192,7 +192,7 @@ type Decoder struct {
 	gz          gunzipper
 	maps        mapFiller                               // maps from the wire; its pruner: Options.SkipResponseMaps
 	fields      fieldPruner                             // Options.Fields
-	items       map[protoreflect.FullName]proto.Message // checkItems' reused items
+	items       map[protoreflect.FullName]proto.Message // keepByItems' reused items
 	free        [][]byte                                // message buffers for reuse
 	spare       []byte                                  // a large message's buffer handed back (Recycle)
 	freeStreams []*stream                               // ended streams for reuse
