@@ -80,8 +80,8 @@ func TestListAnswerLearntBeforeDropped(t *testing.T) {
 		if c.Responses[0].Proto != nil {
 			t.Fatal("the answer is still decoded")
 		}
-		if g.names[ct.GetId()] != ct.GetMetadata().GetName() || g.sandboxOf[ct.GetId()] != ct.GetPodSandboxId() {
-			t.Fatalf("container %s: name %q, sandbox %q learnt, want %q, %q", ct.GetId(), g.names[ct.GetId()], g.sandboxOf[ct.GetId()], ct.GetMetadata().GetName(), ct.GetPodSandboxId())
+		if g.containers[ct.GetId()].name != ct.GetMetadata().GetName() || g.containers[ct.GetId()].sandbox != ct.GetPodSandboxId() {
+			t.Fatalf("container %s: name %q, sandbox %q learnt, want %q, %q", ct.GetId(), g.containers[ct.GetId()].name, g.containers[ct.GetId()].sandbox, ct.GetMetadata().GetName(), ct.GetPodSandboxId())
 		}
 		return
 	}
@@ -131,7 +131,7 @@ func TestListAnswersLearntByItems(t *testing.T) {
 			g := NewGrouper(Options{All: true, DropLists: true})
 			g.Add(c)
 			for _, l := range want {
-				got := learnt{l.id, g.sandboxOf[l.id], g.names[l.id]}
+				got := learnt{l.id, g.containers[l.id].sandbox, g.containers[l.id].name}
 				if c.Name == "ListPodSandbox" {
 					got = learnt{l.id, "", g.pods[l.id].Name}
 				}

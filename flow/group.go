@@ -156,9 +156,8 @@ type Grouper struct {
 	early    []earlyEvent      // runtime events of sandboxes whose flow has not begun
 
 	// What the calls told about IDs, learned from any call, polling too.
-	pods       map[string]Pod    // sandbox ID → pod
-	sandboxOf  map[string]string // container ID → sandbox ID
-	names      map[string]string // container ID → container name
+	pods       map[string]Pod           // sandbox ID → pod
+	containers map[string]containerInfo // container ID → what was learnt of it
 	runtime    string
 	maxPending int
 
@@ -183,8 +182,7 @@ func NewGrouper(opts Options) *Grouper {
 		starts:     map[string]*open{},
 		stops:      map[string]*open{},
 		pods:       map[string]Pod{},
-		sandboxOf:  map[string]string{},
-		names:      map[string]string{},
+		containers: map[string]containerInfo{},
 		maxPending: 4096,
 		lastWork:   map[string]time.Time{},
 		phantoms:   map[string]*owner{},
@@ -302,7 +300,7 @@ func (g *Grouper) route(c *decode.Call) {
 	}
 	cid, sid := ids(req)
 	if cid != "" && sid == "" {
-		sid = g.sandboxOf[cid]
+		sid = g.containers[cid].sandbox
 	}
 	switch c.Name {
 	case "StopContainer", "StopPodSandbox", "RemoveContainer", "RemovePodSandbox":
@@ -828,12 +826,12 @@ func (g *Grouper) Event(c *decode.Call, m decode.Message) {
 		}
 	}
 	if sid == "" {
-		sid = g.sandboxOf[cid]
+		sid = g.containers[cid].sandbox
 	}
 	if sid == "" {
 		return
 	}
-	name := g.names[cid]
+	name := g.containers[cid].name
 	switch {
 	case cid == sid:
 		name = "sandbox" // the pod's sandbox itself

@@ -34,7 +34,9 @@ func (g *Grouper) learn(c *decode.Call) {
 	case *runtimeapi.ContainerStatusResponse:
 		st := r.GetStatus()
 		if cid := st.GetId(); cid != "" && st.GetMetadata().GetName() != "" {
-			g.names[cid] = st.GetMetadata().GetName()
+			ci := g.containers[cid]
+			ci.name = st.GetMetadata().GetName()
+			g.containers[cid] = ci
 		}
 	case *runtimeapi.CreateContainerResponse:
 		req, _ := c.Request().(*runtimeapi.CreateContainerRequest)
@@ -66,10 +68,9 @@ func (g *Grouper) forgetGone(c *decode.Call) {
 	if r, ok := c.Request().(*runtimeapi.RemovePodSandboxRequest); ok {
 		sid := r.GetPodSandboxId()
 		delete(g.pods, sid)
-		for cid, s := range g.sandboxOf {
-			if s == sid {
-				delete(g.sandboxOf, cid)
-				delete(g.names, cid)
+		for cid, ci := range g.containers {
+			if ci.sandbox == sid {
+				delete(g.containers, cid)
 			}
 		}
 	}
@@ -84,16 +85,22 @@ func (g *Grouper) learnPod(sid string, md *runtimeapi.PodSandboxMetadata) {
 	}
 }
 
+// containerInfo is what grouping learnt of a container: in one map, not
+// two, for a list of 80,000 containers takes 20 MB of it.
+type containerInfo struct{ sandbox, name string }
+
 func (g *Grouper) learnContainer(cid, sid, name string) {
-	if cid == "" {
+	if cid == "" || sid == "" && name == "" {
 		return
 	}
+	ci := g.containers[cid]
 	if sid != "" {
-		g.sandboxOf[cid] = sid
+		ci.sandbox = sid
 	}
 	if name != "" {
-		g.names[cid] = name
+		ci.name = name
 	}
+	g.containers[cid] = ci
 }
 
 // step describes a call the way a diagram shows it.
@@ -121,7 +128,7 @@ func (g *Grouper) step(c *decode.Call) Step {
 	}
 	req, resp := c.Request(), c.Response()
 	container := func(cid string) string {
-		if n := g.names[cid]; n != "" {
+		if n := g.containers[cid].name; n != "" {
 			return n
 		}
 		return Short(cid)
