@@ -35,6 +35,7 @@ type attachResult struct {
 	rss            int64 // peak RSS, bytes
 	recorded, lost int64 // bytes, as criseq reports them
 	wall           time.Duration
+	cpu            time.Duration // criseq's, user and system, attaching included
 }
 
 func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -76,9 +77,9 @@ func (ab *attachBench) print(w io.Writer, results []attachResult) {
 	}
 	fmt.Fprintf(w, "\nAttached (criseq record --attach, %s) to a real grpc-go client calling a real grpc-go runtime: %d small calls (Version), then %d ListContainers answers of %d MiB, %d at a time.\n\n",
 		ring, ab.calls, ab.big, bigResponse>>20, ab.parallel)
-	fmt.Fprintf(w, "| run | peak RSS | recorded | lost | calls took |\n|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| run | peak RSS | CPU | recorded | lost | calls took |\n|---:|---:|---:|---:|---:|---:|\n")
 	for i, r := range results {
-		fmt.Fprintf(w, "| %d | %.1f MiB | %.1f MB | %.1f MB | %.2f s |\n", i+1, float64(r.rss)/(1<<20), float64(r.recorded)/1e6, float64(r.lost)/1e6, r.wall.Seconds())
+		fmt.Fprintf(w, "| %d | %.1f MiB | %.2f s | %.1f MB | %.1f MB | %.2f s |\n", i+1, float64(r.rss)/(1<<20), r.cpu.Seconds(), float64(r.recorded)/1e6, float64(r.lost)/1e6, r.wall.Seconds())
 	}
 }
 
@@ -179,6 +180,7 @@ func (ab *attachBench) run(ctx context.Context, self, bin, tmp string) (attachRe
 	if res.rss, err = peakRSS(cmd.Process.Pid); err != nil {
 		return res, err
 	}
+	res.cpu = groupCPU(cmd.Process.Pid)
 	cmd.Process.Signal(syscall.SIGINT)
 	for range lines {
 	}
