@@ -118,16 +118,11 @@ func (r *Recorder) Record(c Chunk) bool {
 // is not on the way of the bytes). wake says a kick is due.
 func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 	r.mu.Lock()
-	full := len(r.queue) >= r.maxChunks || r.inFlight+c.held() > r.maxBytes
-	if r.wait && c.Kind == Data {
-		// A chunk larger than the queue goes in once the queue is empty.
-		full = len(r.queue) >= r.maxChunks || r.inFlight > 0 && r.inFlight+c.held() > r.maxBytes
-		for full && !r.closed && !r.failed {
-			r.kick() // the writer's wait for a batch ends
-			r.room.Wait()
-			full = len(r.queue) >= r.maxChunks || r.inFlight > 0 && r.inFlight+c.held() > r.maxBytes
-		}
+	for r.wait && c.Kind == Data && r.full(&c) && !r.closed && !r.failed {
+		r.kick() // the writer's wait for a batch ends
+		r.room.Wait()
 	}
+	full := r.full(&c)
 	// Timed once it waited no more, so that the queue stays in time order.
 	if c.Time.IsZero() {
 		c.Time = time.Now().Round(0)
@@ -162,6 +157,12 @@ func (r *Recorder) enqueue(c Chunk) (ok, wake bool) {
 	r.awake = true
 	r.mu.Unlock()
 	return true, wake
+}
+
+// full says whether c finds no room in the queue. With Wait, a chunk
+// larger than the queue goes in once the queue is empty. Called with mu.
+func (r *Recorder) full(c *Chunk) bool {
+	return len(r.queue) >= r.maxChunks || r.inFlight+c.held() > r.maxBytes && !(r.wait && r.inFlight == 0)
 }
 
 // kick wakes the writer.
