@@ -36,12 +36,10 @@ type Unmatched struct {
 // Compare puts two flows side by side.
 func Compare(a, b *Flow) *Comparison {
 	d := &Comparison{A: a, B: b, Total: "total"}
-	if a.Kind == b.Kind {
-		if a.Kind == Start {
-			d.Total = "total (to running)"
-		} else {
-			d.Total = "total (to stopped)"
-		}
+	if a.Kind.Starts() && b.Kind.Starts() {
+		d.Total = "total (to running)"
+	} else if a.Kind == b.Kind {
+		d.Total = "total (to stopped)"
 	}
 	d.Phases = timeRows(a.Timing(), b.Timing())
 	ua, ub := unmatchedSteps(a.Steps, b.Steps)

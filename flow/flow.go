@@ -1,6 +1,7 @@
 // Package flow groups decoded CRI calls into pod flows: one per pod start
-// (RunPodSandbox … StartContainer of every container) and one per pod stop
-// (StopContainer … RemovePodSandbox).
+// (RunPodSandbox … StartContainer of every container), one per container
+// restart (CreateContainer of a container the pod ran before …
+// StartContainer) and one per pod stop (StopContainer … RemovePodSandbox).
 //
 // In: decode.Calls in start-time order. Out: Flows, each a list of Steps with
 // the labels a diagram shows (key argument, returned ID or digest, duration,
@@ -8,25 +9,41 @@
 package flow
 
 import (
+	"strconv"
 	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/criseq/criseq/decode"
 )
 
-// Kind says whether a flow starts or stops a pod.
+// Kind says whether a flow starts a pod, restarts its containers or stops
+// it.
 type Kind int
 
 const (
 	Start Kind = iota
 	Stop
+	// Restart is a container of a running pod made again after it exited
+	// (kubelet's restart policy, CrashLoopBackOff): its image calls, its
+	// CreateContainer (metadata.attempt > 0), its StartContainer, and the
+	// removal of its older instance if kubelet makes it then.
+	Restart
 )
 
 func (k Kind) String() string {
-	if k == Stop {
+	switch k {
+	case Stop:
 		return "stop"
+	case Restart:
+		return "restart"
 	}
 	return "start"
 }
+
+// Starts says whether a flow of kind k brings containers up (a start or a
+// restart): it is done when they run.
+func (k Kind) Starts() bool { return k != Stop }
 
 // Pod names the pod a flow belongs to.
 type Pod struct {
@@ -128,4 +145,31 @@ type Step struct {
 	// Inferred: the method was inferred from the messages' shape (a
 	// connection caught midway), not read from the request's :path.
 	Inferred bool
+}
+
+// Restarted names the containers a restart flow made again, with the
+// attempt kubelet gave each (its restart count): "web (attempt 3)". Empty
+// for other flows.
+func (f *Flow) Restarted() []string {
+	if f.Kind != Restart {
+		return nil
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range f.Steps {
+		if s.Method != "CreateContainer" || s.Call == nil {
+			continue
+		}
+		r, ok := s.Call.Request().(*runtimeapi.CreateContainerRequest)
+		if !ok {
+			continue
+		}
+		md := r.GetConfig().GetMetadata()
+		name := md.GetName() + " (attempt " + strconv.FormatUint(uint64(md.GetAttempt()), 10) + ")"
+		if !seen[name] {
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	return out
 }

@@ -118,6 +118,7 @@ type open struct {
 	ow         *owner          // the pod, for image calls (nil: failed sandbox, stop flows)
 	imageKeys  map[string]bool // image names/IDs its containers use
 	created    map[string]bool // container IDs created
+	names      map[string]bool // names of the containers created (start flows)
 	started    map[string]bool // container IDs started
 	lastStart  time.Time       // end of the last StartContainer
 	settled    bool            // past Grace: only more containers may join
@@ -143,9 +144,14 @@ type Grouper struct {
 	opts Options
 	now  time.Time
 
-	starts map[string]*open // by sandbox ID
-	stops  map[string]*open // by sandbox ID (or "container:ID" when unknown)
-	order  []*open          // open flows, oldest first
+	starts   map[string]*open // by sandbox ID
+	restarts map[string]*open // by sandbox ID
+	stops    map[string]*open // by sandbox ID (or "container:ID" when unknown)
+	// up holds the sandboxes seen starting or restarting containers and
+	// not stopped since: there, a RemoveContainer alone is kubelet removing
+	// an exited container (a restart's older instance), not a pod stop.
+	up    map[string]bool
+	order []*open // open flows, oldest first
 
 	images ledger // image calls, and the windows of the pods they may belong to
 	// lastWork is when each sandbox's pod worker last returned from a
@@ -180,7 +186,9 @@ func NewGrouper(opts Options) *Grouper {
 	return &Grouper{
 		opts:       opts,
 		starts:     map[string]*open{},
+		restarts:   map[string]*open{},
 		stops:      map[string]*open{},
+		up:         map[string]bool{},
 		pods:       map[string]Pod{},
 		containers: map[string]containerInfo{},
 		maxPending: 4096,
@@ -253,6 +261,7 @@ func (g *Grouper) Flush() []*Flow {
 	g.order = nil
 	g.changed = true
 	g.starts = map[string]*open{}
+	g.restarts = map[string]*open{}
 	g.stops = map[string]*open{}
 	g.images = ledger{traces: map[string]*owner{}, owned: g.images.owned + 1} // no answer of exact kept
 	return out
@@ -271,20 +280,16 @@ func (g *Grouper) route(c *decode.Call) {
 	case "CreateContainer":
 		r, _ := req.(*runtimeapi.CreateContainerRequest)
 		sid := r.GetPodSandboxId()
+		if g.restarting(sid, r.GetConfig().GetMetadata(), c) {
+			g.createIn(g.restartFlow(sid, r, c), c, r, resp)
+			return
+		}
 		o := g.startFlow(sid, c)
 		if o == nil {
 			g.phantomCreate(sid, c)
 			return
 		}
-		if cr, ok := resp.(*runtimeapi.CreateContainerResponse); ok && cr.GetContainerId() != "" {
-			o.created[cr.GetContainerId()] = true
-			g.touch(o)
-		}
-		for k := range imageKeys(r.GetConfig().GetImage()) {
-			o.imageKeys[k] = true
-		}
-		g.add(o, c)
-		g.created(o.ow, c, r.GetConfig().GetImage())
+		g.createIn(o, c, r, resp)
 		return
 	case "PullImage", "ImageStatus":
 		g.addImageCall(c)
@@ -302,8 +307,26 @@ func (g *Grouper) route(c *decode.Call) {
 	if cid != "" && sid == "" {
 		sid = g.containers[cid].sandbox
 	}
+	// A restart's own container: its flow, even while the pod stops.
+	if o := g.restarts[sid]; o != nil && cid != "" && o.created[cid] && c.Name != "StopContainer" && c.Name != "RemoveContainer" {
+		if !o.settled || c.Name == "StartContainer" {
+			g.joinStarting(o, c, cid)
+		}
+		return
+	}
 	switch c.Name {
-	case "StopContainer", "StopPodSandbox", "RemoveContainer", "RemovePodSandbox":
+	case "RemoveContainer":
+		if g.stops[stopKey(cid, sid)] == nil && g.up[sid] {
+			// An exited container removed while its pod runs: the older
+			// instance of a restarted one. The restart's, if it is open.
+			if o := g.restarts[sid]; o != nil {
+				g.add(o, c)
+			}
+			return
+		}
+		g.stopCall(c, cid, sid)
+		return
+	case "StopContainer", "StopPodSandbox", "RemovePodSandbox":
 		g.stopCall(c, cid, sid)
 		return
 	}
@@ -312,26 +335,99 @@ func (g *Grouper) route(c *decode.Call) {
 		g.add(o, c)
 		return
 	}
+	if o := g.restarts[sid]; o != nil && sid != "" && cid == "" && !o.settled {
+		g.add(o, c) // the restarting pod's sandbox
+		return
+	}
 	if o := g.starts[sid]; o != nil && sid != "" {
 		if o.settled && c.Name != "StartContainer" {
 			return
 		}
-		if c.Name == "StartContainer" && cid != "" {
-			g.reopen(o)
-			o.started[cid] = true
-			if c.End.After(o.lastStart) {
-				o.lastStart = c.End
-			}
-			o.settled = false
-			g.touch(o)
-			g.worked(o.ow, c)
-		}
-		g.add(o, c)
+		g.joinStarting(o, c, cid)
 		return
 	}
 	if c.Name == "StartContainer" && sid != "" {
 		g.work(sid, c)
 	}
+}
+
+// joinStarting adds c to the start or restart flow o; a StartContainer
+// keeps o open for Grace more.
+func (g *Grouper) joinStarting(o *open, c *decode.Call, cid string) {
+	if c.Name == "StartContainer" && cid != "" {
+		g.reopen(o)
+		o.started[cid] = true
+		if c.End.After(o.lastStart) {
+			o.lastStart = c.End
+		}
+		o.settled = false
+		g.touch(o)
+		g.worked(o.ow, c)
+	}
+	g.add(o, c)
+}
+
+// createIn adds the CreateContainer c to the start or restart flow o.
+func (g *Grouper) createIn(o *open, c *decode.Call, r *runtimeapi.CreateContainerRequest, resp any) {
+	if cr, ok := resp.(*runtimeapi.CreateContainerResponse); ok && cr.GetContainerId() != "" {
+		o.created[cr.GetContainerId()] = true
+		o.names[r.GetConfig().GetMetadata().GetName()] = true
+		g.touch(o)
+	}
+	for k := range imageKeys(r.GetConfig().GetImage()) {
+		o.imageKeys[k] = true
+	}
+	g.add(o, c)
+	g.created(o.ow, c, r.GetConfig().GetImage())
+	if o.f.SandboxID != "" {
+		g.up[o.f.SandboxID] = true
+	}
+}
+
+// restarting says whether the CreateContainer c of container md in sandbox
+// sid makes a container again: one its pod's start flow already made, or,
+// with no start flow open, one kubelet says it made before (attempt > 0).
+// A pod's sandbox made again (same pod, next sandbox) starts its
+// containers at their next attempt too: in its start flow, as the first
+// of their names there.
+func (g *Grouper) restarting(sid string, md *runtimeapi.ContainerMetadata, c *decode.Call) bool {
+	if sid == "" {
+		return false
+	}
+	if o := g.starts[sid]; o != nil && (o.lastStart.IsZero() || c.Start.Sub(o.lastStart) <= g.opts.InitWait) {
+		return o.names[md.GetName()]
+	}
+	return md.GetAttempt() > 0
+}
+
+// restartFlow is the open restart flow of sandbox sid, begun at c if none
+// is open: it owns the image calls kubelet makes since the pod's last
+// work call.
+func (g *Grouper) restartFlow(sid string, r *runtimeapi.CreateContainerRequest, c *decode.Call) *open {
+	if o := g.restarts[sid]; o != nil {
+		o.settled = false
+		g.touch(o)
+		g.reopen(o)
+		return o
+	}
+	pod := g.podOf(sid, r.GetSandboxConfig().GetMetadata())
+	o := g.newOpen(Restart, pod, sid)
+	g.restarts[sid], o.key = o, sid
+	ann := r.GetSandboxConfig().GetAnnotations()
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	// Its pulls are told from the start's by time: the restart's owner
+	// takes the pod's calls from its last work call on.
+	since := g.lastWork[sid]
+	if since.IsZero() {
+		since = c.Start
+	}
+	o.ow = &owner{pod: pod, sid: sid, annotations: ann, kubelet: true, conn: c.Conn, since: since}
+	g.images.owners = append(g.images.owners, o.ow)
+	g.images.owned++
+	g.images.gen++
+	return o
 }
 
 func (g *Grouper) runPodSandbox(c *decode.Call) {
@@ -345,6 +441,7 @@ func (g *Grouper) runPodSandbox(c *decode.Call) {
 	o := g.newOpen(Start, pod, sid)
 	if sid != "" {
 		g.pods[sid] = pod
+		g.up[sid] = true
 		g.starts[sid], o.key = o, sid
 		ann := r.GetConfig().GetAnnotations()
 		if ann == nil {
@@ -393,13 +490,16 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 	key := stopKey(cid, sid)
 	o := g.stops[key]
 	if o == nil {
-		// The pod is being stopped: its start flow can no longer grow.
-		if s := g.starts[sid]; s != nil && sid != "" {
-			s.settled = true
-			s.lastStart = time.Time{}
-			g.touch(s)
-			delete(g.starts, sid)
-			g.closeSlot(s.ow, c.Start)
+		// The pod is being stopped: its start and restart flows can no
+		// longer grow.
+		for _, m := range []map[string]*open{g.starts, g.restarts} {
+			if s := m[sid]; s != nil && sid != "" {
+				s.settled = true
+				s.lastStart = time.Time{}
+				g.touch(s)
+				delete(m, sid)
+				g.closeSlot(s.ow, c.Start)
+			}
 		}
 		pod, ok := g.pods[sid]
 		if !ok {
@@ -413,6 +513,9 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 	}
 	if cid != "" {
 		o.containers[cid] = true
+	}
+	if c.Name == "StopPodSandbox" || c.Name == "RemovePodSandbox" {
+		delete(g.up, sid)
 	}
 	g.add(o, c)
 	if c.Name == "RemovePodSandbox" && c.OK() && !c.End.IsZero() {
@@ -436,6 +539,7 @@ func (g *Grouper) newOpen(k Kind, pod Pod, sid string) *open {
 		f:          &Flow{Kind: k, Pod: pod, SandboxID: sid, Client: g.opts.Client, Runtime: g.runtime},
 		imageKeys:  map[string]bool{},
 		created:    map[string]bool{},
+		names:      map[string]bool{},
 		started:    map[string]bool{},
 		containers: map[string]bool{},
 	}
@@ -554,7 +658,7 @@ func (g *Grouper) settle() {
 
 // settles reports whether o is past its Grace at g.now, not yet settled.
 func (g *Grouper) settles(o *open) bool {
-	return o.f.Kind == Start && !o.lastStart.IsZero() && g.now.Sub(o.lastStart) > g.opts.Grace && !o.settled
+	return o.f.Kind.Starts() && !o.lastStart.IsZero() && g.now.Sub(o.lastStart) > g.opts.Grace && !o.settled
 }
 
 // expire closes the flows that can no longer grow at g.now.
@@ -680,6 +784,11 @@ func (g *Grouper) done(o *open) bool {
 
 // doneAfter is the time after which the start flow o, as it is, is done.
 func (g *Grouper) doneAfter(o *open) time.Time {
+	if o.f.Kind == Restart && o.lastStart.IsZero() && !o.settled {
+		// No container of it started yet: kubelet may make it again
+		// after a back-off.
+		return o.lastOwn().Start.Add(g.opts.InitWait)
+	}
 	if o.lastStart.IsZero() {
 		// Closed by a stop: done after its last call. A sandbox that never
 		// got a container: ten times InitWait from its first call.
@@ -689,7 +798,9 @@ func (g *Grouper) doneAfter(o *open) time.Time {
 		}
 		return t
 	}
-	if g.opts.Live {
+	if g.opts.Live || o.f.Kind == Restart {
+		// A restart is done once its containers run, live or not: no
+		// other container follows it as one follows an init container.
 		for id := range o.created {
 			if !o.started[id] {
 				// A container created but never started: give up after InitWait.
@@ -708,6 +819,9 @@ func (g *Grouper) forget(o *open) {
 	}
 	if g.starts[o.key] == o {
 		delete(g.starts, o.key)
+	}
+	if g.restarts[o.key] == o {
+		delete(g.restarts, o.key)
 	}
 	if g.stops[o.key] == o {
 		delete(g.stops, o.key)
@@ -763,13 +877,13 @@ func (g *Grouper) finish(o *open) *Flow {
 			}
 			// Up: the last StartContainer. Down: the first StopPodSandbox
 			// (kubelet removes the sandbox later, at its next clean-up).
-			if f.Kind == Start && s.Method == "StartContainer" && end.After(f.Done) ||
+			if f.Kind.Starts() && s.Method == "StartContainer" && end.After(f.Done) ||
 				f.Kind == Stop && s.Method == "StopPodSandbox" && f.Done.IsZero() {
 				f.Done = end
 			}
 		}
 	}
-	if f.Kind == Start {
+	if f.Kind.Starts() {
 		f.Complete = len(o.created) > 0 && len(o.started) >= len(o.created)
 		for id := range o.created {
 			if !o.started[id] {
@@ -840,6 +954,9 @@ func (g *Grouper) Event(c *decode.Call, m decode.Message) {
 	}
 	typ := strings.TrimSuffix(ev.GetContainerEventType().String(), "_EVENT")
 	first, second := g.starts[sid], g.stops[sid]
+	if r := g.restarts[sid]; r != nil && (r.created[cid] || first == nil) {
+		first = r
+	}
 	if typ == "CONTAINER_STOPPED" || typ == "CONTAINER_DELETED" {
 		first, second = second, first
 	}

@@ -97,6 +97,18 @@ func containerImages(spec *runtimeapi.ImageSpec) map[string]bool {
 	return m
 }
 
+// podOf is sandbox sid's pod: as its RunPodSandbox said, else as md (a
+// CreateContainer's sandbox config) says, else named by the sandbox.
+func (g *Grouper) podOf(sid string, md *runtimeapi.PodSandboxMetadata) Pod {
+	if pod, ok := g.pods[sid]; ok {
+		return pod
+	}
+	if md.GetName() != "" {
+		return Pod{Namespace: md.GetNamespace(), Name: md.GetName(), UID: md.GetUid()}
+	}
+	return Pod{Name: "sandbox " + Short(sid)}
+}
+
 // phantomCreate records the window of a container created in a sandbox
 // with no start flow (a pod started before the capture, or a container
 // restarted long after): its image calls must not be taken for another
@@ -111,15 +123,7 @@ func (g *Grouper) phantomCreate(sid string, c *decode.Call) {
 		if len(g.phantoms) >= maxPhantoms {
 			return
 		}
-		md := r.GetSandboxConfig().GetMetadata()
-		pod, ok := g.pods[sid]
-		switch {
-		case ok:
-		case md.GetName() != "":
-			pod = Pod{Namespace: md.GetNamespace(), Name: md.GetName(), UID: md.GetUid()}
-		default:
-			pod = Pod{Name: "sandbox " + Short(sid)}
-		}
+		pod := g.podOf(sid, r.GetSandboxConfig().GetMetadata())
 		ow = &owner{pod: pod, sid: sid, annotations: r.GetSandboxConfig().GetAnnotations()}
 		g.phantoms[sid] = ow
 		g.images.owners = append(g.images.owners, ow)
@@ -208,7 +212,7 @@ func (g *Grouper) attribute(o *open) {
 }
 
 // pruneImages forgets the image calls and windows no open flow can use.
-// Only start flows take image calls (attribute): a stop flow left open
+// Only start and restart flows take image calls (attribute): a stop flow left open
 // (its RemovePodSandbox never seen) keeps none alive.
 func (g *Grouper) pruneImages() {
 	l := &g.images

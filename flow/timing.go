@@ -161,7 +161,7 @@ func (f *Flow) Timing() Timing {
 // checks the image now and then without pulling it, ErrImagePullBackOff).
 func (f *Flow) gap(prev, next, failed *Step, a, b, done time.Time, add func(string, bool, time.Time, time.Time)) {
 	switch {
-	case next.Method == "PullImage" && f.Kind == Start:
+	case next.Method == "PullImage" && f.Kind.Starts():
 		// Pulls are queued one at a time (kubelet's serialized puller):
 		// the part of the gap while another pod's pull ran is the queue.
 		// (kubelet checks the image right before it pulls: a back-off
@@ -170,7 +170,7 @@ func (f *Flow) gap(prev, next, failed *Step, a, b, done time.Time, add func(stri
 		add(WaitPullQueue, true, a, a.Add(q))
 		add(WaitKubelet, true, a.Add(q), b)
 		return
-	case failed != nil && f.Kind == Start:
+	case failed != nil && f.Kind.Starts():
 		add(WaitBackOff, true, a, b)
 		return
 	case prev != nil && prev.Method == "StartContainer" && next.Arg != prev.Arg && f.exited(prev.Arg, a, b):

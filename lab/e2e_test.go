@@ -145,6 +145,38 @@ func labRuntime(t *testing.T, rt string) {
 			t.Error("a pod whose image is missing is marked started")
 		}
 	})
+	t.Run("crashloop", func(t *testing.T) {
+		// Each restart a flow of its own, live and from the file alike;
+		// the removals of older instances no pod stop.
+		calls, _ := flowsOf(t, "crashloop")
+		for _, live := range []bool{false, true} {
+			flows := flow.Group(calls, flow.Options{Live: live})
+			f := only(t, flows, flow.Start, "default/crashloop-criseq-lab")
+			wantOrder(t, f, "RunPodSandbox", "CreateContainer", "StartContainer")
+			atMost(t, f, "CreateContainer", 1)
+			var restarts []string
+			for _, r := range flows {
+				switch r.Kind {
+				case flow.Restart:
+					wantOrder(t, r, "CreateContainer", "StartContainer")
+					atMost(t, r, "CreateContainer", 1)
+					if !r.Complete || r.SandboxID != f.SandboxID {
+						t.Errorf("live=%v: restart complete=%v sandbox %s, want complete in %s", live, r.Complete, r.SandboxID, f.SandboxID)
+					}
+					restarts = append(restarts, r.Restarted()...)
+				case flow.Stop:
+					noMethod(t, r, "CreateContainer")
+					noMethod(t, r, "StartContainer")
+					if m := r.Steps[0].Method; m != "StopContainer" && m != "StopPodSandbox" {
+						t.Errorf("live=%v: a stop flow begins with %s", live, m)
+					}
+				}
+			}
+			if want := "web (attempt 1),web (attempt 2),web (attempt 3)"; strings.Join(restarts, ",") != want {
+				t.Errorf("live=%v: restarts %q, want %s", live, restarts, want)
+			}
+		}
+	})
 	t.Run("durations match kubelet's log", func(t *testing.T) {
 		_, flows := flowsOf(t, "pull")
 		f := only(t, flows, flow.Start, "default/hello-criseq-lab")
@@ -340,6 +372,20 @@ func noMethod(t *testing.T, f *flow.Flow, m string) {
 		if s.Method == m {
 			t.Errorf("%s flow has an unexpected %s", f.Kind, m)
 		}
+	}
+}
+
+// atMost fails if f holds m more than n times.
+func atMost(t *testing.T, f *flow.Flow, m string, n int) {
+	t.Helper()
+	k := 0
+	for _, s := range f.Steps {
+		if s.Method == m {
+			k++
+		}
+	}
+	if k > n {
+		t.Errorf("%s flow has %d %s, want at most %d", f.Kind, k, m, n)
 	}
 }
 

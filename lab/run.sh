@@ -3,7 +3,7 @@
 # with kubelet talking to containerd THROUGH criseq record. Runs the scenarios,
 # writes each capture and its diagrams under OUT, and restores the host.
 # Usage (root): [RUNTIME=containerd2] lab/run.sh [-o OUT] [SCENARIO...]
-# Scenarios: warm pull init missing crictl tcp direct watch swap burst (default: all). "pull" also
+# Scenarios: warm pull init missing crashloop crictl tcp direct watch swap burst (default: all). "pull" also
 # deletes the pod, so its capture holds a start and a stop flow; "burst" starts and removes 20 pods
 # at once. RUNTIME=containerd2 runs them on containerd 2.x (built from the Go module proxy) instead
 # of Debian's containerd 1.6.
@@ -20,7 +20,7 @@ while getopts o: opt; do
 done
 shift $((OPTIND - 1))
 scenarios=("$@")
-all=(warm pull init missing crictl tcp direct watch swap burst)
+all=(warm pull init missing crashloop crictl tcp direct watch swap burst)
 [ ${#scenarios[@]} -gt 0 ] || scenarios=("${all[@]}")
 case $RUNTIME in
 containerd | containerd2) ;;
@@ -182,6 +182,7 @@ scenario_text() {
 	pull) echo "A pod start with a real PullImage from a loopback registry (imagePullPolicy Always), then the pod's deletion (its manifest removed): a start and a stop flow." ;;
 	init) echo "A pod with an init container and two app containers on a bridge CNI network (pod IP in 198.18.77.0/24)." ;;
 	missing) echo "A pod whose image does not exist in the registry: PullImage fails and kubelet backs off and retries." ;;
+	crashloop) echo "A pod whose only container exits at once (restartPolicy Always): kubelet restarts it three times with its back-off (CrashLoopBackOff), each a CreateContainer at the next attempt, removing the older exited instance; then the pod's manifest is removed." ;;
 	crictl) echo "crictl driving a pod lifecycle by hand: runp, pull, create, start, inspect, stop, rm, stopp, rmp." ;;
 	burst) echo "20 static pods dropped at once (their manifests renamed into the static pod directory by one mv): 10 with imagePullPolicy Always on $REGISTRY/criseq/app:1 (a real PullImage each, from a loopback registry) and 10 IfNotPresent on $BURST_IMAGE (already present, imported), all hostNetwork; once all 20 ran, all 20 manifests removed at once (one rm), and the stop flows followed through kubelet's clean-up (RemovePodSandbox). kubelet runs with tracing on (each CRI request carries its pod sync's W3C traceparent; no collector listens) and the EventedPLEG feature gate on (a GetContainerEvents server stream)." ;;
 	tcp) echo "The crictl lifecycle carried over TCP (socat: unix → 127.0.0.1:10010 → containerd's unix socket) and captured by tshark on the loopback interface, not by criseq: a capture made by someone else's tool." ;;
@@ -265,6 +266,27 @@ spec:
 YAML
 	wait_for running sidecar || return 1
 	wait_for running web || return 1
+	sleep 2
+}
+
+# scenario_crashloop: a container that exits at once, restarted by kubelet
+# with its back-off (none, 10s, 20s): three restarts, each a CreateContainer
+# at the next attempt, then the pod deleted.
+scenario_crashloop() {
+	attempt() { direct ps -a --name '^web$' -o json | grep -q "\"attempt\": $1\b"; }
+	cat <<YAML | put_manifest crashloop
+apiVersion: v1
+kind: Pod
+metadata: {name: crashloop, namespace: default}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 5
+  containers:
+  - {name: web, image: $APP_IMAGE, imagePullPolicy: IfNotPresent, args: [exit],
+     env: [{name: GREETING, value: s3cret-env-value}]}
+YAML
+	# The third restart comes 20s after the second's container exited.
+	WAIT=90 wait_for attempt 3 || return 1
 	sleep 2
 }
 

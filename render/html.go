@@ -452,6 +452,7 @@ kbd{font:11px 'DejaVu Sans Mono',monospace;border:1px solid #b0bec5;border-botto
 .kind,.state{font-size:11px;border-radius:8px;padding:0 6px;line-height:16px}
 .kind.start{background:#e8f5e9;color:#2e7d32}
 .kind.stop{background:#ede7f6;color:#4527a0}
+.kind.restart{background:#fff3e0;color:#e65100}
 .state.ok{background:#f1f8e9;color:#558b2f}
 .state.warn{background:#fff3e0;color:#e65100}
 .state.bad{background:#ffebee;color:#c62828}

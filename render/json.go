@@ -38,7 +38,7 @@ func JSON(w io.Writer, f *flow.Flow) error {
 type jsonFlow struct {
 	Version   int         `json:"criseq_flow"`
 	Pod       jsonPod     `json:"pod"`
-	Kind      string      `json:"kind"` // "start" or "stop"
+	Kind      string      `json:"kind"` // "start", "restart" or "stop"
 	SandboxID string      `json:"sandbox_id"`
 	Client    string      `json:"client"`
 	Runtime   string      `json:"runtime"`

@@ -14,6 +14,7 @@ import (
 //
 //	started in 1.42s (sandbox 217ms, image 731ms, create 16ms, start 225ms; waiting: image pull queue 690ms, kubelet 12ms; 9 calls)
 //	stopped in 533ms (stop 342ms, stop sandbox 189ms; waiting: kubelet 1.3ms) · removed 54.8s later (remove 12ms, remove sandbox 5.3ms; waiting: kubelet's clean-up 53.8s, kubelet 911ms); 14 calls
+//	restarted web (attempt 2) in 133ms (image 807µs, create 15ms, start 113ms; waiting: kubelet 4.1ms) · then 972ms more (remove 4.4ms; waiting: kubelet 967ms); 13 calls
 //
 // The wait named after the client ("kubelet", "crictl") is its own time
 // between calls.
@@ -36,6 +37,12 @@ func timeText(f *flow.Flow, t flow.Timing, calls string) string {
 		b.WriteString(f.Kind.String() + " incomplete after ")
 	case f.Kind == flow.Stop:
 		b.WriteString("stopped in ")
+	case f.Kind == flow.Restart:
+		b.WriteString("restarted ")
+		if names := f.Restarted(); len(names) > 0 {
+			b.WriteString(strings.Join(names, ", ") + " ")
+		}
+		b.WriteString("in ")
 	default:
 		b.WriteString("started in ")
 	}

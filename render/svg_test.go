@@ -1,6 +1,7 @@
 package render
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/xml"
 	"fmt"
@@ -358,6 +359,34 @@ func BenchmarkSVG(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(buf.Len())/1e6, "MB/op")
+}
+
+// BenchmarkSVGCaptures draws every flow of the real captures in ../testdata:
+// many small diagrams, as render and watch draw them, where BenchmarkSVG
+// is one large one.
+func BenchmarkSVGCaptures(b *testing.B) {
+	var flows []*flow.Flow
+	for _, name := range []string{"kubelet-burst", "kubelet-burst-containerd2", "kubelet-pull", "kubelet-warm", "kubelet-init", "kubelet-missing", "crictl-lifecycle"} {
+		flows = append(flows, captureFlows(b, name)...)
+	}
+	// One buffered writer for all, as render's is.
+	var buf bytes.Buffer
+	bw := bufio.NewWriterSize(&buf, 64<<10)
+	n := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		n = 0
+		for _, f := range flows {
+			buf.Reset()
+			bw.Reset(&buf)
+			if err := SVG(bw, f); err != nil {
+				b.Fatal(err)
+			}
+			n += buf.Len()
+		}
+	}
+	b.ReportMetric(float64(len(flows)), "diagrams/op")
+	b.ReportMetric(float64(n)/1e6, "MB/op")
 }
 
 // TestTimeScale: with a time scale a slow call takes more room than a

@@ -32,7 +32,7 @@ A SPEC picks one flow of a capture:
   FILE    a capture file (pcap or pcapng); - reads standard input (after
           --, as in diff -- -@start -@stop, when the SPEC starts with -)
   :POD    the pod, NAMESPACE/NAME or NAME (default: --pod, else any pod)
-  @KIND   start or stop (default: --kind)
+  @KIND   start, restart or stop (default: --kind)
   #N      the Nth such flow in the capture, from 1 (default 1): a pod
           started twice, or "the second pod started"
 
@@ -74,7 +74,7 @@ func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlags("diff", diffUsage, stderr)
 	var pods stringList
 	fs.Var(&pods, "pod", "the pod of both flows (NAMESPACE/NAME or NAME); given twice: A's, then B's")
-	kind := fs.String("kind", "start", "which flows to compare: start or stop")
+	kind := fs.String("kind", "start", "which flows to compare: start, restart or stop")
 	format := fs.String("format", "text", "output format: text, md (a Markdown table) or json")
 	asJSON := fs.Bool("json", false, "print JSON (same as --format json)")
 	all := fs.Bool("all", false, "keep kubelet's periodic calls (List*, Status, Version, ImageFsInfo, stats) in the flows")
@@ -98,7 +98,7 @@ func runDiff(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	k, ok := parseKind(*kind)
 	if !ok {
-		return usageErr("--kind is %q, want start or stop", *kind)
+		return usageErr("--kind is %q, want start, restart or stop", *kind)
 	}
 	if len(pods) > 2 {
 		return usageErr("--pod given %d times, at most twice (A's, then B's)", len(pods))
@@ -177,6 +177,8 @@ func parseKind(s string) (flow.Kind, bool) {
 		return flow.Start, true
 	case "stop":
 		return flow.Stop, true
+	case "restart":
+		return flow.Restart, true
 	}
 	return 0, false
 }
@@ -242,7 +244,7 @@ func parseDiffSpec(arg string, exists func(string) bool) (diffSpec, error) {
 	if v, ok := next('@', ":#"); ok {
 		k, ok := parseKind(v)
 		if !ok {
-			return bad(fmt.Sprintf("KIND %q after '@' is not start or stop", v))
+			return bad(fmt.Sprintf("KIND %q after '@' is not start, restart or stop", v))
 		}
 		s.kind, s.kindSet = k, true
 	}
@@ -340,14 +342,14 @@ func pickFlow(s diffSpec, flows []*flow.Flow, calls int) (*flow.Flow, error) {
 	seen := map[string]int{}
 	for _, f := range flows {
 		spec := s.file + ":" + f.Pod.String()
-		if f.Kind == flow.Stop {
-			spec += "@stop"
+		if f.Kind != flow.Start {
+			spec += "@" + f.Kind.String()
 		}
 		seen[spec]++
 		if n := seen[spec]; n > 1 {
 			spec += "#" + strconv.Itoa(n)
 		}
-		fmt.Fprintf(&b, "\n  %-32s %-5s %s", termtext.String(f.Pod.String()), f.Kind, termtext.String(spec))
+		fmt.Fprintf(&b, "\n  %-32s %-7s %s", termtext.String(f.Pod.String()), f.Kind, termtext.String(spec))
 	}
 	return nil, fmt.Errorf("%s", b.String())
 }

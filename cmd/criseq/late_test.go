@@ -292,7 +292,7 @@ func TestHeldFlowsBounded(t *testing.T) {
 	stubs, whole := 0, 0
 	if _, err := streamFlows(path, decode.Options{}, "", flow.Options{}, io.Discard, func(f *flow.Flow) bool { return f.Kind == flow.Start }, func(f *flow.Flow) error {
 		switch {
-		case f.Kind == flow.Stop && len(f.Steps) == 0:
+		case f.Kind != flow.Start && len(f.Steps) == 0:
 			stubs++
 		case f.Kind == flow.Start && len(f.Steps) > 0:
 			whole++
@@ -308,7 +308,7 @@ func TestHeldFlowsBounded(t *testing.T) {
 		total += n
 	}
 	if stubs == 0 || whole == 0 || stubs+whole != total {
-		t.Errorf("%d stubs and %d whole flows, want the stops as stubs and the starts whole, %d in all", stubs, whole, total)
+		t.Errorf("%d stubs and %d whole flows, want the stops and restarts as stubs and the starts whole, %d in all", stubs, whole, total)
 	}
 }
 
