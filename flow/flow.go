@@ -27,7 +27,9 @@ const (
 	// Restart is a container of a running pod made again after it exited
 	// (kubelet's restart policy, CrashLoopBackOff): its image calls, its
 	// CreateContainer (metadata.attempt > 0), its StartContainer, and the
-	// removal of its older instance if kubelet makes it then.
+	// removal of its older instance if kubelet makes it then; when kubelet
+	// killed the container to restart it (a failed liveness probe), from
+	// that StopContainer on.
 	Restart
 )
 

@@ -411,7 +411,18 @@ func (g *Grouper) restartFlow(sid string, r *runtimeapi.CreateContainerRequest, 
 		return o
 	}
 	pod := g.podOf(sid, r.GetSandboxConfig().GetMetadata())
-	o := g.newOpen(Restart, pod, sid)
+	var o *open
+	if s := g.stops[sid]; s != nil && !s.stopsSandbox() {
+		// Containers stopped with no sandbox after, then made again:
+		// kubelet killed them (a failed liveness probe) to restart them.
+		// The kill begins the restart.
+		delete(g.stops, sid)
+		s.f.Kind, s.settled = Restart, false
+		o = s
+		g.touch(o)
+	} else {
+		o = g.newOpen(Restart, pod, sid)
+	}
 	g.restarts[sid], o.key = o, sid
 	ann := r.GetSandboxConfig().GetAnnotations()
 	if ann == nil {
@@ -489,6 +500,16 @@ func (g *Grouper) reopen(o *open) {
 func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 	key := stopKey(cid, sid)
 	o := g.stops[key]
+	if o != nil && c.Name == "StopPodSandbox" && !o.stopsSandbox() && c.Start.Sub(o.lastKill()) > g.opts.Grace {
+		// Containers killed a while before, not by this stop (kubelet
+		// stops them right before their sandbox): killed to be restarted
+		// (a failed liveness probe), the pod deleted before the restart
+		// came. A restart that never completed.
+		delete(g.stops, key)
+		o.f.Kind, o.settled, o.lastStart = Restart, true, time.Time{}
+		g.touch(o)
+		o = nil
+	}
 	if o == nil {
 		// The pod is being stopped: its start and restart flows can no
 		// longer grow.
@@ -522,6 +543,28 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 		o.f.Complete = true
 		g.touch(o)
 	}
+}
+
+// lastKill is the end of the last StopContainer of o.
+func (o *open) lastKill() time.Time {
+	var t time.Time
+	for _, st := range o.steps {
+		if end := st.Start.Add(st.Duration); st.Method == "StopContainer" && end.After(t) {
+			t = end
+		}
+	}
+	return t
+}
+
+// stopsSandbox says whether the stop flow o holds a call on its sandbox
+// (StopPodSandbox, RemovePodSandbox): a pod stop, not a container's.
+func (o *open) stopsSandbox() bool {
+	for _, st := range o.steps {
+		if st.Method == "StopPodSandbox" || st.Method == "RemovePodSandbox" {
+			return true
+		}
+	}
+	return false
 }
 
 func stopKey(cid, sid string) string {

@@ -10,40 +10,35 @@ import (
 	"github.com/criseq/criseq/decode"
 )
 
-// TestCrashLoopRestarts: a real kubelet restarting a container that exits
-// at once (testdata/kubelet-crashloop). The start flow holds the first
-// instance only; each restart is a flow of its own, with its attempt; the
-// removals of older instances are no pod stop, and the pod's stop begins
-// with its StopPodSandbox. Grouped from the file and live alike.
+// TestCrashLoopRestarts: a real kubelet restarting containers
+// (testdata/kubelet-crashloop): one that exits at once, and one killed for
+// a failed liveness probe. The start flow holds the first instance only;
+// each restart is a flow of its own, with its attempt (the kill first, for
+// the probed one); the removals of older instances are no pod stop, and a
+// pod's stop holds its StopPodSandbox. Grouped from the file and live
+// alike.
 func TestCrashLoopRestarts(t *testing.T) {
 	calls := captureCalls(t, "kubelet-crashloop")
 	for _, live := range []bool{false, true} {
 		t.Run(fmt.Sprintf("live=%v", live), func(t *testing.T) {
-			checkRestarts(t, calls, Group(calls, Options{Live: live}))
+			flows := Group(calls, Options{Live: live})
+			checkRestarts(t, calls, flows, "default/crashloop-criseq-lab", "web", 3, false)
+			checkRestarts(t, calls, flows, "default/liveness-criseq-lab", "probed", 2, true)
 		})
 	}
 }
 
-// checkRestarts checks the flows of a capture of one crash-looping pod.
-func checkRestarts(t *testing.T, calls []*decode.Call, flows []*Flow) {
+// checkRestarts checks the flows of one pod whose container restarted at
+// least least times; killed: kubelet stopped it each time first.
+func checkRestarts(t *testing.T, calls []*decode.Call, flows []*Flow, pod, container string, least int, killed bool) {
 	t.Helper()
-	var attempts []uint32
-	stopAt := -1
-	for i, c := range calls {
-		if r, ok := c.Request().(*runtimeapi.CreateContainerRequest); ok && c.OK() {
-			attempts = append(attempts, r.GetConfig().GetMetadata().GetAttempt())
-		}
-		if c.Name == "StopPodSandbox" && stopAt < 0 {
-			stopAt = i
-		}
-	}
-	if len(attempts) < 3 || attempts[0] != 0 {
-		t.Fatalf("the capture's CreateContainer attempts are %v: not a crash loop", attempts)
-	}
 	var starts, restarts, stops []*Flow
 	inStop := map[*decode.Call]bool{}
 	inRestart := map[*decode.Call]bool{}
 	for _, f := range flows {
+		if f.Pod.String() != pod {
+			continue
+		}
 		switch f.Kind {
 		case Start:
 			starts = append(starts, f)
@@ -62,55 +57,85 @@ func checkRestarts(t *testing.T, calls []*decode.Call, flows []*Flow) {
 		}
 	}
 	if len(starts) != 1 {
-		t.Fatalf("%d start flows, want 1", len(starts))
+		t.Fatalf("%s: %d start flows, want 1", pod, len(starts))
 	}
 	st := starts[0]
 	if n := count(st, "CreateContainer"); n != 1 || count(st, "StartContainer") != 1 || !st.Complete {
-		t.Errorf("start flow: %d CreateContainer, %d StartContainer, complete %v; want the first instance alone, complete", n, count(st, "StartContainer"), st.Complete)
+		t.Errorf("%s: start flow: %d CreateContainer, %d StartContainer, complete %v; want the first instance alone, complete", pod, n, count(st, "StartContainer"), st.Complete)
 	}
 	for _, s := range st.Timing().Parts {
 		if strings.HasPrefix(s.Name, waitInit) {
-			t.Errorf("start flow waits for %q: a restart taken for an init container", s.Name)
+			t.Errorf("%s: start flow waits for %q: a restart taken for an init container", pod, s.Name)
 		}
 	}
-	if len(restarts) != len(attempts)-1 {
-		t.Fatalf("%d restart flows, want one per CreateContainer after the first (%d)", len(restarts), len(attempts)-1)
+	// Every CreateContainer of the sandbox after the first is a restart.
+	creates := 0
+	stopAt := -1
+	mine := map[string]bool{} // the sandbox's container IDs
+	for i, c := range calls {
+		switch r := c.Request().(type) {
+		case *runtimeapi.CreateContainerRequest:
+			if r.GetPodSandboxId() == st.SandboxID && c.OK() {
+				creates++
+				if resp, ok := c.Response().(*runtimeapi.CreateContainerResponse); ok {
+					mine[resp.GetContainerId()] = true
+				}
+			}
+		case *runtimeapi.StopPodSandboxRequest:
+			if r.GetPodSandboxId() == st.SandboxID && stopAt < 0 {
+				stopAt = i
+			}
+		}
+	}
+	if n := len(restarts); killed && n > 0 && count(restarts[n-1], "CreateContainer") == 0 {
+		// Killed, the pod deleted before the restart came.
+		if r := restarts[n-1]; r.Complete || r.Steps[0].Method != "StopContainer" || n != creates {
+			t.Errorf("%s: the last restart, with no CreateContainer, is complete %v, begins with %s, is number %d of %d creates; want an incomplete kill after the last",
+				pod, r.Complete, r.Steps[0].Method, n, creates)
+		}
+		restarts = restarts[:n-1]
+	}
+	if len(restarts) != creates-1 || len(restarts) < least {
+		t.Fatalf("%s: %d restart flows, want one per CreateContainer after the first (%d), at least %d", pod, len(restarts), creates-1, least)
 	}
 	for k, f := range restarts {
-		want := fmt.Sprintf("web (attempt %d)", k+1)
+		want := fmt.Sprintf("%s (attempt %d)", container, k+1)
 		if got := f.Restarted(); len(got) != 1 || got[0] != want {
-			t.Errorf("restart %d: Restarted() = %q, want [%q]", k+1, got, want)
+			t.Errorf("%s: restart %d: Restarted() = %q, want [%q]", pod, k+1, got, want)
 		}
-		if count(f, "CreateContainer") != 1 || count(f, "StartContainer") != 1 || !f.Complete || f.Pod != st.Pod || f.SandboxID != st.SandboxID {
-			t.Errorf("restart %d: %d CreateContainer, %d StartContainer, complete %v, pod %v sandbox %s; want one each, complete, in %v %s",
-				k+1, count(f, "CreateContainer"), count(f, "StartContainer"), f.Complete, f.Pod, Short(f.SandboxID), st.Pod, Short(st.SandboxID))
+		complete := f.Complete || k == len(restarts)-1 && stopAt >= 0 // the last may be cut by the pod's stop
+		if count(f, "CreateContainer") != 1 || count(f, "StartContainer") > 1 || !complete || f.SandboxID != st.SandboxID {
+			t.Errorf("%s: restart %d: %d CreateContainer, %d StartContainer, complete %v, sandbox %s; want one each, complete, in %s",
+				pod, k+1, count(f, "CreateContainer"), count(f, "StartContainer"), f.Complete, Short(f.SandboxID), Short(st.SandboxID))
 		}
 		if count(f, "ImageStatus") == 0 {
-			t.Errorf("restart %d has no ImageStatus: kubelet checks the image before each CreateContainer", k+1)
+			t.Errorf("%s: restart %d has no ImageStatus: kubelet checks the image before each CreateContainer", pod, k+1)
 		}
-		if tm := f.Timing(); tm.Total <= 0 {
-			t.Errorf("restart %d: total %v", k+1, tm.Total)
+		if first := f.Steps[0].Method; killed != (first == "StopContainer") {
+			t.Errorf("%s: restart %d begins with %s (killed first: %v)", pod, k+1, first, killed)
 		}
 	}
 	for i, c := range calls {
 		if stopAt >= 0 && i >= stopAt {
 			break
 		}
-		if c.Name == "RemoveContainer" {
-			if inStop[c] {
-				t.Errorf("RemoveContainer at %s, before the pod's StopPodSandbox, is in a stop flow", c.Start.Format("15:04:05.000"))
-			}
-			if !inRestart[c] {
-				t.Errorf("RemoveContainer at %s, a restart's older instance removed within Grace, is in no restart flow", c.Start.Format("15:04:05.000"))
-			}
+		r, ok := c.Request().(*runtimeapi.RemoveContainerRequest)
+		if !ok || !mine[r.GetContainerId()] {
+			continue
+		}
+		if inStop[c] {
+			t.Errorf("%s: RemoveContainer at %s, before the pod's StopPodSandbox, is in a stop flow", pod, c.Start.Format("15:04:05.000"))
+		}
+		if !killed && !inRestart[c] {
+			t.Errorf("%s: RemoveContainer at %s, a restart's older instance removed within Grace, is in no restart flow", pod, c.Start.Format("15:04:05.000"))
 		}
 	}
 	for _, f := range stops {
-		if m := f.Steps[0].Method; m != "StopContainer" && m != "StopPodSandbox" {
-			t.Errorf("stop flow begins with %s", m)
+		if count(f, "StopPodSandbox") == 0 {
+			t.Errorf("%s: a stop flow without the pod's StopPodSandbox", pod)
 		}
 		if count(f, "CreateContainer")+count(f, "StartContainer") > 0 {
-			t.Error("stop flow holds a CreateContainer or StartContainer")
+			t.Errorf("%s: stop flow holds a CreateContainer or StartContainer", pod)
 		}
 	}
 }

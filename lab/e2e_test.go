@@ -156,6 +156,9 @@ func labRuntime(t *testing.T, rt string) {
 			atMost(t, f, "CreateContainer", 1)
 			var restarts []string
 			for _, r := range flows {
+				if r.Pod != f.Pod {
+					continue
+				}
 				switch r.Kind {
 				case flow.Restart:
 					wantOrder(t, r, "CreateContainer", "StartContainer")
@@ -174,6 +177,31 @@ func labRuntime(t *testing.T, rt string) {
 			}
 			if want := "web (attempt 1),web (attempt 2),web (attempt 3)"; strings.Join(restarts, ",") != want {
 				t.Errorf("live=%v: restarts %q, want %s", live, restarts, want)
+			}
+			// Killed for its liveness probe: each restart begins with the kill.
+			only(t, flows, flow.Start, "default/liveness-criseq-lab")
+			var killed []string
+			for _, r := range flows {
+				if r.Pod.String() != "default/liveness-criseq-lab" {
+					continue
+				}
+				switch {
+				case r.Kind == flow.Restart:
+					// The pod may be deleted after a kill, before its
+					// restart: a restart that never completed.
+					if r.Complete {
+						wantOrder(t, r, "StopContainer", "CreateContainer", "StartContainer")
+					}
+					if r.Steps[0].Method != "StopContainer" {
+						t.Errorf("live=%v: a restart of the probed container begins with %s, not its kill", live, r.Steps[0].Method)
+					}
+					killed = append(killed, r.Restarted()...)
+				case r.Kind == flow.Stop:
+					wantOrder(t, r, "StopPodSandbox")
+				}
+			}
+			if len(killed) < 2 || killed[0] != "probed (attempt 1)" || killed[1] != "probed (attempt 2)" {
+				t.Errorf("live=%v: restarts of the probed container %q, want attempts 1, 2…", live, killed)
 			}
 		}
 	})

@@ -182,7 +182,7 @@ scenario_text() {
 	pull) echo "A pod start with a real PullImage from a loopback registry (imagePullPolicy Always), then the pod's deletion (its manifest removed): a start and a stop flow." ;;
 	init) echo "A pod with an init container and two app containers on a bridge CNI network (pod IP in 198.18.77.0/24)." ;;
 	missing) echo "A pod whose image does not exist in the registry: PullImage fails and kubelet backs off and retries." ;;
-	crashloop) echo "A pod whose only container exits at once (restartPolicy Always): kubelet restarts it three times with its back-off (CrashLoopBackOff), each a CreateContainer at the next attempt, removing the older exited instance; then the pod's manifest is removed." ;;
+	crashloop) echo "A pod whose only container exits at once (restartPolicy Always): kubelet restarts it three times with its back-off (CrashLoopBackOff), each a CreateContainer at the next attempt, removing the older exited instance. Beside it a pod whose exec liveness probe always fails: kubelet kills its container (StopContainer) and restarts it, at least twice. Then both manifests are removed." ;;
 	crictl) echo "crictl driving a pod lifecycle by hand: runp, pull, create, start, inspect, stop, rm, stopp, rmp." ;;
 	burst) echo "20 static pods dropped at once (their manifests renamed into the static pod directory by one mv): 10 with imagePullPolicy Always on $REGISTRY/criseq/app:1 (a real PullImage each, from a loopback registry) and 10 IfNotPresent on $BURST_IMAGE (already present, imported), all hostNetwork; once all 20 ran, all 20 manifests removed at once (one rm), and the stop flows followed through kubelet's clean-up (RemovePodSandbox). kubelet runs with tracing on (each CRI request carries its pod sync's W3C traceparent; no collector listens) and the EventedPLEG feature gate on (a GetContainerEvents server stream)." ;;
 	tcp) echo "The crictl lifecycle carried over TCP (socat: unix → 127.0.0.1:10010 → containerd's unix socket) and captured by tshark on the loopback interface, not by criseq: a capture made by someone else's tool." ;;
@@ -271,9 +271,12 @@ YAML
 
 # scenario_crashloop: a container that exits at once, restarted by kubelet
 # with its back-off (none, 10s, 20s): three restarts, each a CreateContainer
-# at the next attempt, then the pod deleted.
+# at the next attempt; beside it a pod whose liveness probe always fails,
+# its container killed (StopContainer) and restarted. Then both deleted.
 scenario_crashloop() {
-	attempt() { direct ps -a --name '^web$' -o json | grep -q "\"attempt\": $1\b"; }
+	# attempt NAME N: container NAME was made at attempt N or later (kubelet
+	# removes the older instances).
+	attempt() { direct ps -a --name "^$1\$" -o json | grep -o '"attempt": [0-9]*' | awk -v n="$2" '$2 >= n {ok = 1} END {exit !ok}'; }
 	cat <<YAML | put_manifest crashloop
 apiVersion: v1
 kind: Pod
@@ -285,8 +288,23 @@ spec:
   - {name: web, image: $APP_IMAGE, imagePullPolicy: IfNotPresent, args: [exit],
      env: [{name: GREETING, value: s3cret-env-value}]}
 YAML
+	cat <<YAML | put_manifest liveness
+apiVersion: v1
+kind: Pod
+metadata: {name: liveness, namespace: default}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: probed
+    image: $APP_IMAGE
+    imagePullPolicy: IfNotPresent
+    args: [serve]
+    livenessProbe: {exec: {command: [/app, fail]}, initialDelaySeconds: 1, periodSeconds: 2, failureThreshold: 1}
+YAML
 	# The third restart comes 20s after the second's container exited.
-	WAIT=90 wait_for attempt 3 || return 1
+	WAIT=90 wait_for attempt web 3 || return 1
+	WAIT=60 wait_for attempt probed 2 || return 1
 	sleep 2
 }
 

@@ -137,7 +137,7 @@ func TestPlantUMLTool(t *testing.T) {
 	for _, p := range copies {
 		t.Run(filepath.Base(p), func(t *testing.T) {
 			texts := plantUMLTexts(t, strings.TrimSuffix(p, ".puml")+".svg")
-			if !strings.Contains(texts, "pod st") && !strings.Contains(texts, "pod restarted") {
+			if !strings.Contains(texts, "pod st") && !strings.Contains(texts, "pod restart") {
 				t.Errorf("PlantUML's drawing lacks the closing note (pod started/restarted/stopped in):\n%s", texts)
 			}
 		})
