@@ -45,7 +45,7 @@ func runCapture(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srcs := benchcap.DefaultSources(root)
+	srcs := benchcap.MeasuredSources(root)
 	t0 := time.Now()
 	st, err := benchcap.Write(*out, srcs, *size)
 	if err != nil {

@@ -112,7 +112,7 @@ func loadavg() string {
 // cachedCapture makes the large capture once per sources and size, in the
 // user's cache directory.
 func cachedCapture(root string, size int64, stderr io.Writer) (string, benchcap.Stats, error) {
-	srcs := benchcap.DefaultSources(root)
+	srcs := benchcap.MeasuredSources(root)
 	h := sha256.New()
 	fmt.Fprintf(h, "v%d %d", benchcap.Version, size)
 	for _, s := range srcs {
@@ -277,7 +277,7 @@ func runTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 
 	fmt.Fprintf(stdout, "Large capture: %.1f MB, %d copies of %d real kubelet captures (each cut in a StopContainer), one GetContainerEvents stream open throughout (%d events).\n",
-		mb, st.Rounds, len(benchcap.DefaultSources(root)), st.Events)
+		mb, st.Rounds, len(benchcap.MeasuredSources(root)), st.Events)
 	fmt.Fprintf(stdout, "Load average: %s at the start, %s at the end; %d cores. CPU is user+sys of the whole process (sys: the kernel's part, for render and watch mostly creating their files), the median of %d runs; peak RSS the largest.\n\n",
 		load0, loadavg(), nproc(), *runs)
 	fmt.Fprintf(stdout, "| command | CPU s | of it sys | wall s | MB/s per CPU s | × tshark | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|\n")
