@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -113,6 +114,19 @@ func checkRestarts(t *testing.T, calls []*decode.Call, flows []*Flow, pod, conta
 		}
 		if first := f.Steps[0].Method; killed != (first == "StopContainer") {
 			t.Errorf("%s: restart %d begins with %s (killed first: %v)", pod, k+1, first, killed)
+		}
+		// kubelet's back-off (10s, 20s…) between the kill and the new
+		// container is named so.
+		if tm := f.Timing(); killed && tm.Total > 5*time.Second {
+			var off time.Duration
+			for _, sp := range tm.Parts {
+				if sp.Wait && sp.Name == WaitBackOff {
+					off += sp.Dur
+				}
+			}
+			if off < tm.Total/2 {
+				t.Errorf("%s: restart %d takes %v, %v of it back-off: %+v", pod, k+1, tm.Total, off, tm.Parts)
+			}
 		}
 	}
 	for i, c := range calls {

@@ -173,6 +173,12 @@ func (f *Flow) gap(prev, next, failed *Step, a, b, done time.Time, add func(stri
 	case failed != nil && f.Kind.Starts():
 		add(WaitBackOff, true, a, b)
 		return
+	case f.Kind == Restart && prev != nil && (prev.Method == "StopContainer" || prev.Method == "RemoveContainer") &&
+		(PhaseOf(next.Method) == "image" || next.Method == "CreateContainer") && b.Sub(a) > time.Second:
+		// Killed to be restarted, the container is made again after
+		// kubelet's restart back-off (none the first time: a few ms).
+		add(WaitBackOff, true, a, b)
+		return
 	case prev != nil && prev.Method == "StartContainer" && next.Arg != prev.Arg && f.exited(prev.Arg, a, b):
 		add(waitInit+prev.Arg, true, a, b)
 		return
