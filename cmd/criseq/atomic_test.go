@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -307,8 +308,22 @@ func TestDrawingsSpilledWhole(t *testing.T) {
 		dir := t.TempDir()
 		name := filepath.Join(dir, "a.png")
 		var buf bytes.Buffer
-		for i, want := range [][]byte{drawing, drawing[:len(drawing)/2], drawing[:len(drawing)/2], drawing[:spillAt-1]} {
-			if drawErr, err := writeAtomicDrawn(name, &buf, draw(want, false)); drawErr != nil || err != nil {
+		// A buffer of its own (nil), or the one kept across files, as
+		// watch keeps it: a failed drawing's bytes left in it must not
+		// reach the next file.
+		bw := bufio.NewWriterSize(nil, renderBufSize)
+		for i, want := range [][]byte{drawing, drawing[:len(drawing)/2], drawing[:len(drawing)/2], drawing[:spillAt-1], drawing[:1000], drawing[:300]} {
+			var w *bufio.Writer
+			if i%2 == 1 {
+				w = bw
+			}
+			if i == 4 {
+				if drawErr, _ := writeAtomicDrawn(filepath.Join(dir, "c.png"), &buf, bw, draw(drawing[:5000], true)); drawErr == nil {
+					t.Fatalf("unnamed %v: a failed drawing reported no error", unnamed)
+				}
+				w = bw
+			}
+			if drawErr, err := writeAtomicDrawn(name, &buf, w, draw(want, false)); drawErr != nil || err != nil {
 				t.Fatalf("unnamed %v, write %d: %v, %v", unnamed, i, drawErr, err)
 			}
 			got, err := os.ReadFile(name)
@@ -322,7 +337,7 @@ func TestDrawingsSpilledWhole(t *testing.T) {
 				t.Fatalf("unnamed %v, write %d: %d entries in the directory, want the file alone", unnamed, i, len(ents))
 			}
 		}
-		if drawErr, _ := writeAtomicDrawn(filepath.Join(dir, "b.png"), &buf, draw(drawing, true)); drawErr == nil {
+		if drawErr, _ := writeAtomicDrawn(filepath.Join(dir, "b.png"), &buf, bw, draw(drawing, true)); drawErr == nil {
 			t.Fatalf("unnamed %v: a failed drawing reported no error", unnamed)
 		}
 		if ents, _ := os.ReadDir(dir); len(ents) != 1 {

@@ -422,7 +422,8 @@ func summary(f *flow.Flow) string { return render.Summary(f) }
 // thousands of small files cost three system calls each.
 type fileWriter struct {
 	buf bytes.Buffer
-	bw  *bufio.Writer
+	bw  *bufio.Writer // draw's, into buf
+	sbw *bufio.Writer // diagram's, into a file or buf
 }
 
 // renderBufSize is the buffer size render's writers ask for: a
@@ -438,8 +439,10 @@ func (fw *fileWriter) diagram(dir, base, format string, f *flow.Flow, ro render.
 		// bytes are not held (a 1,201-call flow's were 12.5 MB, and
 		// 32 MB of buffer growth).
 		name := filepath.Join(dir, base+render.Ext(format))
-		fw.buf.Reset()
-		drawErr, err := writeAtomicDrawn(name, &fw.buf, func(w io.Writer) error {
+		if fw.sbw == nil {
+			fw.sbw = bufio.NewWriterSize(nil, renderBufSize)
+		}
+		drawErr, err := writeAtomicDrawn(name, &fw.buf, fw.sbw, func(w io.Writer) error {
 			return render.WriteWith(w, format, f, ro)
 		})
 		if drawErr != nil {
