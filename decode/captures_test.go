@@ -12,44 +12,22 @@ import (
 	"github.com/criseq/criseq/capture"
 )
 
-// sharedKubeletPcap is the reference capture kept beside the repository
-// (see shared/captures/README.md), looked for above the repository root.
-const sharedKubeletPcap = "shared/captures/kubelet-1.37-two-containers.pcap"
-
 // kubeletCaptures lists the real kubelet captures: testdata/kubelet-*
-// and the shared reference capture when it is there.
+// and the reference capture (testdata/reference).
 func kubeletCaptures(t testing.TB) []string {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join("..", "testdata", "kubelet-*", "capture.pcapng"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := findShared(); p != "" {
-		files = append(files, p)
-	} else {
-		t.Logf("%s not found above the repository: cut without it", sharedKubeletPcap)
-	}
-	if len(files) == 0 {
+	files = append(files, kubeletPcap)
+	if len(files) == 1 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("no kubelet captures under testdata/")
 		}
 		t.Skip("no kubelet captures under testdata/")
 	}
 	return files
-}
-
-// findShared looks for the shared capture beside the repository (or the
-// worktree holding it): ../shared, ../../shared, ...
-func findShared() string {
-	dir := ".."
-	for range 4 {
-		dir = filepath.Join(dir, "..")
-		p := filepath.Join(dir, sharedKubeletPcap)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return ""
 }
 
 // captureName names a capture file for subtests.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/criseq/criseq/capture"
@@ -14,9 +15,9 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// The reference capture of real kubelet → containerd traffic; it lives
-// outside the repository (see /work/shared/captures/README.md).
-const kubeletPcap = "/work/shared/captures/kubelet-1.37-two-containers.pcap"
+// The reference capture of real kubelet → containerd traffic, made before
+// criseq had a recorder (see testdata/reference/README.md).
+var kubeletPcap = filepath.Join("..", "testdata", "reference", "kubelet-1.37-two-containers.pcap")
 
 // readPcap turns a pcap of in-order TCP segments (one per chunk, as the
 // capture's script wrote it) into chunks: the connection is the client
@@ -24,7 +25,7 @@ const kubeletPcap = "/work/shared/captures/kubelet-1.37-two-containers.pcap"
 func readPcap(t testing.TB, path string, serverPort layers.TCPPort) []capture.Chunk {
 	f, err := os.Open(path)
 	if err != nil {
-		t.Skipf("reference capture not available: %v", err)
+		t.Fatal(err) // in the repository: never missing
 	}
 	defer f.Close()
 	r, err := pcapgo.NewReader(f)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,16 +16,10 @@ import (
 // TestCallsJSONFromWire: calls --json writes the messages from their wire
 // bytes, decoding them only to what labels read; its lines are byte for
 // byte those written from the messages decoded whole, on every testdata
-// capture and the shared kubelet 1.37 one (when present), redacted and
+// capture and the reference kubelet 1.37 one, redacted and
 // not, and with --hide-polling.
 func TestCallsJSONFromWire(t *testing.T) {
-	files := append(captures(t), "demo.pcapng")
-	shared := filepath.Join("..", "..", "..", "shared", "captures", "kubelet-1.37-two-containers.pcap")
-	if _, err := os.Stat(shared); err == nil {
-		files = append(files, shared)
-	} else {
-		t.Logf("%s: %v (not compared)", shared, err)
-	}
+	files := append(captures(t), "demo.pcapng", filepath.Join("..", "..", "testdata", "reference", "kubelet-1.37-two-containers.pcap"))
 	var wrote, declined int
 	onWireJSON = func(ok bool) {
 		if ok {

@@ -37,8 +37,7 @@ const Version = 2
 
 // DefaultSources returns the real captures the benchmarks copy: the
 // kubelet captures under testdata/ of the repository at root (kubelet-*),
-// and the shared kubelet 1.37 capture beside the repository if it is
-// there.
+// and the reference kubelet 1.37 capture (testdata/reference).
 func DefaultSources(root string) []string {
 	out, _ := filepath.Glob(filepath.Join(root, "testdata", "kubelet-*", "capture.pcapng"))
 	// The capture of kubelet with the Evented PLEG first: its real
@@ -47,14 +46,7 @@ func DefaultSources(root string) []string {
 	slices.SortStableFunc(out, func(a, b string) int {
 		return cmp.Compare(btoi(!strings.Contains(a, "burst-containerd2")), btoi(!strings.Contains(b, "burst-containerd2")))
 	})
-	for _, dir := range []string{filepath.Join(root, "..", "shared"), filepath.Join(root, "..", "..", "shared")} {
-		p := filepath.Join(dir, "captures", "kubelet-1.37-two-containers.pcap")
-		if _, err := os.Stat(p); err == nil {
-			out = append(out, p)
-			break
-		}
-	}
-	return out
+	return append(out, filepath.Join(root, "testdata", "reference", "kubelet-1.37-two-containers.pcap"))
 }
 
 // MeasuredSources are the DefaultSources make bench copies: all but the
