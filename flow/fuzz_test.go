@@ -17,7 +17,9 @@ import (
 )
 
 // fuzzCaptures are real captures whose decoded calls the fuzzer mutates.
-var fuzzCaptures = []string{"crictl-lifecycle", "kubelet-init", "kubelet-missing"}
+// kubelet-crashloop brings restarts: a container exiting at once, one
+// killed by its liveness probe, kubelet's back-off.
+var fuzzCaptures = []string{"crictl-lifecycle", "kubelet-init", "kubelet-missing", "kubelet-crashloop"}
 
 var fuzzBase struct {
 	once  sync.Once
@@ -160,13 +162,15 @@ func mutate(base []*decode.Call, o *fuzzOps) []*decode.Call {
 }
 
 // checkFlows holds for any input: every step is one of the calls given,
-// steps in time order, the flow starting with its first step.
+// steps in time order, the flow starting with its first own step; a
+// polling step before it (--all) was open then.
 func checkFlows(t *testing.T, flows []*Flow, in map[*decode.Call]bool) {
 	t.Helper()
 	for _, f := range flows {
 		if f == nil || len(f.Steps) == 0 {
 			t.Fatalf("empty flow %+v", f)
 		}
+		own := -1
 		for i, s := range f.Steps {
 			if s.Call == nil || !in[s.Call] {
 				t.Fatalf("flow %s %s: step %d is not one of the calls given", f.Pod, f.Kind, i)
@@ -174,9 +178,20 @@ func checkFlows(t *testing.T, flows []*Flow, in map[*decode.Call]bool) {
 			if i > 0 && s.Start.Before(f.Steps[i-1].Start) {
 				t.Fatalf("flow %s %s: step %d starts before step %d", f.Pod, f.Kind, i, i-1)
 			}
+			if own < 0 && s.Attr.By != ByTime {
+				own = i
+			}
 		}
-		if !f.Start.Equal(f.Steps[0].Start) {
-			t.Fatalf("flow %s %s starts at %v, its first step at %v", f.Pod, f.Kind, f.Start, f.Steps[0].Start)
+		if own < 0 {
+			t.Fatalf("flow %s %s: polling steps alone", f.Pod, f.Kind)
+		}
+		if !f.Start.Equal(f.Steps[own].Start) {
+			t.Fatalf("flow %s %s starts at %v, its first own step at %v", f.Pod, f.Kind, f.Start, f.Steps[own].Start)
+		}
+		for i, s := range f.Steps[:own] {
+			if end := s.Call.End; !end.IsZero() && end.Before(f.Start) {
+				t.Fatalf("flow %s %s: polling step %d (%s) ended at %v, before the flow began at %v", f.Pod, f.Kind, i, s.Method, end, f.Start)
+			}
 		}
 		_ = f.Duration()
 		_ = Links(f)
@@ -196,6 +211,8 @@ func FuzzGroup(f *testing.F) {
 	f.Add([]byte{1, 0, 0, 0, 2, 0, 5, 0x80, 0})
 	f.Add([]byte{2, 4, 0, 3, 2, 5, 0, 7, 6, 0, 9, 4, 0x0a, 0x02, 0x6e, 0x73})
 	f.Add([]byte{0, 8, 0, 1, 0, 20, 0, 0, 0, 4, 1, 0, 0, 3, 0, 2, 0xff, 0x00})
+	f.Add([]byte{3, 0})                                  // the crash loop as recorded
+	f.Add([]byte{3, 1, 2, 0, 90, 0x10, 0, 5, 0, 120, 0}) // ...with --all, a call moved, one never ending
 	f.Fuzz(func(t *testing.T, data []byte) {
 		o := &fuzzOps{b: data}
 		which, _ := o.byte()

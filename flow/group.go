@@ -643,10 +643,11 @@ func (g *Grouper) touch(o *open) {
 // attachAll adds a polling or foreign call to every flow open at its time:
 // between two of the flow's own calls at most InitWait and maxPollingTail
 // calls apart. Past either, the flow's tail is dropped, and it takes no
-// polling until its next own call.
+// polling until its next own call. A call that ended before a flow's
+// first call began (one handed in late) was not open during it.
 func (g *Grouper) attachAll(c *decode.Call) {
 	for _, o := range g.order {
-		if len(o.steps) > 0 && !o.settled && !o.f.Complete && !o.pollOff {
+		if len(o.steps) > 0 && !o.settled && !o.f.Complete && !o.pollOff && (c.End.IsZero() || !c.End.Before(o.steps[0].Start)) {
 			if len(o.steps)-1-o.own >= maxPollingTail || c.Start.Sub(o.ownEnd) > g.opts.InitWait {
 				o.dropTail()
 				o.pollOff = true
