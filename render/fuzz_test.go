@@ -16,7 +16,8 @@ import (
 // cut from the input, so that fuzzing explores overlapping, nested,
 // unanswered and failed calls with any text.
 func fuzzFlow(data []byte, text string) *flow.Flow {
-	f := &flow.Flow{Kind: flow.Start, Pod: flow.Pod{Namespace: "default", Name: "fuzz"},
+	// Any kind: a start, a stop or a restart.
+	f := &flow.Flow{Kind: []flow.Kind{flow.Start, flow.Stop, flow.Restart}[len(text)%3], Pod: flow.Pod{Namespace: "default", Name: "fuzz"},
 		Runtime: "containerd", Client: "kubelet", Start: t0, Complete: len(data)%2 == 0}
 	services := []string{"RuntimeService", "ImageService", "grpc.health.v1.Health", text}
 	phases := []string{"sandbox", "image", "create web", "", text}
@@ -27,6 +28,15 @@ func fuzzFlow(data []byte, text string) *flow.Flow {
 		}
 		return words[i%len(words)]
 	}
+	// CRI's own names too, which phases and waits (a restart's back-off)
+	// are read from.
+	cri := []string{"RunPodSandbox", "PullImage", "ImageStatus", "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "StopPodSandbox"}
+	method := func(b byte) string {
+		if b%5 == 4 {
+			return cri[int(b/5)%len(cri)]
+		}
+		return "Call" + word(int(b))
+	}
 	at := time.Duration(0)
 	for i := 0; i+4 <= len(data) && len(f.Steps) < 64; i += 4 {
 		b := data[i : i+4]
@@ -36,7 +46,7 @@ func fuzzFlow(data []byte, text string) *flow.Flow {
 		}
 		s := flow.Step{
 			Service:  services[int(b[0])%len(services)],
-			Method:   "Call" + word(int(b[0])),
+			Method:   method(b[0]),
 			Arg:      word(int(b[1])),
 			Result:   word(int(b[2])),
 			Phase:    phases[int(b[1])%len(phases)],
