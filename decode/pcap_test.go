@@ -17,6 +17,7 @@ import (
 
 // The reference capture of real kubelet → containerd traffic, made before
 // criseq had a recorder (see testdata/reference/README.md).
+// benchcap.Reference names it too; this package is below benchcap.
 var kubeletPcap = filepath.Join("..", "testdata", "reference", "kubelet-1.37-two-containers.pcap")
 
 // readPcap turns a pcap of in-order TCP segments (one per chunk, as the

@@ -11,6 +11,8 @@ import (
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/criseq/criseq/internal/benchcap"
 )
 
 // TestCallsJSONFromWire: calls --json writes the messages from their wire
@@ -19,7 +21,7 @@ import (
 // capture and the reference kubelet 1.37 one, redacted and
 // not, and with --hide-polling.
 func TestCallsJSONFromWire(t *testing.T) {
-	files := append(captures(t), "demo.pcapng", filepath.Join("..", "..", "testdata", "reference", "kubelet-1.37-two-containers.pcap"))
+	files := append(captures(t), "demo.pcapng", benchcap.Reference(filepath.Join("..", "..")))
 	var wrote, declined int
 	onWireJSON = func(ok bool) {
 		if ok {

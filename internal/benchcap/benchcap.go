@@ -46,7 +46,13 @@ func DefaultSources(root string) []string {
 	slices.SortStableFunc(out, func(a, b string) int {
 		return cmp.Compare(btoi(!strings.Contains(a, "burst-containerd2")), btoi(!strings.Contains(b, "burst-containerd2")))
 	})
-	return append(out, filepath.Join(root, "testdata", "reference", "kubelet-1.37-two-containers.pcap"))
+	return append(out, Reference(root))
+}
+
+// Reference is the kubelet 1.37 reference capture of the repository at
+// root (testdata/reference: socat's, recorded before criseq's recorder).
+func Reference(root string) string {
+	return filepath.Join(root, "testdata", "reference", "kubelet-1.37-two-containers.pcap")
 }
 
 // MeasuredSources are the DefaultSources make bench copies: all but the
