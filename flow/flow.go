@@ -25,11 +25,13 @@ const (
 	Start Kind = iota
 	Stop
 	// Restart is a container of a running pod made again after it exited
-	// (kubelet's restart policy, CrashLoopBackOff): its image calls, its
-	// CreateContainer (metadata.attempt > 0), its StartContainer, and the
-	// removal of its older instance if kubelet makes it then; when kubelet
-	// killed the container to restart it (a failed liveness probe), from
-	// that StopContainer on.
+	// (kubelet's restart policy, CrashLoopBackOff): from the ContainerStatus
+	// where kubelet saw its older instance exited, if that was seen, its
+	// image calls, its CreateContainer (metadata.attempt > 0), its
+	// StartContainer, and the removal of its older instance if kubelet
+	// makes it then; when kubelet killed the container to restart it (a
+	// failed liveness probe), from that StopContainer on, or from the
+	// failed ExecSync (the probe) it followed.
 	Restart
 )
 

@@ -152,6 +152,16 @@ type Grouper struct {
 	// an exited container (a restart's older instance), not a pod stop.
 	up    map[string]bool
 	order []*open // open flows, oldest first
+	// made is, by sandbox ID and container name, the container made last;
+	// exits, by container ID, the first status call that saw such a
+	// container exited while its pod ran: where kubelet learnt of the
+	// exit, where the restart that makes the container again begins.
+	// failedExecs, by container ID, the last ExecSync that failed on such
+	// a container: a liveness probe (or a hook) that kubelet may kill and
+	// restart the container for.
+	made        map[string]map[string]string
+	exits       map[string]*decode.Call
+	failedExecs map[string]*decode.Call
 
 	images ledger // image calls, and the windows of the pods they may belong to
 	// lastWork is when each sandbox's pod worker last returned from a
@@ -184,17 +194,20 @@ const maxPhantoms = 1024
 func NewGrouper(opts Options) *Grouper {
 	opts.defaults()
 	return &Grouper{
-		opts:       opts,
-		starts:     map[string]*open{},
-		restarts:   map[string]*open{},
-		stops:      map[string]*open{},
-		up:         map[string]bool{},
-		pods:       map[string]Pod{},
-		containers: map[string]containerInfo{},
-		maxPending: 4096,
-		lastWork:   map[string]time.Time{},
-		phantoms:   map[string]*owner{},
-		images:     ledger{traces: map[string]*owner{}},
+		opts:        opts,
+		starts:      map[string]*open{},
+		restarts:    map[string]*open{},
+		stops:       map[string]*open{},
+		up:          map[string]bool{},
+		made:        map[string]map[string]string{},
+		exits:       map[string]*decode.Call{},
+		failedExecs: map[string]*decode.Call{},
+		pods:        map[string]Pod{},
+		containers:  map[string]containerInfo{},
+		maxPending:  4096,
+		lastWork:    map[string]time.Time{},
+		phantoms:    map[string]*owner{},
+		images:      ledger{traces: map[string]*owner{}},
 	}
 }
 
@@ -280,6 +293,7 @@ func (g *Grouper) route(c *decode.Call) {
 	case "CreateContainer":
 		r, _ := req.(*runtimeapi.CreateContainerRequest)
 		sid := r.GetPodSandboxId()
+		defer g.madeContainer(sid, r, resp)
 		if g.restarting(sid, r.GetConfig().GetMetadata(), c) {
 			g.createIn(g.restartFlow(sid, r, c), c, r, resp)
 			return
@@ -306,6 +320,12 @@ func (g *Grouper) route(c *decode.Call) {
 	cid, sid := ids(req)
 	if cid != "" && sid == "" {
 		sid = g.containers[cid].sandbox
+	}
+	switch c.Name {
+	case "ContainerStatus":
+		g.sawStatus(c, cid, sid)
+	case "ExecSync":
+		g.sawExec(c, cid, sid)
 	}
 	// A restart's own container: its flow, even while the pod stops.
 	if o := g.restarts[sid]; o != nil && cid != "" && o.created[cid] && c.Name != "StopContainer" && c.Name != "RemoveContainer" {
@@ -419,9 +439,18 @@ func (g *Grouper) restartFlow(sid string, r *runtimeapi.CreateContainerRequest, 
 		delete(g.stops, sid)
 		s.f.Kind, s.settled = Restart, false
 		o = s
+		// Killed after a command failed in it (a liveness probe, a
+		// hook): the restart begins there.
+		g.addExec(o)
 		g.touch(o)
 	} else {
 		o = g.newOpen(Restart, pod, sid)
+		if ex := g.exitOf(sid, r.GetConfig().GetMetadata().GetName(), c); ex != nil {
+			// Exited, not killed: the restart begins where kubelet saw
+			// the older instance exit (the same call may end the flow
+			// that made it), and its back-off shows.
+			g.add(o, ex)
+		}
 	}
 	g.restarts[sid], o.key = o, sid
 	ann := r.GetSandboxConfig().GetAnnotations()
@@ -439,6 +468,97 @@ func (g *Grouper) restartFlow(sid string, r *runtimeapi.CreateContainerRequest, 
 	g.images.owned++
 	g.images.gen++
 	return o
+}
+
+// maxBackOffSeen bounds the time from a container's exit, as kubelet saw
+// it, to the CreateContainer that makes it again: kubelet's restart
+// back-off grows to 5 minutes, then its next pod sync.
+const maxBackOffSeen = 10 * time.Minute
+
+// sawStatus keeps the ContainerStatus c if it is the first to report the
+// pod's latest container of its name exited while the pod runs.
+func (g *Grouper) sawStatus(c *decode.Call, cid, sid string) {
+	r, ok := c.Response().(*runtimeapi.ContainerStatusResponse)
+	if !ok || !c.OK() || r.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_EXITED || !g.up[sid] {
+		return
+	}
+	if id := r.GetStatus().GetId(); id != "" {
+		cid = id
+	}
+	if cid == "" || g.made[sid][g.containers[cid].name] != cid || g.exits[cid] != nil {
+		return
+	}
+	g.exits[cid] = c
+}
+
+// sawExec keeps the ExecSync c if it failed (an exit code other than 0, or
+// no answer in time) on the pod's latest container of its name.
+func (g *Grouper) sawExec(c *decode.Call, cid, sid string) {
+	if c.End.IsZero() || cid == "" || !g.up[sid] || g.made[sid][g.containers[cid].name] != cid {
+		return
+	}
+	if r, ok := c.Response().(*runtimeapi.ExecSyncResponse); c.OK() && (!ok || r.GetExitCode() == 0) {
+		return
+	}
+	g.failedExecs[cid] = c
+}
+
+// addExec adds to the kill o the failed ExecSync it followed, if any.
+func (g *Grouper) addExec(o *open) {
+	if ex := g.execBefore(o); ex != nil {
+		g.add(o, ex)
+		o.steps[len(o.steps)-1].Phase = PhaseExec
+	}
+}
+
+// execBefore is the failed ExecSync on a container the stop flow s
+// killed that ended at most Grace before s's first call.
+func (g *Grouper) execBefore(s *open) *decode.Call {
+	if len(s.steps) == 0 {
+		return nil
+	}
+	first := s.steps[0].Start
+	var best *decode.Call
+	for cid := range s.containers {
+		ex := g.failedExecs[cid]
+		if ex == nil || ex.End.After(first) || first.Sub(ex.End) > g.opts.Grace {
+			continue
+		}
+		if best == nil || ex.Start.Before(best.Start) {
+			best = ex
+		}
+	}
+	return best
+}
+
+// exitOf is the status call where kubelet saw the older instance of
+// container name in sandbox sid exit, if it came at most maxBackOffSeen
+// before c, which makes it again.
+func (g *Grouper) exitOf(sid, name string, c *decode.Call) *decode.Call {
+	ex := g.exits[g.made[sid][name]]
+	if ex == nil || ex.Start.After(c.Start) || c.Start.Sub(ex.Start) > maxBackOffSeen {
+		return nil
+	}
+	return ex
+}
+
+// madeContainer notes the container a CreateContainer made, now the
+// latest of its name in its sandbox: an exit seen of the one before it is
+// no longer needed.
+func (g *Grouper) madeContainer(sid string, r *runtimeapi.CreateContainerRequest, resp any) {
+	cr, ok := resp.(*runtimeapi.CreateContainerResponse)
+	name := r.GetConfig().GetMetadata().GetName()
+	if !ok || cr.GetContainerId() == "" || sid == "" || name == "" {
+		return
+	}
+	m := g.made[sid]
+	if m == nil {
+		m = map[string]string{}
+		g.made[sid] = m
+	}
+	delete(g.exits, m[name])
+	delete(g.failedExecs, m[name])
+	m[name] = cr.GetContainerId()
 }
 
 func (g *Grouper) runPodSandbox(c *decode.Call) {
@@ -507,6 +627,7 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 		// came. A restart that never completed.
 		delete(g.stops, key)
 		o.f.Kind, o.settled, o.lastStart = Restart, true, time.Time{}
+		g.addExec(o)
 		g.touch(o)
 		o = nil
 	}

@@ -2,6 +2,7 @@ package flow
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -73,6 +74,11 @@ func (g *Grouper) forgetGone(c *decode.Call) {
 				delete(g.containers, cid)
 			}
 		}
+		for _, cid := range g.made[sid] {
+			delete(g.exits, cid)
+			delete(g.failedExecs, cid)
+		}
+		delete(g.made, sid)
 	}
 }
 
@@ -185,6 +191,12 @@ func (g *Grouper) step(c *decode.Call) Step {
 			if st.GetState() == runtimeapi.ContainerState_CONTAINER_EXITED {
 				s.Result += fmt.Sprintf(" (%d)", st.GetExitCode())
 			}
+		}
+	case *runtimeapi.ExecSyncRequest:
+		// A probe's or a hook's command: its exit code, not its output.
+		s.Arg = container(r.GetContainerId())
+		if rr, ok := resp.(*runtimeapi.ExecSyncResponse); ok {
+			s.Result = "exit " + strconv.FormatInt(int64(rr.GetExitCode()), 10)
 		}
 	case *runtimeapi.StopContainerRequest:
 		s.Arg, s.Phase = container(r.GetContainerId()), "stop"

@@ -90,7 +90,7 @@ func checkRestarts(t *testing.T, calls []*decode.Call, flows []*Flow, pod, conta
 	}
 	if n := len(restarts); killed && n > 0 && count(restarts[n-1], "CreateContainer") == 0 {
 		// Killed, the pod deleted before the restart came.
-		if r := restarts[n-1]; r.Complete || r.Steps[0].Method != "StopContainer" || n != creates {
+		if r := restarts[n-1]; r.Complete || !killedFirst(r) || n != creates {
 			t.Errorf("%s: the last restart, with no CreateContainer, is complete %v, begins with %s, is number %d of %d creates; want an incomplete kill after the last",
 				pod, r.Complete, r.Steps[0].Method, n, creates)
 		}
@@ -112,12 +112,24 @@ func checkRestarts(t *testing.T, calls []*decode.Call, flows []*Flow, pod, conta
 		if count(f, "ImageStatus") == 0 {
 			t.Errorf("%s: restart %d has no ImageStatus: kubelet checks the image before each CreateContainer", pod, k+1)
 		}
-		if first := f.Steps[0].Method; killed != (first == "StopContainer") {
-			t.Errorf("%s: restart %d begins with %s (killed first: %v)", pod, k+1, first, killed)
+		if killed != killedFirst(f) {
+			t.Errorf("%s: restart %d begins with %s (killed first: %v)", pod, k+1, f.Steps[0].Method, killed)
 		}
-		// kubelet's back-off (10s, 20s…) between the kill and the new
-		// container is named so.
-		if tm := f.Timing(); killed && tm.Total > 5*time.Second {
+		if !killed {
+			// It begins where kubelet saw the instance before it exited:
+			// the one the flow before made.
+			before := st
+			if k > 0 {
+				before = restarts[k-1]
+			}
+			older := madeIn(before)
+			if s := f.Steps[0]; s.Method != "ContainerStatus" || !strings.HasPrefix(s.Result, "EXITED") || s.ArgID != older || older == "" {
+				t.Errorf("%s: restart %d begins with %s %s of %s, want ContainerStatus EXITED of %s, the older instance", pod, k+1, s.Method, s.Result, Short(s.ArgID), Short(older))
+			}
+		}
+		// kubelet's back-off (10s, 20s…) between the kill or the exit
+		// and the new container is named so.
+		if tm := f.Timing(); tm.Total > 5*time.Second {
 			var off time.Duration
 			for _, sp := range tm.Parts {
 				if sp.Wait && sp.Name == WaitBackOff {
@@ -162,4 +174,32 @@ func count(f *Flow, method string) int {
 		}
 	}
 	return n
+}
+
+// killedFirst says whether the restart f begins with the failed exec
+// (a liveness probe) of the container it then stops, and that stop, timed
+// as phases of their own.
+func killedFirst(f *Flow) bool {
+	if len(f.Steps) < 2 {
+		return false
+	}
+	ex, stop := f.Steps[0], f.Steps[1]
+	if ex.Method != "ExecSync" || ex.Result == "exit 0" || !strings.HasPrefix(ex.Result, "exit ") || stop.Method != "StopContainer" || ex.ArgID != stop.ArgID {
+		return false
+	}
+	var exec bool
+	for _, sp := range f.Timing().Parts {
+		exec = exec || sp.Name == PhaseExec && !sp.Wait && sp.Dur == ex.Duration
+	}
+	return exec
+}
+
+// madeIn is the ID of the container the flow's CreateContainer made.
+func madeIn(f *Flow) string {
+	for _, s := range f.Steps {
+		if r, ok := s.Call.Response().(*runtimeapi.CreateContainerResponse); ok && s.Method == "CreateContainer" {
+			return r.GetContainerId()
+		}
+	}
+	return ""
 }

@@ -10,13 +10,17 @@ import (
 // the pod's work were open) or a wait between them.
 type Span struct {
 	// Name is the phase ("sandbox", "image", "create", "start", "stop",
-	// "stop sandbox", "remove", "remove sandbox") or the wait ("image pull
-	// queue", "back-off", "init container NAME", "kubelet's clean-up",
-	// "kubelet": kubelet's own work between calls).
+	// "stop sandbox", "remove", "remove sandbox", "exec") or the wait
+	// ("image pull queue", "back-off", "init container NAME", "kubelet's
+	// clean-up", "kubelet": kubelet's own work between calls).
 	Name string
 	Dur  time.Duration
 	Wait bool
 }
+
+// PhaseExec is the phase of the failed command (a liveness probe, a hook)
+// a restart begins with when kubelet killed the container for it.
+const PhaseExec = "exec"
 
 // Wait names.
 const (
@@ -95,6 +99,15 @@ func PhaseOf(method string) string {
 	return ""
 }
 
+// WorkOf is the phase step s does: PhaseOf its method, or PhaseExec for
+// the failed command a restart begins with.
+func WorkOf(s *Step) string {
+	if s.Method == "ExecSync" && s.Phase == PhaseExec {
+		return PhaseExec
+	}
+	return PhaseOf(s.Method)
+}
+
 // Timing computes f's phases and waits. Pure: it reads f's steps, events
 // and OtherPulls.
 func (f *Flow) Timing() Timing {
@@ -109,7 +122,7 @@ func (f *Flow) Timing() Timing {
 	var ivs []iv
 	for i := range f.Steps {
 		s := &f.Steps[i]
-		if !s.Done || PhaseOf(s.Method) == "" || s.Start.IsZero() {
+		if !s.Done || s.Start.IsZero() || WorkOf(s) == "" {
 			continue
 		}
 		ivs = append(ivs, iv{s.Start, s.Start.Add(s.Duration), s})
@@ -137,7 +150,7 @@ func (f *Flow) Timing() Timing {
 			f.gap(prev, v.s, failed, cur, v.a, done, add)
 		}
 		if v.b.After(cur) {
-			add(PhaseOf(v.s.Method), false, maxTime(cur, v.a), v.b)
+			add(WorkOf(v.s), false, maxTime(cur, v.a), v.b)
 			cur = v.b
 		}
 		switch {
@@ -179,6 +192,12 @@ func (f *Flow) gap(prev, next, failed *Step, a, b, done time.Time, add func(stri
 		// kubelet's restart back-off (none the first time: a few ms).
 		add(WaitBackOff, true, a, b)
 		return
+	case f.Kind == Restart && prev == nil && f.fromExit() &&
+		(PhaseOf(next.Method) == "image" || next.Method == "CreateContainer") && b.Sub(a) > time.Second:
+		// From the older instance's exit, as kubelet saw it, to the new
+		// one: kubelet's restart back-off (CrashLoopBackOff).
+		add(WaitBackOff, true, a, b)
+		return
 	case prev != nil && prev.Method == "StartContainer" && next.Arg != prev.Arg && f.exited(prev.Arg, a, b):
 		add(waitInit+prev.Arg, true, a, b)
 		return
@@ -187,6 +206,17 @@ func (f *Flow) gap(prev, next, failed *Step, a, b, done time.Time, add func(stri
 		return
 	}
 	add(WaitKubelet, true, a, b)
+}
+
+// fromExit says whether the restart f begins where kubelet saw its
+// container's older instance exited (a ContainerStatus), not at a kill.
+func (f *Flow) fromExit() bool {
+	for _, s := range f.Steps {
+		if s.Attr.By != ByTime {
+			return s.Method == "ContainerStatus" && strings.HasPrefix(s.Result, "EXITED")
+		}
+	}
+	return false
 }
 
 // exited reports whether the flow saw container name exit by time b (a

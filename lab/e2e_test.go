@@ -161,8 +161,16 @@ func labRuntime(t *testing.T, rt string) {
 				}
 				switch r.Kind {
 				case flow.Restart:
-					wantOrder(t, r, "CreateContainer", "StartContainer")
+					wantOrder(t, r, "ContainerStatus", "CreateContainer", "StartContainer")
 					atMost(t, r, "CreateContainer", 1)
+					// Exited, not killed: from where kubelet saw the older
+					// instance exit; from the second on, after a back-off.
+					if s := r.Steps[0]; s.Method != "ContainerStatus" || !strings.HasPrefix(s.Result, "EXITED") {
+						t.Errorf("live=%v: a crash-loop restart begins with %s %s, not the status that saw the older instance exited", live, s.Method, s.Result)
+					}
+					if off := backOff(r); len(restarts) > 0 && off < 5*time.Second {
+						t.Errorf("live=%v: restart %d waited %v of back-off, want kubelet's (10s, 20s)", live, len(restarts)+1, off)
+					}
 					if !r.Complete || r.SandboxID != f.SandboxID {
 						t.Errorf("live=%v: restart complete=%v sandbox %s, want complete in %s", live, r.Complete, r.SandboxID, f.SandboxID)
 					}
@@ -190,10 +198,11 @@ func labRuntime(t *testing.T, rt string) {
 					// The pod may be deleted after a kill, before its
 					// restart: a restart that never completed.
 					if r.Complete {
-						wantOrder(t, r, "StopContainer", "CreateContainer", "StartContainer")
+						wantOrder(t, r, "ExecSync", "StopContainer", "CreateContainer", "StartContainer")
 					}
-					if r.Steps[0].Method != "StopContainer" {
-						t.Errorf("live=%v: a restart of the probed container begins with %s, not its kill", live, r.Steps[0].Method)
+					// The failed probe, then the kill.
+					if len(r.Steps) < 2 || r.Steps[0].Method != "ExecSync" || r.Steps[0].Result != "exit 1" || r.Steps[1].Method != "StopContainer" {
+						t.Errorf("live=%v: a restart of the probed container begins with %s %s, not its failed probe and kill", live, r.Steps[0].Method, r.Steps[0].Result)
 					}
 					killed = append(killed, r.Restarted()...)
 				case r.Kind == flow.Stop:
@@ -466,4 +475,15 @@ func checkTshark(t *testing.T, path string, calls []*decode.Call) {
 	if strings.Join(want, " ") != strings.Join(got, " ") {
 		t.Errorf("tshark sees %d calls in %s, criseq %d", len(want), path, len(got))
 	}
+}
+
+// backOff is how much of f's time is kubelet's back-off.
+func backOff(f *flow.Flow) time.Duration {
+	var d time.Duration
+	for _, sp := range f.Timing().Parts {
+		if sp.Wait && sp.Name == flow.WaitBackOff {
+			d += sp.Dur
+		}
+	}
+	return d
 }

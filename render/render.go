@@ -506,7 +506,7 @@ func newDiagram(f *flow.Flow) (*diagram, error) {
 			to:     d.participant(s.Service),
 			phase:  cut(clean(s.Phase), maxPhase),
 			polled: s.Inherited,
-			kind:   flow.PhaseOf(s.Method),
+			kind:   flow.WorkOf(s),
 			argID:  cut(clean(s.ArgID), maxLabel),
 			req:    cut(method+"("+clean(s.Arg)+")", maxLabel),
 			done:   s.Done || s.Err != "",
