@@ -27,6 +27,10 @@ type Options struct {
 	// StartContainer, instead of InitWait. If another container of the pod
 	// is created within InitWait (the one after an init container), the
 	// flow grows and is handed out again: the same *Flow, with more steps.
+	// A stop flow is handed out Grace past its StopPodSandbox and last
+	// call, the pod down, not only at kubelet's clean-up (RemovePodSandbox,
+	// up to a minute later); it stays open as offline, and is handed out
+	// again, grown, after its next calls.
 	Live bool
 	// MaxOpen bounds the flows being built; past it the oldest is handed
 	// out as it is, incomplete. Default 256.
@@ -123,6 +127,7 @@ type open struct {
 	lastStart  time.Time       // end of the last StartContainer
 	settled    bool            // past Grace: only more containers may join
 	handedOut  bool            // Live: returned once, may still grow
+	down       time.Time       // a stop: when its first StopPodSandbox returned OK
 	containers map[string]bool // container IDs this flow knows (stop flows)
 	key        string          // its key in starts or stops
 	dirty      bool            // in Grouper.dirty
@@ -248,6 +253,24 @@ func (g *Grouper) Tick(now time.Time) []*Flow {
 	return g.expire()
 }
 
+// Holds reports whether the grouper may hand out f again, grown (Live): a
+// start within InitWait of its last StartContainer, a stop handed out
+// with its pod down and still open.
+func (g *Grouper) Holds(f *Flow) bool {
+	if f == nil || f.SandboxID == "" {
+		return false
+	}
+	switch f.Kind {
+	case Start:
+		o := g.starts[f.SandboxID]
+		return o != nil && o.f == f
+	case Stop:
+		o := g.stops[f.SandboxID]
+		return o != nil && o.f == f
+	}
+	return false
+}
+
 // Open is the number of flows being built.
 func (g *Grouper) Open() int { return len(g.order) }
 
@@ -265,11 +288,14 @@ func (g *Grouper) Oldest() (t time.Time, ok bool) {
 	return t, ok
 }
 
-// Flush returns every flow still open, complete or not.
+// Flush returns every flow still open, complete or not, but those handed
+// out as they are (Live).
 func (g *Grouper) Flush() []*Flow {
 	var out []*Flow
 	for _, o := range g.order {
-		out = append(out, g.finish(o))
+		if !o.handedOut {
+			out = append(out, g.finish(o))
+		}
 	}
 	g.order = nil
 	g.changed = true
@@ -352,6 +378,7 @@ func (g *Grouper) route(c *decode.Call) {
 	}
 	// Status and other per-container or per-sandbox calls join an open flow.
 	if o := g.stops[stopKey(cid, sid)]; o != nil {
+		o.handedOut = false // Live: grown, to be handed out again
 		g.add(o, c)
 		return
 	}
@@ -659,7 +686,11 @@ func (g *Grouper) stopCall(c *decode.Call, cid, sid string) {
 	if c.Name == "StopPodSandbox" || c.Name == "RemovePodSandbox" {
 		delete(g.up, sid)
 	}
+	o.handedOut = false // Live: grown, to be handed out again
 	g.add(o, c)
+	if c.Name == "StopPodSandbox" && c.OK() && !c.End.IsZero() && o.down.IsZero() {
+		o.down = c.End
+	}
 	if c.Name == "RemovePodSandbox" && c.OK() && !c.End.IsZero() {
 		o.f.Complete = true
 		g.touch(o)
@@ -836,6 +867,18 @@ func (g *Grouper) expire() []*Flow {
 	kept := g.order[:0]
 	for i, o := range g.order {
 		evict := len(g.order)-i > g.opts.MaxOpen
+		if !evict && g.downNow(o) {
+			// Live: the pod is down; its stop stays open, as offline,
+			// for kubelet's clean-up.
+			out = append(out, g.finish(o))
+			o.handedOut = true
+			kept = append(kept, o)
+			continue
+		}
+		if evict && o.handedOut && o.f.Kind == Stop {
+			g.forget(o) // handed out as it is
+			continue
+		}
 		if evict || g.done(o) {
 			out = append(out, g.finish(o))
 			if g.opts.Live && !evict && o.f.Kind == Start && !o.lastStart.IsZero() {
@@ -875,7 +918,7 @@ func (g *Grouper) dueAll() bool {
 // A wake set early (a flow's time moved later) costs one scan, no more.
 func (g *Grouper) quiet() bool {
 	for _, o := range g.dirty {
-		if g.settles(o) || g.done(o) {
+		if g.settles(o) || g.done(o) || g.downNow(o) {
 			return false
 		}
 	}
@@ -891,10 +934,13 @@ func (g *Grouper) quiet() bool {
 }
 
 // wakeOf is the earliest time at which settle or done may give another
-// answer for the open flow o as it is now; ok is false for a stop flow,
-// done when it is complete: a change.
+// answer for the open flow o as it is now; ok is false for a stop flow
+// done only when it is complete: a change.
 func (g *Grouper) wakeOf(o *open) (t time.Time, ok bool) {
 	if o.f.Kind == Stop {
+		if t, ok := g.downAfter(o); ok {
+			return t.Add(1), true // done is strictly after
+		}
 		return t, false
 	}
 	t = g.doneAfter(o)
@@ -945,6 +991,23 @@ func (g *Grouper) done(o *open) bool {
 		return o.f.Complete
 	}
 	return g.now.After(g.doneAfter(o))
+}
+
+// downNow says whether o is a stop to hand out now, still open: Live,
+// its pod down, Grace past that and its last call, not handed out since.
+func (g *Grouper) downNow(o *open) bool {
+	t, ok := g.downAfter(o)
+	return ok && g.now.After(t)
+}
+
+// downAfter is, for a live grouper, the time after which the stop flow o,
+// its pod down, is handed out as it is: Grace past its StopPodSandbox and
+// its last call; ok is false if it is not to be (again).
+func (g *Grouper) downAfter(o *open) (time.Time, bool) {
+	if !g.opts.Live || o.f.Kind != Stop || o.down.IsZero() || o.f.Complete || o.handedOut {
+		return time.Time{}, false
+	}
+	return maxTime(o.down, o.ownEnd).Add(g.opts.Grace), true
 }
 
 // doneAfter is the time after which the start flow o, as it is, is done.

@@ -213,3 +213,60 @@ func TestLiveHandsOutEarlyAndGrows(t *testing.T) {
 		t.Errorf("Flush handed out %d flows already given", len(rest))
 	}
 }
+
+// TestLiveStopHandedOutWhenDown: live, a real pod stop (kubelet 1.37,
+// testdata/kubelet-pull) is handed out once the pod is down, long before
+// kubelet's clean-up removes its sandbox, and again, the same flow grown
+// to the offline one, when RemovePodSandbox comes.
+func TestLiveStopHandedOutWhenDown(t *testing.T) {
+	calls := captureCalls(t, "kubelet-pull")
+	var offline *Flow
+	for _, f := range Group(calls, Options{}) {
+		if f.Kind == Stop {
+			offline = f
+		}
+	}
+	if offline == nil || !offline.Complete {
+		t.Fatal("kubelet-pull: no complete stop flow offline")
+	}
+	var removeAt time.Time
+	for _, s := range offline.Steps {
+		if s.Method == "RemovePodSandbox" {
+			removeAt = s.Start
+		}
+	}
+	g := NewGrouper(Options{Live: true})
+	var outs []*Flow
+	var handed *Flow
+	var at []time.Time
+	for _, c := range calls {
+		for _, f := range g.Add(c) {
+			if f.Kind == Stop {
+				if len(outs) > 0 && f != handed {
+					t.Errorf("a second stop flow handed out")
+				}
+				handed = f
+				cp := *f // as it was handed out: finish fills f again
+				outs = append(outs, &cp)
+				at = append(at, c.Start)
+			}
+		}
+	}
+	for _, f := range g.Flush() {
+		if f.Kind == Stop {
+			t.Errorf("Flush handed out the stop again (complete %v)", f.Complete)
+		}
+	}
+	if len(outs) < 2 {
+		t.Fatalf("the stop was handed out %d times, want when the pod was down, then complete", len(outs))
+	}
+	first, last := outs[0], outs[len(outs)-1]
+	if first.Complete || first.Done.IsZero() || !at[0].Before(removeAt) || at[0].Sub(first.Done) > 5*time.Second {
+		t.Errorf("first hand-out at %v: complete %v, down at %v; want incomplete, handed out within 5s of the pod down, before RemovePodSandbox at %v",
+			at[0], first.Complete, first.Done, removeAt)
+	}
+	if !last.Complete || len(last.Steps) != len(offline.Steps) || !last.Done.Equal(offline.Done) || !last.End.Equal(offline.End) {
+		t.Errorf("last hand-out: complete %v, %d steps, done %v, end %v; offline: %d steps, done %v, end %v",
+			last.Complete, len(last.Steps), last.Done, last.End, len(offline.Steps), offline.Done, offline.End)
+	}
+}

@@ -257,9 +257,12 @@ func labRuntime(t *testing.T, rt string) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The stop is written as soon as the pod is down, and again once
+		// kubelet's clean-up removed its sandbox.
 		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-		if len(lines) != 2 || !strings.Contains(lines[0], "default/live-criseq-lab") || !strings.Contains(lines[0], "started in") ||
-			!strings.Contains(lines[1], "stopped in") {
+		if len(lines) != 3 || !strings.Contains(lines[0], "default/live-criseq-lab") || !strings.Contains(lines[0], "started in") ||
+			!strings.Contains(lines[1], "stopped in") || !strings.Contains(lines[1], "not removed yet") ||
+			!strings.Contains(lines[2], "stopped in") || !regexp.MustCompile(`removed [0-9.]+s later`).MatchString(lines[2]) || !strings.HasSuffix(lines[2], "(updated)") {
 			t.Errorf("criseq watch printed:\n%s", b)
 		}
 		_, flows := flowsOf(t, "watch")

@@ -233,13 +233,16 @@ scenario_swap() {
 	WAIT=30 wait_for pods_stopped || { echo "lab: kubelet did not stop the pod after criseq restored the socket" >&2; return 1; }
 }
 
-# scenario_watch: each diagram must appear while kubelet is still running.
+# scenario_watch: each diagram must appear while kubelet is still running;
+# the stop's as soon as the pod is down, then again once kubelet's clean-up
+# removed it.
 scenario_watch() {
 	local d=$OUT/watch/diagrams
 	pod live true "$APP_IMAGE" IfNotPresent | put_manifest live
 	WAIT=30 wait_for test -e "$d/default_live-criseq-lab_start.svg" || return 1
 	rm -f "$LAB/manifests/live.yaml"
-	WAIT=90 wait_for test -e "$d/default_live-criseq-lab_stop.svg" || return 1
+	WAIT=30 wait_for test -e "$d/default_live-criseq-lab_stop.svg" || return 1
+	WAIT=120 wait_for grep -q "removed .* later.*(updated)" "$OUT/watch/watch.txt" || return 1
 }
 
 scenario_pull() {

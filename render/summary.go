@@ -14,6 +14,7 @@ import (
 //
 //	started in 1.42s (sandbox 217ms, image 731ms, create 16ms, start 225ms; waiting: image pull queue 690ms, kubelet 12ms; 9 calls)
 //	stopped in 533ms (stop 342ms, stop sandbox 189ms; waiting: kubelet 1.3ms) · removed 54.8s later (remove 12ms, remove sandbox 5.3ms; waiting: kubelet's clean-up 53.8s, kubelet 911ms); 14 calls
+//	stopped in 106ms, not removed yet (stop sandbox 106ms; 3 calls)
 //	restarted web (attempt 2) in 133ms (image 807µs, create 15ms, start 113ms; waiting: kubelet 4.1ms) · then 972ms more (remove 4.4ms; waiting: kubelet 967ms); 13 calls
 //
 // The wait named after the client ("kubelet", "crictl") is its own time
@@ -32,7 +33,13 @@ func Summary(f *flow.Flow) string {
 func timeText(f *flow.Flow, t flow.Timing, calls string) string {
 	client := waitClient(f)
 	var b strings.Builder
+	// A stop whose pod is down, its sandbox not removed: kubelet removes
+	// it at its next clean-up, up to a minute later (or the capture ended
+	// first). Live, the line comes again once it is removed.
+	notRemoved := !f.Complete && f.Kind == flow.Stop && !f.Done.IsZero()
 	switch {
+	case notRemoved:
+		b.WriteString("stopped in ")
 	case !f.Complete:
 		b.WriteString(f.Kind.String() + " incomplete after ")
 	case f.Kind == flow.Stop:
@@ -47,6 +54,9 @@ func timeText(f *flow.Flow, t flow.Timing, calls string) string {
 		b.WriteString("started in ")
 	}
 	b.WriteString(fmtDur(t.Total))
+	if notRemoved {
+		b.WriteString(", not removed yet")
+	}
 	inner := spansText(t.Parts, client)
 	if len(t.After) == 0 {
 		inner = joinNonEmpty("; ", inner, calls)

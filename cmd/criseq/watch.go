@@ -24,9 +24,12 @@ const watchUsage = `Usage: criseq watch [flags]
 
 Records, decodes and draws live: each pod start or stop is written to a
 diagram the moment it is complete (a start: every container's StartContainer
-returned, plus a short grace for the status calls; a stop: RemovePodSandbox
-returned), with one line per flow on stdout. Flows still open when watch ends
-are written marked incomplete.
+returned, plus a short grace for the status calls; a stop: the pod down,
+StopPodSandbox returned, plus the grace), with one line per flow on stdout. A
+flow that grows after (the container after an init container; kubelet's
+clean-up removing the stopped pod, up to a minute later) is written again,
+marked (updated). Flows still open when watch ends are written marked
+incomplete.
 
 Capture modes:
   --listen SOCK [--upstream SOCK]   relay a second socket (point kubelet or crictl at it)
@@ -47,13 +50,11 @@ Examples:
   sudo criseq watch --attach -o diagrams     # nothing restarted or reconfigured
 `
 
-// maxRecentFlows bounds the flows watch remembers to rewrite them, and
-// canGrow is how long after its end a start flow may still grow (the
-// grouper's InitWait, with room to spare).
-const (
-	maxRecentFlows = 256
-	canGrow        = 3 * time.Minute
-)
+// maxRecentFlows is how many flows watch remembers to rewrite them before
+// it forgets those the grouper no longer holds (flow.Grouper.Holds): a
+// start grows within the grouper's InitWait, a stop until kubelet's
+// clean-up removes its pod; either way the grouper holds them.
+const maxRecentFlows = 256
 
 // exitError carries a process exit code other than 1.
 type exitError struct {
@@ -314,18 +315,25 @@ func (w *watcher) emit(flows []*flow.Flow) {
 			if n := w.used[base]; n > 1 {
 				base = fmt.Sprintf("%s-%d", base, n)
 			}
-			// Only a start flow can grow and be written again, within
-			// the grouper's InitWait: remember those, and no more than
-			// maxRecentFlows, so a run of days keeps its memory.
-			if f.Kind == flow.Start {
+			// Only a flow the grouper holds can grow and be written
+			// again: remember those while it does, so a run of days
+			// keeps its memory.
+			if w.g.Holds(f) {
 				w.names[f] = base
 				w.recent = append(w.recent, f)
 			}
 		}
-		for len(w.recent) > maxRecentFlows || len(w.recent) > 0 && w.now.Sub(w.recent[0].End) > canGrow {
-			delete(w.names, w.recent[0])
-			w.recent[0] = nil
-			w.recent = w.recent[1:]
+		if len(w.recent) > maxRecentFlows {
+			kept := w.recent[:0]
+			for _, r := range w.recent {
+				if w.g.Holds(r) {
+					kept = append(kept, r)
+				} else {
+					delete(w.names, r)
+				}
+			}
+			clear(w.recent[len(kept):])
+			w.recent = kept
 		}
 		var first string
 		for _, format := range w.formats {

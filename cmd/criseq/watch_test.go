@@ -25,8 +25,12 @@ func TestWatchReplay(t *testing.T) {
 	if err := run(context.Background(), []string{"watch", "-r", capPath, "-o", out, "--format", "puml"}, &stdout, &stderr); err != nil {
 		t.Fatalf("watch: %v\n%s", err, stderr.String())
 	}
+	// The stop is written once the pod is down, and again, updated, when
+	// kubelet's clean-up removes it 52 s later.
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	if len(lines) != 2 || !strings.Contains(lines[0], "started in") || !strings.Contains(lines[1], "stopped in") {
+	if len(lines) != 3 || !strings.Contains(lines[0], "started in") ||
+		!strings.Contains(lines[1], "stopped in 733ms, not removed yet") || strings.Contains(lines[1], "(updated)") ||
+		!strings.Contains(lines[2], "stopped in 733ms") || !strings.Contains(lines[2], "removed 52.3s later") || !strings.HasSuffix(lines[2], "(updated)") {
 		t.Fatalf("watch printed:\n%s", stdout.String())
 	}
 	puml, err := os.ReadFile(filepath.Join(out, "default_with-init-criseq-lab_start.puml"))
