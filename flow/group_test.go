@@ -265,6 +265,7 @@ func TestLiveStopHandedOutWhenDown(t *testing.T) {
 		t.Errorf("first hand-out at %v: complete %v, down at %v; want incomplete, handed out within 5s of the pod down, before RemovePodSandbox at %v",
 			at[0], first.Complete, first.Done, removeAt)
 	}
+	t.Logf("handed out %d times; first %v after the pod was down, %v before RemovePodSandbox", len(outs), at[0].Sub(first.Done).Round(time.Millisecond), removeAt.Sub(at[0]).Round(time.Millisecond))
 	if !last.Complete || len(last.Steps) != len(offline.Steps) || !last.Done.Equal(offline.Done) || !last.End.Equal(offline.End) {
 		t.Errorf("last hand-out: complete %v, %d steps, done %v, end %v; offline: %d steps, done %v, end %v",
 			last.Complete, len(last.Steps), last.Done, last.End, len(offline.Steps), offline.Done, offline.End)

@@ -51,7 +51,7 @@ Examples:
 `
 
 // maxRecentFlows is how many flows watch remembers to rewrite them before
-// it forgets those the grouper no longer holds (flow.Grouper.Holds): a
+// it first forgets those the grouper no longer holds (flow.Grouper.Holds): a
 // start grows within the grouper's InitWait, a stop until kubelet's
 // clean-up removes its pod; either way the grouper holds them.
 const maxRecentFlows = 256
@@ -211,7 +211,8 @@ type watcher struct {
 	fw      fileWriter
 
 	names   map[*flow.Flow]string // file base of the flows written lately
-	recent  []*flow.Flow          // ring of those flows, oldest first
+	recent  []*flow.Flow          // those flows, oldest first
+	pruneAt int                   // recent is pruned past this length, and maxRecentFlows
 	used    map[string]int
 	written int
 	want    int
@@ -323,7 +324,7 @@ func (w *watcher) emit(flows []*flow.Flow) {
 				w.recent = append(w.recent, f)
 			}
 		}
-		if len(w.recent) > maxRecentFlows {
+		if len(w.recent) > max(maxRecentFlows, w.pruneAt) {
 			kept := w.recent[:0]
 			for _, r := range w.recent {
 				if w.g.Holds(r) {
@@ -334,6 +335,7 @@ func (w *watcher) emit(flows []*flow.Flow) {
 			}
 			clear(w.recent[len(kept):])
 			w.recent = kept
+			w.pruneAt = 2 * len(kept) // each flow looked at about once
 		}
 		var first string
 		for _, format := range w.formats {
