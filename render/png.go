@@ -457,12 +457,22 @@ func (s *scene) encode(w io.Writer) error {
 			buckets[b] = append(buckets[b], int32(i))
 		}
 	}
-	enc, err := newPNGEncoder(w, s.w, s.h)
+	bufs := pngPool.Get().(*pngBufs)
+	defer func() {
+		// Not kept: the writers' destinations (nor bytes of this image).
+		bufs.w.Reset(nil)
+		bufs.idat.Reset(nil)
+		pngPool.Put(bufs)
+	}()
+	enc, err := newPNGEncoder(w, s.w, s.h, bufs)
 	if err != nil {
 		return err
 	}
-	band := image.NewRGBA(image.Rect(0, 0, s.w, bandH))
-	var z vector.Rasterizer
+	if n := 4 * s.w * bandH; cap(bufs.pix) < n {
+		bufs.pix = make([]byte, n)
+	}
+	band := &image.RGBA{Pix: bufs.pix[:4*s.w*bandH], Stride: 4 * s.w, Rect: image.Rect(0, 0, s.w, bandH)}
+	z := &bufs.z
 	for b := range nb {
 		y0 := b * bandH
 		band.Rect = image.Rect(0, y0, s.w, min(y0+bandH, s.h))
@@ -470,7 +480,7 @@ func (s *scene) encode(w io.Writer) error {
 			band.Pix[i] = 0xff
 		}
 		for _, i := range buckets[b] {
-			s.paint(band, &z, &s.shapes[i])
+			s.paint(band, z, &s.shapes[i])
 		}
 		if err := enc.rows(band); err != nil {
 			return err

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/criseq/criseq/flow"
 )
 
 // decodePNG decodes b, failing the test if image/png cannot; an opaque
@@ -240,4 +242,29 @@ func BenchmarkPNG(b *testing.B) {
 			b.ReportMetric(float64(buf.Len())/1e6, "MB/op")
 		})
 	}
+}
+
+// BenchmarkPNGCaptures draws every flow of three real captures as PNG:
+// many small diagrams, as render draws them, where BenchmarkPNG is one
+// large one.
+func BenchmarkPNGCaptures(b *testing.B) {
+	var flows []*flow.Flow
+	for _, name := range []string{"kubelet-burst-containerd2", "kubelet-pull", "kubelet-missing"} {
+		flows = append(flows, captureFlows(b, name)...)
+	}
+	var buf bytes.Buffer
+	n := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		n = 0
+		for _, f := range flows {
+			buf.Reset()
+			if err := PNG(&buf, f, 1); err != nil {
+				b.Fatal(err)
+			}
+			n += buf.Len()
+		}
+	}
+	b.ReportMetric(float64(len(flows)), "diagrams/op")
+	b.ReportMetric(float64(n)/1e6, "MB/op")
 }

@@ -8,6 +8,9 @@ import (
 	"hash/crc32"
 	"image"
 	"io"
+	"sync"
+
+	"golang.org/x/image/vector"
 )
 
 // pngEncoder writes an 8-bit RGB PNG row by row; image/png needs the whole
@@ -24,12 +27,21 @@ type pngEncoder struct {
 	chunkCRC  [4]byte
 }
 
-func newPNGEncoder(w io.Writer, width, height int) (*pngEncoder, error) {
-	e := &pngEncoder{w: bufio.NewWriterSize(w, 64<<10), rowsLeft: height}
+func newPNGEncoder(w io.Writer, width, height int, b *pngBufs) (*pngEncoder, error) {
+	if b.w == nil {
+		b.w = bufio.NewWriterSize(w, 64<<10)
+	}
+	b.w.Reset(w)
+	e := &pngEncoder{w: b.w, rowsLeft: height}
 	n := 3 * width
-	e.prev, e.cur = make([]byte, n), make([]byte, n)
+	if cap(b.rows) < 7*n+5 {
+		b.rows = make([]byte, 7*n+5)
+	}
+	rows := b.rows[:7*n+5]
+	clear(rows)
+	e.prev, e.cur, rows = rows[:n:n], rows[n:2*n:2*n], rows[2*n:]
 	for i := range e.filtered {
-		e.filtered[i] = make([]byte, 1+n)
+		e.filtered[i], rows = rows[:1+n:1+n], rows[1+n:]
 		e.filtered[i][0] = byte(i)
 	}
 	e.w.WriteString("\x89PNG\r\n\x1a\n")
@@ -38,11 +50,32 @@ func newPNGEncoder(w io.Writer, width, height int) (*pngEncoder, error) {
 	binary.BigEndian.PutUint32(hdr[4:], uint32(height))
 	hdr[8], hdr[9] = 8, 2 // 8 bits per sample, truecolour; no interlace
 	e.chunk("IHDR", hdr[:])
-	e.idat = bufio.NewWriterSize(chunkWriter{e}, 32<<10)
+	if b.idat == nil {
+		b.idat = bufio.NewWriterSize(chunkWriter{e}, 32<<10)
+	}
+	b.idat.Reset(chunkWriter{e})
+	e.idat = b.idat
 	// Default compression, as image/png; diagrams are mostly flat colour.
-	e.zw = zlib.NewWriter(e.idat)
+	if b.zw == nil {
+		b.zw = zlib.NewWriter(e.idat)
+	}
+	b.zw.Reset(e.idat)
+	e.zw = b.zw
 	return e, e.err
 }
+
+// pngBufs are the buffers drawing a PNG takes, kept for the next one (a
+// zlib writer alone is about 800 KB): the band, its rasterizer, the rows
+// and the writers.
+type pngBufs struct {
+	w, idat *bufio.Writer
+	zw      *zlib.Writer
+	rows    []byte
+	pix     []byte
+	z       vector.Rasterizer
+}
+
+var pngPool = sync.Pool{New: func() any { return new(pngBufs) }}
 
 type chunkWriter struct{ e *pngEncoder }
 
