@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
-	"github.com/criseq/criseq/flow"
 )
 
 // decodePNG decodes b, failing the test if image/png cannot; an opaque
@@ -248,10 +246,7 @@ func BenchmarkPNG(b *testing.B) {
 // many small diagrams, as render draws them, where BenchmarkPNG is one
 // large one.
 func BenchmarkPNGCaptures(b *testing.B) {
-	var flows []*flow.Flow
-	for _, name := range []string{"kubelet-burst-containerd2", "kubelet-pull", "kubelet-missing"} {
-		flows = append(flows, captureFlows(b, name)...)
-	}
+	flows := capturesFlows(b, "kubelet-burst-containerd2", "kubelet-pull", "kubelet-missing")
 	var buf bytes.Buffer
 	n := 0
 	b.ReportAllocs()

@@ -365,10 +365,7 @@ func BenchmarkSVG(b *testing.B) {
 // many small diagrams, as render and watch draw them, where BenchmarkSVG
 // is one large one.
 func BenchmarkSVGCaptures(b *testing.B) {
-	var flows []*flow.Flow
-	for _, name := range []string{"kubelet-burst", "kubelet-burst-containerd2", "kubelet-pull", "kubelet-warm", "kubelet-init", "kubelet-missing", "crictl-lifecycle"} {
-		flows = append(flows, captureFlows(b, name)...)
-	}
+	flows := capturesFlows(b, "kubelet-burst", "kubelet-burst-containerd2", "kubelet-pull", "kubelet-warm", "kubelet-init", "kubelet-missing", "crictl-lifecycle")
 	// One buffered writer for all, as render's is.
 	var buf bytes.Buffer
 	bw := bufio.NewWriterSize(&buf, 64<<10)
@@ -387,6 +384,15 @@ func BenchmarkSVGCaptures(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(flows)), "diagrams/op")
 	b.ReportMetric(float64(n)/1e6, "MB/op")
+}
+
+// capturesFlows is the flows of each of the captures in ../testdata.
+func capturesFlows(tb testing.TB, names ...string) []*flow.Flow {
+	var flows []*flow.Flow
+	for _, name := range names {
+		flows = append(flows, captureFlows(tb, name)...)
+	}
+	return flows
 }
 
 // TestTimeScale: with a time scale a slow call takes more room than a
